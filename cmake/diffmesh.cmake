@@ -1,0 +1,66 @@
+# Target helpers in the spirit of Abseil's absl_cc_library: one target per component folder,
+# a namespaced alias, public headers' deps PUBLIC, warnings PRIVATE.
+include(CMakeParseArguments)
+
+set(DIFFMESH_WARNINGS -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
+
+# diffmesh_cc_library(NAME foo SRCS a.cc HDRS a.h DEPS diffmesh::bar [TORCH])
+# Creates diffmesh_foo and the alias diffmesh::foo. TORCH marks a target that links LibTorch;
+# such targets reuse one precompiled <ATen/ATen.h> to keep 2-core builds bearable.
+function(diffmesh_cc_library)
+  cmake_parse_arguments(ARG "TORCH" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  set(target diffmesh_${ARG_NAME})
+  if(ARG_SRCS)
+    add_library(${target} STATIC ${ARG_SRCS} ${ARG_HDRS})
+    target_compile_options(${target} PRIVATE ${DIFFMESH_WARNINGS})
+    target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+    target_link_libraries(${target} PUBLIC ${ARG_DEPS})
+    if(ARG_TORCH)
+      diffmesh_use_torch(${target})
+    endif()
+  else()
+    add_library(${target} INTERFACE)
+    target_include_directories(${target} INTERFACE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+    target_link_libraries(${target} INTERFACE ${ARG_DEPS})
+  endif()
+  add_library(diffmesh::${ARG_NAME} ALIAS ${target})
+endfunction()
+
+# diffmesh_cc_test(NAME foo_test SRCS foo_test.cc DEPS diffmesh::foo [TORCH] [LABELS l])
+function(diffmesh_cc_test)
+  cmake_parse_arguments(ARG "TORCH" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  if(NOT BUILD_TESTING)
+    return()
+  endif()
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_compile_options(${ARG_NAME} PRIVATE ${DIFFMESH_WARNINGS})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  if(ARG_TORCH)
+    diffmesh_use_torch(${ARG_NAME})
+  endif()
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  add_test(NAME ${ARG_NAME} COMMAND ${ARG_NAME})
+  set_tests_properties(${ARG_NAME} PROPERTIES TIMEOUT ${ARG_TIMEOUT}
+    ENVIRONMENT "DIFFMESH_FIXTURES=${DIFFMESH_FIXTURES};DIFFMESH_BINARY_DIR=${PROJECT_BINARY_DIR};DIFFMESH_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  if(ARG_LABELS)
+    set_tests_properties(${ARG_NAME} PROPERTIES LABELS "${ARG_LABELS}")
+  endif()
+endfunction()
+
+# Links LibTorch (ATen + c10; the c10d collectives come with libtorch) and shares one
+# precompiled header across every LibTorch target.
+function(diffmesh_use_torch target)
+  target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES})
+  target_include_directories(${target} SYSTEM PUBLIC ${TORCH_INCLUDE_DIRS})
+  if(DIFFMESH_PCH AND TARGET diffmesh_aten_pch)
+    # Executables compile with -fPIE, libraries with -fPIC: a PCH serves only one of them.
+    get_target_property(type ${target} TYPE)
+    if(type STREQUAL "EXECUTABLE")
+      target_precompile_headers(${target} REUSE_FROM diffmesh_aten_pch_exe)
+    else()
+      target_precompile_headers(${target} REUSE_FROM diffmesh_aten_pch)
+    endif()
+  endif()
+endfunction()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages diffmesh builds and tests with. As root it installs what is
+# missing; otherwise it prints the one apt-get line needed and fails.
+set -euo pipefail
+PACKAGES=(
+  cmake make g++ pkg-config ccache
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libtorch-dev libgloo-dev
+  prometheus-cpp-dev libgtest-dev libgmock-dev
+  nlohmann-json3-dev libspng-dev zlib1g-dev
+  python3 python3-grpcio python3-protobuf prometheus
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "diffmesh needs these Debian packages; run as root:" >&2
+  echo "  sudo sh -c '$cmd'" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+sh -c "$cmd"
