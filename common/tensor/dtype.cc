@@ -24,7 +24,7 @@ size_t DTypeSize(DType dtype) {
   return 0;
 }
 
-std::string_view DTypeName(DType dtype) {
+const char* DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kFloat32: return "F32";
     case DType::kFloat16: return "F16";
@@ -40,11 +40,11 @@ std::string_view DTypeName(DType dtype) {
   return "?";
 }
 
-std::optional<DType> DTypeFromName(std::string_view name) {
+std::optional<DType> DTypeFromName(const std::string& name) {
   for (DType d : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt64,
                   DType::kInt32, DType::kUInt8, DType::kFloat64, DType::kInt8, DType::kBool,
                   DType::kInt16}) {
-    if (DTypeName(d) == name) return d;
+    if (name == DTypeName(d)) return d;
   }
   return std::nullopt;
 }

@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <string_view>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,8 +28,8 @@ enum class DType : int {
 // Bytes per element.
 size_t DTypeSize(DType dtype);
 // "F32", "BF16", ... as safetensors spells them.
-std::string_view DTypeName(DType dtype);
-std::optional<DType> DTypeFromName(std::string_view safetensors_name);
+const char* DTypeName(DType dtype);
+std::optional<DType> DTypeFromName(const std::string& safetensors_name);
 
 // Product of `shape`, or an error for negative dims or overflow past `max_elements`.
 absl::StatusOr<int64_t> NumElements(const std::vector<int64_t>& shape,

@@ -1,0 +1,59 @@
+// Pipeline configuration: which models exist, their request limits and defaults, and which
+// service each stage runs on. Data, not code: read from JSON in this one place.
+#ifndef DIFFMESH_COMMON_CONFIG_PIPELINE_CONFIG_H_
+#define DIFFMESH_COMMON_CONFIG_PIPELINE_CONFIG_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace diffmesh {
+
+struct ModelDefaults {
+  int height = 0;
+  int width = 0;
+  int steps = 0;
+  float guidance_scale = 0;
+};
+
+struct ModelLimits {
+  int pixel_granularity = 1;  // height and width must be multiples
+  int min_size = 1;
+  int max_size = 0;
+  int max_prompt_bytes = 0;
+  int max_steps = 200;
+};
+
+struct StageSpec {
+  std::string name;     // "ar", "encoder", "denoise"
+  std::string service;  // key into PipelineConfig::services
+};
+
+struct PipelineModel {
+  std::string name;
+  std::string description;
+  ModelDefaults defaults;
+  ModelLimits limits;
+  std::vector<StageSpec> stages;
+  bool HasStage(const std::string& stage) const;
+};
+
+struct PipelineConfig {
+  std::string default_model;
+  std::map<std::string, std::string> services;  // service name → "host:port"
+  std::vector<PipelineModel> models;
+
+  const PipelineModel* FindModel(const std::string& name) const;
+
+  // Parses and validates (known stages, services defined, sane limits and defaults).
+  static absl::StatusOr<PipelineConfig> Parse(const std::string& json_text);
+  static absl::StatusOr<PipelineConfig> Load(const std::string& path);
+  // The built-in pipeline (glm-image-tiny on the default loopback ports).
+  static const std::string& DefaultJson();
+};
+
+}  // namespace diffmesh
+
+#endif  // DIFFMESH_COMMON_CONFIG_PIPELINE_CONFIG_H_
