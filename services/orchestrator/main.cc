@@ -1,0 +1,62 @@
+// diffmesh-orchestrator: serves the public GenerationService and calls the stage services.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/config/pipeline_config.h"
+#include "common/rpc/server.h"
+#include "services/orchestrator/generation_service.h"
+#include "services/orchestrator/grpc_stage_client.h"
+
+ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, pipeline, "",
+          "Pipeline config (JSON: models, limits, stage → service, service addresses). "
+          "Empty: the built-in glm-image-tiny pipeline on 127.0.0.1:50052..50054.");
+ABSL_FLAG(std::string, ar_address, "", "Overrides the address of service 'ar'.");
+ABSL_FLAG(std::string, encoder_address, "", "Overrides the address of service 'encoder'.");
+ABSL_FLAG(std::string, denoise_address, "", "Overrides the address of service 'denoise'.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "diffmesh-orchestrator --port P [--pipeline FILE] [--ar-address H:P ...]\n"
+      "Serves diffmesh.v1.GenerationService: validates requests, runs the pipeline's stages\n"
+      "(AR tokens, encoder, denoise) over gRPC and streams progress and the PNG result.");
+  absl::ParseCommandLine(argc, argv);
+  diffmesh::BlockTerminationSignals();
+
+  const std::string path = absl::GetFlag(FLAGS_pipeline);
+  auto pipeline = path.empty() ? diffmesh::PipelineConfig::Parse(diffmesh::PipelineConfig::DefaultJson())
+                               : diffmesh::PipelineConfig::Load(path);
+  if (!pipeline.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << pipeline.status().message() << "\n";
+    return 2;
+  }
+  for (auto [name, flag] : {std::pair{"ar", absl::GetFlag(FLAGS_ar_address)},
+                            std::pair{"encoder", absl::GetFlag(FLAGS_encoder_address)},
+                            std::pair{"denoise", absl::GetFlag(FLAGS_denoise_address)}}) {
+    if (!flag.empty()) pipeline->services[name] = flag;
+  }
+  diffmesh::GrpcStageClientFactory stages(pipeline->services);
+  auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages});
+  if (!core.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << core.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::GenerationService service(core->get());
+  diffmesh::ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.health_service_names = {"diffmesh.v1.GenerationService"};
+  auto server = diffmesh::RunningServer::Start({&service}, options);
+  if (!server.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << server.status().message() << "\n";
+    return 1;
+  }
+  std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
+            << std::endl;
+  diffmesh::WaitForTerminationSignal();
+  (*server)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,262 @@
+#include "services/orchestrator/orchestrator_core.h"
+
+#include <cmath>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status/status_macros.h"
+
+namespace diffmesh {
+namespace {
+
+double Seconds(absl::Time since) { return absl::ToDoubleSeconds(absl::Now() - since); }
+
+v1::GenerateEvent StageEvent(const std::string& stage, v1::StageEvent::Kind kind,
+                             double seconds = 0) {
+  v1::GenerateEvent e;
+  e.mutable_stage()->set_stage(stage);
+  e.mutable_stage()->set_kind(kind);
+  if (kind == v1::StageEvent::FINISHED) e.mutable_stage()->set_duration_seconds(seconds);
+  return e;
+}
+
+std::string NewRequestId() {
+  static std::mt19937_64 rng(std::random_device{}());
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  return absl::StrCat("req-", absl::Hex(rng(), absl::kZeroPad16));
+}
+
+uint64_t NewSeed() {
+  static std::mt19937_64 rng(std::random_device{}());
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  return rng() >> 1;  // fits int64 for clients that only have signed integers
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OrchestratorCore>> OrchestratorCore::Create(Options options) {
+  if (options.stages == nullptr) return absl::InvalidArgumentError("stages must be set");
+  return std::unique_ptr<OrchestratorCore>(new OrchestratorCore(std::move(options)));
+}
+
+absl::StatusOr<v1::Accepted> OrchestratorCore::Validate(const v1::GenerateRequest& r) const {
+  const PipelineConfig& p = options_.pipeline;
+  const std::string name = r.model().empty() ? p.default_model : r.model();
+  const PipelineModel* m = p.FindModel(name);
+  if (m == nullptr) {
+    return absl::NotFoundError(absl::StrCat("model: '", name, "' is not served here (see ListModels)"));
+  }
+  const ModelLimits& lim = m->limits;
+  if (r.prompt().empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  if (static_cast<int>(r.prompt().size()) > lim.max_prompt_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", r.prompt().size(),
+                                                   " bytes, the limit is ", lim.max_prompt_bytes));
+  }
+  if (static_cast<int>(r.negative_prompt().size()) > lim.max_prompt_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("negative_prompt: ", r.negative_prompt().size(),
+                                                   " bytes, the limit is ", lim.max_prompt_bytes));
+  }
+  v1::Accepted a;
+  a.set_request_id(r.request_id().empty() ? NewRequestId() : r.request_id());
+  a.set_model(name);
+  for (auto [field, value, fallback] : {std::tuple<const char*, int, int>{"height", r.height(), m->defaults.height},
+                                        {"width", r.width(), m->defaults.width}}) {
+    int v = value == 0 ? fallback : value;
+    if (v < lim.min_size || v > lim.max_size || v % lim.pixel_granularity != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": ", v, " is not allowed for ", name, " (a multiple of ", lim.pixel_granularity,
+          " in ", lim.min_size, "..", lim.max_size, ")"));
+    }
+    (std::string(field) == "height" ? a.set_height(v) : a.set_width(v));
+  }
+  const int steps = r.steps() == 0 ? m->defaults.steps : r.steps();
+  if (steps < 1 || steps > lim.max_steps) {
+    return absl::InvalidArgumentError(absl::StrCat("steps: ", steps, " is outside 1..", lim.max_steps));
+  }
+  a.set_steps(steps);
+  const float g = r.has_guidance_scale() ? r.guidance_scale() : m->defaults.guidance_scale;
+  if (!std::isfinite(g) || g < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("guidance_scale: ", g, " must be finite and >= 0"));
+  }
+  a.set_guidance_scale(g);
+  a.set_seed(r.has_seed() ? r.seed() : NewSeed());
+  return a;
+}
+
+v1::ListModelsResponse OrchestratorCore::ListModels() const {
+  v1::ListModelsResponse out;
+  out.set_default_model(options_.pipeline.default_model);
+  for (const PipelineModel& m : options_.pipeline.models) {
+    v1::ModelInfo* info = out.add_models();
+    info->set_name(m.name);
+    info->set_description(m.description);
+    info->set_default_height(m.defaults.height);
+    info->set_default_width(m.defaults.width);
+    info->set_default_steps(m.defaults.steps);
+    info->set_default_guidance_scale(m.defaults.guidance_scale);
+    info->set_pixel_granularity(m.limits.pixel_granularity);
+    info->set_min_size(m.limits.min_size);
+    info->set_max_size(m.limits.max_size);
+    info->set_max_prompt_bytes(m.limits.max_prompt_bytes);
+    for (const auto& s : m.stages) info->add_stages(s.name);
+  }
+  return out;
+}
+
+absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequest& request,
+                                        const Emit& emit_unsafe) {
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(v1::Accepted accepted, Validate(request));
+  const PipelineModel& model = *options_.pipeline.FindModel(accepted.model());
+  std::mutex emit_mu;
+  const Emit emit = [&](const v1::GenerateEvent& e) {
+    std::lock_guard<std::mutex> lock(emit_mu);
+    emit_unsafe(e);
+  };
+  {
+    v1::GenerateEvent e;
+    *e.mutable_accepted() = accepted;
+    emit(e);
+  }
+  v1::ResultMetadata meta;
+  meta.set_request_id(accepted.request_id());
+  meta.set_model(accepted.model());
+  meta.set_seed(accepted.seed());
+  meta.set_height(accepted.height());
+  meta.set_width(accepted.width());
+  meta.set_steps(accepted.steps());
+  meta.set_guidance_scale(accepted.guidance_scale());
+  auto add_timing = [&meta](const std::string& stage, double s) {
+    v1::StageTiming* t = meta.add_stage_timings();
+    t->set_stage(stage);
+    t->set_seconds(s);
+  };
+  auto service_of = [&model](const char* stage) -> std::string {
+    for (const auto& s : model.stages) {
+      if (s.name == stage) return s.service;
+    }
+    return "";
+  };
+
+  // The encoder does not depend on the AR output: it runs beside it.
+  absl::StatusOr<v1::EncodeResponse> encoded = v1::EncodeResponse();
+  double encoder_seconds = 0;
+  std::thread encoder_thread;
+  if (model.HasStage("encoder")) {
+    ASSIGN_OR_RETURN(EncoderStageClient* encoder, options_.stages->Encoder(service_of("encoder")));
+    encoder_thread = std::thread([&, encoder] {
+      emit(StageEvent("encoder", v1::StageEvent::STARTED));
+      const absl::Time t0 = absl::Now();
+      v1::EncodeRequest req;
+      req.set_request_id(accepted.request_id());
+      req.set_model(accepted.model());
+      req.set_prompt(request.prompt());
+      req.set_negative_prompt(request.negative_prompt());
+      encoded = encoder->Encode(ctx, req);
+      encoder_seconds = Seconds(t0);
+      if (encoded.ok()) {
+        emit(StageEvent("encoder", v1::StageEvent::FINISHED, encoder_seconds));
+      } else {
+        ctx.Cancel();  // fail fast: stop the AR stage too
+      }
+    });
+  }
+  struct JoinOnExit {
+    std::thread& t;
+    ~JoinOnExit() {
+      if (t.joinable()) t.join();
+    }
+  } join_encoder{encoder_thread};
+
+  v1::Tensor prior_tokens;
+  int prior_count = 0;
+  if (model.HasStage("ar")) {
+    ASSIGN_OR_RETURN(ArStageClient* ar, options_.stages->Ar(service_of("ar")));
+    emit(StageEvent("ar", v1::StageEvent::STARTED));
+    const absl::Time t0 = absl::Now();
+    v1::ArRequest req;
+    req.set_request_id(accepted.request_id());
+    req.set_model(accepted.model());
+    req.set_prompt(request.prompt());
+    req.set_height(accepted.height());
+    req.set_width(accepted.width());
+    req.set_seed(accepted.seed());
+    bool done = false;
+    absl::Status s = ar->Generate(ctx, req, [&](const v1::ArTokenChunk& chunk) {
+      prior_count = chunk.offset() + chunk.tokens_size();
+      v1::GenerateEvent e;
+      e.mutable_ar_progress()->set_tokens_generated(prior_count);
+      e.mutable_ar_progress()->set_tokens_total(chunk.total());
+      emit(e);
+      if (chunk.done()) {
+        prior_tokens = chunk.prior_tokens();
+        done = true;
+      }
+    });
+    if (s.ok() && !done) s = absl::InternalError("stage 'ar' ended its stream without a final chunk");
+    if (!s.ok()) {
+      ctx.Cancel();
+      if (encoder_thread.joinable()) encoder_thread.join();
+      // Report the encoder's error if it failed first and caused the cancel.
+      if (!encoded.ok() && s.code() == absl::StatusCode::kCancelled) return encoded.status();
+      return s;
+    }
+    const double ar_seconds = Seconds(t0);
+    add_timing("ar", ar_seconds);
+    emit(StageEvent("ar", v1::StageEvent::FINISHED, ar_seconds));
+  }
+  if (encoder_thread.joinable()) encoder_thread.join();
+  if (!encoded.ok()) return encoded.status();
+  if (model.HasStage("encoder")) add_timing("encoder", encoder_seconds);
+  RETURN_IF_ERROR(ctx.Check("orchestrator"));
+
+  ASSIGN_OR_RETURN(DenoiseStageClient* denoise, options_.stages->Denoise(service_of("denoise")));
+  emit(StageEvent("denoise", v1::StageEvent::STARTED));
+  const absl::Time t0 = absl::Now();
+  v1::DenoiseRequest req;
+  req.set_request_id(accepted.request_id());
+  req.set_model(accepted.model());
+  req.set_height(accepted.height());
+  req.set_width(accepted.width());
+  req.set_steps(accepted.steps());
+  req.set_guidance_scale(accepted.guidance_scale());
+  req.set_seed(accepted.seed());
+  *req.mutable_prior_tokens() = std::move(prior_tokens);
+  *req.mutable_prompt_embeds() = std::move(*encoded->mutable_prompt_embeds());
+  *req.mutable_negative_prompt_embeds() = std::move(*encoded->mutable_negative_prompt_embeds());
+  req.set_output(v1::PNG);
+  v1::DenoiseEvent::Result result;
+  bool have_result = false;
+  RETURN_IF_ERROR(denoise->Denoise(ctx, req, [&](const v1::DenoiseEvent& e) {
+    if (e.has_step()) {
+      v1::GenerateEvent g;
+      g.mutable_denoise_progress()->set_step(e.step().step());
+      g.mutable_denoise_progress()->set_total_steps(e.step().total_steps());
+      emit(g);
+    } else if (e.has_result()) {
+      result = e.result();
+      have_result = true;
+    }
+  }));
+  if (!have_result || result.png().empty()) {
+    return absl::InternalError("stage 'denoise' returned no image");
+  }
+  const double denoise_seconds = Seconds(t0);
+  emit(StageEvent("denoise", v1::StageEvent::FINISHED, denoise_seconds));
+  add_timing("denoise", result.denoise_seconds());
+  add_timing("vae_decode", result.vae_decode_seconds());
+  meta.set_prior_tokens(prior_count);
+  meta.set_total_seconds(Seconds(start));
+  v1::GenerateEvent final_event;
+  final_event.mutable_result()->set_png(std::move(*result.mutable_png()));
+  *final_event.mutable_result()->mutable_metadata() = std::move(meta);
+  emit(final_event);
+  return absl::OkStatus();
+}
+
+}  // namespace diffmesh

@@ -1,0 +1,93 @@
+// Scriptable in-memory stages for orchestrator tests.
+#ifndef DIFFMESH_SERVICES_ORCHESTRATOR_TESTING_FAKE_STAGES_H_
+#define DIFFMESH_SERVICES_ORCHESTRATOR_TESTING_FAKE_STAGES_H_
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "services/orchestrator/stage_client.h"
+
+namespace diffmesh::testing {
+
+class FakeStages final : public StageClientFactory, public ArStageClient,
+                         public EncoderStageClient, public DenoiseStageClient {
+ public:
+  // Behaviour knobs.
+  int ar_tokens = 40;
+  int ar_chunk = 16;
+  absl::Status ar_error;          // returned after the first chunk when set
+  bool ar_block_until_cancel = false;
+  absl::Status encoder_error;
+  absl::Status denoise_error;
+  std::string png = std::string("\x89PNG fake image bytes", 21);
+
+  std::atomic<bool> ar_saw_cancel{false};
+  v1::DenoiseRequest last_denoise;
+
+  absl::StatusOr<ArStageClient*> Ar(const std::string&) override { return this; }
+  absl::StatusOr<EncoderStageClient*> Encoder(const std::string&) override { return this; }
+  absl::StatusOr<DenoiseStageClient*> Denoise(const std::string&) override { return this; }
+
+  absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
+                        const std::function<void(const v1::ArTokenChunk&)>& on_chunk) override {
+    for (int off = 0; off < ar_tokens; off += ar_chunk) {
+      if (absl::Status s = ctx.Check("ar"); !s.ok()) {
+        ar_saw_cancel = true;
+        return s;
+      }
+      v1::ArTokenChunk c;
+      c.set_offset(off);
+      c.set_total(ar_tokens);
+      for (int i = off; i < std::min(off + ar_chunk, ar_tokens); ++i) c.add_tokens(i);
+      c.set_done(off + ar_chunk >= ar_tokens);
+      if (c.done()) {
+        int64_t grid[4] = {1, 2, 3, static_cast<int64_t>(request.seed() % 7)};
+        c.mutable_prior_tokens()->set_dtype(v1::INT64);
+        c.mutable_prior_tokens()->add_shape(2);
+        c.mutable_prior_tokens()->add_shape(2);
+        c.mutable_prior_tokens()->set_data(grid, sizeof(grid));
+      }
+      on_chunk(c);
+      if (!ar_error.ok()) return ar_error;
+      while (ar_block_until_cancel && !ctx.cancelled()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<v1::EncodeResponse> Encode(CallContext&, const v1::EncodeRequest& r) override {
+    if (!encoder_error.ok()) return encoder_error;
+    v1::EncodeResponse out;
+    float v[2] = {1.0f, static_cast<float>(r.prompt().size())};
+    out.mutable_prompt_embeds()->set_dtype(v1::FLOAT32);
+    out.mutable_prompt_embeds()->add_shape(1);
+    out.mutable_prompt_embeds()->add_shape(2);
+    out.mutable_prompt_embeds()->set_data(v, sizeof(v));
+    return out;
+  }
+
+  absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
+                       const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    last_denoise = r;
+    if (!denoise_error.ok()) return denoise_error;
+    for (int i = 1; i <= r.steps(); ++i) {
+      if (absl::Status s = ctx.Check("denoise"); !s.ok()) return s;
+      v1::DenoiseEvent e;
+      e.mutable_step()->set_step(i);
+      e.mutable_step()->set_total_steps(r.steps());
+      on_event(e);
+    }
+    v1::DenoiseEvent e;
+    e.mutable_result()->set_png(png);
+    e.mutable_result()->set_denoise_seconds(0.5);
+    e.mutable_result()->set_vae_decode_seconds(0.25);
+    on_event(e);
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace diffmesh::testing
+
+#endif  // DIFFMESH_SERVICES_ORCHESTRATOR_TESTING_FAKE_STAGES_H_
