@@ -2,8 +2,7 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "common/flags/flags.h"
 #include "common/config/pipeline_config.h"
 #include "common/rpc/server.h"
 #include "services/orchestrator/generation_service.h"
@@ -19,11 +18,10 @@ ABSL_FLAG(std::string, encoder_address, "", "Overrides the address of service 'e
 ABSL_FLAG(std::string, denoise_address, "", "Overrides the address of service 'denoise'.");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "diffmesh-orchestrator --port P [--pipeline FILE] [--ar-address H:P ...]\n"
+  diffmesh::ParseFlags(argc, argv,
+      "diffmesh-orchestrator --port P [--pipeline FILE] [--ar-address H:P ...] (dashes or underscores)\n"
       "Serves diffmesh.v1.GenerationService: validates requests, runs the pipeline's stages\n"
       "(AR tokens, encoder, denoise) over gRPC and streams progress and the PNG result.");
-  absl::ParseCommandLine(argc, argv);
   diffmesh::BlockTerminationSignals();
 
   const std::string path = absl::GetFlag(FLAGS_pipeline);
