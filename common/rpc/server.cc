@@ -4,6 +4,8 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <iostream>
+
 #include "absl/strings/str_cat.h"
 
 namespace diffmesh {
@@ -56,6 +58,20 @@ int WaitForTerminationSignal() {
   int sig = 0;
   sigwait(&set, &sig);
   return sig;
+}
+
+int ServeUntilSignal(const char* name, const std::vector<grpc::Service*>& services,
+                     const ServerOptions& options) {
+  auto server = RunningServer::Start(services, options);
+  if (!server.ok()) {
+    std::cerr << name << ": " << server.status().message() << std::endl;
+    return 1;
+  }
+  std::cout << name << " serving on " << options.host << ":" << (*server)->port() << std::endl;
+  const int sig = WaitForTerminationSignal();
+  std::cout << name << ": signal " << sig << ", shutting down" << std::endl;
+  (*server)->Shutdown();
+  return 0;
 }
 
 std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,

@@ -53,6 +53,11 @@ class RunningServer {
 void BlockTerminationSignals();
 int WaitForTerminationSignal();
 
+// Starts `services`, prints "<name> serving on host:port", blocks until SIGINT/SIGTERM, then
+// shuts down gracefully. Returns the process exit code. Call BlockTerminationSignals() first.
+int ServeUntilSignal(const char* name, const std::vector<grpc::Service*>& services,
+                     const ServerOptions& options);
+
 struct ChannelOptions {
   // Send/receive message limit in bytes.
   int max_message_bytes = kMaxMessageBytes;

@@ -47,14 +47,5 @@ int main(int argc, char** argv) {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.GenerationService"};
-  auto server = diffmesh::RunningServer::Start({&service}, options);
-  if (!server.ok()) {
-    std::cerr << "diffmesh-orchestrator: " << server.status().message() << "\n";
-    return 1;
-  }
-  std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
-            << std::endl;
-  diffmesh::WaitForTerminationSignal();
-  (*server)->Shutdown();
-  return 0;
+  return diffmesh::ServeUntilSignal("diffmesh-orchestrator", {&service}, options);
 }

@@ -44,8 +44,7 @@ absl::StatusOr<std::unique_ptr<OrchestratorCore>> OrchestratorCore::Create(Optio
   return std::unique_ptr<OrchestratorCore>(new OrchestratorCore(std::move(options)));
 }
 
-absl::StatusOr<v1::Accepted> OrchestratorCore::Validate(const v1::GenerateRequest& r) const {
-  const PipelineConfig& p = options_.pipeline;
+absl::StatusOr<v1::Accepted> ValidateRequest(const PipelineConfig& p, const v1::GenerateRequest& r) {
   const std::string name = r.model().empty() ? p.default_model : r.model();
   const PipelineModel* m = p.FindModel(name);
   if (m == nullptr) {
@@ -88,10 +87,10 @@ absl::StatusOr<v1::Accepted> OrchestratorCore::Validate(const v1::GenerateReques
   return a;
 }
 
-v1::ListModelsResponse OrchestratorCore::ListModels() const {
+v1::ListModelsResponse DescribeModels(const PipelineConfig& pipeline) {
   v1::ListModelsResponse out;
-  out.set_default_model(options_.pipeline.default_model);
-  for (const PipelineModel& m : options_.pipeline.models) {
+  out.set_default_model(pipeline.default_model);
+  for (const PipelineModel& m : pipeline.models) {
     v1::ModelInfo* info = out.add_models();
     info->set_name(m.name);
     info->set_description(m.description);
@@ -111,7 +110,7 @@ v1::ListModelsResponse OrchestratorCore::ListModels() const {
 absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequest& request,
                                         const Emit& emit_unsafe) {
   const absl::Time start = absl::Now();
-  ASSIGN_OR_RETURN(v1::Accepted accepted, Validate(request));
+  ASSIGN_OR_RETURN(v1::Accepted accepted, ValidateRequest(options_.pipeline, request));
   const PipelineModel& model = *options_.pipeline.FindModel(accepted.model());
   std::mutex emit_mu;
   const Emit emit = [&](const v1::GenerateEvent& e) {

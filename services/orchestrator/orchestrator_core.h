@@ -15,6 +15,14 @@
 
 namespace diffmesh {
 
+// Fills defaults and checks limits; INVALID_ARGUMENT / NOT_FOUND name the field. The seed and
+// request id are drawn when the request leaves them empty.
+absl::StatusOr<v1::Accepted> ValidateRequest(const PipelineConfig& pipeline,
+                                             const v1::GenerateRequest& request);
+
+// The models of `pipeline` as ListModels reports them.
+v1::ListModelsResponse DescribeModels(const PipelineConfig& pipeline);
+
 class OrchestratorCore {
  public:
   struct Options {
@@ -32,10 +40,7 @@ class OrchestratorCore {
   // Runs one request to completion. Emits Accepted first and GenerateResult last on success.
   absl::Status Generate(CallContext& ctx, const v1::GenerateRequest& request, const Emit& emit);
 
-  // Fills defaults and checks limits; INVALID_ARGUMENT / NOT_FOUND name the field.
-  absl::StatusOr<v1::Accepted> Validate(const v1::GenerateRequest& request) const;
-
-  v1::ListModelsResponse ListModels() const;
+  v1::ListModelsResponse ListModels() const { return DescribeModels(options_.pipeline); }
 
  private:
   explicit OrchestratorCore(Options options) : options_(std::move(options)) {}

@@ -1,0 +1,361 @@
+#include "models/glm_image/ar_model.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "common/safetensors/safetensors.h"
+#include "models/core/fixtures.h"
+#include "models/core/ops.h"
+
+namespace diffmesh::models::glm_image {
+namespace {
+
+constexpr double kTol = 1e-5;
+
+std::string ArDir() { return FixturePath("glm-image-ref-a/vision_language_encoder"); }
+
+struct ArIo {
+  at::Tensor input_ids;  // [1, 11]
+  at::Tensor logits;     // [1, 11, 256]
+};
+
+ArIo LoadIo() {
+  auto io = Checkpoint::Open(FixturePath("glm-image-ref-a/ar_io.safetensors"));
+  EXPECT_TRUE(io.ok()) << io.status();
+  return {ToTensor(*(*io)->Find("input_ids")), ToTensor(*(*io)->Find("logits"))};
+}
+
+const ArModel& FixtureModel() {
+  static const ArModel* model = [] {
+    auto m = ArModel::Load(ArDir());
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m->release();
+  }();
+  return *model;
+}
+
+std::unique_ptr<KvCache> MakeCache(const ArModel& model, int64_t slots, int64_t capacity,
+                                   at::ScalarType dtype = at::kFloat) {
+  auto cache = KvCache::Create(model.config(), {slots, capacity, dtype, at::kCPU});
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  return std::move(*cache);
+}
+
+at::Tensor TextPositions(int64_t start, int64_t n) {
+  return at::arange(start, start + n, at::kLong);
+}
+
+at::Tensor RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randint(0, vocab, {n}, gen, at::kLong);
+}
+
+// Prefills `ids[:prefill]` into `slot`, then decodes the rest one token at a time; returns the
+// logits predicted after each token from prefill-1 on, [n - prefill + 1, V].
+at::Tensor RunIncremental(const ArModel& model, KvCache& cache, int64_t slot, const at::Tensor& ids,
+                          int64_t prefill) {
+  std::vector<at::Tensor> rows;
+  auto first = model.Prefill(cache, slot, ids.narrow(0, 0, prefill), TextPositions(0, prefill));
+  EXPECT_TRUE(first.ok()) << first.status();
+  rows.push_back(*first);
+  for (int64_t i = prefill; i < ids.size(0); ++i) {
+    auto step = model.Decode(cache, {slot}, ids.narrow(0, i, 1), TextPositions(i, 1));
+    EXPECT_TRUE(step.ok()) << step.status();
+    rows.push_back(step->squeeze(0));
+  }
+  return at::stack(rows);
+}
+
+ArConfig TinyConfig() {
+  ArConfig c;
+  c.vocab_size = 300;
+  c.vision_vocab_size = 40;
+  c.hidden_size = 64;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.partial_rotary_factor = 0.5;  // as GLM-4: rotary on half of each head
+  c.mrope_section = {2, 1, 1};
+  c.max_position_embeddings = 256;
+  c.image_start_token_id = 290;
+  c.image_end_token_id = 291;
+  return c;
+}
+
+std::unique_ptr<ArModel> TinyModel(uint64_t seed, at::ScalarType dtype = at::kFloat) {
+  const ArConfig c = TinyConfig();
+  auto m = ArModel::Create(c, InitSeeded(ArModel::Params(c), seed), {dtype, at::kCPU, 0});
+  EXPECT_TRUE(m.ok()) << m.status();
+  return std::move(*m);
+}
+
+TEST(ArConfigTest, ParsesFixtureConfig) {
+  auto c = ArConfig::FromFile(ArDir());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hidden_size, 64);
+  EXPECT_EQ(c->num_hidden_layers, 2);
+  EXPECT_EQ(c->num_attention_heads, 4);
+  EXPECT_EQ(c->num_key_value_heads, 2);
+  EXPECT_EQ(c->head_dim, 16);
+  EXPECT_EQ(c->rotary_dim(), 16);  // no partial_rotary_factor in this config
+  EXPECT_EQ(c->mrope_section, (std::array<int64_t, 3>{2, 3, 3}));
+  EXPECT_EQ(c->vocab_size, 1200);
+  EXPECT_EQ(c->vision_vocab_size, 256);
+  EXPECT_EQ(c->image_start_token_id, 1101);
+  EXPECT_EQ(c->image_end_token_id, 1102);
+  EXPECT_EQ(c->image_token_id, 1100);
+}
+
+TEST(ArConfigTest, RejectsInconsistentSections) {
+  nlohmann::json j = {
+      {"text_config",
+       {{"hidden_size", 64},
+        {"num_attention_heads", 4},
+        {"rope_parameters", {{"rope_type", "default"}, {"mrope_section", {2, 3, 4}}}}}}};
+  EXPECT_EQ(ArConfig::FromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+  j["text_config"]["rope_parameters"]["mrope_section"] = {2, 3, 3};
+  EXPECT_TRUE(ArConfig::FromJson(j).ok());
+  j["text_config"]["rope_parameters"]["rope_type"] = "yarn";
+  EXPECT_EQ(ArConfig::FromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ArModelTest, ParamsAreExactlyTheDecoderAndHeadOfTheCheckpoint) {
+  auto config = ArConfig::FromFile(ArDir());
+  ASSERT_TRUE(config.ok());
+  auto ckpt = Checkpoint::Open(ArDir());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::map<std::string, std::vector<int64_t>> expected;
+  for (const auto& [name, view] : (*ckpt)->tensors()) {
+    bool ignored = false;
+    for (const auto& p : ArModel::IgnoredPrefixes()) ignored |= name.rfind(p, 0) == 0;
+    if (!ignored) expected[name] = view->shape;
+  }
+  std::map<std::string, std::vector<int64_t>> declared;
+  for (const ParamSpec& s : ArModel::Params(*config)) declared[s.name] = s.shape;
+  EXPECT_EQ(declared, expected);
+  EXPECT_EQ(declared.at("lm_head.weight"), (std::vector<int64_t>{256, 64}));
+}
+
+TEST(ArModelTest, ForwardMatchesReference) {
+  const ArIo io = LoadIo();
+  auto logits = FixtureModel().Forward(io.input_ids);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_EQ(logits->sizes(), io.logits.sizes());
+  const double err = RelativeError(*logits, io.logits);
+  std::printf("full forward vs reference: rel err %.3g\n", err);
+  EXPECT_LE(err, kTol);
+}
+
+TEST(ArModelTest, PrefillThenDecodeMatchesForwardAtEveryPosition) {
+  const ArIo io = LoadIo();
+  const at::Tensor ids = io.input_ids[0];
+  const at::Tensor ref = io.logits[0];  // [11, 256]
+  const ArModel& model = FixtureModel();
+  auto cache = MakeCache(model, 2, 16);
+  const int64_t slot = *cache->Allocate();
+  const at::Tensor got = RunIncremental(model, *cache, slot, ids, 4);  // rows for tokens 3..10
+  double worst = 0;
+  for (int64_t i = 0; i < got.size(0); ++i) {
+    worst = std::max(worst, RelativeError(got[i], ref[3 + i]));
+  }
+  std::printf("prefill(4) + 7 decode steps vs reference, worst row rel err %.3g\n", worst);
+  EXPECT_LE(worst, kTol);
+  EXPECT_EQ(cache->length(slot), 11);
+
+  // Chunked prefill: the second chunk attends to the first through the cache.
+  const int64_t other = *cache->Allocate();
+  ASSERT_TRUE(model.Prefill(*cache, other, ids.narrow(0, 0, 3), TextPositions(0, 3)).ok());
+  auto chunk = model.Prefill(*cache, other, ids.narrow(0, 3, 5), TextPositions(3, 5));
+  ASSERT_TRUE(chunk.ok()) << chunk.status();
+  EXPECT_LE(RelativeError(*chunk, ref[7]), kTol);
+}
+
+// The same sequence decoded alone and sharing each step with a sequence of another length (in
+// both a contiguous and a scattered slot order) gives the same logits.
+TEST(ArModelTest, DecodeIsBatchInvariant) {
+  const ArIo io = LoadIo();
+  const at::Tensor a = io.input_ids[0];        // 11 tokens
+  const at::Tensor b = RandomIds(9, 1200, 5);  // another prompt, prefilled longer
+  const ArModel& model = FixtureModel();
+
+  auto solo_cache = MakeCache(model, 1, 16);
+  const int64_t solo = *solo_cache->Allocate();
+  const at::Tensor a_alone = RunIncremental(model, *solo_cache, solo, a, 3);  // rows: tokens 2..10
+  auto b_forward = model.Forward(b.unsqueeze(0));
+  ASSERT_TRUE(b_forward.ok());
+
+  for (const std::vector<int64_t>& order : {std::vector<int64_t>{0, 1}, {2, 0}}) {
+    auto cache = MakeCache(model, 3, 16);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(cache->Allocate().ok());
+    const int64_t slot_a = order[0], slot_b = order[1];
+    auto a0 = model.Prefill(*cache, slot_a, a.narrow(0, 0, 3), TextPositions(0, 3));
+    auto b0 = model.Prefill(*cache, slot_b, b.narrow(0, 0, 5), TextPositions(0, 5));
+    ASSERT_TRUE(a0.ok() && b0.ok());
+    double worst_a = RelativeError(*a0, a_alone[0]);
+    double worst_b = RelativeError(*b0, (*b_forward)[0][4]);
+    for (int64_t step = 0; step < 4; ++step) {  // b runs out after 4 more tokens
+      const at::Tensor tokens = at::stack({a[3 + step], b[5 + step]});
+      const at::Tensor pos = at::tensor({3 + step, 5 + step}, at::kLong);
+      auto logits = model.Decode(*cache, {slot_a, slot_b}, tokens, pos);
+      ASSERT_TRUE(logits.ok()) << logits.status();
+      worst_a = std::max(worst_a, RelativeError((*logits)[0], a_alone[1 + step]));
+      worst_b = std::max(worst_b, RelativeError((*logits)[1], (*b_forward)[0][5 + step]));
+    }
+    // a continues alone in the shared cache after b is done (and freed).
+    ASSERT_TRUE(cache->Free(slot_b).ok());
+    for (int64_t i = 7; i < 11; ++i) {
+      auto logits = model.Decode(*cache, {slot_a}, a.narrow(0, i, 1), TextPositions(i, 1));
+      ASSERT_TRUE(logits.ok());
+      worst_a = std::max(worst_a, RelativeError((*logits)[0], a_alone[i - 2]));
+    }
+    std::printf("slots {%lld,%lld}: batched vs alone rel err a %.3g, b vs forward %.3g\n",
+                static_cast<long long>(slot_a), static_cast<long long>(slot_b), worst_a, worst_b);
+    EXPECT_LE(worst_a, kTol);
+    EXPECT_LE(worst_b, kTol);
+  }
+}
+
+TEST(ArModelTest, FreedSlotIsReusedAndErrorsAreReported) {
+  const ArIo io = LoadIo();
+  const at::Tensor a = io.input_ids[0];
+  const ArModel& model = FixtureModel();
+  auto cache = MakeCache(model, 2, 12);
+  EXPECT_EQ(*cache->Allocate(), 0);
+  EXPECT_EQ(*cache->Allocate(), 1);
+  EXPECT_EQ(cache->Allocate().status().code(), absl::StatusCode::kResourceExhausted);
+
+  // Fill slot 0 with another sequence, free it, and run `a` in the reused slot.
+  const at::Tensor junk = RandomIds(12, 1200, 9);
+  ASSERT_TRUE(model.Prefill(*cache, 0, junk, TextPositions(0, 12)).ok());
+  ASSERT_TRUE(cache->Free(0).ok());
+  EXPECT_EQ(cache->Free(0).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(model.Decode(*cache, {0}, a.narrow(0, 0, 1), TextPositions(0, 1)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cache->num_free(), 1);
+  EXPECT_EQ(*cache->Allocate(), 0);
+  EXPECT_EQ(cache->length(0), 0);
+  const at::Tensor got = RunIncremental(model, *cache, 0, a, 2);
+  EXPECT_LE(RelativeError(got, io.logits[0].narrow(0, 1, 10)), kTol);
+
+  // Slot 0 now holds 11 of 12 tokens: one more decode fits, the next does not.
+  ASSERT_TRUE(model.Decode(*cache, {0}, a.narrow(0, 0, 1), TextPositions(11, 1)).ok());
+  EXPECT_EQ(model.Decode(*cache, {0}, a.narrow(0, 0, 1), TextPositions(12, 1)).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(model.Prefill(*cache, 1, RandomIds(13, 1200, 1), TextPositions(0, 13)).status().code(),
+            absl::StatusCode::kOutOfRange);
+  // Bad requests.
+  ASSERT_TRUE(model.Prefill(*cache, 1, a.narrow(0, 0, 2), TextPositions(0, 2)).ok());
+  EXPECT_EQ(model.Decode(*cache, {1, 1}, a.narrow(0, 0, 2), TextPositions(2, 2)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      model.Decode(*cache, {1}, at::tensor({5000}, at::kLong), TextPositions(2, 1)).status().code(),
+      absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(model.Decode(*cache, {1}, a.narrow(0, 0, 2), TextPositions(2, 2)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->length(1), 2);  // failed calls leave the slot unchanged
+}
+
+TEST(ArPositionsTest, GenerationPositionsFollowTheReference) {
+  // transformers' get_rope_index docstring, text-to-image case: prompt of 5 tokens, grids
+  // generated 3x2 then 3x3, then the end marker.
+  const at::Tensor p = GenerationPositions(5, {{3, 2}, {3, 3}});
+  const std::vector<int64_t> t = {5, 5, 5, 5, 5, 5, 8, 8, 8, 8, 8, 8, 8, 8, 8, 11};
+  const std::vector<int64_t> h = {5, 5, 6, 6, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10, 10, 11};
+  const std::vector<int64_t> w = {5, 6, 5, 6, 5, 6, 8, 9, 10, 8, 9, 10, 8, 9, 10, 11};
+  EXPECT_TRUE(at::equal(p, at::stack({at::tensor(t), at::tensor(h), at::tensor(w)})));
+}
+
+TEST(ArPositionsTest, PromptPositionsOfAnImageToImagePrompt) {
+  // transformers' get_rope_index docstring, image-to-image case: <start> 6 image tokens (3x2)
+  // <end> 4 text tokens <start>.
+  const ArConfig c = TinyConfig();
+  const int64_t s = c.image_start_token_id, e = c.image_end_token_id;
+  const at::Tensor ids = at::tensor(std::vector<int64_t>{s, 7, 7, 7, 7, 7, 7, e, 1, 2, 3, 4, s});
+  auto p = PromptPositions(c, ids, {{3, 2}});
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::vector<int64_t> t = {0, 1, 1, 1, 1, 1, 1, 4, 5, 6, 7, 8, 9};
+  const std::vector<int64_t> h = {0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8, 9};
+  const std::vector<int64_t> w = {0, 1, 2, 1, 2, 1, 2, 4, 5, 6, 7, 8, 9};
+  EXPECT_TRUE(at::equal(p->positions, at::stack({at::tensor(t), at::tensor(h), at::tensor(w)})));
+  EXPECT_EQ(p->next_position, 10);
+  // Text-only prompt: 0..S-1 on every axis, generation starts at S.
+  auto text = PromptPositions(c, at::tensor(std::vector<int64_t>{1, 2, 3, s}), {});
+  ASSERT_TRUE(text.ok());
+  EXPECT_TRUE(at::equal(text->positions, at::arange(4, at::kLong).expand({3, 4})));
+  EXPECT_EQ(text->next_position, 4);
+  EXPECT_EQ(PromptPositions(c, ids, {{2, 2}}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PromptPositions(c, ids, {}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ArModelTest, TinySeededModelIsDeterministic) {
+  auto m1 = TinyModel(7), m2 = TinyModel(7), m3 = TinyModel(8);
+  const at::Tensor ids = RandomIds(10, 300, 3).unsqueeze(0);
+  auto a = m1->Forward(ids), b = m2->Forward(ids), c = m3->Forward(ids);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->sizes(), (std::vector<int64_t>{1, 10, 40}));
+  EXPECT_TRUE(at::equal(*a, *b));
+  EXPECT_TRUE(at::equal(*a, *m1->Forward(ids)));
+  EXPECT_GT(RelativeError(*a, *c), 1e-2);
+}
+
+// Image generation with 2-D grid positions (partial rotary, M-RoPE sections {2,1,1}): the
+// incremental path and the full forward agree, and the grid positions do change the result.
+TEST(ArModelTest, TinyImageGenerationMatchesForwardWithGridPositions) {
+  auto model = TinyModel(11);
+  const ArConfig& c = model->config();
+  at::Tensor prompt = at::cat({RandomIds(5, 280, 4), at::tensor({c.image_start_token_id})});
+  auto pp = PromptPositions(c, prompt, {});
+  ASSERT_TRUE(pp.ok());
+  const at::Tensor gen_pos = GenerationPositions(pp->next_position, {{2, 3}, {3, 3}});
+
+  auto cache = MakeCache(*model, 2, 32);
+  const int64_t slot = *cache->Allocate();
+  auto logits = model->Prefill(*cache, slot, prompt, pp->positions);
+  ASSERT_TRUE(logits.ok());
+  std::vector<at::Tensor> steps = {*logits};
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < 15; ++i) {  // the 6 + 9 grid tokens, fed back greedily
+    tokens.push_back(steps.back().argmax().item<int64_t>());
+    auto next = model->Decode(*cache, {slot}, at::tensor({tokens.back()}, at::kLong),
+                              gen_pos.narrow(1, i, 1));
+    ASSERT_TRUE(next.ok()) << next.status();
+    steps.push_back(next->squeeze(0));
+  }
+  const at::Tensor seq = at::cat({prompt, at::tensor(tokens, at::kLong)}).unsqueeze(0);
+  const at::Tensor pos = at::cat({pp->positions, gen_pos.narrow(1, 0, 15)}, 1).unsqueeze(1);
+  auto full = model->Forward(seq, pos);
+  ASSERT_TRUE(full.ok()) << full.status();
+  const at::Tensor got = at::stack(steps);  // rows for tokens 5..20
+  const double err = RelativeError(got, (*full)[0].narrow(0, 5, 16));
+  std::printf("tiny image generation, incremental vs full forward: rel err %.3g\n", err);
+  EXPECT_LE(err, kTol);
+  auto text_pos = model->Forward(seq);
+  ASSERT_TRUE(text_pos.ok());
+  EXPECT_GT(RelativeError(*text_pos, *full), 1e-4);
+}
+
+// Same model in bf16 (the GPU dtype): every path runs and stays close to fp32.
+TEST(ArModelTest, TinyModelRunsInBfloat16) {
+  auto f32 = TinyModel(3), bf16 = TinyModel(3, at::kBFloat16);
+  const at::Tensor ids = RandomIds(8, 300, 6);
+  auto ref = f32->Forward(ids.unsqueeze(0));
+  auto full = bf16->Forward(ids.unsqueeze(0));
+  ASSERT_TRUE(ref.ok() && full.ok());
+  EXPECT_EQ(full->scalar_type(), at::kBFloat16);
+  EXPECT_LE(RelativeError(*full, *ref), 5e-2);
+  auto cache = MakeCache(*bf16, 2, 16, at::kBFloat16);
+  const at::Tensor inc = RunIncremental(*bf16, *cache, *cache->Allocate(), ids, 5);
+  EXPECT_LE(RelativeError(inc, (*ref)[0].narrow(0, 4, 4)), 5e-2);
+  // A cache of another dtype is refused.
+  auto f32_cache = MakeCache(*bf16, 1, 16, at::kFloat);
+  ASSERT_TRUE(f32_cache->Allocate().ok());
+  EXPECT_EQ(bf16->Prefill(*f32_cache, 0, ids, TextPositions(0, 8)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace diffmesh::models::glm_image

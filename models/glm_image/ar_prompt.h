@@ -1,0 +1,50 @@
+// The AR model's text-to-image prompt, built as transformers' GlmImageProcessor builds it:
+//   {prompt}<grid_bos>{token_h} {token_w}<grid_eos><grid_bos>{prev_h} {prev_w}<grid_eos><bos>
+// with token_h × token_w = (H/32) × (W/32) the target grid and prev_h × prev_w the preview grid
+// (16 × 16 for a square image). The model then generates the preview grid, the target grid and
+// the image-end token.
+#ifndef DIFFMESH_MODELS_GLM_IMAGE_AR_PROMPT_H_
+#define DIFFMESH_MODELS_GLM_IMAGE_AR_PROMPT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/glm_image/ar_model.h"
+
+namespace diffmesh::models::glm_image {
+
+// Text tokenizer of a model's AR stage. The built-in small models use byte tokens (UTF-8 byte b
+// → byte_offset + b) and three special ids; real checkpoints bring a BPE tokenizer.json.
+struct ArTokenizerSpec {
+  int64_t byte_offset = 0;
+  int64_t grid_bos_id = 0;
+  int64_t grid_eos_id = 0;
+  int64_t bos_id = 0;
+  int64_t max_prompt_tokens = 2048;
+};
+
+// Sampling of image tokens (defaults as the released model is served).
+struct ArSampling {
+  float temperature = 0.9f;  // 0: greedy
+  int64_t top_k = 0;         // 0: no top-k cut
+  float top_p = 0.75f;       // 1: no nucleus cut
+};
+
+struct ArPrompt {
+  std::vector<int64_t> ids;    // prompt token ids
+  ImageGrid target;            // (H/32) × (W/32)
+  ImageGrid preview;           // generated first, then dropped
+  int64_t max_new_tokens = 0;  // preview + target + the end token
+};
+
+std::vector<int64_t> EncodeBytes(const ArTokenizerSpec& tokenizer, const std::string& text);
+
+// INVALID_ARGUMENT when the size is not a positive multiple of 32 or the prompt is too long.
+absl::StatusOr<ArPrompt> BuildTextToImagePrompt(const ArTokenizerSpec& tokenizer,
+                                                const std::string& prompt, int height, int width);
+
+}  // namespace diffmesh::models::glm_image
+
+#endif  // DIFFMESH_MODELS_GLM_IMAGE_AR_PROMPT_H_

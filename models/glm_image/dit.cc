@@ -1,0 +1,324 @@
+#include "models/glm_image/dit.h"
+
+#include <cmath>
+#include <fstream>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/safetensors/safetensors.h"
+#include "common/status/status_macros.h"
+#include "models/core/ops.h"
+
+namespace diffmesh::models::glm_image {
+namespace {
+
+constexpr double kNormEps = 1e-5;  // every LayerNorm in the reference
+constexpr double kRopeTheta = 10000.0;
+constexpr double kMaxPeriod = 10000.0;  // sinusoidal timestep/condition embeddings
+
+// Reads an integer key if present (null counts as absent, like a constructor default).
+absl::Status ReadInt(const nlohmann::json& json, const char* key, int64_t* out) {
+  auto it = json.find(key);
+  if (it == json.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transformer config: '", key, "' must be an integer, got ", it->dump()));
+  }
+  *out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
+// LayerNorm over the last dim without affine parameters.
+at::Tensor PlainLayerNorm(const at::Tensor& x) {
+  return at::layer_norm(x, {x.size(-1)}, /*weight=*/{}, /*bias=*/{}, kNormEps);
+}
+
+// x·(1 + scale) + shift with per-sample [B, D] modulation broadcast over the sequence.
+at::Tensor Modulate(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
+  return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
+// diffusers get_timestep_embedding with flip_sin_to_cos=True, downscale_freq_shift=0, scale=1:
+// values [M] → [M, dim] float32 laid out as [cos | sin].
+at::Tensor SinusoidalEmbedding(const at::Tensor& values, int64_t dim) {
+  const int64_t half = dim / 2;
+  at::Tensor exponent =
+      at::arange(0, half, values.options().dtype(at::kFloat)) * (-std::log(kMaxPeriod));
+  exponent = exponent / static_cast<double>(half);
+  at::Tensor args = values.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
+  at::Tensor emb = at::cat({at::cos(args), at::sin(args)}, -1);
+  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0});
+  return emb;
+}
+
+// GlmImageRotaryPosEmbed: 2-D RoPE tables over the patch grid, each [hp·wp, head_dim] float32.
+// The first half of the frequencies indexes rows, the second columns; the table is the
+// frequency vector repeated twice (rotate-half convention).
+std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t hp, int64_t wp, int64_t head_dim,
+                                               const at::Device& device) {
+  const int64_t dim_half = head_dim / 2;  // per axis
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor inv_freq = at::reciprocal(
+      at::pow(kRopeTheta, at::arange(0, dim_half, 2, f32).slice(0, 0, dim_half / 2) / dim_half));
+  at::Tensor freqs_h = at::outer(at::arange(hp, f32), inv_freq);  // [hp, dim/4]
+  at::Tensor freqs_w = at::outer(at::arange(wp, f32), inv_freq);  // [wp, dim/4]
+  const int64_t nf = inv_freq.size(0);
+  at::Tensor freqs = at::cat(
+      {freqs_h.unsqueeze(1).expand({hp, wp, nf}), freqs_w.unsqueeze(0).expand({hp, wp, nf})},
+      -1);                                                     // [hp, wp, dim/2]
+  freqs = at::cat({freqs, freqs}, -1).reshape({hp * wp, -1});  // [N, dim]
+  return {freqs.cos(), freqs.sin()};
+}
+
+// diffusers apply_rotary_emb(use_real_unbind_dim=-2) on x [B, N, heads, D] in fp32, returned in
+// x's dtype; cos/sin [N, D].
+at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor rotated = at::cat({-xf.slice(-1, half), xf.slice(-1, 0, half)}, -1);
+  at::Tensor c = cos.unsqueeze(0).unsqueeze(2);  // [1, N, 1, D]
+  at::Tensor s = sin.unsqueeze(0).unsqueeze(2);
+  return (xf * c + rotated * s).to(x.scalar_type());
+}
+
+}  // namespace
+
+absl::StatusOr<DitConfig> DitConfig::FromJson(const nlohmann::json& json) {
+  DitConfig c;
+  if (!json.is_object()) return absl::InvalidArgumentError("transformer config: not an object");
+  RETURN_IF_ERROR(ReadInt(json, "patch_size", &c.patch_size));
+  RETURN_IF_ERROR(ReadInt(json, "in_channels", &c.in_channels));
+  RETURN_IF_ERROR(ReadInt(json, "out_channels", &c.out_channels));
+  RETURN_IF_ERROR(ReadInt(json, "num_layers", &c.num_layers));
+  RETURN_IF_ERROR(ReadInt(json, "attention_head_dim", &c.attention_head_dim));
+  RETURN_IF_ERROR(ReadInt(json, "num_attention_heads", &c.num_attention_heads));
+  RETURN_IF_ERROR(ReadInt(json, "text_embed_dim", &c.text_embed_dim));
+  RETURN_IF_ERROR(ReadInt(json, "time_embed_dim", &c.time_embed_dim));
+  RETURN_IF_ERROR(ReadInt(json, "condition_dim", &c.condition_dim));
+  RETURN_IF_ERROR(
+      ReadInt(json, "prior_vq_quantizer_codebook_size", &c.prior_vq_quantizer_codebook_size));
+  for (int64_t v :
+       {c.patch_size, c.in_channels, c.out_channels, c.attention_head_dim, c.num_attention_heads,
+        c.text_embed_dim, c.time_embed_dim, c.condition_dim, c.prior_vq_quantizer_codebook_size}) {
+    if (v <= 0) return absl::InvalidArgumentError("transformer config: sizes must be positive");
+  }
+  if (c.num_layers < 0) return absl::InvalidArgumentError("transformer config: num_layers < 0");
+  // The 2-D RoPE splits head_dim into row/column halves of cos/sin pairs.
+  if (c.attention_head_dim % 4 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("transformer config: attention_head_dim ",
+                                                   c.attention_head_dim, " not a multiple of 4"));
+  }
+  return c;
+}
+
+absl::StatusOr<DitConfig> DitConfig::FromFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("bad JSON in ", path));
+  return FromJson(json);
+}
+
+std::vector<ParamSpec> GlmImageDit::Params(const DitConfig& c) {
+  const int64_t dim = c.inner_dim();
+  const int64_t p = c.patch_size;
+  const int64_t te = c.time_embed_dim;
+  std::vector<ParamSpec> specs;
+  AddLinear(specs, "image_projector.proj", c.in_channels * p * p, dim);
+  AddLinear(specs, "glyph_projector.net.0.proj", c.text_embed_dim, dim);
+  AddLinear(specs, "glyph_projector.net.2", dim, dim);
+  specs.push_back({"prior_token_embedding.weight", {c.prior_vq_quantizer_codebook_size, dim}});
+  AddLinear(specs, "prior_projector.net.0.proj", dim, dim);
+  AddLinear(specs, "prior_projector.net.2", dim, dim);
+  // The timestep sinusoid has time_embed_dim channels; the size conditions contribute
+  // 2 (crop, target) × 2 (values each) × condition_dim.
+  AddLinear(specs, "time_condition_embed.timestep_embedder.linear_1", te, te);
+  AddLinear(specs, "time_condition_embed.timestep_embedder.linear_2", te, te);
+  AddLinear(specs, "time_condition_embed.condition_embedder.linear_1", 4 * c.condition_dim, te);
+  AddLinear(specs, "time_condition_embed.condition_embedder.linear_2", te, te);
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string b = absl::StrCat("transformer_blocks.", i, ".");
+    AddLinear(specs, b + "norm1.linear", te, 12 * dim);
+    AddLinear(specs, b + "attn1.to_q", dim, dim);
+    AddLinear(specs, b + "attn1.to_k", dim, dim);
+    AddLinear(specs, b + "attn1.to_v", dim, dim);
+    AddLinear(specs, b + "attn1.to_out.0", dim, dim);
+    AddLinear(specs, b + "ff.net.0.proj", dim, 4 * dim);
+    AddLinear(specs, b + "ff.net.2", 4 * dim, dim);
+  }
+  AddLinear(specs, "norm_out.linear", te, 2 * dim);
+  AddLinear(specs, "proj_out", dim, p * p * c.out_channels);
+  return specs;
+}
+
+GlmImageDit::GlmImageDit(const DitConfig& config, WeightMap weights)
+    : config_(config), weights_(std::move(weights)) {
+  dtype_ = Get(weights_, "proj_out.weight").scalar_type();
+  attention_fn_ = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    return Attention(q, k, v);
+  };
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig& config,
+                                                                 WeightMap weights) {
+  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+  return std::unique_ptr<GlmImageDit>(new GlmImageDit(config, std::move(weights)));
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Load(const std::string& dir,
+                                                               at::ScalarType dtype) {
+  ASSIGN_OR_RETURN(DitConfig config, DitConfig::FromFile(dir + "/config.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  ASSIGN_OR_RETURN(WeightMap weights, LoadWeights(*checkpoint, Params(config), dtype));
+  return Create(config, std::move(weights));
+}
+
+at::Tensor GlmImageDit::TimeConditionEmbedding(const at::Tensor& timestep,
+                                               const at::Tensor& target_size,
+                                               const at::Tensor& crop_coords) const {
+  const int64_t batch = timestep.size(0);
+  // Sinusoids in fp32, then the MLPs in the model dtype, as the reference does.
+  at::Tensor t_proj = SinusoidalEmbedding(timestep, config_.time_embed_dim);  // [B, te]
+  at::Tensor crop_proj = SinusoidalEmbedding(crop_coords.flatten(), config_.condition_dim)
+                             .view({batch, -1});  // [B, 2·cd]
+  at::Tensor size_proj = SinusoidalEmbedding(target_size.flatten(), config_.condition_dim)
+                             .view({batch, -1});              // [B, 2·cd]
+  at::Tensor cond_proj = at::cat({crop_proj, size_proj}, 1);  // [B, 4·cd]
+
+  const std::string p = "time_condition_embed.";
+  at::Tensor t_emb = Linear(t_proj.to(dtype_), weights_, p + "timestep_embedder.linear_1");
+  t_emb = Linear(at::silu(t_emb), weights_, p + "timestep_embedder.linear_2");
+  at::Tensor c_emb = Linear(cond_proj.to(dtype_), weights_, p + "condition_embedder.linear_1");
+  c_emb = Linear(at::silu(c_emb), weights_, p + "condition_embedder.linear_2");
+  return at::silu(t_emb + c_emb);  // [B, te]
+}
+
+void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
+                        const at::Tensor& temb, const at::Tensor& rope_cos,
+                        const at::Tensor& rope_sin) const {
+  const std::string b = absl::StrCat("transformer_blocks.", index, ".");
+  const int64_t batch = hidden.size(0);
+  const int64_t text_len = context.size(1);
+  const int64_t seq = text_len + hidden.size(1);
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t head_dim = config_.attention_head_dim;
+  const int64_t dim = config_.inner_dim();
+
+  // AdaLN-Zero modulation, 12 chunks interleaving the image and text (c_) streams.
+  std::vector<at::Tensor> m = Linear(temb, weights_, b + "norm1.linear").chunk(12, 1);
+  const at::Tensor &shift_msa = m[0], &c_shift_msa = m[1], &scale_msa = m[2], &c_scale_msa = m[3],
+                   &gate_msa = m[4], &c_gate_msa = m[5], &shift_mlp = m[6], &c_shift_mlp = m[7],
+                   &scale_mlp = m[8], &c_scale_mlp = m[9], &gate_mlp = m[10], &c_gate_mlp = m[11];
+
+  at::Tensor norm_h = Modulate(PlainLayerNorm(hidden), scale_msa, shift_msa);
+  at::Tensor norm_c = Modulate(PlainLayerNorm(context), c_scale_msa, c_shift_msa);
+
+  // Joint attention over [text; image].
+  at::Tensor joint = at::cat({norm_c, norm_h}, 1);  // [B, S, dim]
+  // Projection of the joint sequence → [B, S, heads, D].
+  auto project = [&](const char* name) {
+    return Linear(joint, weights_, b + "attn1." + name).view({batch, seq, heads, head_dim});
+  };
+  at::Tensor q = PlainLayerNorm(project("to_q"));  // [B, S, heads, D]
+  at::Tensor k = PlainLayerNorm(project("to_k"));
+  at::Tensor v = project("to_v");
+  q = at::cat({q.slice(1, 0, text_len), ApplyRotary(q.slice(1, text_len), rope_cos, rope_sin)}, 1);
+  k = at::cat({k.slice(1, 0, text_len), ApplyRotary(k.slice(1, text_len), rope_cos, rope_sin)}, 1);
+
+  at::Tensor attn = attention_fn_(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+  attn = attn.transpose(1, 2).reshape({batch, seq, dim}).to(q.scalar_type());  // [B, S, dim]
+  attn = Linear(attn, weights_, b + "attn1.to_out.0");
+
+  hidden = hidden + attn.slice(1, text_len) * gate_msa.unsqueeze(1);
+  context = context + attn.slice(1, 0, text_len) * c_gate_msa.unsqueeze(1);
+
+  // Shared feed-forward (tanh GELU) for both streams, each with its own modulation.
+  auto ff = [&](const at::Tensor& x) {
+    return Linear(at::gelu(Linear(x, weights_, b + "ff.net.0.proj"), "tanh"), weights_,
+                  b + "ff.net.2");
+  };
+  norm_h = Modulate(PlainLayerNorm(hidden), scale_mlp, shift_mlp);
+  norm_c = Modulate(PlainLayerNorm(context), c_scale_mlp, c_shift_mlp);
+  hidden = hidden + ff(norm_h) * gate_mlp.unsqueeze(1);
+  context = context + ff(norm_c) * c_gate_mlp.unsqueeze(1);
+}
+
+at::Tensor GlmImageDit::Forward(const DitInputs& in) const {
+  const DitConfig& c = config_;
+  const at::Tensor& any_weight = Get(weights_, "proj_out.weight");
+  const at::Device device = any_weight.device();
+  const auto float_opts = at::TensorOptions().dtype(at::kFloat).device(device);
+
+  TORCH_CHECK(in.hidden_states.dim() == 4, "hidden_states must be [B, C, H, W]");
+  const int64_t batch = in.hidden_states.size(0);
+  const int64_t channels = in.hidden_states.size(1);
+  const int64_t height = in.hidden_states.size(2);
+  const int64_t width = in.hidden_states.size(3);
+  const int64_t p = c.patch_size;
+  TORCH_CHECK(channels == c.in_channels, "hidden_states has ", channels, " channels, expected ",
+              c.in_channels);
+  TORCH_CHECK(height % p == 0 && width % p == 0, "latent size ", height, "x", width,
+              " not a multiple of patch size ", p);
+  const int64_t hp = height / p, wp = width / p, num_patches = hp * wp;
+  TORCH_CHECK(in.encoder_hidden_states.dim() == 3 && in.encoder_hidden_states.size(0) == batch &&
+                  in.encoder_hidden_states.size(2) == c.text_embed_dim,
+              "encoder_hidden_states must be [B, T, ", c.text_embed_dim, "]");
+  TORCH_CHECK(in.prior_token_id.dim() == 2 && in.prior_token_id.size(0) == batch &&
+                  in.prior_token_id.size(1) == num_patches,
+              "prior_token_id must be [B, ", num_patches, "]");
+  TORCH_CHECK(in.prior_token_drop.sizes() == in.prior_token_id.sizes(),
+              "prior_token_drop must match prior_token_id");
+  TORCH_CHECK(in.timestep.dim() == 1 && in.timestep.size(0) == batch, "timestep must be [B]");
+  TORCH_CHECK(
+      in.target_size.dim() == 2 && in.target_size.size(0) == batch && in.target_size.size(1) == 2,
+      "target_size must be [B, 2]");
+  TORCH_CHECK(
+      in.crop_coords.dim() == 2 && in.crop_coords.size(0) == batch && in.crop_coords.size(1) == 2,
+      "crop_coords must be [B, 2]");
+
+  auto [rope_cos, rope_sin] = RotaryTables(hp, wp, c.attention_head_dim, device);  // [N, D]
+
+  // Patch embedding: [B, C, H, W] → [B, N, C·p·p] with (c, py, px) fastest-varying.
+  at::Tensor x = in.hidden_states.to(device, dtype_);
+  at::Tensor patches = x.reshape({batch, channels, hp, p, wp, p})
+                           .permute({0, 2, 4, 1, 3, 5})
+                           .reshape({batch, num_patches, channels * p * p});
+  at::Tensor hidden = Linear(patches, weights_, "image_projector.proj");  // [B, N, dim]
+
+  // Glyph (text) stream: exact-erf GELU MLP.
+  at::Tensor context = in.encoder_hidden_states.to(device, dtype_);
+  context = Linear(at::gelu(Linear(context, weights_, "glyph_projector.net.0.proj")), weights_,
+                   "glyph_projector.net.2");  // [B, T, dim]
+
+  // Prior tokens: dropped positions contribute a zero embedding (still passed through the
+  // projector, whose biases then act alone).
+  at::Tensor ids = in.prior_token_id.to(device, at::kLong);
+  at::Tensor drop = in.prior_token_drop.to(device).ne(0).unsqueeze(-1);  // [B, N, 1]
+  at::Tensor prior = at::embedding(Get(weights_, "prior_token_embedding.weight"), ids);
+  prior = prior.masked_fill(drop, 0);
+  prior = Linear(at::silu(Linear(prior, weights_, "prior_projector.net.0.proj")), weights_,
+                 "prior_projector.net.2");
+  hidden = hidden + prior;
+
+  at::Tensor temb =
+      TimeConditionEmbedding(in.timestep.to(float_opts), in.target_size.to(float_opts),
+                             in.crop_coords.to(float_opts));  // [B, te]
+
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    Block(i, hidden, context, temb, rope_cos, rope_sin);
+  }
+
+  // Final AdaLN (no activation on temb here: it already went through SiLU), chunked
+  // (scale, shift).
+  std::vector<at::Tensor> mod = Linear(temb, weights_, "norm_out.linear").chunk(2, 1);
+  hidden = Modulate(PlainLayerNorm(hidden), mod[0], mod[1]);
+  hidden = Linear(hidden, weights_, "proj_out");  // [B, N, p·p·C_out]
+
+  // Unpatchify: [B, hp, wp, C_out, p, p] → [B, C_out, H, W].
+  return hidden.reshape({batch, hp, wp, c.out_channels, p, p})
+      .permute({0, 3, 1, 4, 2, 5})
+      .reshape({batch, c.out_channels, height, width});
+}
+
+}  // namespace diffmesh::models::glm_image

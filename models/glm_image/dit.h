@@ -1,0 +1,102 @@
+// GLM-Image diffusion transformer: the diffusers `GlmImageTransformer2DModel` (MMDiT-style joint
+// text/image attention with AdaLN-Zero, RoPE on image tokens only, and the AR model's prior
+// tokens added to the patch embeddings), written functionally over a WeightMap whose names are
+// those of the diffusers checkpoint (transformer/diffusion_pytorch_model.safetensors).
+#ifndef DIFFMESH_MODELS_GLM_IMAGE_DIT_H_
+#define DIFFMESH_MODELS_GLM_IMAGE_DIT_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/core/weights.h"
+#include "nlohmann/json.hpp"
+
+namespace diffmesh::models::glm_image {
+
+// transformer/config.json; missing keys take the diffusers constructor defaults.
+struct DitConfig {
+  int64_t patch_size = 2;
+  int64_t in_channels = 16;
+  int64_t out_channels = 16;
+  int64_t num_layers = 30;
+  int64_t attention_head_dim = 40;
+  int64_t num_attention_heads = 64;
+  int64_t text_embed_dim = 1472;
+  int64_t time_embed_dim = 512;
+  int64_t condition_dim = 256;
+  int64_t prior_vq_quantizer_codebook_size = 16384;
+
+  int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
+
+  static absl::StatusOr<DitConfig> FromJson(const nlohmann::json& json);
+  static absl::StatusOr<DitConfig> FromFile(const std::string& path);
+};
+
+// One transformer call. Floating inputs are cast to the model's dtype where the reference does
+// so; integer/bool inputs may have any integral dtype.
+struct DitInputs {
+  at::Tensor hidden_states;          // [B, C_in, H, W] latents (H, W multiples of patch_size)
+  at::Tensor encoder_hidden_states;  // [B, T, text_embed_dim] glyph (T5) embeddings; T may be 0
+  at::Tensor prior_token_id;         // [B, (H/p)·(W/p)] int64 VQ ids from the AR model
+  at::Tensor prior_token_drop;       // [B, (H/p)·(W/p)] bool/uint8, nonzero = zero that embedding
+  at::Tensor timestep;               // [B] float (the pipeline passes t − 1)
+  at::Tensor target_size;            // [B, 2] (height, width) in pixels, float
+  at::Tensor crop_coords;            // [B, 2] (top, left), float
+};
+
+// Joint attention core: q/k/v [B, heads, S, head_dim] over S = T text + N image tokens (text
+// first), no mask, scale 1/sqrt(head_dim) → [B, heads, S, head_dim]. Replaceable so that
+// sequence/tensor-parallel attention (Ulysses, ring) can be plugged in without touching the DiT.
+using AttentionFn =
+    std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)>;
+
+class GlmImageDit {
+ public:
+  // Every parameter, named and shaped exactly as in the diffusers checkpoint.
+  static std::vector<ParamSpec> Params(const DitConfig& config);
+
+  // `weights` must hold exactly Params(config); the model computes in their dtype and device.
+  static absl::StatusOr<std::unique_ptr<GlmImageDit>> Create(const DitConfig& config,
+                                                             WeightMap weights);
+
+  // Reads `dir`/config.json and the safetensors checkpoint in `dir`, converted to `dtype`.
+  static absl::StatusOr<std::unique_ptr<GlmImageDit>> Load(const std::string& dir,
+                                                           at::ScalarType dtype = at::kFloat);
+
+  // → sample [B, out_channels, H, W] in the model's dtype.
+  at::Tensor Forward(const DitInputs& inputs) const;
+
+  // Defaults to models::Attention (SDPA).
+  void set_attention_fn(AttentionFn fn) { attention_fn_ = std::move(fn); }
+
+  const DitConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  const WeightMap& weights() const { return weights_; }
+
+ private:
+  GlmImageDit(const DitConfig& config, WeightMap weights);
+
+  // silu(timestep embedding + size/crop embedding) → [B, time_embed_dim].
+  at::Tensor TimeConditionEmbedding(const at::Tensor& timestep, const at::Tensor& target_size,
+                                    const at::Tensor& crop_coords) const;
+
+  // One GlmImageTransformerBlock; updates both streams in place of the arguments.
+  void Block(int64_t index, at::Tensor& hidden, at::Tensor& context, const at::Tensor& temb,
+             const at::Tensor& rope_cos, const at::Tensor& rope_sin) const;
+
+  DitConfig config_;
+  WeightMap weights_;
+  at::ScalarType dtype_;
+  AttentionFn attention_fn_;
+};
+
+}  // namespace diffmesh::models::glm_image
+
+#endif  // DIFFMESH_MODELS_GLM_IMAGE_DIT_H_

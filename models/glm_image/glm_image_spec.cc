@@ -1,0 +1,106 @@
+#include "models/glm_image/glm_image_spec.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+
+namespace diffmesh::models::glm_image {
+namespace {
+
+using json = nlohmann::json;
+
+// glm-image-tiny: every component of GLM-Image at a size that runs a 256×256 image on two CPU
+// cores in seconds. Token layout of its AR vocabulary: VQ codes 0..255, image start/end 256/257,
+// vision vocabulary 320, then byte tokens and the grid/bos specials (see ArTokenizerSpec).
+GlmImageSpec Tiny() {
+  GlmImageSpec s;
+  s.name = "glm-image-tiny";
+  s.seed = 20261124;
+  s.transformer = json::parse(R"({
+    "_class_name": "GlmImageTransformer2DModel", "attention_head_dim": 32, "condition_dim": 32,
+    "in_channels": 16, "num_attention_heads": 4, "num_layers": 2, "out_channels": 16,
+    "patch_size": 2, "prior_vq_quantizer_codebook_size": 256, "text_embed_dim": 64,
+    "time_embed_dim": 64})");
+  s.vae = json::parse(R"({
+    "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [32, 32, 64, 64],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 1,
+    "norm_num_groups": 8, "mid_block_add_attention": true, "scaling_factor": 0.18215,
+    "shift_factor": null, "use_quant_conv": true, "use_post_quant_conv": true, "force_upcast": true,
+    "latents_mean": [-0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "latents_std": [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25]})");
+  s.text_encoder = json::parse(R"({
+    "architectures": ["T5EncoderModel"], "d_ff": 128, "d_kv": 16, "d_model": 64,
+    "dense_act_fn": "gelu_new", "feed_forward_proj": "gated-gelu", "is_gated_act": true,
+    "layer_norm_epsilon": 1e-6, "model_type": "t5", "num_heads": 4, "num_layers": 2,
+    "pad_token_id": 0, "eos_token_id": 1, "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32, "vocab_size": 384})");
+  s.vision_language_encoder = json::parse(R"({
+    "architectures": ["GlmImageForConditionalGeneration"], "model_type": "glm_image",
+    "image_token_id": 600, "image_start_token_id": 256, "image_end_token_id": 257,
+    "text_config": {
+      "attention_bias": true, "hidden_act": "silu", "hidden_size": 128, "intermediate_size": 256,
+      "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 2,
+      "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vision_vocab_size": 320, "vocab_size": 640,
+      "bos_token_id": 578, "eos_token_id": 257, "pad_token_id": 0,
+      "rope_parameters": {"mrope_section": [4, 6, 6], "rope_theta": 10000.0, "rope_type": "default"}}})");
+  s.scheduler = json::parse(R"({
+    "_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.25,
+    "invert_sigmas": false, "max_image_seq_len": 4096, "max_shift": 0.75,
+    "num_train_timesteps": 1000, "shift": 1.0, "shift_terminal": null, "stochastic_sampling": false,
+    "time_shift_type": "linear", "use_beta_sigmas": false, "use_dynamic_shifting": true,
+    "use_exponential_sigmas": false, "use_karras_sigmas": false})");
+  s.tokenizer.byte_offset = 320;
+  s.tokenizer.grid_bos_id = 576;
+  s.tokenizer.grid_eos_id = 577;
+  s.tokenizer.bos_id = 578;
+  s.tokenizer.max_prompt_tokens = 2048;
+  return s;
+}
+
+uint64_t ComponentSeed(const GlmImageSpec& spec, uint64_t salt) {
+  return spec.seed * 0x9E3779B97F4A7C15ULL + salt;
+}
+
+}  // namespace
+
+std::vector<std::string> BuiltinModelNames() { return {"glm-image-tiny"}; }
+
+absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name) {
+  if (name == "glm-image-tiny") return Tiny();
+  return absl::NotFoundError(absl::StrCat("model: '", name, "' is not a built-in model"));
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
+                                                      at::ScalarType dtype) {
+  ASSIGN_OR_RETURN(DitConfig config, DitConfig::FromJson(spec.transformer));
+  WeightMap w = InitSeeded(GlmImageDit::Params(config), ComponentSeed(spec, 1));
+  for (auto& [name, t] : w) t = t.to(dtype);
+  return GlmImageDit::Create(config, std::move(w));
+}
+
+absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpec& spec,
+                                                               at::ScalarType dtype) {
+  ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::FromJson(spec.vae));
+  WeightMap w = InitSeeded(AutoencoderKl::Params(config, VaeParts::kDecoderOnly), ComponentSeed(spec, 2));
+  for (auto& [name, t] : w) t = t.to(dtype);
+  return AutoencoderKl::Create(config, std::move(w), VaeParts::kDecoderOnly);
+}
+
+absl::StatusOr<std::unique_ptr<T5Encoder>> BuildTextEncoder(const GlmImageSpec& spec) {
+  ASSIGN_OR_RETURN(T5Config config, T5Config::FromJson(spec.text_encoder));
+  return T5Encoder::CreateSeeded(config, ComponentSeed(spec, 3));
+}
+
+absl::StatusOr<std::unique_ptr<ArModel>> BuildArModel(const GlmImageSpec& spec,
+                                                      const ArModelOptions& options) {
+  ASSIGN_OR_RETURN(ArConfig config, ArConfig::FromJson(spec.vision_language_encoder));
+  return ArModel::Create(config, InitSeeded(ArModel::Params(config), ComponentSeed(spec, 4)), options);
+}
+
+absl::StatusOr<std::unique_ptr<FlowMatchEulerScheduler>> BuildScheduler(const GlmImageSpec& spec) {
+  ASSIGN_OR_RETURN(SchedulerConfig config, SchedulerConfig::FromJson(spec.scheduler));
+  return FlowMatchEulerScheduler::Create(config);
+}
+
+}  // namespace diffmesh::models::glm_image

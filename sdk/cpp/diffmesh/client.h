@@ -1,0 +1,69 @@
+// diffmesh C++ client: talks to the orchestrator's GenerationService. No LibTorch.
+#ifndef DIFFMESH_SDK_CPP_DIFFMESH_CLIENT_H_
+#define DIFFMESH_SDK_CPP_DIFFMESH_CLIENT_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "diffmesh/v1/generation.pb.h"
+
+namespace diffmesh::sdk {
+
+struct ClientOptions {
+  // Orchestrator address, "host:port".
+  std::string address = "127.0.0.1:50051";
+  // Deadline of a Generate call unless the call gives its own.
+  absl::Duration default_deadline = absl::Minutes(30);
+  // Largest message accepted (a PNG result).
+  int max_message_bytes = 64 << 20;
+};
+
+// Cancels a running Generate from any thread.
+class CancelHandle {
+ public:
+  CancelHandle();
+  ~CancelHandle();
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend class Client;
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Create(const ClientOptions& options);
+  ~Client();
+
+  // Runs a generation; `on_event` (optional) sees every progress event, including the final
+  // result. Returns the result, or the server's status (code and message). Never retried.
+  absl::StatusOr<v1::GenerateResult> Generate(
+      const v1::GenerateRequest& request,
+      const std::function<void(const v1::GenerateEvent&)>& on_event = nullptr,
+      CancelHandle* cancel = nullptr, std::optional<absl::Duration> deadline = std::nullopt);
+
+  // UNAVAILABLE is retried with backoff until `timeout`.
+  absl::StatusOr<v1::ListModelsResponse> ListModels(absl::Duration timeout = absl::Seconds(10));
+
+  // grpc.health.v1 Check of `service` ("" = the whole server); UNAVAILABLE retried until timeout.
+  absl::Status WaitUntilServing(absl::Duration timeout, const std::string& service = "");
+
+ private:
+  class Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// grpc.health.v1 Check against any diffmesh service: OK once it reports SERVING.
+absl::Status WaitUntilServing(const std::string& address, absl::Duration timeout,
+                              const std::string& service = "");
+
+}  // namespace diffmesh::sdk
+
+#endif  // DIFFMESH_SDK_CPP_DIFFMESH_CLIENT_H_

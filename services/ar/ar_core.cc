@@ -1,0 +1,262 @@
+#include "services/ar/ar_core.h"
+
+#include <ATen/ATen.h>
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+#include "common/tensor/wire_tensor.h"
+#include "models/glm_image/glm_image_spec.h"
+#include "services/ar/sampler.h"
+
+namespace diffmesh {
+
+using models::glm_image::ArModel;
+using models::glm_image::ArPrompt;
+using models::glm_image::GlmImageSpec;
+using models::glm_image::KvCache;
+
+namespace {
+
+struct Sequence {
+  CallContext* ctx = nullptr;
+  const std::function<void(const v1::ArTokenChunk&)>* on_chunk = nullptr;
+  ArPrompt prompt;
+  at::Generator generator;
+  int64_t slot = -1;
+  at::Tensor gen_positions;         // [3, max_new_tokens] int64
+  std::vector<int32_t> generated;   // grid tokens so far (the end token is appended at the end)
+  int emitted = 0;                  // tokens already streamed
+  std::promise<absl::Status> done;
+};
+
+}  // namespace
+
+class ArCore::Impl {
+ public:
+  Impl(const Options& options, GlmImageSpec spec, std::unique_ptr<ArModel> model,
+       std::unique_ptr<KvCache> cache)
+      : options_(options), spec_(std::move(spec)), model_(std::move(model)), cache_(std::move(cache)),
+        codebook_size_(model_->config().image_start_token_id) {
+    scheduler_ = std::thread([this] { Loop(); });
+  }
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    scheduler_.join();
+  }
+
+  absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
+                        const std::function<void(const v1::ArTokenChunk&)>& on_chunk) {
+    if (request.model() != spec_.name) {
+      return absl::NotFoundError(absl::StrCat("model: this AR service serves '", spec_.name,
+                                              "', not '", request.model(), "'"));
+    }
+    if (request.height() > options_.max_image_size || request.width() > options_.max_image_size) {
+      return absl::InvalidArgumentError(absl::StrCat("height/width: this AR service serves at most ",
+                                                     options_.max_image_size, " pixels a side"));
+    }
+    auto seq = std::make_shared<Sequence>();
+    ASSIGN_OR_RETURN(seq->prompt, models::glm_image::BuildTextToImagePrompt(
+                                      spec_.tokenizer, request.prompt(), request.height(), request.width()));
+    if (static_cast<int64_t>(seq->prompt.ids.size()) + seq->prompt.max_new_tokens > cache_->capacity()) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: ", seq->prompt.ids.size(),
+                                                     " tokens do not fit the AR cache"));
+    }
+    seq->ctx = &ctx;
+    seq->on_chunk = &on_chunk;
+    seq->generator = at::detail::createCPUGenerator(request.seed());
+    std::future<absl::Status> done = seq->done.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return absl::UnavailableError("AR service is shutting down");
+      if (static_cast<int>(waiting_.size()) >= options_.max_queue) {
+        return absl::ResourceExhaustedError(absl::StrCat("AR queue is full (", options_.max_queue,
+                                                         " requests waiting)"));
+      }
+      waiting_.push_back(seq);
+    }
+    cv_.notify_all();
+    return done.get();
+  }
+
+  const std::string& model() const { return spec_.name; }
+
+ private:
+  void Finish(const std::shared_ptr<Sequence>& seq, absl::Status status) {
+    if (seq->slot >= 0) {
+      cache_->Free(seq->slot).IgnoreError();
+      seq->slot = -1;
+    }
+    seq->done.set_value(std::move(status));
+  }
+
+  // Streams what is new; on the last call also the end token and the prior-token grid.
+  void Emit(Sequence& seq, bool last) {
+    const int total = static_cast<int>(seq.prompt.max_new_tokens);
+    v1::ArTokenChunk chunk;
+    chunk.set_offset(seq.emitted);
+    chunk.set_total(total);
+    for (size_t i = seq.emitted; i < seq.generated.size(); ++i) chunk.add_tokens(seq.generated[i]);
+    seq.emitted = static_cast<int>(seq.generated.size());
+    if (last) {
+      chunk.set_done(true);
+      const auto& t = seq.prompt.target;
+      const int64_t n = t.height * t.width;
+      std::vector<int64_t> grid(seq.generated.end() - n, seq.generated.end());
+      *chunk.mutable_prior_tokens() =
+          MakeTensor(DType::kInt64, {t.height, t.width}, grid.data(), grid.size() * sizeof(int64_t));
+      chunk.add_tokens(static_cast<int32_t>(model_->config().image_end_token_id));
+      seq.emitted++;
+    }
+    (*seq.on_chunk)(chunk);
+  }
+
+  // Records a sampled token; finishes the sequence when its grids are complete.
+  // Returns true while the sequence stays in the batch.
+  bool Accept(const std::shared_ptr<Sequence>& seq, int32_t token) {
+    seq->generated.push_back(token);
+    const int64_t grid_tokens = seq->prompt.max_new_tokens - 1;
+    if (static_cast<int64_t>(seq->generated.size()) == grid_tokens) {
+      // The end token closes the image; nothing samples it, so no decode step is spent on it.
+      Emit(*seq, /*last=*/true);
+      Finish(seq, absl::OkStatus());
+      return false;
+    }
+    if (static_cast<int>(seq->generated.size()) - seq->emitted >= options_.chunk_tokens) {
+      Emit(*seq, /*last=*/false);
+    }
+    return true;
+  }
+
+  absl::Status Admit(const std::shared_ptr<Sequence>& seq) {
+    RETURN_IF_ERROR(seq->ctx->Check("ar"));
+    ASSIGN_OR_RETURN(seq->slot, cache_->Allocate());
+    at::Tensor ids = at::tensor(seq->prompt.ids, at::kLong);
+    ASSIGN_OR_RETURN(auto prompt_pos, models::glm_image::PromptPositions(model_->config(), ids, {}));
+    seq->gen_positions = models::glm_image::GenerationPositions(
+        prompt_pos.next_position, {seq->prompt.preview, seq->prompt.target});
+    ASSIGN_OR_RETURN(at::Tensor logits, model_->Prefill(*cache_, seq->slot, ids, prompt_pos.positions));
+    at::Tensor token = SampleTokens(logits.unsqueeze(0), codebook_size_, spec_.sampling,
+                                    {&seq->generator});
+    return Accept(seq, static_cast<int32_t>(token[0].item<int64_t>()))
+               ? absl::OkStatus()
+               : absl::OkStatus();
+  }
+
+  void Loop() {
+    std::vector<std::shared_ptr<Sequence>> active;
+    while (true) {
+      std::deque<std::shared_ptr<Sequence>> admit;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !active.empty(); });
+        if (stopping_) {
+          for (auto& s : waiting_) Finish(s, absl::UnavailableError("AR service is shutting down"));
+          for (auto& s : active) Finish(s, absl::UnavailableError("AR service is shutting down"));
+          return;
+        }
+        while (!waiting_.empty() && static_cast<int64_t>(active.size() + admit.size()) < cache_->max_slots()) {
+          admit.push_back(waiting_.front());
+          waiting_.pop_front();
+        }
+      }
+      // Join at a token boundary: prefill the newcomers.
+      for (auto& seq : admit) {
+        absl::Status s = Admit(seq);
+        if (!s.ok()) {
+          Finish(seq, s);
+        } else if (seq->slot >= 0) {
+          active.push_back(seq);
+        }
+      }
+      // Leave at a token boundary: cancelled or past their deadline.
+      std::vector<std::shared_ptr<Sequence>> running;
+      for (auto& seq : active) {
+        absl::Status s = seq->ctx->Check("ar");
+        if (s.ok()) {
+          running.push_back(seq);
+        } else {
+          Finish(seq, s);
+        }
+      }
+      active.swap(running);
+      if (active.empty()) continue;
+
+      // One decode step for the whole batch.
+      std::vector<int64_t> slots, tokens;
+      std::vector<at::Tensor> positions;
+      std::vector<at::Generator*> generators;
+      for (auto& seq : active) {
+        slots.push_back(seq->slot);
+        tokens.push_back(seq->generated.back());
+        positions.push_back(seq->gen_positions.select(1, static_cast<int64_t>(seq->generated.size()) - 1));
+        generators.push_back(&seq->generator);
+      }
+      auto logits = model_->Decode(*cache_, slots, at::tensor(tokens, at::kLong), at::stack(positions, 1));
+      if (!logits.ok()) {
+        for (auto& seq : active) Finish(seq, logits.status());
+        active.clear();
+        continue;
+      }
+      at::Tensor sampled = SampleTokens(*logits, codebook_size_, spec_.sampling, generators);
+      auto next = sampled.accessor<int64_t, 1>();
+      std::vector<std::shared_ptr<Sequence>> still;
+      for (size_t i = 0; i < active.size(); ++i) {
+        if (Accept(active[i], static_cast<int32_t>(next[i]))) still.push_back(active[i]);
+      }
+      active.swap(still);
+    }
+  }
+
+  const Options options_;
+  const GlmImageSpec spec_;
+  std::unique_ptr<ArModel> model_;
+  std::unique_ptr<KvCache> cache_;
+  const int64_t codebook_size_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Sequence>> waiting_;
+  bool stopping_ = false;
+  std::thread scheduler_;
+};
+
+absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
+  if (options.max_batch < 1 || options.max_queue < 0 || options.chunk_tokens < 1) {
+    return absl::InvalidArgumentError("ArCore: max_batch and chunk_tokens must be >= 1");
+  }
+  ASSIGN_OR_RETURN(GlmImageSpec spec, models::glm_image::BuiltinSpec(options.model));
+  ASSIGN_OR_RETURN(auto model, models::glm_image::BuildArModel(spec));
+  // Capacity: the longest prompt plus the grids of the largest image.
+  ASSIGN_OR_RETURN(auto sizing, models::glm_image::BuildTextToImagePrompt(
+                                    spec.tokenizer, "", options.max_image_size, options.max_image_size));
+  models::glm_image::KvCacheOptions cache_options;
+  cache_options.max_slots = options.max_batch;
+  cache_options.capacity = spec.tokenizer.max_prompt_tokens + sizing.max_new_tokens;
+  ASSIGN_OR_RETURN(auto cache, KvCache::Create(model->config(), cache_options));
+  return std::unique_ptr<ArCore>(new ArCore(
+      std::make_unique<Impl>(options, std::move(spec), std::move(model), std::move(cache))));
+}
+
+ArCore::ArCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ArCore::~ArCore() = default;
+
+absl::Status ArCore::Generate(CallContext& ctx, const v1::ArRequest& request,
+                              const std::function<void(const v1::ArTokenChunk&)>& on_chunk) {
+  return impl_->Generate(ctx, request, on_chunk);
+}
+
+const std::string& ArCore::model() const { return impl_->model(); }
+
+}  // namespace diffmesh

@@ -1,0 +1,51 @@
+// The AR-token stage core: prefill + KV-cache decode of the GLM-Image AR model with continuous
+// batching. Requests join the running batch at token boundaries and leave it when done or
+// cancelled; each samples with its own seeded generator, so its tokens do not depend on what
+// else is in the batch. gRPC-free.
+#ifndef DIFFMESH_SERVICES_AR_AR_CORE_H_
+#define DIFFMESH_SERVICES_AR_AR_CORE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/call/call_context.h"
+#include "diffmesh/v1/stages.pb.h"
+
+namespace diffmesh {
+
+class ArCore {
+ public:
+  struct Options {
+    // Built-in model to serve.
+    std::string model = "glm-image-tiny";
+    // Sequences decoded together (KV-cache slots).
+    int max_batch = 8;
+    // Requests waiting for a slot before new ones get RESOURCE_EXHAUSTED.
+    int max_queue = 64;
+    // Tokens per streamed chunk.
+    int chunk_tokens = 32;
+    // Largest image side served (sizes the KV cache: prompt + preview + target grid).
+    int max_image_size = 512;
+  };
+  static absl::StatusOr<std::unique_ptr<ArCore>> Create(const Options& options);
+  ~ArCore();
+
+  // Streams the request's tokens to `on_chunk` (called from the scheduler thread, in order;
+  // the last chunk has done = true and the prior-token grid) and returns once the request has
+  // finished, failed or been cancelled through `ctx`.
+  absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
+                        const std::function<void(const v1::ArTokenChunk&)>& on_chunk);
+
+  const std::string& model() const;
+
+ private:
+  class Impl;
+  explicit ArCore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace diffmesh
+
+#endif  // DIFFMESH_SERVICES_AR_AR_CORE_H_

@@ -1,0 +1,39 @@
+// diffmesh-ar: the AR-token stage service.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "common/flags/flags.h"
+#include "common/rpc/server.h"
+#include "services/ar/ar_core.h"
+#include "services/ar/ar_service.h"
+
+ABSL_FLAG(int, port, 50052, "Port of the ArTokenService.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+ABSL_FLAG(int, max_batch, 8, "Sequences decoded together (continuous batching; KV-cache slots).");
+ABSL_FLAG(int, max_queue, 64, "Requests waiting for a slot before RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, chunk_tokens, 32, "Tokens per streamed chunk.");
+
+int main(int argc, char** argv) {
+  diffmesh::ParseFlags(argc, argv,
+                       "diffmesh-ar --port P [--model M]\n"
+                       "Serves diffmesh.v1.ArTokenService: the AR prior-token model with a KV cache "
+                       "and continuous batching, streaming tokens in chunks.");
+  diffmesh::BlockTerminationSignals();
+  diffmesh::ArCore::Options o;
+  o.model = absl::GetFlag(FLAGS_model);
+  o.max_batch = absl::GetFlag(FLAGS_max_batch);
+  o.max_queue = absl::GetFlag(FLAGS_max_queue);
+  o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
+  auto core = diffmesh::ArCore::Create(o);
+  if (!core.ok()) {
+    std::cerr << "diffmesh-ar: " << core.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::ArTokenService service(core->get());
+  diffmesh::ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.health_service_names = {"diffmesh.v1.ArTokenService"};
+  return diffmesh::ServeUntilSignal("diffmesh-ar", {&service}, options);
+}

@@ -1,0 +1,30 @@
+// `diffmesh up`: starts the four services as child processes on loopback, waits until each
+// reports SERVING, and stops them all on SIGINT/SIGTERM or when one of them dies.
+#ifndef DIFFMESH_SERVICES_CLI_MESH_H_
+#define DIFFMESH_SERVICES_CLI_MESH_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace diffmesh::cli {
+
+struct MeshOptions {
+  // Orchestrator on base_port, AR / encoder / denoise on base_port + 1..3.
+  int base_port = 50051;
+  // Built-in model the stage services load.
+  std::string model = "glm-image-tiny";
+  // Folder with the service binaries; empty: beside this executable or in the build tree.
+  std::string bin_dir;
+  // How long each service may take to report SERVING.
+  absl::Duration start_timeout = absl::Seconds(120);
+};
+
+// Runs until a termination signal (exit code 0) or a failure (non-zero). Expects SIGINT,
+// SIGTERM and SIGCHLD to be blocked in the calling thread.
+int RunMesh(const MeshOptions& options);
+
+}  // namespace diffmesh::cli
+
+#endif  // DIFFMESH_SERVICES_CLI_MESH_H_

@@ -1,0 +1,80 @@
+#include "services/cli/progress.h"
+
+#include <string>
+
+namespace diffmesh::cli {
+
+void ProgressPrinter::EndLine() {
+  if (open_line_) {
+    std::fputc('\n', out_);
+    open_line_ = false;
+  }
+}
+
+void ProgressPrinter::Bar(const char* what, int done, int total, const char* unit) {
+  constexpr int kWidth = 30;
+  const int filled = total > 0 ? done * kWidth / total : 0;
+  std::string bar(filled, '#');
+  bar.append(kWidth - filled, '.');
+  std::fprintf(out_, "\r%-8s [%s] %d/%d %s", what, bar.c_str(), done, total, unit);
+  std::fflush(out_);
+  open_line_ = true;
+}
+
+void ProgressPrinter::OnEvent(const v1::GenerateEvent& e) {
+  switch (e.event_case()) {
+    case v1::GenerateEvent::kAccepted: {
+      const auto& a = e.accepted();
+      std::fprintf(out_, "accepted %s: %s %dx%d, %d steps, guidance %.2f, seed %llu\n",
+                   a.request_id().c_str(), a.model().c_str(), a.width(), a.height(), a.steps(),
+                   a.guidance_scale(), static_cast<unsigned long long>(a.seed()));
+      break;
+    }
+    case v1::GenerateEvent::kStage: {
+      const auto& s = e.stage();
+      if (s.kind() == v1::StageEvent::STARTED) {
+        if (!tty_) std::fprintf(out_, "stage %s started\n", s.stage().c_str());
+      } else {
+        EndLine();
+        std::fprintf(out_, "stage %s finished in %.2f s\n", s.stage().c_str(), s.duration_seconds());
+      }
+      break;
+    }
+    case v1::GenerateEvent::kArProgress: {
+      const auto& p = e.ar_progress();
+      if (tty_) {
+        Bar("ar", p.tokens_generated(), p.tokens_total(), "tokens");
+      } else {
+        // Plain output: about ten lines per AR stage, not one per chunk.
+        const int line = p.tokens_total() > 0 ? p.tokens_generated() * 10 / p.tokens_total() : 0;
+        if (line != last_ar_line_) {
+          std::fprintf(out_, "ar tokens %d/%d\n", p.tokens_generated(), p.tokens_total());
+          last_ar_line_ = line;
+        }
+      }
+      break;
+    }
+    case v1::GenerateEvent::kDenoiseProgress: {
+      const auto& p = e.denoise_progress();
+      if (tty_) {
+        Bar("denoise", p.step(), p.total_steps(), "steps");
+      } else {
+        std::fprintf(out_, "denoise step %d/%d\n", p.step(), p.total_steps());
+      }
+      break;
+    }
+    case v1::GenerateEvent::kResult: {
+      EndLine();
+      const auto& m = e.result().metadata();
+      std::fprintf(out_, "done in %.2f s:", m.total_seconds());
+      for (const auto& t : m.stage_timings()) std::fprintf(out_, " %s %.2f s", t.stage().c_str(), t.seconds());
+      std::fprintf(out_, "\n");
+      break;
+    }
+    default:
+      break;
+  }
+  std::fflush(out_);
+}
+
+}  // namespace diffmesh::cli

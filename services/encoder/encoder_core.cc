@@ -1,0 +1,56 @@
+#include "services/encoder/encoder_core.h"
+
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+#include "models/glm_image/glm_image_spec.h"
+#include "services/stage_common/torch_wire.h"
+
+namespace diffmesh {
+
+class EncoderCore::Impl {
+ public:
+  Impl(Options options, std::string model_name,
+       std::unique_ptr<models::glm_image::T5Encoder> encoder)
+      : options_(std::move(options)), model_name_(std::move(model_name)), encoder_(std::move(encoder)) {}
+
+  absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request) {
+    if (request.model() != model_name_) {
+      return absl::NotFoundError(absl::StrCat("model: this encoder serves '", model_name_,
+                                              "', not '", request.model(), "'"));
+    }
+    RETURN_IF_ERROR(ctx.Check("encoder"));
+    v1::EncodeResponse out;
+    std::lock_guard<std::mutex> lock(mu_);  // one encode at a time keeps the cores busy, not thrashing
+    at::Tensor prompt = encoder_->EncodeGlyphs({request.prompt()}, options_.max_sequence_length);
+    RETURN_IF_ERROR(ctx.Check("encoder"));
+    at::Tensor negative = encoder_->EncodeGlyphs({request.negative_prompt()}, options_.max_sequence_length);
+    ASSIGN_OR_RETURN(*out.mutable_prompt_embeds(), ToWire(prompt.to(at::kFloat)));
+    ASSIGN_OR_RETURN(*out.mutable_negative_prompt_embeds(), ToWire(negative.to(at::kFloat)));
+    return out;
+  }
+
+ private:
+  const Options options_;
+  const std::string model_name_;
+  std::unique_ptr<models::glm_image::T5Encoder> encoder_;
+  std::mutex mu_;
+};
+
+absl::StatusOr<std::unique_ptr<EncoderCore>> EncoderCore::Create(const Options& options) {
+  ASSIGN_OR_RETURN(auto spec, models::glm_image::BuiltinSpec(options.model));
+  ASSIGN_OR_RETURN(auto encoder, models::glm_image::BuildTextEncoder(spec));
+  return std::unique_ptr<EncoderCore>(
+      new EncoderCore(std::make_unique<Impl>(options, spec.name, std::move(encoder))));
+}
+
+EncoderCore::EncoderCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+EncoderCore::~EncoderCore() = default;
+
+absl::StatusOr<v1::EncodeResponse> EncoderCore::Encode(CallContext& ctx,
+                                                       const v1::EncodeRequest& request) {
+  return impl_->Encode(ctx, request);
+}
+
+}  // namespace diffmesh

@@ -1,0 +1,37 @@
+// The encoder stage core: GLM-Image's ByT5 glyph encoder (quoted text in the prompt → T5
+// embeddings for the DiT). gRPC-free.
+#ifndef DIFFMESH_SERVICES_ENCODER_ENCODER_CORE_H_
+#define DIFFMESH_SERVICES_ENCODER_ENCODER_CORE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/call/call_context.h"
+#include "diffmesh/v1/stages.pb.h"
+
+namespace diffmesh {
+
+class EncoderCore {
+ public:
+  struct Options {
+    // Built-in model to serve.
+    std::string model = "glm-image-tiny";
+    // Longest glyph text in ByT5 tokens (longer texts are cut, as the reference does).
+    int max_sequence_length = 2048;
+  };
+  static absl::StatusOr<std::unique_ptr<EncoderCore>> Create(const Options& options);
+  ~EncoderCore();
+
+  // prompt_embeds / negative_prompt_embeds: FLOAT32 [1, T, text_embed_dim].
+  absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request);
+
+ private:
+  class Impl;
+  explicit EncoderCore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace diffmesh
+
+#endif  // DIFFMESH_SERVICES_ENCODER_ENCODER_CORE_H_

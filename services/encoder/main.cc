@@ -1,0 +1,32 @@
+// diffmesh-encoder: the text/vision encoder stage service.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "common/flags/flags.h"
+#include "common/rpc/server.h"
+#include "services/encoder/encoder_core.h"
+#include "services/encoder/encoder_service.h"
+
+ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+
+int main(int argc, char** argv) {
+  diffmesh::ParseFlags(argc, argv,
+                       "diffmesh-encoder --port P [--model M]\n"
+                       "Serves diffmesh.v1.EncoderService: the ByT5 glyph encoder of GLM-Image.");
+  diffmesh::BlockTerminationSignals();
+  diffmesh::EncoderCore::Options o;
+  o.model = absl::GetFlag(FLAGS_model);
+  auto core = diffmesh::EncoderCore::Create(o);
+  if (!core.ok()) {
+    std::cerr << "diffmesh-encoder: " << core.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::EncoderService service(core->get());
+  diffmesh::ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.health_service_names = {"diffmesh.v1.EncoderService"};
+  return diffmesh::ServeUntilSignal("diffmesh-encoder", {&service}, options);
+}
