@@ -92,11 +92,22 @@ class ArCore::Impl {
 
   const std::string& model() const { return spec_.name; }
 
+  Stats stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    Stats s;
+    s.running = running_;
+    s.waiting = static_cast<int>(waiting_.size());
+    s.free_slots = static_cast<int>(cache_->max_slots()) - running_;
+    return s;
+  }
+
  private:
   void Finish(const std::shared_ptr<Sequence>& seq, absl::Status status) {
     if (seq->slot >= 0) {
       cache_->Free(seq->slot).IgnoreError();
       seq->slot = -1;
+      std::lock_guard<std::mutex> lock(mu_);
+      --running_;
     }
     seq->done.set_value(std::move(status));
   }
@@ -142,6 +153,10 @@ class ArCore::Impl {
   absl::Status Admit(const std::shared_ptr<Sequence>& seq) {
     RETURN_IF_ERROR(seq->ctx->Check("ar"));
     ASSIGN_OR_RETURN(seq->slot, cache_->Allocate());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++running_;
+    }
     at::Tensor ids = at::tensor(seq->prompt.ids, at::kLong);
     ASSIGN_OR_RETURN(auto prompt_pos, models::glm_image::PromptPositions(model_->config(), ids, {}));
     seq->gen_positions = models::glm_image::GenerationPositions(
@@ -149,9 +164,8 @@ class ArCore::Impl {
     ASSIGN_OR_RETURN(at::Tensor logits, model_->Prefill(*cache_, seq->slot, ids, prompt_pos.positions));
     at::Tensor token = SampleTokens(logits.unsqueeze(0), codebook_size_, spec_.sampling,
                                     {&seq->generator});
-    return Accept(seq, static_cast<int32_t>(token[0].item<int64_t>()))
-               ? absl::OkStatus()
-               : absl::OkStatus();
+    Accept(seq, static_cast<int32_t>(token[0].item<int64_t>()));  // may finish a 1-token grid
+    return absl::OkStatus();
   }
 
   void Loop() {
@@ -162,7 +176,10 @@ class ArCore::Impl {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stopping_ || !waiting_.empty() || !active.empty(); });
         if (stopping_) {
-          for (auto& s : waiting_) Finish(s, absl::UnavailableError("AR service is shutting down"));
+          std::deque<std::shared_ptr<Sequence>> left;
+          left.swap(waiting_);
+          lock.unlock();
+          for (auto& s : left) Finish(s, absl::UnavailableError("AR service is shutting down"));
           for (auto& s : active) Finish(s, absl::UnavailableError("AR service is shutting down"));
           return;
         }
@@ -225,8 +242,9 @@ class ArCore::Impl {
   std::unique_ptr<KvCache> cache_;
   const int64_t codebook_size_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
+  int running_ = 0;  // guarded by mu_
   std::deque<std::shared_ptr<Sequence>> waiting_;
   bool stopping_ = false;
   std::thread scheduler_;
@@ -258,5 +276,7 @@ absl::Status ArCore::Generate(CallContext& ctx, const v1::ArRequest& request,
 }
 
 const std::string& ArCore::model() const { return impl_->model(); }
+
+ArCore::Stats ArCore::stats() const { return impl_->stats(); }
 
 }  // namespace diffmesh

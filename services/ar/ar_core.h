@@ -40,6 +40,13 @@ class ArCore {
 
   const std::string& model() const;
 
+  struct Stats {
+    int running = 0;     // sequences holding a KV-cache slot
+    int waiting = 0;     // admitted to the queue, not yet prefilled
+    int free_slots = 0;  // KV-cache slots free
+  };
+  Stats stats() const;
+
  private:
   class Impl;
   explicit ArCore(std::unique_ptr<Impl> impl);

@@ -1,0 +1,148 @@
+#include "services/denoise/denoise_core.h"
+
+#include <random>
+
+#include "common/image/png.h"
+#include "common/tensor/wire_tensor.h"
+#include "gtest/gtest.h"
+
+namespace diffmesh {
+namespace {
+
+v1::Tensor Floats(std::vector<int64_t> shape, std::mt19937& rng) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  std::vector<float> v(n);
+  std::normal_distribution<float> dist;
+  for (auto& x : v) x = dist(rng);
+  return MakeTensor(DType::kFloat32, shape, v.data(), v.size() * 4);
+}
+
+v1::DenoiseRequest Request(int size, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  v1::DenoiseRequest r;
+  r.set_model("glm-image-tiny");
+  r.set_height(size);
+  r.set_width(size);
+  r.set_steps(3);
+  r.set_guidance_scale(1.5f);
+  r.set_seed(seed);
+  const int g = size / 32;
+  std::vector<int64_t> grid(g * g);
+  for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
+  *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {g, g}, grid.data(), grid.size() * 8);
+  *r.mutable_prompt_embeds() = Floats({1, 5, 64}, rng);
+  *r.mutable_negative_prompt_embeds() = Floats({1, 1, 64}, rng);
+  return r;
+}
+
+struct Outcome {
+  absl::Status status;
+  int steps = 0;
+  v1::DenoiseEvent::Result result;
+};
+
+class DenoiseCoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto core = DenoiseCore::Create({});
+    ASSERT_TRUE(core.ok()) << core.status();
+    core_ = core->release();
+  }
+  static void TearDownTestSuite() { delete core_; }
+
+  static Outcome Run(const v1::DenoiseRequest& r, CallContext* ctx = nullptr) {
+    Outcome o;
+    CallContext local;
+    o.status = core_->Denoise(ctx ? *ctx : local, r, [&](const v1::DenoiseEvent& e) {
+      if (e.has_step()) {
+        EXPECT_EQ(e.step().step(), ++o.steps);
+        EXPECT_EQ(e.step().total_steps(), r.steps());
+      }
+      if (e.has_result()) o.result = e.result();
+    });
+    return o;
+  }
+  static DenoiseCore* core_;
+};
+DenoiseCore* DenoiseCoreTest::core_ = nullptr;
+
+TEST_F(DenoiseCoreTest, ProducesAPngOfTheRequestedSizeDeterministically) {
+  v1::DenoiseRequest r = Request(128, 11);
+  r.set_width(192);
+  std::vector<int64_t> grid(4 * 6, 3);
+  *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {4, 6}, grid.data(), grid.size() * 8);
+  Outcome a = Run(r), b = Run(r);
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(a.steps, 3);
+  auto img = DecodePng(a.result.png());
+  ASSERT_TRUE(img.ok());
+  EXPECT_EQ(img->height, 128);
+  EXPECT_EQ(img->width, 192);
+  EXPECT_EQ(a.result.png(), b.result.png());
+  r.set_seed(12);
+  EXPECT_NE(Run(r).result.png(), a.result.png());
+}
+
+TEST_F(DenoiseCoreTest, GuidanceAndPriorTokensChangeTheLatents) {
+  v1::DenoiseRequest r = Request(64, 5);
+  r.set_output(v1::LATENTS);
+  Outcome base = Run(r);
+  ASSERT_TRUE(base.status.ok()) << base.status;
+  ASSERT_TRUE(ValidateTensor(base.result.tensor(), "latents", DType::kFloat32, 4).ok());
+  EXPECT_EQ(base.result.tensor().shape(1), 16);
+  EXPECT_EQ(base.result.tensor().shape(2), 8);
+  v1::DenoiseRequest no_cfg = r;
+  no_cfg.set_guidance_scale(1.0f);
+  EXPECT_NE(Run(no_cfg).result.tensor().data(), base.result.tensor().data());
+  v1::DenoiseRequest other_prior = r;
+  std::vector<int64_t> grid(4, 200);
+  *other_prior.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, grid.data(), 32);
+  EXPECT_NE(Run(other_prior).result.tensor().data(), base.result.tensor().data());
+}
+
+TEST_F(DenoiseCoreTest, BadInputsAreRejectedNamingTheField) {
+  struct Case {
+    std::function<void(v1::DenoiseRequest&)> edit;
+    absl::StatusCode code;
+    std::string field;
+  };
+  std::vector<Case> cases = {
+      {[](auto& r) { r.set_model("x"); }, absl::StatusCode::kNotFound, "model"},
+      {[](auto& r) { r.set_height(100); }, absl::StatusCode::kInvalidArgument, "height"},
+      {[](auto& r) { r.set_width(4096); }, absl::StatusCode::kInvalidArgument, "width"},
+      {[](auto& r) { r.set_steps(0); }, absl::StatusCode::kInvalidArgument, "steps"},
+      {[](auto& r) { r.set_guidance_scale(INFINITY); }, absl::StatusCode::kInvalidArgument, "guidance_scale"},
+      {[](auto& r) { r.mutable_prior_tokens()->mutable_data()->pop_back(); }, absl::StatusCode::kInvalidArgument, "prior_tokens"},
+      {[](auto& r) { r.mutable_prior_tokens()->set_shape(0, 1); r.mutable_prior_tokens()->set_shape(1, 4); }, absl::StatusCode::kInvalidArgument, "prior_tokens"},
+      {[](auto& r) {
+         std::vector<int64_t> g(4, 999);
+         *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, g.data(), 32);
+       }, absl::StatusCode::kInvalidArgument, "prior_tokens"},
+      {[](auto& r) { r.mutable_prompt_embeds()->set_shape(2, 32); r.mutable_prompt_embeds()->set_shape(1, 10); }, absl::StatusCode::kInvalidArgument, "prompt_embeds"},
+      {[](auto& r) { r.mutable_negative_prompt_embeds()->set_dtype(v1::INT32); }, absl::StatusCode::kInvalidArgument, "negative_prompt_embeds"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    v1::DenoiseRequest r = Request(64, 1);
+    cases[i].edit(r);
+    Outcome o = Run(r);
+    EXPECT_EQ(o.status.code(), cases[i].code) << "case " << i << ": " << o.status;
+    EXPECT_EQ(o.status.message().substr(0, cases[i].field.size()), cases[i].field) << o.status;
+    EXPECT_EQ(o.steps, 0);
+  }
+}
+
+TEST_F(DenoiseCoreTest, CancelStopsBetweenSteps) {
+  v1::DenoiseRequest r = Request(64, 2);
+  r.set_steps(50);
+  CallContext ctx;
+  int steps = 0;
+  absl::Status s = core_->Denoise(ctx, r, [&](const v1::DenoiseEvent& e) {
+    if (e.has_step() && ++steps == 2) ctx.Cancel();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(steps, 2);
+}
+
+}  // namespace
+}  // namespace diffmesh
