@@ -53,7 +53,7 @@ endfunction()
 # Links LibTorch (ATen + c10; the c10d collectives come with libtorch) and shares one
 # precompiled header across every LibTorch target.
 function(diffmesh_use_torch target)
-  target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES})
+  target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES} Threads::Threads)
   target_include_directories(${target} SYSTEM PUBLIC ${TORCH_INCLUDE_DIRS})
   if(DIFFMESH_PCH AND TARGET diffmesh_aten_pch)
     # Executables compile with -fPIE, libraries with -fPIC: a PCH serves only one of them.
@@ -64,4 +64,29 @@ function(diffmesh_use_torch target)
       target_precompile_headers(${target} REUSE_FROM diffmesh_aten_pch)
     endif()
   endif()
+endfunction()
+
+# diffmesh_proto_library(NAME foo ROOT dir PROTOS a.proto b.proto): generated messages and gRPC
+# stubs of PROTOS (paths relative to ROOT, which is also the import root) as diffmesh::foo.
+function(diffmesh_proto_library)
+  cmake_parse_arguments(ARG "" "NAME;ROOT" "PROTOS" ${ARGN})
+  find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+  set(out ${CMAKE_CURRENT_BINARY_DIR}/${ARG_NAME}_gen)
+  set(srcs)
+  foreach(proto ${ARG_PROTOS})
+    string(REGEX REPLACE "\\.proto$" "" stem ${proto})
+    set(gen ${out}/${stem}.pb.cc ${out}/${stem}.pb.h ${out}/${stem}.grpc.pb.cc ${out}/${stem}.grpc.pb.h)
+    add_custom_command(
+      OUTPUT ${gen}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${out}
+      COMMAND protobuf::protoc --proto_path=${ARG_ROOT} --cpp_out=${out} --grpc_out=${out}
+              --plugin=protoc-gen-grpc=${GRPC_CPP_PLUGIN} ${ARG_ROOT}/${proto}
+      DEPENDS ${ARG_ROOT}/${proto} protobuf::protoc
+      COMMENT "protoc ${proto}")
+    list(APPEND srcs ${gen})
+  endforeach()
+  add_library(diffmesh_${ARG_NAME} STATIC ${srcs})
+  target_include_directories(diffmesh_${ARG_NAME} PUBLIC ${out})
+  target_link_libraries(diffmesh_${ARG_NAME} PUBLIC protobuf::libprotobuf gRPC::grpc++)
+  add_library(diffmesh::${ARG_NAME} ALIAS diffmesh_${ARG_NAME})
 endfunction()

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "diffmesh/client.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/testing/process.h"
 
@@ -71,6 +72,33 @@ TEST_F(MeshTest, EveryServiceReportsServing) {
   auto models = client_->ListModels();
   ASSERT_TRUE(models.ok()) << models.status();
   EXPECT_EQ(models->default_model(), "glm-image-tiny");
+}
+
+// Server reflection lists each service's API (and the health service).
+TEST_F(MeshTest, EveryServiceAnswersReflection) {
+  const std::vector<std::string> expected = {"diffmesh.v1.GenerationService", "diffmesh.v1.ArTokenService",
+                                             "diffmesh.v1.EncoderService", "diffmesh.v1.DenoiseService"};
+  for (int i = 0; i < 4; ++i) {
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", base_port_ + i),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    auto stream = stub->ServerReflectionInfo(&ctx);
+    grpc::reflection::v1alpha::ServerReflectionRequest req;
+    req.set_list_services("");
+    ASSERT_TRUE(stream->Write(req));
+    stream->WritesDone();
+    grpc::reflection::v1alpha::ServerReflectionResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    std::vector<std::string> names;
+    for (const auto& s : resp.list_services_response().service()) names.push_back(s.name());
+    EXPECT_NE(std::find(names.begin(), names.end(), expected[i]), names.end()) << "port +" << i;
+    EXPECT_NE(std::find(names.begin(), names.end(), "grpc.health.v1.Health"), names.end());
+    while (stream->Read(&resp)) {
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+  }
 }
 
 TEST_F(MeshTest, MeshAndEmbeddedGiveByteIdenticalPngs) {
