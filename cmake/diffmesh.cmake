@@ -54,6 +54,7 @@ endfunction()
 # precompiled header across every LibTorch target.
 function(diffmesh_use_torch target)
   target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES} Threads::Threads)
+  target_compile_options(${target} PUBLIC -pthread)
   target_include_directories(${target} SYSTEM PUBLIC ${TORCH_INCLUDE_DIRS})
   if(DIFFMESH_PCH AND TARGET diffmesh_aten_pch)
     # Executables compile with -fPIE, libraries with -fPIC: a PCH serves only one of them.
