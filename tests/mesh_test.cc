@@ -6,6 +6,8 @@
 #include <sstream>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "absl/strings/str_cat.h"
 #include "diffmesh/client.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
