@@ -152,8 +152,8 @@ std::vector<ParamSpec> GlmImageDit::Params(const DitConfig& c) {
   return specs;
 }
 
-GlmImageDit::GlmImageDit(const DitConfig& config, WeightMap weights)
-    : config_(config), weights_(std::move(weights)) {
+GlmImageDit::GlmImageDit(const DitConfig& config, WeightMap weights, TensorParallelShard tp)
+    : config_(config), weights_(std::move(weights)), tp_(tp) {
   dtype_ = Get(weights_, "proj_out.weight").scalar_type();
   attention_fn_ = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
     return Attention(q, k, v);
@@ -161,9 +161,50 @@ GlmImageDit::GlmImageDit(const DitConfig& config, WeightMap weights)
 }
 
 absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig& config,
-                                                                 WeightMap weights) {
+                                                                 WeightMap weights,
+                                                                 TensorParallelShard tp) {
   RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
-  return std::unique_ptr<GlmImageDit>(new GlmImageDit(config, std::move(weights)));
+  if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor parallel rank ", tp.rank, " of ", tp.size));
+  }
+  if (config.num_attention_heads % tp.size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("attention heads ", config.num_attention_heads,
+                                                   " do not divide by tp ", tp.size));
+  }
+  if (tp.size > 1) {
+    // Column-parallel weights keep their rows of this rank, row-parallel ones their columns;
+    // each slice is copied so the full tensor can be freed.
+    auto rows = [&](const std::string& name) {
+      at::Tensor& t = weights.at(name);
+      const int64_t n = t.size(0) / tp.size;
+      t = t.narrow(0, tp.rank * n, n).clone();
+    };
+    auto cols = [&](const std::string& name) {
+      at::Tensor& t = weights.at(name);
+      const int64_t n = t.size(1) / tp.size;
+      t = t.narrow(1, tp.rank * n, n).contiguous();
+    };
+    for (int64_t i = 0; i < config.num_layers; ++i) {
+      const std::string b = absl::StrCat("transformer_blocks.", i, ".");
+      for (const char* proj : {"attn1.to_q", "attn1.to_k", "attn1.to_v", "ff.net.0.proj"}) {
+        rows(b + proj + ".weight");
+        rows(b + proj + ".bias");
+      }
+      cols(b + "attn1.to_out.0.weight");
+      cols(b + "ff.net.2.weight");
+    }
+  }
+  return std::unique_ptr<GlmImageDit>(new GlmImageDit(config, std::move(weights), tp));
+}
+
+at::Tensor GlmImageDit::RowParallelLinear(const at::Tensor& x, const std::string& prefix,
+                                          const DitCollectives* collectives) const {
+  if (tp_.size == 1) return Linear(x, weights_, prefix);
+  TORCH_CHECK(collectives != nullptr && collectives->tp_all_reduce,
+              "tensor-parallel DiT needs a tp all-reduce");
+  at::Tensor partial = at::linear(x, Get(weights_, prefix + ".weight"));
+  collectives->tp_all_reduce(partial);
+  return partial + Get(weights_, prefix + ".bias");
 }
 
 absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Load(const std::string& dir,
@@ -196,14 +237,16 @@ at::Tensor GlmImageDit::TimeConditionEmbedding(const at::Tensor& timestep,
 
 void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
                         const at::Tensor& temb, const at::Tensor& rope_cos,
-                        const at::Tensor& rope_sin) const {
+                        const at::Tensor& rope_sin, bool skip_attention,
+                        const DitCollectives* collectives,
+                        const JointAttentionShape& shape) const {
   const std::string b = absl::StrCat("transformer_blocks.", index, ".");
   const int64_t batch = hidden.size(0);
   const int64_t text_len = context.size(1);
   const int64_t seq = text_len + hidden.size(1);
-  const int64_t heads = config_.num_attention_heads;
+  const int64_t heads = config_.num_attention_heads / tp_.size;  // this rank's heads
   const int64_t head_dim = config_.attention_head_dim;
-  const int64_t dim = config_.inner_dim();
+  const int64_t dim = heads * head_dim;
 
   // AdaLN-Zero modulation, 12 chunks interleaving the image and text (c_) streams.
   std::vector<at::Tensor> m = Linear(temb, weights_, b + "norm1.linear").chunk(12, 1);
@@ -226,17 +269,26 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   q = at::cat({q.slice(1, 0, text_len), ApplyRotary(q.slice(1, text_len), rope_cos, rope_sin)}, 1);
   k = at::cat({k.slice(1, 0, text_len), ApplyRotary(k.slice(1, text_len), rope_cos, rope_sin)}, 1);
 
-  at::Tensor attn = attention_fn_(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-  attn = attn.transpose(1, 2).reshape({batch, seq, dim}).to(q.scalar_type());  // [B, S, dim]
-  attn = Linear(attn, weights_, b + "attn1.to_out.0");
+  at::Tensor attn;
+  if (skip_attention) {
+    attn = v;  // identity attention: each token keeps its own value
+  } else if (collectives != nullptr && collectives->sp_size > 1) {
+    attn = collectives->attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), shape)
+               .transpose(1, 2);
+  } else {
+    attn = attention_fn_(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+  }
+  attn = attn.reshape({batch, seq, dim}).to(q.scalar_type());  // [B, S, dim_local]
+  attn = RowParallelLinear(attn, b + "attn1.to_out.0", collectives);
 
   hidden = hidden + attn.slice(1, text_len) * gate_msa.unsqueeze(1);
   context = context + attn.slice(1, 0, text_len) * c_gate_msa.unsqueeze(1);
 
   // Shared feed-forward (tanh GELU) for both streams, each with its own modulation.
+  // Column-parallel → GELU → row-parallel: no gather in between under tensor parallelism.
   auto ff = [&](const at::Tensor& x) {
-    return Linear(at::gelu(Linear(x, weights_, b + "ff.net.0.proj"), "tanh"), weights_,
-                  b + "ff.net.2");
+    return RowParallelLinear(at::gelu(Linear(x, weights_, b + "ff.net.0.proj"), "tanh"),
+                             b + "ff.net.2", collectives);
   };
   norm_h = Modulate(PlainLayerNorm(hidden), scale_mlp, shift_mlp);
   norm_c = Modulate(PlainLayerNorm(context), c_scale_mlp, c_shift_mlp);
@@ -244,7 +296,7 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   context = context + ff(norm_c) * c_gate_mlp.unsqueeze(1);
 }
 
-at::Tensor GlmImageDit::Forward(const DitInputs& in) const {
+at::Tensor GlmImageDit::Forward(const DitInputs& in, const DitCollectives* collectives) const {
   const DitConfig& c = config_;
   const at::Tensor& any_weight = Get(weights_, "proj_out.weight");
   const at::Device device = any_weight.device();
@@ -305,15 +357,47 @@ at::Tensor GlmImageDit::Forward(const DitInputs& in) const {
       TimeConditionEmbedding(in.timestep.to(float_opts), in.target_size.to(float_opts),
                              in.crop_coords.to(float_opts));  // [B, te]
 
+  // Sequence parallel: this rank keeps one contiguous shard of the image tokens (and their
+  // rotary rows); the sequence is zero-padded to a multiple of sp, the padding masked as keys.
+  const int sp = collectives != nullptr ? collectives->sp_size : 1;
+  JointAttentionShape shape{context.size(1), num_patches, 0};
+  if (sp > 1) {
+    TORCH_CHECK(collectives->attention && collectives->sp_all_gather,
+                "sequence-parallel DiT needs attention and all-gather");
+    const int64_t shard = (num_patches + sp - 1) / sp;
+    const int64_t pad = shard * sp - num_patches;
+    shape.image_offset = collectives->sp_rank * shard;
+    // Token dim is second to last in both hidden [B, N, dim] and the rotary tables [N, D].
+    auto take = [&](const at::Tensor& t) {
+      return at::constant_pad_nd(t, {0, 0, 0, pad}).narrow(-2, shape.image_offset, shard);
+    };
+    hidden = take(hidden);
+    rope_cos = take(rope_cos);
+    rope_sin = take(rope_sin);
+  }
+  if (tp_.size > 1) {
+    TORCH_CHECK(collectives != nullptr && collectives->tp_all_reduce,
+                "tensor-parallel DiT needs a tp all-reduce");
+  }
+
+  std::vector<bool> skip(c.num_layers, false);
+  for (int64_t layer : in.skip_attention_layers) {
+    TORCH_CHECK(layer >= 0 && layer < c.num_layers, "skip_attention_layers: no block ", layer);
+    skip[layer] = true;
+  }
   for (int64_t i = 0; i < c.num_layers; ++i) {
-    Block(i, hidden, context, temb, rope_cos, rope_sin);
+    Block(i, hidden, context, temb, rope_cos, rope_sin, skip[i], collectives, shape);
   }
 
   // Final AdaLN (no activation on temb here: it already went through SiLU), chunked
   // (scale, shift).
   std::vector<at::Tensor> mod = Linear(temb, weights_, "norm_out.linear").chunk(2, 1);
   hidden = Modulate(PlainLayerNorm(hidden), mod[0], mod[1]);
-  hidden = Linear(hidden, weights_, "proj_out");  // [B, N, p·p·C_out]
+  hidden = Linear(hidden, weights_, "proj_out");  // [B, n, p·p·C_out]
+  if (sp > 1) {
+    // Gather the narrow per-token outputs (p·p·C_out, not the inner dim) and drop the padding.
+    hidden = collectives->sp_all_gather(hidden).narrow(1, 0, num_patches);
+  }
 
   // Unpatchify: [B, hp, wp, C_out, p, p] → [B, C_out, H, W].
   return hidden.reshape({batch, hp, wp, c.out_channels, p, p})

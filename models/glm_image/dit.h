@@ -49,6 +49,9 @@ struct DitInputs {
   at::Tensor timestep;               // [B] float (the pipeline passes t − 1)
   at::Tensor target_size;            // [B, 2] (height, width) in pixels, float
   at::Tensor crop_coords;            // [B, 2] (top, left), float
+  // Blocks whose attention is skipped (output = the values, as skip-layer / spatio-temporal
+  // guidance perturbs a branch); empty for an ordinary call.
+  std::vector<int64_t> skip_attention_layers;
 };
 
 // Joint attention core: q/k/v [B, heads, S, head_dim] over S = T text + N image tokens (text
@@ -57,21 +60,63 @@ struct DitInputs {
 using AttentionFn =
     std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)>;
 
+// Joint attention with the image tokens sharded over a sequence-parallel group: q/k/v
+// [B, heads_local, T + n, head_dim] hold the replicated text tokens first, then this rank's n
+// image tokens (global positions [image_offset, image_offset + n); positions >= image_len are
+// padding and must not act as keys). Returns [B, heads_local, T + n, head_dim] for the same
+// tokens; text outputs must be identical on every rank of the group.
+struct JointAttentionShape {
+  int64_t text_len = 0;
+  int64_t image_len = 0;     // real image tokens in the whole sequence
+  int64_t image_offset = 0;  // global index of this rank's first image token
+};
+using JointAttentionFn =
+    std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const JointAttentionShape& shape)>;
+
+// Collective operations the DiT needs from its rank group. Implemented by the denoise group
+// over the parallel communicators; failures throw (the forward has no Status path).
+struct DitCollectives {
+  // Tensor parallel: sums partial results of the row-parallel projections in place across the
+  // tp group. Null when tp = 1.
+  std::function<void(at::Tensor&)> tp_all_reduce;
+  // Sequence parallel (ulysses × ring ranks, ordered by shard): concatenates every rank's
+  // [B, n, X] along dim 1. Null when sp = 1.
+  std::function<at::Tensor(const at::Tensor&)> sp_all_gather;
+  int sp_rank = 0;
+  int sp_size = 1;
+  // Attention over this rank's shard; required when sp_size > 1.
+  JointAttentionFn attention;
+};
+
+// Which slice of the attention heads and MLP columns this model holds (tensor parallelism).
+struct TensorParallelShard {
+  int rank = 0;
+  int size = 1;
+};
+
 class GlmImageDit {
  public:
   // Every parameter, named and shaped exactly as in the diffusers checkpoint.
   static std::vector<ParamSpec> Params(const DitConfig& config);
 
-  // `weights` must hold exactly Params(config); the model computes in their dtype and device.
+  // `weights` must hold exactly Params(config) (full checkpoint tensors); the model computes in
+  // their dtype and device. With tp.size > 1 it keeps only its slice: heads
+  // [rank·H/tp, (rank+1)·H/tp) of to_q/to_k/to_v (rows) and to_out.0 (columns), and the same
+  // slice of ff.net.0.proj (rows) and ff.net.2 (columns); the rest is replicated.
   static absl::StatusOr<std::unique_ptr<GlmImageDit>> Create(const DitConfig& config,
-                                                             WeightMap weights);
+                                                             WeightMap weights,
+                                                             TensorParallelShard tp = {});
 
   // Reads `dir`/config.json and the safetensors checkpoint in `dir`, converted to `dtype`.
   static absl::StatusOr<std::unique_ptr<GlmImageDit>> Load(const std::string& dir,
                                                            at::ScalarType dtype = at::kFloat);
 
-  // → sample [B, out_channels, H, W] in the model's dtype.
-  at::Tensor Forward(const DitInputs& inputs) const;
+  // → sample [B, out_channels, H, W] in the model's dtype. `collectives` is required when the
+  // model was created with tp.size > 1 or runs sequence parallel; every rank of those groups
+  // calls Forward with the same inputs.
+  at::Tensor Forward(const DitInputs& inputs, const DitCollectives* collectives = nullptr) const;
+  const TensorParallelShard& tp() const { return tp_; }
 
   // Defaults to models::Attention (SDPA).
   void set_attention_fn(AttentionFn fn) { attention_fn_ = std::move(fn); }
@@ -81,7 +126,7 @@ class GlmImageDit {
   const WeightMap& weights() const { return weights_; }
 
  private:
-  GlmImageDit(const DitConfig& config, WeightMap weights);
+  GlmImageDit(const DitConfig& config, WeightMap weights, TensorParallelShard tp);
 
   // silu(timestep embedding + size/crop embedding) → [B, time_embed_dim].
   at::Tensor TimeConditionEmbedding(const at::Tensor& timestep, const at::Tensor& target_size,
@@ -89,11 +134,16 @@ class GlmImageDit {
 
   // One GlmImageTransformerBlock; updates both streams in place of the arguments.
   void Block(int64_t index, at::Tensor& hidden, at::Tensor& context, const at::Tensor& temb,
-             const at::Tensor& rope_cos, const at::Tensor& rope_sin) const;
+             const at::Tensor& rope_cos, const at::Tensor& rope_sin, bool skip_attention,
+             const DitCollectives* collectives, const JointAttentionShape& shape) const;
+  // A row-parallel projection: local partial product, summed over the tp group, then the bias.
+  at::Tensor RowParallelLinear(const at::Tensor& x, const std::string& prefix,
+                               const DitCollectives* collectives) const;
 
   DitConfig config_;
   WeightMap weights_;
   at::ScalarType dtype_;
+  TensorParallelShard tp_;
   AttentionFn attention_fn_;
 };
 

@@ -72,11 +72,12 @@ absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name) {
 }
 
 absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
-                                                      at::ScalarType dtype) {
+                                                      at::ScalarType dtype,
+                                                      TensorParallelShard tp) {
   ASSIGN_OR_RETURN(DitConfig config, DitConfig::FromJson(spec.transformer));
   WeightMap w = InitSeeded(GlmImageDit::Params(config), ComponentSeed(spec, 1));
   for (auto& [name, t] : w) t = t.to(dtype);
-  return GlmImageDit::Create(config, std::move(w));
+  return GlmImageDit::Create(config, std::move(w), tp);
 }
 
 absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpec& spec,

@@ -40,8 +40,10 @@ std::vector<std::string> BuiltinModelNames();
 absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name);
 
 // Builders for each stage's components, in `dtype` on the CPU.
+// `tp`: the tensor-parallel slice this rank keeps (built from the full weights).
 absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
-                                                      at::ScalarType dtype = at::kFloat);
+                                                      at::ScalarType dtype = at::kFloat,
+                                                      TensorParallelShard tp = {});
 absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpec& spec,
                                                                at::ScalarType dtype = at::kFloat);
 absl::StatusOr<std::unique_ptr<T5Encoder>> BuildTextEncoder(const GlmImageSpec& spec);

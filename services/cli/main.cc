@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/config/pipeline_config.h"
 #include "common/rpc/server.h"
+#include "common/safetensors/safetensors.h"
+#include "common/tensor/wire_tensor.h"
 #include "diffmesh/client.h"
 #include "services/cli/args.h"
 #include "services/cli/mesh.h"
@@ -33,11 +35,20 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"output", "FILE.png", "where to write the PNG (required)"},
     {"server", "HOST:PORT", "run through this orchestrator instead of in this process"},
     {"timeout", "SECONDS", "give up after this long (default 1800)"},
+    {"save-latents", "FILE.safetensors", "also write the final latents (tensor 'latents')"},
+    {"cfg-degree", "C", "embedded: CFG-parallel ranks of the denoise group (default 1)"},
+    {"ulysses-degree", "U", "embedded: Ulysses sequence-parallel degree (default 1)"},
+    {"ring-degree", "R", "embedded: ring-attention sequence-parallel degree (default 1)"},
+    {"tp-degree", "T", "embedded: tensor-parallel degree (default 1)"},
 };
 const std::vector<FlagSpec> kUpFlags = {
     {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051)"},
     {"model", "NAME", "built-in model the stages load (default glm-image-tiny)"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
+    {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
+    {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
+    {"ring-degree", "R", "ring-attention sequence-parallel degree (default 1)"},
+    {"tp-degree", "T", "tensor-parallel degree (default 1)"},
 };
 const std::vector<FlagSpec> kModelsFlags = {
     {"server", "HOST:PORT", "ask this orchestrator instead of the built-in pipeline"},
@@ -96,6 +107,21 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   return r;
 }
 
+// The denoise group's degrees from --cfg-degree / --ulysses-degree / --ring-degree / --tp-degree.
+absl::StatusOr<models::parallel::ParallelConfig> ParallelFlags(const Args& args) {
+  models::parallel::ParallelConfig p;
+  for (auto [flag, field] : {std::pair{"cfg-degree", &p.cfg}, std::pair{"ulysses-degree", &p.ulysses},
+                             std::pair{"ring-degree", &p.ring}, std::pair{"tp-degree", &p.tp}}) {
+    auto v = args.GetInt(flag);
+    if (!v.ok()) return v.status();
+    if (v->has_value()) {
+      if (**v < 1 || **v > 64) return absl::InvalidArgumentError(absl::StrCat(flag, ": must be in 1..64"));
+      *field = static_cast<int>(**v);
+    }
+  }
+  return p;
+}
+
 absl::Status WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
@@ -137,6 +163,13 @@ int Generate(const std::vector<std::string>& argv) {
   if (!request.ok()) return Fail(request.status());
   auto timeout = args->GetDouble("timeout");
   if (!timeout.ok()) return Fail(timeout.status());
+  auto parallel = ParallelFlags(*args);
+  if (!parallel.ok()) return Fail(parallel.status());
+  if (args->Has("server") && parallel->world() > 1) {
+    return Fail(absl::InvalidArgumentError(
+        "--*-degree flags shape the embedded denoise group; a server's group is set where it runs"));
+  }
+  request->set_include_latents(args->Has("save-latents"));
   const absl::Duration limit = absl::Seconds(timeout->value_or(1800));
   ProgressPrinter progress(stderr, isatty(STDERR_FILENO));
   auto on_event = [&](const v1::GenerateEvent& e) { progress.OnEvent(e); };
@@ -160,7 +193,7 @@ int Generate(const std::vector<std::string>& argv) {
     if (!accepted.ok()) return Fail(accepted.status());
     OrchestratorCore::Options o;
     o.pipeline = *pipeline;
-    auto stages = EmbeddedStages::Create(accepted->model());
+    auto stages = EmbeddedStages::Create(accepted->model(), *parallel);
     if (!stages.ok()) return Fail(stages.status());
     o.stages = stages->get();
     auto core = OrchestratorCore::Create(o);
@@ -175,6 +208,14 @@ int Generate(const std::vector<std::string>& argv) {
   }
   const std::string output = args->Get("output");
   if (absl::Status s = WriteFile(output, result.png()); !s.ok()) return Fail(s);
+  if (args->Has("save-latents")) {
+    const v1::Tensor& l = result.latents();
+    if (absl::Status s = ValidateTensor(l, "latents", DType::kFloat32); !s.ok()) return Fail(s);
+    OwnedTensor t{DType::kFloat32, std::vector<int64_t>(l.shape().begin(), l.shape().end()), l.data()};
+    if (absl::Status s = WriteSafetensors(args->Get("save-latents"), {{"latents", t}}); !s.ok()) {
+      return Fail(s);
+    }
+  }
   const auto& m = result.metadata();
   std::printf("wrote %s (%dx%d, seed %llu)\n", output.c_str(), m.width(), m.height(),
               static_cast<unsigned long long>(m.seed()));
@@ -193,6 +234,9 @@ int Up(const std::vector<std::string>& argv) {
   }
   o.model = args->Get("model", o.model);
   o.bin_dir = args->Get("bin-dir");
+  auto parallel = ParallelFlags(*args);
+  if (!parallel.ok()) return Fail(parallel.status());
+  o.parallel = *parallel;
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "models/parallel/layout.h"
 
 namespace diffmesh::cli {
 
@@ -17,6 +18,8 @@ struct MeshOptions {
   std::string model = "glm-image-tiny";
   // Folder with the service binaries; empty: beside this executable or in the build tree.
   std::string bin_dir;
+  // Degrees of the denoise group (its ranks are processes started by diffmesh-denoise).
+  models::parallel::ParallelConfig parallel;
   // How long each service may take to report SERVING.
   absl::Duration start_timeout = absl::Seconds(120);
 };

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -11,6 +10,7 @@
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/cfg_policy.h"
+#include "services/denoise/denoise_group.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -25,16 +25,51 @@ namespace {
 constexpr int kVaeScale = 8;
 constexpr int kPixelGranularity = 32;
 
+// A request's tensors, checked.
+struct Prepared {
+  at::Tensor prior_ids;  // [1, N] int64, the AR grid upsampled 2× to the patch grid
+  at::Tensor prompt;     // [1, T, text_embed_dim]
+  at::Tensor negative;   // [1, T', text_embed_dim]
+};
+
 }  // namespace
 
 class DenoiseCore::Impl {
  public:
-  Impl(Options options, GlmImageSpec spec, std::unique_ptr<GlmImageDit> dit,
-       std::unique_ptr<AutoencoderKl> vae)
-      : options_(std::move(options)), spec_(std::move(spec)), dit_(std::move(dit)), vae_(std::move(vae)) {}
+  Impl(Options options, GlmImageSpec spec, std::unique_ptr<DenoiseGroup> group,
+       std::unique_ptr<GlmImageDit> dit, std::unique_ptr<AutoencoderKl> vae)
+      : options_(std::move(options)), spec_(std::move(spec)), group_(std::move(group)),
+        dit_(std::move(dit)), vae_(std::move(vae)) {}
+
+  int rank() const { return group_->layout().rank(); }
 
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
+    // Checked here first, so a bad request never reaches the other ranks.
+    ASSIGN_OR_RETURN(Prepared p, Prepare(r));
+    std::string bytes;
+    r.SerializeToString(&bytes);
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes));
+    absl::Status s = Execute(r, p, &ctx, on_event);
+    group_->Release();
+    return s;
+  }
+
+  absl::Status RunWorker() {
+    if (group_->is_main()) return absl::FailedPreconditionError("rank 0 does not run as a worker");
+    while (true) {
+      ASSIGN_OR_RETURN(auto command, group_->Receive());
+      if (command.first == DenoiseGroup::Command::kStop) return absl::OkStatus();
+      v1::DenoiseRequest r;
+      if (!r.ParseFromString(command.second)) return absl::DataLossError("bad request from rank 0");
+      ASSIGN_OR_RETURN(Prepared p, Prepare(r));  // rank 0 checked it: this cannot fail differently
+      RETURN_IF_ERROR(Execute(r, p, nullptr, nullptr));
+    }
+  }
+
+ private:
+  absl::StatusOr<Prepared> Prepare(const v1::DenoiseRequest& r) const {
     if (r.model() != spec_.name) {
       return absl::NotFoundError(
           absl::StrCat("model: this denoise group serves '", spec_.name, "', not '", r.model(), "'"));
@@ -64,25 +99,47 @@ class DenoiseCore::Impl {
       return absl::InvalidArgumentError(absl::StrCat("prior_tokens: ids must lie in 0..",
                                                      cfg.prior_vq_quantizer_codebook_size - 1));
     }
-    ASSIGN_OR_RETURN(at::Tensor prompt, FromWire(r.prompt_embeds(), "prompt_embeds", DType::kFloat32, 3));
-    ASSIGN_OR_RETURN(at::Tensor negative, FromWire(r.negative_prompt_embeds(), "negative_prompt_embeds",
-                                                   DType::kFloat32, 3));
-    for (auto [field, t] : {std::pair{"prompt_embeds", prompt}, std::pair{"negative_prompt_embeds", negative}}) {
+    Prepared p;
+    ASSIGN_OR_RETURN(p.prompt, FromWire(r.prompt_embeds(), "prompt_embeds", DType::kFloat32, 3));
+    ASSIGN_OR_RETURN(p.negative, FromWire(r.negative_prompt_embeds(), "negative_prompt_embeds",
+                                          DType::kFloat32, 3));
+    for (auto [field, t] : {std::pair{"prompt_embeds", p.prompt}, std::pair{"negative_prompt_embeds", p.negative}}) {
       if (t.size(0) != 1 || t.size(2) != cfg.text_embed_dim) {
         return absl::InvalidArgumentError(absl::StrCat(field, ": expected [1, T, ", cfg.text_embed_dim, "]"));
       }
     }
-
-    std::lock_guard<std::mutex> lock(mu_);
-    RETURN_IF_ERROR(ctx.Check("denoise"));
-    const absl::Time t0 = absl::Now();
+    for (int64_t b : r.multimodal_guidance().stg_blocks()) {
+      if (b < 0 || b >= cfg.num_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("multimodal_guidance.stg_blocks: no block ", b));
+      }
+    }
     // Prior tokens: the AR grid upsampled 2× (nearest) to the DiT's patch grid, row-major.
-    at::Tensor prior_ids = grid.repeat_interleave(2, 0).repeat_interleave(2, 1).reshape({1, -1});
+    p.prior_ids = grid.repeat_interleave(2, 0).repeat_interleave(2, 1).reshape({1, -1});
+    return p;
+  }
+
+  // The step loop, run by every rank in lockstep. `ctx` and `on_event` only on rank 0.
+  absl::Status Execute(const v1::DenoiseRequest& r, const Prepared& p, CallContext* ctx,
+                       const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    const absl::Time t0 = absl::Now();
+    const auto& cfg = dit_->config();
     const int64_t lat_h = r.height() / kVaeScale, lat_w = r.width() / kVaeScale;
+    // Every rank draws the same initial latents from the request's seed.
     auto gen = at::detail::createCPUGenerator(r.seed());
     at::Tensor latents = at::randn({1, cfg.in_channels, lat_h, lat_w}, gen, at::kFloat);
-    std::unique_ptr<CfgPolicy> policy =
-        MakeGlmImageCfg(prompt, negative, prior_ids.size(1), r.guidance_scale());
+    std::unique_ptr<CfgPolicy> policy;
+    if (r.has_multimodal_guidance()) {
+      const auto& g = r.multimodal_guidance();
+      MultiModalGuidanceParams params;
+      params.cfg_scale = r.guidance_scale();
+      params.stg_scale = g.stg_scale();
+      params.stg_blocks.assign(g.stg_blocks().begin(), g.stg_blocks().end());
+      params.modality_scale = g.modality_scale();
+      params.rescale_scale = g.rescale_scale();
+      ASSIGN_OR_RETURN(policy, MakeGlmImageMultiModalCfg(p.prompt, p.negative, p.prior_ids.size(1), params));
+    } else {
+      policy = MakeGlmImageCfg(p.prompt, p.negative, p.prior_ids.size(1), r.guidance_scale());
+    }
 
     ASSIGN_OR_RETURN(auto scheduler, models::glm_image::BuildScheduler(spec_));
     const int64_t image_seq_len = (lat_h / cfg.patch_size) * (lat_w / cfg.patch_size);
@@ -90,65 +147,82 @@ class DenoiseCore::Impl {
         r.steps(), models::glm_image::CalculateShift(image_seq_len, scheduler->config())));
 
     models::glm_image::DitInputs in;
-    in.prior_token_id = prior_ids;
+    in.prior_token_id = p.prior_ids;
     in.target_size = at::tensor({static_cast<float>(r.height()), static_cast<float>(r.width())}).view({1, 2});
     in.crop_coords = at::zeros({1, 2});
+    const auto* collectives = &group_->dit_collectives();
     for (int64_t i = 0; i < scheduler->num_steps(); ++i) {
-      RETURN_IF_ERROR(ctx.Check("denoise"));
+      absl::Status live = ctx != nullptr ? ctx->Check("denoise") : absl::OkStatus();
+      ASSIGN_OR_RETURN(bool go_on, group_->AgreeToContinue(live.ok()));
+      if (!go_on) return live.ok() ? absl::AbortedError("denoise: stopped by rank 0") : live;
       in.hidden_states = latents.to(dit_->dtype());
       // The reference pipeline feeds the transformer t − 1.
       in.timestep = at::full({1}, scheduler->timesteps()[i], at::kFloat) - 1;
-      std::vector<at::Tensor> predictions;
-      for (const CfgBranch& b : policy->branches()) {
-        in.encoder_hidden_states = b.encoder_hidden_states.to(dit_->dtype());
-        in.prior_token_drop = b.prior_token_drop;
-        predictions.push_back(dit_->Forward(in).to(at::kFloat));
+      ASSIGN_OR_RETURN(std::vector<at::Tensor> predictions,
+                       group_->RunBranches(*policy, [&](const CfgBranch& b) {
+                         models::glm_image::DitInputs branch = in;
+                         branch.encoder_hidden_states = b.encoder_hidden_states.to(dit_->dtype());
+                         branch.prior_token_drop = b.prior_token_drop;
+                         branch.skip_attention_layers = b.skip_layers;
+                         return dit_->Forward(branch, collectives).to(at::kFloat);
+                       }, latents));
+      latents = scheduler->Step(policy->Combine(predictions, i), i, latents);
+      if (on_event) {
+        v1::DenoiseEvent e;
+        e.mutable_step()->set_step(static_cast<int32_t>(i + 1));
+        e.mutable_step()->set_total_steps(static_cast<int32_t>(scheduler->num_steps()));
+        on_event(e);
       }
-      latents = scheduler->Step(policy->Combine(predictions), i, latents);
-      v1::DenoiseEvent e;
-      e.mutable_step()->set_step(static_cast<int32_t>(i + 1));
-      e.mutable_step()->set_total_steps(static_cast<int32_t>(scheduler->num_steps()));
-      on_event(e);
     }
+    if (!group_->is_main()) return absl::OkStatus();  // the VAE decode is rank 0's alone
+
     v1::DenoiseEvent done;
     auto* result = done.mutable_result();
     result->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
-    if (r.output() == v1::LATENTS) {
-      ASSIGN_OR_RETURN(*result->mutable_tensor(), ToWire(latents));
-      on_event(done);
-      return absl::OkStatus();
+    if (r.output() == v1::LATENTS || r.include_latents()) {
+      ASSIGN_OR_RETURN(*result->mutable_latents(), ToWire(latents));
     }
-    RETURN_IF_ERROR(ctx.Check("vae_decode"));
-    const absl::Time t1 = absl::Now();
-    at::Tensor image = vae_->DecodeNormalized(latents.to(vae_->weights().begin()->second.scalar_type()));
-    at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image).contiguous();  // [H, W, 3]
-    if (pixels.dim() == 4) pixels = pixels[0].contiguous();
-    if (r.output() == v1::RGB8) {
-      ASSIGN_OR_RETURN(*result->mutable_tensor(), ToWire(pixels));
-    } else {
-      ASSIGN_OR_RETURN(*result->mutable_png(),
-                       EncodePng(pixels.data_ptr<uint8_t>(), static_cast<int>(pixels.size(1)),
-                                 static_cast<int>(pixels.size(0))));
+    if (r.output() != v1::LATENTS) {
+      RETURN_IF_ERROR(ctx->Check("vae_decode"));
+      const absl::Time t1 = absl::Now();
+      at::Tensor image = vae_->DecodeNormalized(latents);
+      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image)[0].contiguous();  // [H, W, 3]
+      if (r.output() == v1::RGB8) {
+        ASSIGN_OR_RETURN(*result->mutable_tensor(), ToWire(pixels));
+      } else {
+        ASSIGN_OR_RETURN(*result->mutable_png(),
+                         EncodePng(pixels.data_ptr<uint8_t>(), static_cast<int>(pixels.size(1)),
+                                   static_cast<int>(pixels.size(0))));
+      }
+      result->set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - t1));
     }
-    result->set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - t1));
     on_event(done);
     return absl::OkStatus();
   }
 
- private:
   const Options options_;
   const GlmImageSpec spec_;
+  std::unique_ptr<DenoiseGroup> group_;
   std::unique_ptr<GlmImageDit> dit_;
-  std::unique_ptr<AutoencoderKl> vae_;
-  std::mutex mu_;
+  std::unique_ptr<AutoencoderKl> vae_;  // rank 0 only
 };
 
 absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& options) {
   ASSIGN_OR_RETURN(GlmImageSpec spec, models::glm_image::BuiltinSpec(options.model));
-  ASSIGN_OR_RETURN(auto dit, models::glm_image::BuildDit(spec));
-  ASSIGN_OR_RETURN(auto vae, models::glm_image::BuildVaeDecoder(spec));
-  return std::unique_ptr<DenoiseCore>(
-      new DenoiseCore(std::make_unique<Impl>(options, std::move(spec), std::move(dit), std::move(vae))));
+  ASSIGN_OR_RETURN(auto dit_config, models::glm_image::DitConfig::FromJson(spec.transformer));
+  DenoiseGroupOptions group_options;
+  group_options.parallel = options.parallel;
+  group_options.rendezvous = options.rendezvous;
+  group_options.num_heads = static_cast<int>(dit_config.num_attention_heads);
+  ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
+  models::glm_image::TensorParallelShard tp{group->layout().tp_rank(), options.parallel.tp};
+  ASSIGN_OR_RETURN(auto dit, models::glm_image::BuildDit(spec, at::kFloat, tp));
+  std::unique_ptr<AutoencoderKl> vae;
+  if (group->is_main()) {
+    ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec));
+  }
+  return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::make_unique<Impl>(
+      options, std::move(spec), std::move(group), std::move(dit), std::move(vae))));
 }
 
 DenoiseCore::DenoiseCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -158,5 +232,9 @@ absl::Status DenoiseCore::Denoise(CallContext& ctx, const v1::DenoiseRequest& re
                                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
   return impl_->Denoise(ctx, request, on_event);
 }
+
+absl::Status DenoiseCore::RunWorker() { return impl_->RunWorker(); }
+
+int DenoiseCore::rank() const { return impl_->rank(); }
 
 }  // namespace diffmesh

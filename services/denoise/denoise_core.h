@@ -1,5 +1,7 @@
 // The denoise stage core: CFG-guided FlowMatch Euler denoising with the GLM-Image DiT, then the
-// VAE decode. gRPC-free. Runs one request at a time (the model fills the machine).
+// VAE decode. gRPC-free. One DenoiseCore per rank of the denoise group: rank 0 takes requests
+// (Denoise) and broadcasts them; the other ranks run RunWorker until rank 0 stops them. A group
+// runs one request at a time (the model fills its devices).
 #ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 #define DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 
@@ -10,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "common/call/call_context.h"
 #include "diffmesh/v1/stages.pb.h"
+#include "models/parallel/comm.h"
+#include "models/parallel/layout.h"
 
 namespace diffmesh {
 
@@ -20,13 +24,25 @@ class DenoiseCore {
     std::string model = "glm-image-tiny";
     // Largest image side accepted.
     int max_image_size = 512;
+    // Degrees of parallelism of the group (world = tp × ulysses × ring × cfg).
+    models::parallel::ParallelConfig parallel;
+    // This rank and where the ranks meet (world_size must equal parallel.world()).
+    models::parallel::RendezvousOptions rendezvous;
   };
+  // Collective: every rank of the group calls it.
   static absl::StatusOr<std::unique_ptr<DenoiseCore>> Create(const Options& options);
   ~DenoiseCore();
 
-  // Emits one Step event per denoising step, then the Result.
+  // Rank 0: runs a request with the whole group. Emits one Step event per denoising step,
+  // then the Result.
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event);
+
+  // Ranks > 0: takes part in every request rank 0 runs; returns when rank 0 stops the group
+  // (OK) or the group breaks.
+  absl::Status RunWorker();
+
+  int rank() const;
 
  private:
   class Impl;

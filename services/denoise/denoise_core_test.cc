@@ -89,16 +89,17 @@ TEST_F(DenoiseCoreTest, GuidanceAndPriorTokensChangeTheLatents) {
   r.set_output(v1::LATENTS);
   Outcome base = Run(r);
   ASSERT_TRUE(base.status.ok()) << base.status;
-  ASSERT_TRUE(ValidateTensor(base.result.tensor(), "latents", DType::kFloat32, 4).ok());
-  EXPECT_EQ(base.result.tensor().shape(1), 16);
-  EXPECT_EQ(base.result.tensor().shape(2), 8);
+  ASSERT_TRUE(ValidateTensor(base.result.latents(), "latents", DType::kFloat32, 4).ok());
+  EXPECT_EQ(base.result.latents().shape(1), 16);
+  EXPECT_EQ(base.result.latents().shape(2), 8);
+  EXPECT_TRUE(base.result.png().empty());
   v1::DenoiseRequest no_cfg = r;
   no_cfg.set_guidance_scale(1.0f);
-  EXPECT_NE(Run(no_cfg).result.tensor().data(), base.result.tensor().data());
+  EXPECT_NE(Run(no_cfg).result.latents().data(), base.result.latents().data());
   v1::DenoiseRequest other_prior = r;
   std::vector<int64_t> grid(4, 200);
   *other_prior.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, grid.data(), 32);
-  EXPECT_NE(Run(other_prior).result.tensor().data(), base.result.tensor().data());
+  EXPECT_NE(Run(other_prior).result.latents().data(), base.result.latents().data());
 }
 
 TEST_F(DenoiseCoreTest, BadInputsAreRejectedNamingTheField) {

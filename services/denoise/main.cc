@@ -1,33 +1,87 @@
-// diffmesh-denoise: the denoise group (DiT + VAE decode); this process is rank 0.
+// diffmesh-denoise: a rank of the denoise group (DiT + VAE decode). Rank 0 serves
+// DenoiseService over gRPC and, unless --launch_ranks=false, starts ranks 1..N-1 itself as
+// local processes; the other ranks take their work from rank 0.
 #include <iostream>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "common/flags/flags.h"
+#include "common/process/subprocess.h"
 #include "common/rpc/server.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_service.h"
 
-ABSL_FLAG(int, port, 50054, "Port of the DenoiseService.");
+ABSL_FLAG(int, port, 50054, "Port of the DenoiseService (rank 0).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
+ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
+ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");
+ABSL_FLAG(int, tp_degree, 1, "Tensor-parallel degree (heads and MLP columns split).");
+ABSL_FLAG(int, world_size, 0, "Ranks in the group; 0: tp × ulysses × ring × cfg.");
+ABSL_FLAG(int, rank, 0, "This process's rank (0 serves gRPC).");
+ABSL_FLAG(std::string, master_addr, "127.0.0.1", "Where rank 0's rendezvous store listens.");
+ABSL_FLAG(int, master_port, 29500, "Port of rank 0's rendezvous store.");
+ABSL_FLAG(bool, launch_ranks, true,
+          "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
+          "separately, e.g. one per node or pod).");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
-                       "diffmesh-denoise --port P [--model M]\n"
-                       "Serves diffmesh.v1.DenoiseService: CFG-guided FlowMatch Euler denoising "
-                       "with the GLM-Image DiT, then the VAE decode to PNG.");
+                       "diffmesh-denoise --port P [--model M] [--cfg-degree C --ulysses-degree U "
+                       "--ring-degree R --tp-degree T]\n"
+                       "A rank of the denoise group: CFG-guided FlowMatch Euler denoising with the "
+                       "GLM-Image DiT (CFG × sequence × tensor parallel), then the VAE decode to PNG. "
+                       "Rank 0 serves diffmesh.v1.DenoiseService.");
   diffmesh::BlockTerminationSignals();
   diffmesh::DenoiseCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
+  o.parallel.cfg = absl::GetFlag(FLAGS_cfg_degree);
+  o.parallel.ulysses = absl::GetFlag(FLAGS_ulysses_degree);
+  o.parallel.ring = absl::GetFlag(FLAGS_ring_degree);
+  o.parallel.tp = absl::GetFlag(FLAGS_tp_degree);
+  o.rendezvous.world_size =
+      absl::GetFlag(FLAGS_world_size) > 0 ? absl::GetFlag(FLAGS_world_size) : o.parallel.world();
+  o.rendezvous.rank = absl::GetFlag(FLAGS_rank);
+  o.rendezvous.master_addr = absl::GetFlag(FLAGS_master_addr);
+  o.rendezvous.master_port = absl::GetFlag(FLAGS_master_port);
+  const int rank = o.rendezvous.rank;
+  const std::string who = absl::StrCat("diffmesh-denoise[rank ", rank, "]");
+
+  std::vector<pid_t> ranks;
+  if (rank == 0 && o.rendezvous.world_size > 1 && absl::GetFlag(FLAGS_launch_ranks)) {
+    for (int r = 1; r < o.rendezvous.world_size; ++r) {
+      std::vector<std::string> args(argv, argv + argc);
+      args[0] = "/proc/self/exe";
+      args.push_back(absl::StrCat("--rank=", r));
+      args.push_back("--launch_ranks=false");
+      auto pid = diffmesh::Spawn(args);
+      if (!pid.ok()) {
+        std::cerr << who << ": " << pid.status().message() << "\n";
+        diffmesh::StopAll(ranks);
+        return 1;
+      }
+      ranks.push_back(*pid);
+    }
+  }
   auto core = diffmesh::DenoiseCore::Create(o);
   if (!core.ok()) {
-    std::cerr << "diffmesh-denoise: " << core.status().message() << "\n";
+    std::cerr << who << ": " << core.status().message() << "\n";
+    diffmesh::StopAll(ranks);
     return 2;
+  }
+  if (rank != 0) {
+    absl::Status s = (*core)->RunWorker();
+    if (!s.ok()) std::cerr << who << ": " << s.message() << "\n";
+    return s.ok() ? 0 : 1;
   }
   diffmesh::DenoiseService service(core->get());
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.DenoiseService"};
-  return diffmesh::ServeUntilSignal("diffmesh-denoise", {&service}, options);
+  const int code = diffmesh::ServeUntilSignal("diffmesh-denoise", {&service}, options);
+  core->reset();  // tells the other ranks to stop
+  diffmesh::StopAll(ranks);
+  return code;
 }

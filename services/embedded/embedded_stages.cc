@@ -1,5 +1,11 @@
 #include "services/embedded/embedded_stages.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/process/subprocess.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh {
@@ -26,7 +32,29 @@ class EmbeddedStages::Clients final : public ArStageClient,
   EmbeddedStages* stages_;
 };
 
-absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const std::string& model) {
+namespace {
+
+// A loopback port that was free a moment ago, for the denoise group's rendezvous.
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(
+    const std::string& model, const models::parallel::ParallelConfig& parallel,
+    const std::string& bin_dir) {
   auto s = std::unique_ptr<EmbeddedStages>(new EmbeddedStages());
   ArCore::Options ar;
   ar.model = model;
@@ -37,12 +65,33 @@ absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const std
   ASSIGN_OR_RETURN(s->encoder_, EncoderCore::Create(enc));
   DenoiseCore::Options den;
   den.model = model;
+  den.parallel = parallel;
+  den.rendezvous.world_size = parallel.world();
+  den.rendezvous.rank = 0;
+  if (parallel.world() > 1) {
+    den.rendezvous.master_port = FreeLoopbackPort();
+    const std::string binary = FindServiceBinary("denoise", bin_dir);
+    if (binary.empty()) return absl::NotFoundError("cannot find diffmesh-denoise for the other ranks");
+    for (int r = 1; r < parallel.world(); ++r) {
+      ASSIGN_OR_RETURN(pid_t pid,
+                       Spawn({binary, "--model=" + model, absl::StrCat("--rank=", r),
+                              "--launch_ranks=false", absl::StrCat("--cfg_degree=", parallel.cfg),
+                              absl::StrCat("--ulysses_degree=", parallel.ulysses),
+                              absl::StrCat("--ring_degree=", parallel.ring),
+                              absl::StrCat("--tp_degree=", parallel.tp),
+                              absl::StrCat("--master_port=", den.rendezvous.master_port)}));
+      s->denoise_ranks_.push_back(pid);
+    }
+  }
   ASSIGN_OR_RETURN(s->denoise_, DenoiseCore::Create(den));
   s->clients_ = std::make_unique<Clients>(s.get());
   return s;
 }
 
-EmbeddedStages::~EmbeddedStages() = default;
+EmbeddedStages::~EmbeddedStages() {
+  denoise_.reset();  // rank 0 tells the other ranks to stop
+  StopAll(denoise_ranks_);
+}
 
 absl::StatusOr<ArStageClient*> EmbeddedStages::Ar(const std::string&) { return clients_.get(); }
 absl::StatusOr<EncoderStageClient*> EmbeddedStages::Encoder(const std::string&) {

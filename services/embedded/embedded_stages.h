@@ -5,6 +5,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "models/parallel/layout.h"
 
 #include "services/ar/ar_core.h"
 #include "services/denoise/denoise_core.h"
@@ -15,8 +18,12 @@ namespace diffmesh {
 
 class EmbeddedStages final : public StageClientFactory {
  public:
-  // Builds the three stage cores for `model` (a built-in model).
-  static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(const std::string& model);
+  // Builds the three stage cores for `model` (a built-in model). With a denoise group of more
+  // than one rank, this process is rank 0 and ranks 1..N-1 run as local diffmesh-denoise
+  // processes (found beside this executable or in `bin_dir`).
+  static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(
+      const std::string& model, const models::parallel::ParallelConfig& parallel = {},
+      const std::string& bin_dir = "");
   ~EmbeddedStages() override;
 
   absl::StatusOr<ArStageClient*> Ar(const std::string& service) override;
@@ -30,6 +37,7 @@ class EmbeddedStages final : public StageClientFactory {
   std::unique_ptr<EncoderCore> encoder_;
   std::unique_ptr<DenoiseCore> denoise_;
   std::unique_ptr<Clients> clients_;
+  std::vector<pid_t> denoise_ranks_;  // local worker ranks of the denoise group
 };
 
 }  // namespace diffmesh

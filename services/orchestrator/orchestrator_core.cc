@@ -229,6 +229,7 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
   *req.mutable_prompt_embeds() = std::move(*encoded->mutable_prompt_embeds());
   *req.mutable_negative_prompt_embeds() = std::move(*encoded->mutable_negative_prompt_embeds());
   req.set_output(v1::PNG);
+  req.set_include_latents(request.include_latents());
   v1::DenoiseEvent::Result result;
   bool have_result = false;
   RETURN_IF_ERROR(denoise->Denoise(ctx, req, [&](const v1::DenoiseEvent& e) {
@@ -253,6 +254,9 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
   meta.set_total_seconds(Seconds(start));
   v1::GenerateEvent final_event;
   final_event.mutable_result()->set_png(std::move(*result.mutable_png()));
+  if (request.include_latents()) {
+    *final_event.mutable_result()->mutable_latents() = std::move(*result.mutable_latents());
+  }
   *final_event.mutable_result()->mutable_metadata() = std::move(meta);
   emit(final_event);
   return absl::OkStatus();

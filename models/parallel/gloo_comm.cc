@@ -1,0 +1,359 @@
+#include "models/parallel/gloo_comm.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+#include "models/parallel/rendezvous.h"
+
+// Version notes (kept here, the only place that touches ProcessGroupGloo):
+//  * 1.13: ProcessGroupGloo derives from c10d::ProcessGroup; its Options from
+//    ProcessGroup::Options (default timeout kProcessGroupDefaultTimeout).
+//  * 2.x: it derives from c10d::Backend, Options from Backend::Options (kBackendDefaultTimeout),
+//    and the device factories take an extra `lazyInit` flag with a default.
+// Both are driven the same way from here: construct with (store, rank, size, options) and call
+// the collectives on the object itself, so only the timeout default differs and we always pass
+// ours explicitly. _allgather_base (one flat output) throws "no support" on 1.13's Gloo, so the
+// list form of allgather is used.
+#ifndef USE_C10D_GLOO
+#error "gloo_comm.cc needs a LibTorch built with Gloo (USE_C10D_GLOO)"
+#endif
+
+namespace diffmesh::models::parallel {
+namespace {
+
+using GlooDevice = std::shared_ptr<::gloo::transport::Device>;
+
+bool IsLoopback(const std::string& addr) {
+  return addr == "localhost" || addr == "::1" || absl::StartsWith(addr, "127.");
+}
+
+absl::Status FromException(const char* op, const std::exception& e) {
+  const std::string message = absl::StrCat("gloo ", op, ": ", e.what());
+  if (absl::StrContains(e.what(), "imed out") || absl::StrContains(e.what(), "imeout")) {
+    return absl::DeadlineExceededError(message);
+  }
+  return absl::InternalError(message);
+}
+
+absl::Status Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* op) {
+  try {
+    work->wait();
+  } catch (const std::exception& e) {
+    return FromException(op, e);
+  }
+  return absl::OkStatus();
+}
+
+// Bytes in one row (all of dims 1..) of a tensor, from its shape alone: the same on every rank
+// of a collective, even one that holds zero rows.
+int64_t RowBytes(const at::Tensor& t) {
+  int64_t n = t.element_size();
+  for (int64_t d = 1; d < t.dim(); ++d) n *= t.size(d);
+  return n;
+}
+
+// A contiguous [rows, ...] tensor as a [rows, row_bytes] uint8 tensor over the same memory:
+// data movement then works for every dtype, whatever Gloo's type switch knows.
+at::Tensor RowBytesView(const at::Tensor& t) {
+  return at::from_blob(t.data_ptr(), {t.size(0), RowBytes(t)},
+                       at::TensorOptions().dtype(at::kByte));
+}
+at::Tensor FlatBytes(const at::Tensor& t) {
+  return at::from_blob(t.data_ptr(), {t.numel() * t.element_size()},
+                       at::TensorOptions().dtype(at::kByte));
+}
+
+// Gloo's reductions cover these; other dtypes are reduced in a wider one.
+bool GlooReduces(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat:
+    case at::kDouble:
+    case at::kHalf:
+    case at::kChar:
+    case at::kByte:
+    case at::kInt:
+    case at::kLong:
+      return true;
+    default:
+      return false;
+  }
+}
+
+c10d::ReduceOp ToGloo(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kMax:
+      return c10d::ReduceOp::MAX;
+    case ReduceOp::kMin:
+      return c10d::ReduceOp::MIN;
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:  // Gloo has no average: sum, then divide.
+      break;
+  }
+  return c10d::ReduceOp::SUM;
+}
+
+// Point-to-point tag of the uneven all-to-all; Send/Recv callers must not use it.
+constexpr int kAllToAllTag = 0x7ffffff0;
+
+class GlooCommunicator final : public Communicator {
+ public:
+  // Connects a process group of `size` over `store` (which must be private to this group).
+  static absl::StatusOr<std::unique_ptr<GlooCommunicator>> Connect(
+      c10::intrusive_ptr<c10d::Store> store, int rank, int size, const GlooDevice& device,
+      int threads, std::chrono::milliseconds timeout) {
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(device);
+    options->threads = threads;
+    c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+    try {
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("gloo process group (rank ", rank, " of ",
+                                                 size, "): ", e.what()));
+    }
+    return std::unique_ptr<GlooCommunicator>(new GlooCommunicator(
+        rank, size, std::move(store), device, threads, timeout, std::move(pg)));
+  }
+
+  const char* backend() const override { return "gloo"; }
+  at::Device device() const override { return at::kCPU; }
+
+ protected:
+  absl::Status DoAllReduce(at::Tensor& tensor, ReduceOp op) override {
+    if (!GlooReduces(tensor.scalar_type())) {
+      at::ScalarType wide;
+      if (at::isFloatingType(tensor.scalar_type())) {
+        wide = at::kFloat;
+      } else if (at::isIntegralType(tensor.scalar_type(), /*includeBool=*/true)) {
+        wide = at::kLong;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "gloo AllReduce: no reduction for dtype ", c10::toString(tensor.scalar_type())));
+      }
+      at::Tensor staged = tensor.to(wide);
+      RETURN_IF_ERROR(DoAllReduce(staged, op));
+      tensor.copy_(staged);
+      return absl::OkStatus();
+    }
+    std::vector<at::Tensor> tensors{tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = ToGloo(op);
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = pg_->allreduce(tensors, opts);
+    } catch (const std::exception& e) {
+      return FromException("AllReduce", e);
+    }
+    RETURN_IF_ERROR(Wait(work, "AllReduce"));
+    if (op == ReduceOp::kAvg) tensor.div_(size());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoAllGather(at::Tensor& output, const at::Tensor& input) override {
+    const int64_t rows = input.size(0);
+    std::vector<std::vector<at::Tensor>> outputs(1);
+    for (int r = 0; r < size(); ++r) outputs[0].push_back(FlatBytes(output.narrow(0, r * rows, rows)));
+    std::vector<at::Tensor> inputs{FlatBytes(input)};
+    c10d::AllgatherOptions opts;
+    opts.timeout = timeout_;
+    return Run("AllGather", [&] { return pg_->allgather(outputs, inputs, opts); });
+  }
+
+  absl::Status DoAllToAll(at::Tensor& output, const at::Tensor& input,
+                          const std::vector<int64_t>& output_splits,
+                          const std::vector<int64_t>& input_splits) override {
+    // Rows hold no bytes on any rank (trailing dims match across ranks): nothing to move.
+    if (RowBytes(input) == 0) return absl::OkStatus();
+    const bool equal =
+        std::all_of(input_splits.begin(), input_splits.end(),
+                    [&](int64_t s) { return s == input_splits[0]; }) &&
+        std::all_of(output_splits.begin(), output_splits.end(),
+                    [&](int64_t s) { return s == input_splits[0]; });
+    if (equal) {
+      // Equal chunks: Gloo's plain all-to-all. Byte views keep dim 0, so chunks stay whole rows.
+      at::Tensor out = RowBytesView(output);
+      at::Tensor in = RowBytesView(input);
+      std::vector<int64_t> no_counts;
+      c10d::AllToAllOptions opts;
+      opts.timeout = timeout_;
+      return Run("AllToAllSingle",
+                 [&] { return pg_->alltoall_base(out, in, no_counts, no_counts, opts); });
+    }
+    // Uneven chunks: point to point, skipping empty chunks. (c10d's alltoall_base with split
+    // sizes, i.e. Gloo's alltoallv, died with SIGSEGV on a 3-rank exchange with empty chunks
+    // under LibTorch 2.11; 1.13 was fine. Posting the chunks ourselves works on both.)
+    return UnevenAllToAll(output, input, output_splits, input_splits);
+  }
+
+  absl::Status DoBroadcast(at::Tensor& tensor, int root) override {
+    std::vector<at::Tensor> tensors{FlatBytes(tensor)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.rootTensor = 0;
+    opts.timeout = timeout_;
+    return Run("Broadcast", [&] { return pg_->broadcast(tensors, opts); });
+  }
+
+  absl::Status DoSend(const at::Tensor& tensor, int peer, int tag) override {
+    std::vector<at::Tensor> tensors{FlatBytes(tensor)};
+    return Run("Send", [&] { return pg_->send(tensors, peer, tag); });
+  }
+
+  absl::Status DoRecv(at::Tensor& tensor, int peer, int tag) override {
+    std::vector<at::Tensor> tensors{FlatBytes(tensor)};
+    return Run("Recv", [&] { return pg_->recv(tensors, peer, tag); });
+  }
+
+  absl::Status DoSendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src,
+                          int tag) override {
+    // Gloo's send and recv are asynchronous: post both, then wait for both.
+    std::vector<at::Tensor> sent{FlatBytes(send)};
+    std::vector<at::Tensor> received{FlatBytes(recv)};
+    c10::intrusive_ptr<c10d::Work> send_work, recv_work;
+    try {
+      send_work = pg_->send(sent, dst, tag);
+      recv_work = pg_->recv(received, src, tag);
+    } catch (const std::exception& e) {
+      if (send_work) Wait(send_work, "SendRecv").IgnoreError();
+      return FromException("SendRecv", e);
+    }
+    absl::Status recv_status = Wait(recv_work, "SendRecv");
+    absl::Status send_status = Wait(send_work, "SendRecv");
+    RETURN_IF_ERROR(recv_status);
+    return send_status;
+  }
+
+  absl::Status DoBarrier() override {
+    c10d::BarrierOptions opts;
+    opts.timeout = timeout_;
+    return Run("Barrier", [&] { return pg_->barrier(opts); });
+  }
+
+  absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(const std::vector<int>& ranks,
+                                                        int new_rank) override {
+    // Every rank counts every split, so the n-th split has the same store prefix everywhere.
+    const int64_t id = ++splits_;
+    if (new_rank < 0) return std::unique_ptr<Communicator>();
+    auto store = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("split", id), store_);
+    ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
+                     Connect(std::move(store), new_rank, static_cast<int>(ranks.size()),
+                             gloo_device_, threads_, timeout_));
+    return std::unique_ptr<Communicator>(std::move(comm));
+  }
+
+ private:
+  GlooCommunicator(int rank, int size, c10::intrusive_ptr<c10d::Store> store, GlooDevice device,
+                   int threads, std::chrono::milliseconds timeout,
+                   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg)
+      : Communicator(rank, size),
+        store_(std::move(store)),
+        gloo_device_(std::move(device)),
+        threads_(threads),
+        timeout_(timeout),
+        pg_(std::move(pg)) {}
+
+  absl::Status UnevenAllToAll(at::Tensor& output, const at::Tensor& input,
+                              const std::vector<int64_t>& output_splits,
+                              const std::vector<int64_t>& input_splits) {
+    const int64_t row = RowBytes(input);
+    auto* in = static_cast<uint8_t*>(input.data_ptr());
+    auto* out = static_cast<uint8_t*>(output.data_ptr());
+    auto bytes = [](uint8_t* p, int64_t n) {
+      return at::from_blob(p, {n}, at::TensorOptions().dtype(at::kByte));
+    };
+    // Every chunk is posted before any is waited for, so no rank blocks its peers.
+    std::vector<std::vector<at::Tensor>> buffers;
+    buffers.reserve(2 * size());
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    absl::Status status;
+    int64_t in_offset = 0, out_offset = 0;
+    for (int peer = 0; peer < size(); ++peer) {
+      const int64_t send_bytes = input_splits[peer] * row;
+      const int64_t recv_bytes = output_splits[peer] * row;
+      if (peer == rank()) {
+        if (send_bytes > 0) std::memcpy(out + out_offset, in + in_offset, send_bytes);
+      } else if (status.ok()) {
+        try {
+          if (send_bytes > 0) {
+            buffers.push_back({bytes(in + in_offset, send_bytes)});
+            works.push_back(pg_->send(buffers.back(), peer, kAllToAllTag));
+          }
+          if (recv_bytes > 0) {
+            buffers.push_back({bytes(out + out_offset, recv_bytes)});
+            works.push_back(pg_->recv(buffers.back(), peer, kAllToAllTag));
+          }
+        } catch (const std::exception& e) {
+          status = FromException("AllToAllSingle", e);
+        }
+      }
+      in_offset += send_bytes;
+      out_offset += recv_bytes;
+    }
+    // Wait for everything posted, even after an error, before the buffers go away.
+    for (const auto& work : works) {
+      absl::Status waited = Wait(work, "AllToAllSingle");
+      if (status.ok()) status = waited;
+    }
+    return status;
+  }
+
+  // Posts one operation and waits for it.
+  template <typename Post>
+  absl::Status Run(const char* op, Post&& post) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = post();
+    } catch (const std::exception& e) {
+      return FromException(op, e);
+    }
+    return Wait(work, op);
+  }
+
+  c10::intrusive_ptr<c10d::Store> store_;
+  GlooDevice gloo_device_;
+  int threads_;
+  std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  int64_t splits_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
+    const RendezvousOptions& options, const GlooOptions& gloo) {
+  RETURN_IF_ERROR(CheckRendezvous(options));
+  if (gloo.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("gloo threads ", gloo.threads, " must be >= 1"));
+  }
+  GlooDevice device;
+  try {
+    if (!gloo.bind_address.empty()) {
+      device = c10d::ProcessGroupGloo::createDeviceForHostname(gloo.bind_address);
+    } else if (IsLoopback(options.master_addr)) {
+      device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    } else {
+      device = c10d::ProcessGroupGloo::createDefaultDevice();
+    }
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("gloo transport device: ", e.what()));
+  }
+  ASSIGN_OR_RETURN(c10::intrusive_ptr<c10d::Store> store, ConnectStore(options));
+  ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
+                   GlooCommunicator::Connect(
+                       c10::make_intrusive<c10d::PrefixStore>("gloo", std::move(store)),
+                       options.rank, options.world_size, device, gloo.threads, options.timeout));
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+}  // namespace diffmesh::models::parallel

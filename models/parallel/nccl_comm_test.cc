@@ -1,0 +1,183 @@
+// NCCL communicator on the GPUs of this host: one rank per GPU, ranks as threads. With one GPU
+// the world is a single rank (the NCCL calls still run with nranks = 1); the multi-rank cases
+// need two or more GPUs.
+#include "models/parallel/nccl_comm.h"
+
+#include <c10/cuda/CUDAFunctions.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "models/parallel/groups.h"
+#include "models/parallel/layout.h"
+#include "models/parallel/test_ranks.h"
+#include "models/parallel/ulysses.h"
+#include "models/core/ops.h"
+
+namespace diffmesh::models::parallel {
+namespace {
+
+using ::testing::HasSubstr;
+
+int Gpus() { return static_cast<int>(c10::cuda::device_count()); }
+
+// body(comm) on `world` threads, rank r on GPU r.
+void RunNcclRanks(int world, const std::function<void(NcclCommunicator& comm)>& body) {
+  const int port = testing::FreeLoopbackPort();
+  ASSERT_GT(port, 0);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < world; ++rank) {
+    threads.emplace_back([&, rank] {
+      RendezvousOptions options;
+      options.world_size = world;
+      options.rank = rank;
+      options.master_port = port;
+      options.timeout = std::chrono::seconds(60);
+      NcclOptions nccl;
+      nccl.device = rank;
+      auto comm = NcclCommunicator::Create(options, nccl);
+      ASSERT_TRUE(comm.ok()) << "rank " << rank << ": " << comm.status();
+      body(**comm);
+      EXPECT_TRUE((*comm)->CheckAsyncError().ok());
+      EXPECT_TRUE((*comm)->Destroy().ok());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+// Nonzero integer-valued floats, the same on every rank for a given (rank, salt).
+at::Tensor RankData(int rank, at::IntArrayRef shape, int salt, const at::Device& device) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  at::Tensor x = at::arange(n, at::kFloat).reshape(shape);
+  return ((x * 7 + rank * 13 + salt * 5).remainder(61) + 1).to(device);
+}
+
+int World() { return std::min(Gpus(), 4); }
+
+TEST(NcclCommTest, Collectives) {
+  if (Gpus() < 1) GTEST_SKIP() << "no GPU";
+  const int w = World();
+  RunNcclRanks(w, [&](NcclCommunicator& comm) {
+    const int r = comm.rank();
+    const at::Device dev = comm.device();
+    EXPECT_STREQ(comm.backend(), "nccl");
+    std::vector<at::Tensor> all;
+    for (int i = 0; i < w; ++i) all.push_back(RankData(i, {6, 5}, 0, dev));
+    const at::Tensor sum = at::stack(all).sum(0);
+
+    // All-reduce on a transposed view writes through to its base.
+    at::Tensor base = all[r].t().contiguous();
+    at::Tensor view = base.t();
+    ASSERT_TRUE(comm.AllReduce(view).ok());
+    EXPECT_TRUE(at::equal(base, sum.t()));
+    // Column slice, average.
+    at::Tensor wide = at::zeros({6, 9}, dev);
+    at::Tensor slice = wide.narrow(1, 2, 5);
+    slice.copy_(all[r]);
+    ASSERT_TRUE(comm.AllReduce(slice, ReduceOp::kAvg).ok());
+    EXPECT_TRUE(at::allclose(wide.narrow(1, 2, 5), sum / w));
+    EXPECT_TRUE(at::equal(wide.narrow(1, 0, 2), at::zeros({6, 2}, dev)));
+    // bfloat16 natively, bool through int32.
+    at::Tensor bf = all[r].to(at::kBFloat16).t();
+    ASSERT_TRUE(comm.AllReduce(bf).ok());
+    EXPECT_TRUE(at::equal(bf, sum.to(at::kBFloat16).t()));
+    at::Tensor flag = at::full({3}, r == w - 1, at::TensorOptions().dtype(at::kBool).device(dev));
+    ASSERT_TRUE(comm.AllReduce(flag, ReduceOp::kMax).ok());
+    EXPECT_TRUE(flag.all().item<bool>());
+
+    // All-gather from a transposed input into a transposed output.
+    at::Tensor out_base = at::zeros({5, 6 * w}, dev);
+    at::Tensor out = out_base.t();
+    ASSERT_TRUE(comm.AllGatherInto(out, all[r].t().contiguous().t()).ok());
+    EXPECT_TRUE(at::equal(out, at::cat(all)));
+
+    // Uneven all-to-all: rank i sends (i + j) % 3 rows to rank j.
+    auto rows = [](int from, int to) { return static_cast<int64_t>((from + to) % 3); };
+    std::vector<int64_t> in_splits;
+    int64_t total = 0;
+    for (int j = 0; j < w; ++j) in_splits.push_back(rows(r, j)), total += rows(r, j);
+    std::vector<at::Tensor> parts;
+    for (int i = 0; i < w; ++i) {
+      int64_t n = 0, offset = 0;
+      for (int j = 0; j < w; ++j) n += rows(i, j);
+      for (int j = 0; j < r; ++j) offset += rows(i, j);
+      parts.push_back(RankData(i, {n, 3}, 1, dev).narrow(0, offset, rows(i, r)));
+    }
+    auto a2a = comm.AllToAllSingle(RankData(r, {total, 3}, 1, dev).t().contiguous().t(), {},
+                                   in_splits);
+    ASSERT_TRUE(a2a.ok()) << a2a.status();
+    EXPECT_TRUE(at::equal(*a2a, at::cat(parts)));
+
+    // Broadcast into strided rows.
+    at::Tensor tall = at::zeros({8, 3}, dev);
+    at::Tensor odd_rows = tall.slice(0, 1, 8, 2);
+    if (r == w - 1) odd_rows.copy_(RankData(w - 1, {4, 3}, 2, dev));
+    ASSERT_TRUE(comm.Broadcast(odd_rows, w - 1).ok());
+    EXPECT_TRUE(at::equal(tall.slice(0, 1, 8, 2), RankData(w - 1, {4, 3}, 2, dev)));
+    EXPECT_TRUE(at::equal(tall.slice(0, 0, 8, 2), at::zeros({4, 3}, dev)));
+
+    // Ring step.
+    const int next = (r + 1) % w, prev = (r + w - 1) % w;
+    at::Tensor recv_base = at::zeros({5, 2}, dev);
+    at::Tensor recv = recv_base.t();
+    ASSERT_TRUE(comm.SendRecv(RankData(r, {5, 2}, 3, dev).t(), next, recv, prev).ok());
+    EXPECT_TRUE(at::equal(recv_base, RankData(prev, {5, 2}, 3, dev)));
+
+    std::string bytes = r == 0 ? std::string("request\0with nul", 16) : "stale";
+    ASSERT_TRUE(comm.BroadcastBytes(&bytes, 0).ok());
+    EXPECT_EQ(bytes, std::string("request\0with nul", 16));
+    ASSERT_TRUE(comm.Barrier().ok());
+
+    // Wrong device.
+    at::Tensor cpu = at::ones({2});
+    EXPECT_THAT(std::string(comm.AllReduce(cpu).message()), HasSubstr("works on cuda"));
+  });
+}
+
+TEST(NcclCommTest, SplitAndUlysses) {
+  if (Gpus() < 2) GTEST_SKIP() << "needs 2 GPUs, have " << Gpus();
+  const int w = World();
+  RunNcclRanks(w, [&](NcclCommunicator& comm) {
+    const ParallelConfig config{1, w, 1, 1};
+    auto layout = RankLayout::Create(config, w, comm.rank(), 4 * w);
+    ASSERT_TRUE(layout.ok());
+    auto groups = CreateParallelGroups(comm, *layout);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    Communicator& ulysses = groups->Get(Axis::kUlysses);
+    ASSERT_EQ(ulysses.size(), w);
+    const at::Device dev = comm.device();
+    const int64_t s = 6 * w;
+    at::Tensor q = at::sin(at::arange(2 * 4 * w * s * 16, at::kFloat)).reshape({2, 4 * w, s, 16});
+    at::Tensor k = at::cos(q * 3), v = at::sin(q * 5);
+    const at::Tensor reference = models::Attention(q, k, v);
+    auto shard = [&](const at::Tensor& x) { return *ShardSequence(x.to(dev), 2, comm.rank(), w); };
+    auto out = UlyssesAttention(ulysses, shard(q), shard(k), shard(v));
+    ASSERT_TRUE(out.ok()) << out.status();
+    const double err = RelativeError(out->cpu(), reference.narrow(2, comm.rank() * 6, 6));
+    EXPECT_LE(err, 1e-5);
+    if (comm.rank() == 0) std::printf("NCCL Ulysses U=%d rel err %.3g\n", w, err);
+  });
+}
+
+TEST(NcclCommTest, AbortMakesItUnusable) {
+  if (Gpus() < 1) GTEST_SKIP() << "no GPU";
+  RendezvousOptions options;
+  options.master_port = testing::FreeLoopbackPort();
+  auto comm = NcclCommunicator::Create(options);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  EXPECT_TRUE((*comm)->CheckAsyncError().ok());
+  ASSERT_TRUE((*comm)->Abort().ok());
+  EXPECT_FALSE((*comm)->usable());
+  at::Tensor t = at::ones({2}, at::Device(at::kCUDA, 0));
+  EXPECT_EQ((*comm)->AllReduce(t).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*comm)->CheckAsyncError().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace diffmesh::models::parallel

@@ -1,0 +1,57 @@
+#include "models/parallel/test_ranks.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#ifdef DIFFMESH_HAVE_GLOO
+#include "models/parallel/gloo_comm.h"
+#endif
+
+namespace diffmesh::models::parallel::testing {
+
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+#ifdef DIFFMESH_HAVE_GLOO
+void RunGlooRanks(int world, const std::function<void(Communicator& comm)>& body) {
+  const int port = FreeLoopbackPort();
+  ASSERT_GT(port, 0) << "no free loopback port";
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < world; ++rank) {
+    threads.emplace_back([&, rank] {
+      RendezvousOptions options;
+      options.world_size = world;
+      options.rank = rank;
+      options.master_addr = "127.0.0.1";
+      options.master_port = port;
+      options.timeout = std::chrono::seconds(30);
+      auto comm = CreateGlooCommunicator(options);
+      ASSERT_TRUE(comm.ok()) << "rank " << rank << ": " << comm.status();
+      body(**comm);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+}
+#endif  // DIFFMESH_HAVE_GLOO
+
+}  // namespace diffmesh::models::parallel::testing

@@ -1,0 +1,24 @@
+// Test support: several Gloo ranks as threads of one process.
+#ifndef DIFFMESH_MODELS_PARALLEL_TEST_RANKS_H_
+#define DIFFMESH_MODELS_PARALLEL_TEST_RANKS_H_
+
+#include <functional>
+
+#include "models/parallel/comm.h"
+
+namespace diffmesh::models::parallel::testing {
+
+// A loopback TCP port that was free a moment ago (bound to port 0, then closed).
+int FreeLoopbackPort();
+
+// Runs body(comm) on `world` threads, each with its own Gloo communicator of that world size
+// (rendezvous through a TCPStore on a free loopback port), and joins them. A rank that fails to
+// connect records a test failure. Collectives time out after 30 s so that a broken test fails
+// instead of hanging.
+#ifdef DIFFMESH_HAVE_GLOO
+void RunGlooRanks(int world, const std::function<void(Communicator& comm)>& body);
+#endif
+
+}  // namespace diffmesh::models::parallel::testing
+
+#endif  // DIFFMESH_MODELS_PARALLEL_TEST_RANKS_H_

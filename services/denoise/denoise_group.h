@@ -1,0 +1,92 @@
+// The ranks of the denoise group and how they work together: the rank layout (tp fastest,
+// then ulysses, ring, cfg), one communicator per axis, rank 0's commands to the others
+// (main-rank-then-broadcast: a request reaches rank 0 over gRPC once and is broadcast, never
+// recomputed per rank), CFG branches dispatched over the cfg ranks and gathered back, and the
+// collectives the DiT needs for tensor and sequence parallelism. gRPC-free.
+#ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_GROUP_H_
+#define DIFFMESH_SERVICES_DENOISE_DENOISE_GROUP_H_
+
+#include <ATen/ATen.h>
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "models/glm_image/dit.h"
+#include "models/parallel/comm.h"
+#include "models/parallel/groups.h"
+#include "models/parallel/layout.h"
+#include "services/denoise/cfg_policy.h"
+
+namespace diffmesh {
+
+struct DenoiseGroupOptions {
+  // Degrees of parallelism; world = tp × ulysses × ring × cfg.
+  models::parallel::ParallelConfig parallel;
+  // Where the ranks meet (ignored for a group of one).
+  models::parallel::RendezvousOptions rendezvous;
+  // Attention heads of the DiT (checked against ulysses × tp).
+  int num_heads = 1;
+  // Rank 0 pings idle ranks this often so their waits never reach the collective timeout.
+  absl::Duration keepalive = absl::Seconds(10);
+};
+
+class DenoiseGroup {
+ public:
+  enum class Command : uint8_t { kPing = 0, kRun = 1, kStop = 2 };
+
+  // Collective over all ranks (each process calls it with its own rank).
+  static absl::StatusOr<std::unique_ptr<DenoiseGroup>> Create(const DenoiseGroupOptions& options);
+  // Rank 0 tells the other ranks to stop.
+  ~DenoiseGroup();
+
+  const models::parallel::RankLayout& layout() const { return layout_; }
+  bool is_main() const { return layout_.rank() == 0; }
+  int world_size() const { return layout_.world_size(); }
+
+  // Rank 0: sends a command (and payload) to every rank. Holds the group until Release().
+  absl::Status Send(Command command, const std::string& payload);
+  void Release();
+  // Other ranks: the next command from rank 0 (pings are answered internally).
+  absl::StatusOr<std::pair<Command, std::string>> Receive();
+
+  // Rank 0 decides, every rank learns: whether the request goes on (cancellation, deadlines).
+  absl::StatusOr<bool> AgreeToContinue(bool main_decision);
+
+  // Runs this rank's CFG branches with `forward` (a rank without branches runs none) and
+  // returns every branch's prediction in branch order, on every rank. `like` is a tensor of a
+  // prediction's shape and dtype.
+  absl::StatusOr<std::vector<at::Tensor>> RunBranches(
+      const CfgPolicy& policy, const std::function<at::Tensor(const CfgBranch&)>& forward,
+      const at::Tensor& like);
+
+  // The tp / sp collectives for this rank's DiT forward (empty functions where degree 1).
+  const models::glm_image::DitCollectives& dit_collectives() const { return collectives_; }
+
+ private:
+  DenoiseGroup(const DenoiseGroupOptions& options, models::parallel::RankLayout layout);
+  void KeepaliveLoop();
+
+  const DenoiseGroupOptions options_;
+  models::parallel::RankLayout layout_;
+  std::unique_ptr<models::parallel::Communicator> world_;
+  models::parallel::ParallelGroups groups_;
+  models::glm_image::DitCollectives collectives_;
+
+  // Rank 0: the world communicator is shared by requests and the keepalive.
+  std::mutex mu_;
+  std::unique_lock<std::mutex> held_;
+  bool stopping_ = false;
+  std::condition_variable stop_cv_;
+  std::thread keepalive_;
+};
+
+}  // namespace diffmesh
+
+#endif  // DIFFMESH_SERVICES_DENOISE_DENOISE_GROUP_H_

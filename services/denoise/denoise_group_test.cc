@@ -1,0 +1,214 @@
+// The denoise group over Gloo ranks (threads of this process): every layout gives the
+// single-rank result.
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/image/png.h"
+#include "common/tensor/wire_tensor.h"
+#include "gtest/gtest.h"
+#include "models/core/ops.h"
+#include "models/parallel/test_ranks.h"
+#include "models/glm_image/glm_image_spec.h"
+#include "services/denoise/denoise_core.h"
+#include "services/denoise/denoise_group.h"
+#include "services/stage_common/torch_wire.h"
+
+namespace diffmesh {
+namespace {
+
+using models::parallel::ParallelConfig;
+
+v1::DenoiseRequest Request(uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::normal_distribution<float> dist;
+  v1::DenoiseRequest r;
+  r.set_model("glm-image-tiny");
+  r.set_height(96);
+  r.set_width(64);
+  r.set_steps(2);
+  r.set_guidance_scale(2.5f);
+  r.set_seed(seed);
+  r.set_include_latents(true);
+  std::vector<int64_t> grid(3 * 2);
+  for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
+  *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {3, 2}, grid.data(), grid.size() * 8);
+  for (auto [field, len] : {std::pair{r.mutable_prompt_embeds(), 5}, std::pair{r.mutable_negative_prompt_embeds(), 1}}) {
+    std::vector<float> v(len * 64);
+    for (auto& x : v) x = dist(rng);
+    *field = MakeTensor(DType::kFloat32, {1, len, 64}, v.data(), v.size() * 4);
+  }
+  return r;
+}
+
+v1::DenoiseRequest FourBranchRequest(uint64_t seed) {
+  v1::DenoiseRequest r = Request(seed);
+  auto* g = r.mutable_multimodal_guidance();
+  g->set_stg_scale(0.75f);
+  g->add_stg_blocks(1);
+  g->set_modality_scale(1.5f);
+  g->set_rescale_scale(0.5f);
+  return r;
+}
+
+struct Output {
+  at::Tensor latents;
+  Rgb8Image image;
+};
+
+// Runs `request` on a group of `parallel.world()` ranks (threads); returns rank 0's result.
+Output RunGroup(const ParallelConfig& parallel, const v1::DenoiseRequest& request) {
+  Output out;
+  const int world = parallel.world();
+  const int port = models::parallel::testing::FreeLoopbackPort();
+  std::vector<std::thread> ranks;
+  for (int rank = 0; rank < world; ++rank) {
+    ranks.emplace_back([&, rank] {
+      DenoiseCore::Options o;
+      o.parallel = parallel;
+      o.rendezvous.world_size = world;
+      o.rendezvous.rank = rank;
+      o.rendezvous.master_port = port;
+      o.rendezvous.timeout = std::chrono::seconds(60);
+      auto core = DenoiseCore::Create(o);
+      ASSERT_TRUE(core.ok()) << "rank " << rank << ": " << core.status();
+      if (rank != 0) {
+        absl::Status s = (*core)->RunWorker();
+        EXPECT_TRUE(s.ok()) << "rank " << rank << ": " << s;
+        return;
+      }
+      CallContext ctx;
+      v1::DenoiseEvent::Result result;
+      int steps = 0;
+      absl::Status s = (*core)->Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+        steps += e.has_step();
+        if (e.has_result()) result = e.result();
+      });
+      ASSERT_TRUE(s.ok()) << s;
+      EXPECT_EQ(steps, request.steps());
+      auto latents = FromWire(result.latents(), "latents");
+      ASSERT_TRUE(latents.ok());
+      out.latents = *latents;
+      auto image = DecodePng(result.png());
+      ASSERT_TRUE(image.ok());
+      out.image = *image;
+    });  // rank 0's core is destroyed here, which stops the others
+  }
+  for (auto& t : ranks) t.join();
+  return out;
+}
+
+std::string Name(const ParallelConfig& p) {
+  return absl::StrCat("cfg", p.cfg, "_u", p.ulysses, "_r", p.ring, "_tp", p.tp);
+}
+
+void ExpectSame(const Output& got, const Output& want, const std::string& layout) {
+  ASSERT_TRUE(got.latents.defined()) << layout;
+  const double err = models::RelativeError(got.latents, want.latents);
+  EXPECT_LE(err, 1e-5) << layout;
+  ASSERT_EQ(got.image.pixels.size(), want.image.pixels.size()) << layout;
+  int worst = 0;
+  for (size_t i = 0; i < got.image.pixels.size(); ++i) {
+    worst = std::max(worst, std::abs(int{got.image.pixels[i]} - int{want.image.pixels[i]}));
+  }
+  EXPECT_LE(worst, 1) << layout;
+  std::printf("%-18s latents rel err %.2e, max pixel diff %d\n", layout.c_str(), err, worst);
+}
+
+TEST(DenoiseGroupTest, EveryLayoutMatchesOneRank) {
+  const v1::DenoiseRequest request = Request(1234);
+  const Output single = RunGroup({}, request);
+  int layouts = 0;
+  for (int cfg : {1, 2, 3, 4}) {
+    for (int u : {1, 2}) {
+      for (int r : {1, 2}) {
+        for (int tp : {1, 2}) {
+          ParallelConfig p;
+          p.cfg = cfg;
+          p.ulysses = u;
+          p.ring = r;
+          p.tp = tp;
+          if (p.world() == 1 || p.world() > 8) continue;
+          ExpectSame(RunGroup(p, request), single, Name(p));
+          ++layouts;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(layouts, 22);
+}
+
+TEST(DenoiseGroupTest, FourBranchGuidanceMatchesOneRankForAnyCfgDegree) {
+  const v1::DenoiseRequest request = FourBranchRequest(99);
+  const Output single = RunGroup({}, request);
+  // Four branches really differ from the two-branch result (by far more than the 1e-8 that
+  // parallel layouts differ by; the tiny random DiT moves little between branches).
+  EXPECT_GT(models::RelativeError(single.latents, RunGroup({}, Request(99)).latents), 1e-5);
+  for (int cfg : {2, 3, 4, 8}) {
+    ParallelConfig p;
+    p.cfg = cfg;
+    ExpectSame(RunGroup(p, request), single, Name(p));
+  }
+}
+
+// The DiT itself under sequence parallelism with image-token counts that do not divide by sp:
+// the padding is masked, not rejected.
+TEST(DenoiseGroupTest, DitForwardWithPaddedSequenceShardsMatchesOneRank) {
+  auto spec = models::glm_image::BuiltinSpec("glm-image-tiny");
+  ASSERT_TRUE(spec.ok());
+  auto full = models::glm_image::BuildDit(*spec);
+  ASSERT_TRUE(full.ok());
+  at::manual_seed(7);
+  models::glm_image::DitInputs in;
+  in.hidden_states = at::randn({1, 16, 10, 6});  // 5 × 3 = 15 image tokens
+  in.encoder_hidden_states = at::randn({1, 3, 64});
+  in.prior_token_id = at::randint(0, 256, {1, 15}, at::kLong);
+  in.prior_token_drop = at::rand({1, 15}).lt(0.3);
+  in.timestep = at::full({1}, 500.0);
+  in.target_size = at::tensor({80.0f, 48.0f}).view({1, 2});
+  in.crop_coords = at::zeros({1, 2});
+  const at::Tensor want = (*full)->Forward(in);
+  for (auto [u, r, tp] : {std::tuple{2, 1, 1}, std::tuple{1, 2, 1}, std::tuple{2, 2, 1}, std::tuple{2, 2, 2},
+                          std::tuple{1, 1, 2}}) {
+    DenoiseGroupOptions o;
+    o.parallel.ulysses = u;
+    o.parallel.ring = r;
+    o.parallel.tp = tp;
+    o.num_heads = 4;
+    const int world = o.parallel.world();
+    o.rendezvous.world_size = world;
+    o.rendezvous.master_port = models::parallel::testing::FreeLoopbackPort();
+    std::vector<std::thread> ranks;
+    for (int rank = 0; rank < world; ++rank) {
+      ranks.emplace_back([&, o, rank]() mutable {
+        o.rendezvous.rank = rank;
+        auto group = DenoiseGroup::Create(o);
+        ASSERT_TRUE(group.ok()) << group.status();
+        auto dit = models::glm_image::BuildDit(*spec, at::kFloat, {(*group)->layout().tp_rank(), tp});
+        ASSERT_TRUE(dit.ok());
+        at::Tensor got = (*dit)->Forward(in, &(*group)->dit_collectives());
+        EXPECT_LE(models::RelativeError(got, want), 1e-5)
+            << "u" << u << " r" << r << " tp" << tp << " rank " << rank;
+      });
+    }
+    for (auto& t : ranks) t.join();
+  }
+}
+
+TEST(DenoiseGroupTest, LayoutErrorsAreClear) {
+  DenoiseCore::Options o;
+  o.parallel.ulysses = 8;  // the tiny DiT has 4 heads
+  o.rendezvous.world_size = 8;
+  auto core = DenoiseCore::Create(o);
+  ASSERT_FALSE(core.ok());
+  EXPECT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(core.status().message().find("heads"), std::string::npos) << core.status();
+  o.parallel.ulysses = 2;
+  o.rendezvous.world_size = 3;
+  core = DenoiseCore::Create(o);
+  ASSERT_FALSE(core.ok());
+  EXPECT_NE(core.status().message().find("world size 3"), std::string::npos) << core.status();
+}
+
+}  // namespace
+}  // namespace diffmesh
