@@ -55,6 +55,11 @@ endfunction()
 function(diffmesh_use_torch target)
   target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES} Threads::Threads)
   target_compile_options(${target} PUBLIC -pthread)
+  # PyTorch's wheel bundles old google/protobuf headers in its include folder; the project's
+  # protobuf must win where both are visible.
+  if(Protobuf_INCLUDE_DIRS)
+    target_include_directories(${target} SYSTEM BEFORE PUBLIC ${Protobuf_INCLUDE_DIRS})
+  endif()
   target_include_directories(${target} SYSTEM PUBLIC ${TORCH_INCLUDE_DIRS})
   if(DIFFMESH_PCH AND TARGET diffmesh_aten_pch)
     # Executables compile with -fPIE, libraries with -fPIC: a PCH serves only one of them.

@@ -74,12 +74,34 @@ std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t hp, int64_t wp, int64_t h
 // diffusers apply_rotary_emb(use_real_unbind_dim=-2) on x [B, N, heads, D] in fp32, returned in
 // x's dtype; cos/sin [N, D].
 at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  // out = x·cos + rotate_half(x)·sin in fp32, rotate_half(x) = [−x₂, x₁]: one product and two
+  // half-width fused multiply-adds instead of materialising the rotated copy.
   const int64_t half = x.size(-1) / 2;
   at::Tensor xf = x.to(at::kFloat);
-  at::Tensor rotated = at::cat({-xf.slice(-1, half), xf.slice(-1, 0, half)}, -1);
   at::Tensor c = cos.unsqueeze(0).unsqueeze(2);  // [1, N, 1, D]
   at::Tensor s = sin.unsqueeze(0).unsqueeze(2);
-  return (xf * c + rotated * s).to(x.scalar_type());
+  at::Tensor out = xf * c;
+  out.narrow(-1, 0, half).addcmul_(xf.narrow(-1, half, half), s.narrow(-1, 0, half), -1);
+  out.narrow(-1, half, half).addcmul_(xf.narrow(-1, 0, half), s.narrow(-1, half, half));
+  return out.to(x.scalar_type());
+}
+
+// LayerNorm without affine parameters, then x·(1 + scale) + shift: for one sample the
+// modulation is per channel, so it folds into the LayerNorm's own affine step (one kernel).
+at::Tensor ModulatedNorm(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
+  if (x.size(0) == 1) return at::layer_norm(x, {x.size(-1)}, 1 + scale[0], shift[0], kNormEps);
+  return Modulate(PlainLayerNorm(x), scale, shift);
+}
+
+// gelu_tanh(x Wᵀ + b). On CUDA the bias and GELU run in the GEMM's epilogue (cuBLASLt's GELU
+// is the tanh form); the CPU's _addmm_activation uses another GELU, so there it stays two steps.
+at::Tensor LinearGeluTanh(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  at::Tensor x2d = x.reshape({-1, x.size(-1)});
+  at::Tensor y = x.is_cuda() ? at::_addmm_activation(bias, x2d, weight.t(), 1, 1, /*use_gelu=*/true)
+                             : at::gelu(at::addmm(bias, x2d, weight.t()), "tanh");
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight.size(0);
+  return y.view(shape);
 }
 
 }  // namespace
@@ -194,6 +216,19 @@ absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig
       cols(b + "ff.net.2.weight");
     }
   }
+  // One GEMM for q, k and v: their (sliced) weights stacked row-wise.
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string a = absl::StrCat("transformer_blocks.", i, ".attn1.");
+    for (const char* part : {"weight", "bias"}) {
+      std::vector<at::Tensor> rows;
+      for (const char* proj : {"to_q.", "to_k.", "to_v."}) {
+        auto it = weights.find(a + proj + part);
+        rows.push_back(it->second);
+        weights.erase(it);
+      }
+      weights.emplace(a + "to_qkv." + part, at::cat(rows, 0));
+    }
+  }
   return std::unique_ptr<GlmImageDit>(new GlmImageDit(config, std::move(weights), tp));
 }
 
@@ -254,20 +289,21 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
                    &gate_msa = m[4], &c_gate_msa = m[5], &shift_mlp = m[6], &c_shift_mlp = m[7],
                    &scale_mlp = m[8], &c_scale_mlp = m[9], &gate_mlp = m[10], &c_gate_mlp = m[11];
 
-  at::Tensor norm_h = Modulate(PlainLayerNorm(hidden), scale_msa, shift_msa);
-  at::Tensor norm_c = Modulate(PlainLayerNorm(context), c_scale_msa, c_shift_msa);
+  at::Tensor norm_h = ModulatedNorm(hidden, scale_msa, shift_msa);
+  at::Tensor norm_c = ModulatedNorm(context, c_scale_msa, c_shift_msa);
 
   // Joint attention over [text; image].
   at::Tensor joint = at::cat({norm_c, norm_h}, 1);  // [B, S, dim]
-  // Projection of the joint sequence → [B, S, heads, D].
-  auto project = [&](const char* name) {
-    return Linear(joint, weights_, b + "attn1." + name).view({batch, seq, heads, head_dim});
-  };
-  at::Tensor q = PlainLayerNorm(project("to_q"));  // [B, S, heads, D]
-  at::Tensor k = PlainLayerNorm(project("to_k"));
-  at::Tensor v = project("to_v");
-  q = at::cat({q.slice(1, 0, text_len), ApplyRotary(q.slice(1, text_len), rope_cos, rope_sin)}, 1);
-  k = at::cat({k.slice(1, 0, text_len), ApplyRotary(k.slice(1, text_len), rope_cos, rope_sin)}, 1);
+  // Fused projection of the joint sequence → q, k, v [B, S, heads, D]; the per-head LayerNorm
+  // of q and k makes fresh tensors, into which RoPE is written for the image tokens.
+  at::Tensor qkv = Linear(joint, weights_, b + "attn1.to_qkv").view({batch, seq, 3, heads, head_dim});
+  at::Tensor q = PlainLayerNorm(qkv.select(2, 0));  // [B, S, heads, D]
+  at::Tensor k = PlainLayerNorm(qkv.select(2, 1));
+  at::Tensor v = qkv.select(2, 2);
+  for (at::Tensor* t : {&q, &k}) {
+    at::Tensor image = t->narrow(1, text_len, seq - text_len);
+    image.copy_(ApplyRotary(image, rope_cos, rope_sin));
+  }
 
   at::Tensor attn;
   if (skip_attention) {
@@ -281,19 +317,20 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   attn = attn.reshape({batch, seq, dim}).to(q.scalar_type());  // [B, S, dim_local]
   attn = RowParallelLinear(attn, b + "attn1.to_out.0", collectives);
 
-  hidden = hidden + attn.slice(1, text_len) * gate_msa.unsqueeze(1);
-  context = context + attn.slice(1, 0, text_len) * c_gate_msa.unsqueeze(1);
+  hidden = at::addcmul(hidden, attn.slice(1, text_len), gate_msa.unsqueeze(1));
+  context = at::addcmul(context, attn.slice(1, 0, text_len), c_gate_msa.unsqueeze(1));
 
   // Shared feed-forward (tanh GELU) for both streams, each with its own modulation.
   // Column-parallel → GELU → row-parallel: no gather in between under tensor parallelism.
+  const at::Tensor& fc1_w = Get(weights_, b + "ff.net.0.proj.weight");
+  const at::Tensor& fc1_b = Get(weights_, b + "ff.net.0.proj.bias");
   auto ff = [&](const at::Tensor& x) {
-    return RowParallelLinear(at::gelu(Linear(x, weights_, b + "ff.net.0.proj"), "tanh"),
-                             b + "ff.net.2", collectives);
+    return RowParallelLinear(LinearGeluTanh(x, fc1_w, fc1_b), b + "ff.net.2", collectives);
   };
-  norm_h = Modulate(PlainLayerNorm(hidden), scale_mlp, shift_mlp);
-  norm_c = Modulate(PlainLayerNorm(context), c_scale_mlp, c_shift_mlp);
-  hidden = hidden + ff(norm_h) * gate_mlp.unsqueeze(1);
-  context = context + ff(norm_c) * c_gate_mlp.unsqueeze(1);
+  norm_h = ModulatedNorm(hidden, scale_mlp, shift_mlp);
+  norm_c = ModulatedNorm(context, c_scale_mlp, c_shift_mlp);
+  hidden = at::addcmul(hidden, ff(norm_h), gate_mlp.unsqueeze(1));
+  context = at::addcmul(context, ff(norm_c), c_gate_mlp.unsqueeze(1));
 }
 
 at::Tensor GlmImageDit::Forward(const DitInputs& in, const DitCollectives* collectives) const {

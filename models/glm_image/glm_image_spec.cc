@@ -73,18 +73,20 @@ absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name) {
 
 absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
                                                       at::ScalarType dtype,
-                                                      TensorParallelShard tp) {
+                                                      TensorParallelShard tp, at::Device device) {
   ASSIGN_OR_RETURN(DitConfig config, DitConfig::FromJson(spec.transformer));
+  // Drawn in fp32 on the CPU (the same weights on every device), then converted.
   WeightMap w = InitSeeded(GlmImageDit::Params(config), ComponentSeed(spec, 1));
-  for (auto& [name, t] : w) t = t.to(dtype);
+  for (auto& [name, t] : w) t = t.to(device, dtype);
   return GlmImageDit::Create(config, std::move(w), tp);
 }
 
 absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpec& spec,
-                                                               at::ScalarType dtype) {
+                                                               at::ScalarType dtype,
+                                                               at::Device device) {
   ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::FromJson(spec.vae));
   WeightMap w = InitSeeded(AutoencoderKl::Params(config, VaeParts::kDecoderOnly), ComponentSeed(spec, 2));
-  for (auto& [name, t] : w) t = t.to(dtype);
+  for (auto& [name, t] : w) t = t.to(device, dtype);
   return AutoencoderKl::Create(config, std::move(w), VaeParts::kDecoderOnly);
 }
 

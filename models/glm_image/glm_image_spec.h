@@ -43,9 +43,11 @@ absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name);
 // `tp`: the tensor-parallel slice this rank keeps (built from the full weights).
 absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
                                                       at::ScalarType dtype = at::kFloat,
-                                                      TensorParallelShard tp = {});
+                                                      TensorParallelShard tp = {},
+                                                      at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpec& spec,
-                                                               at::ScalarType dtype = at::kFloat);
+                                                               at::ScalarType dtype = at::kFloat,
+                                                               at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<T5Encoder>> BuildTextEncoder(const GlmImageSpec& spec);
 absl::StatusOr<std::unique_ptr<ArModel>> BuildArModel(const GlmImageSpec& spec,
                                                       const ArModelOptions& options = {});

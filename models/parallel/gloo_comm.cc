@@ -5,7 +5,6 @@
 #include <torch/version.h>
 
 #include <algorithm>
-#include <cstring>
 #include <exception>
 #include <utility>
 #include <vector>
@@ -102,9 +101,6 @@ c10d::ReduceOp ToGloo(ReduceOp op) {
   return c10d::ReduceOp::SUM;
 }
 
-// Point-to-point tag of the uneven all-to-all; Send/Recv callers must not use it.
-constexpr int kAllToAllTag = 0x7ffffff0;
-
 class GlooCommunicator final : public Communicator {
  public:
   // Connects a process group of `size` over `store` (which must be private to this group).
@@ -175,25 +171,21 @@ class GlooCommunicator final : public Communicator {
                           const std::vector<int64_t>& input_splits) override {
     // Rows hold no bytes on any rank (trailing dims match across ranks): nothing to move.
     if (RowBytes(input) == 0) return absl::OkStatus();
-    const bool equal =
-        std::all_of(input_splits.begin(), input_splits.end(),
-                    [&](int64_t s) { return s == input_splits[0]; }) &&
-        std::all_of(output_splits.begin(), output_splits.end(),
-                    [&](int64_t s) { return s == input_splits[0]; });
-    if (equal) {
-      // Equal chunks: Gloo's plain all-to-all. Byte views keep dim 0, so chunks stay whole rows.
-      at::Tensor out = RowBytesView(output);
-      at::Tensor in = RowBytesView(input);
-      std::vector<int64_t> no_counts;
-      c10d::AllToAllOptions opts;
-      opts.timeout = timeout_;
-      return Run("AllToAllSingle",
-                 [&] { return pg_->alltoall_base(out, in, no_counts, no_counts, opts); });
+    // Split sizes count rows of dim 0; the byte views keep dim 0, so chunks stay whole rows.
+    at::Tensor out = RowBytesView(output);
+    at::Tensor in = RowBytesView(input);
+    std::vector<int64_t> out_counts = output_splits, in_counts = input_splits;
+    const auto same = [&](int64_t s) { return s == input_splits[0]; };
+    if (std::all_of(in_counts.begin(), in_counts.end(), same) &&
+        std::all_of(out_counts.begin(), out_counts.end(), same)) {
+      // Equal chunks: empty counts select Gloo's plain all-to-all instead of alltoallv.
+      in_counts.clear();
+      out_counts.clear();
     }
-    // Uneven chunks: point to point, skipping empty chunks. (c10d's alltoall_base with split
-    // sizes, i.e. Gloo's alltoallv, died with SIGSEGV on a 3-rank exchange with empty chunks
-    // under LibTorch 2.11; 1.13 was fine. Posting the chunks ourselves works on both.)
-    return UnevenAllToAll(output, input, output_splits, input_splits);
+    c10d::AllToAllOptions opts;
+    opts.timeout = timeout_;
+    return Run("AllToAllSingle",
+               [&] { return pg_->alltoall_base(out, in, out_counts, in_counts, opts); });
   }
 
   absl::Status DoBroadcast(at::Tensor& tensor, int root) override {
@@ -262,51 +254,6 @@ class GlooCommunicator final : public Communicator {
         threads_(threads),
         timeout_(timeout),
         pg_(std::move(pg)) {}
-
-  absl::Status UnevenAllToAll(at::Tensor& output, const at::Tensor& input,
-                              const std::vector<int64_t>& output_splits,
-                              const std::vector<int64_t>& input_splits) {
-    const int64_t row = RowBytes(input);
-    auto* in = static_cast<uint8_t*>(input.data_ptr());
-    auto* out = static_cast<uint8_t*>(output.data_ptr());
-    auto bytes = [](uint8_t* p, int64_t n) {
-      return at::from_blob(p, {n}, at::TensorOptions().dtype(at::kByte));
-    };
-    // Every chunk is posted before any is waited for, so no rank blocks its peers.
-    std::vector<std::vector<at::Tensor>> buffers;
-    buffers.reserve(2 * size());
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    absl::Status status;
-    int64_t in_offset = 0, out_offset = 0;
-    for (int peer = 0; peer < size(); ++peer) {
-      const int64_t send_bytes = input_splits[peer] * row;
-      const int64_t recv_bytes = output_splits[peer] * row;
-      if (peer == rank()) {
-        if (send_bytes > 0) std::memcpy(out + out_offset, in + in_offset, send_bytes);
-      } else if (status.ok()) {
-        try {
-          if (send_bytes > 0) {
-            buffers.push_back({bytes(in + in_offset, send_bytes)});
-            works.push_back(pg_->send(buffers.back(), peer, kAllToAllTag));
-          }
-          if (recv_bytes > 0) {
-            buffers.push_back({bytes(out + out_offset, recv_bytes)});
-            works.push_back(pg_->recv(buffers.back(), peer, kAllToAllTag));
-          }
-        } catch (const std::exception& e) {
-          status = FromException("AllToAllSingle", e);
-        }
-      }
-      in_offset += send_bytes;
-      out_offset += recv_bytes;
-    }
-    // Wait for everything posted, even after an error, before the buffers go away.
-    for (const auto& work : works) {
-      absl::Status waited = Wait(work, "AllToAllSingle");
-      if (status.ok()) status = waited;
-    }
-    return status;
-  }
 
   // Posts one operation and waits for it.
   template <typename Post>

@@ -23,7 +23,6 @@ struct GlooOptions {
 // Gloo process group over all of them. Blocks until every rank has joined or options.timeout
 // passes. Operations accept CPU tensors of any dtype (reductions: floating and integral dtypes;
 // those Gloo lacks, such as bfloat16 and bool, are reduced in float32 / int64 and cast back).
-// Point-to-point tag 0x7ffffff0 is reserved for the uneven all-to-all.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const RendezvousOptions& options, const GlooOptions& gloo = {});
 

@@ -63,6 +63,7 @@ int World() { return std::min(Gpus(), 4); }
 TEST(NcclCommTest, Collectives) {
   if (Gpus() < 1) GTEST_SKIP() << "no GPU";
   const int w = World();
+  std::printf("NCCL collectives over %d GPU rank(s)\n", w);
   RunNcclRanks(w, [&](NcclCommunicator& comm) {
     const int r = comm.rank();
     const at::Device dev = comm.device();

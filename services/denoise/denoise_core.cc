@@ -126,7 +126,8 @@ class DenoiseCore::Impl {
     const int64_t lat_h = r.height() / kVaeScale, lat_w = r.width() / kVaeScale;
     // Every rank draws the same initial latents from the request's seed.
     auto gen = at::detail::createCPUGenerator(r.seed());
-    at::Tensor latents = at::randn({1, cfg.in_channels, lat_h, lat_w}, gen, at::kFloat);
+    at::Tensor latents =
+        at::randn({1, cfg.in_channels, lat_h, lat_w}, gen, at::kFloat).to(group_->device());
     std::unique_ptr<CfgPolicy> policy;
     if (r.has_multimodal_guidance()) {
       const auto& g = r.multimodal_guidance();
@@ -186,7 +187,7 @@ class DenoiseCore::Impl {
       RETURN_IF_ERROR(ctx->Check("vae_decode"));
       const absl::Time t1 = absl::Now();
       at::Tensor image = vae_->DecodeNormalized(latents);
-      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image)[0].contiguous();  // [H, W, 3]
+      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image)[0].cpu().contiguous();  // [H, W, 3]
       if (r.output() == v1::RGB8) {
         ASSIGN_OR_RETURN(*result->mutable_tensor(), ToWire(pixels));
       } else {
@@ -214,12 +215,14 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   group_options.parallel = options.parallel;
   group_options.rendezvous = options.rendezvous;
   group_options.num_heads = static_cast<int>(dit_config.num_attention_heads);
+  group_options.cuda = options.cuda;
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   models::glm_image::TensorParallelShard tp{group->layout().tp_rank(), options.parallel.tp};
-  ASSIGN_OR_RETURN(auto dit, models::glm_image::BuildDit(spec, at::kFloat, tp));
+  const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;
+  ASSIGN_OR_RETURN(auto dit, models::glm_image::BuildDit(spec, dtype, tp, group->device()));
   std::unique_ptr<AutoencoderKl> vae;
   if (group->is_main()) {
-    ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec));
+    ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec, at::kFloat, group->device()));
   }
   return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::make_unique<Impl>(
       options, std::move(spec), std::move(group), std::move(dit), std::move(vae))));

@@ -26,6 +26,8 @@ class DenoiseCore {
     int max_image_size = 512;
     // Degrees of parallelism of the group (world = tp × ulysses × ring × cfg).
     models::parallel::ParallelConfig parallel;
+    // Run on CUDA: one GPU per rank, bf16 DiT (VAE in fp32), NCCL between ranks.
+    bool cuda = false;
     // This rank and where the ranks meet (world_size must equal parallel.world()).
     models::parallel::RendezvousOptions rendezvous;
   };

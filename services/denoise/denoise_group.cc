@@ -6,6 +6,9 @@
 #if defined(DIFFMESH_HAVE_GLOO)
 #include "models/parallel/gloo_comm.h"
 #endif
+#if defined(DIFFMESH_WITH_NCCL)
+#include "models/parallel/nccl_comm.h"
+#endif
 
 namespace diffmesh {
 
@@ -34,13 +37,24 @@ absl::StatusOr<std::unique_ptr<DenoiseGroup>> DenoiseGroup::Create(const Denoise
   ASSIGN_OR_RETURN(auto layout, models::parallel::RankLayout::Create(
                                     options.parallel, world, options.rendezvous.rank, options.num_heads));
   auto group = std::unique_ptr<DenoiseGroup>(new DenoiseGroup(options, std::move(layout)));
-  if (world == 1) {
+  if (options.cuda) {
+    if (!at::hasCUDA()) return absl::FailedPreconditionError("--device cuda: no CUDA device here");
+#if defined(DIFFMESH_WITH_NCCL)
+    if (world == 1) {
+      group->world_ = models::parallel::CreateSingleRankCommunicator(at::Device(at::kCUDA, 0));
+    } else {
+      ASSIGN_OR_RETURN(group->world_, models::parallel::CreateNcclCommunicator(options.rendezvous));
+    }
+#else
+    return absl::UnimplementedError("this build has no CUDA/NCCL support (DIFFMESH_WITH_CUDA=OFF)");
+#endif
+  } else if (world == 1) {
     group->world_ = models::parallel::CreateSingleRankCommunicator();
   } else {
 #if defined(DIFFMESH_HAVE_GLOO)
     ASSIGN_OR_RETURN(group->world_, models::parallel::CreateGlooCommunicator(options.rendezvous));
 #else
-    return absl::UnimplementedError("this build has no multi-rank backend (Gloo)");
+    return absl::UnimplementedError("this build has no multi-rank CPU backend (Gloo)");
 #endif
   }
   ASSIGN_OR_RETURN(group->groups_, models::parallel::CreateParallelGroups(*group->world_, group->layout_));
@@ -125,7 +139,7 @@ absl::StatusOr<std::pair<DenoiseGroup::Command, std::string>> DenoiseGroup::Rece
 
 absl::StatusOr<bool> DenoiseGroup::AgreeToContinue(bool main_decision) {
   if (world_size() == 1) return main_decision;
-  at::Tensor flag = at::full({1}, main_decision ? 1 : 0, at::kInt);
+  at::Tensor flag = at::full({1}, main_decision ? 1 : 0, at::TensorOptions().dtype(at::kInt).device(device()));
   RETURN_IF_ERROR(world_->Broadcast(flag, 0));
   return flag.item<int>() != 0;
 }

@@ -33,6 +33,8 @@ struct DenoiseGroupOptions {
   models::parallel::RendezvousOptions rendezvous;
   // Attention heads of the DiT (checked against ulysses × tp).
   int num_heads = 1;
+  // Run on CUDA (one GPU per rank, NCCL between ranks) instead of the CPU (Gloo).
+  bool cuda = false;
   // Rank 0 pings idle ranks this often so their waits never reach the collective timeout.
   absl::Duration keepalive = absl::Seconds(10);
 };
@@ -48,6 +50,8 @@ class DenoiseGroup {
 
   const models::parallel::RankLayout& layout() const { return layout_; }
   bool is_main() const { return layout_.rank() == 0; }
+  // Where this rank computes (cuda:<rank % visible GPUs> or the CPU).
+  at::Device device() const { return world_->device(); }
   int world_size() const { return layout_.world_size(); }
 
   // Rank 0: sends a command (and payload) to every rank. Holds the group until Release().

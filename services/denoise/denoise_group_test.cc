@@ -58,6 +58,9 @@ struct Output {
 
 // Runs `request` on a group of `parallel.world()` ranks (threads); returns rank 0's result.
 Output RunGroup(const ParallelConfig& parallel, const v1::DenoiseRequest& request) {
+  // Ranks as threads share LibTorch 2.x's process-wide Gloo flight recorder, which is not safe
+  // for that: keep it off (one rank per process, as deployed, is unaffected).
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   Output out;
   const int world = parallel.world();
   const int port = models::parallel::testing::FreeLoopbackPort();

@@ -22,6 +22,7 @@ ABSL_FLAG(int, world_size, 0, "Ranks in the group; 0: tp × ulysses × ring × c
 ABSL_FLAG(int, rank, 0, "This process's rank (0 serves gRPC).");
 ABSL_FLAG(std::string, master_addr, "127.0.0.1", "Where rank 0's rendezvous store listens.");
 ABSL_FLAG(int, master_port, 29500, "Port of rank 0's rendezvous store.");
+ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda (one GPU per rank: rank % visible GPUs, bf16, NCCL).");
 ABSL_FLAG(bool, launch_ranks, true,
           "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
           "separately, e.g. one per node or pod).");
@@ -36,6 +37,12 @@ int main(int argc, char** argv) {
   diffmesh::BlockTerminationSignals();
   diffmesh::DenoiseCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "cuda") {
+    std::cerr << "diffmesh-denoise: --device must be cpu or cuda, not '" << device << "'\n";
+    return 2;
+  }
+  o.cuda = device == "cuda";
   o.parallel.cfg = absl::GetFlag(FLAGS_cfg_degree);
   o.parallel.ulysses = absl::GetFlag(FLAGS_ulysses_degree);
   o.parallel.ring = absl::GetFlag(FLAGS_ring_degree);
