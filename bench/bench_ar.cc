@@ -16,6 +16,8 @@ ABSL_FLAG(int, layers, 40, "Decoder layers (released model: 40).");
 ABSL_FLAG(int, prompt_tokens, 64, "Prompt length prefilled into every slot.");
 ABSL_FLAG(int, steps, 64, "Timed decode steps per batch size.");
 ABSL_FLAG(std::string, batches, "1,4,16,64", "Batch sizes.");
+ABSL_FLAG(std::string, decode, "bucketed",
+          "bucketed (CUDA graph per batch/length bucket) or eager (one ATen call per operator).");
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -95,6 +97,8 @@ int main(int argc, char** argv) {
   const double bw = res["copy_GBps"].get<double>() * 1e9;
   const int64_t kv_per_token = int64_t{2} * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2;
   nlohmann::json rows = nlohmann::json::array();
+  const bool bucketed = absl::GetFlag(FLAGS_decode) == "bucketed";
+  res["decode"] = absl::GetFlag(FLAGS_decode);
   for (int b : batches) {
     std::vector<int64_t> slots;
     for (int i = 0; i < b; ++i) {
@@ -110,7 +114,8 @@ int main(int argc, char** argv) {
     at::Tensor tokens = at::randint(0, 16384, {b}, at::TensorOptions().dtype(at::kLong));
     auto step = [&](int i) {
       at::Tensor pos = at::full({b}, prompt + i, at::kLong);
-      auto logits = (*model)->Decode(**cache, slots, tokens, pos);
+      auto logits = bucketed ? (*model)->DecodeBucketed(**cache, slots, tokens, pos)
+                             : (*model)->Decode(**cache, slots, tokens, pos);
       return logits.ok() ? logits->argmax(1) : at::Tensor();
     };
     for (int i = 0; i < 3; ++i) step(i);  // warm-up (lengths advance; capacity allows it)

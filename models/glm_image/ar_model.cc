@@ -1,5 +1,12 @@
 #include "models/glm_image/ar_model.h"
 
+#if defined(DIFFMESH_WITH_CUDA)
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -202,7 +209,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ArConfig& config,
       // Zeros, not empty: masked entries are multiplied by exactly-zero weights, which must not
       // meet a NaN from uninitialised memory.
       cache->k_.push_back(at::zeros(
-          {options.max_slots, config.num_key_value_heads, options.capacity, config.head_dim},
+          {options.max_slots + 1, config.num_key_value_heads, options.capacity, config.head_dim},
           opts));
       cache->v_.push_back(at::zeros_like(cache->k_.back()));
     }
@@ -581,6 +588,135 @@ absl::StatusOr<at::Tensor> ArModel::Decode(KvCache& cache, const std::vector<int
     at::Tensor hidden = Decoder(tokens.to(options_.device, at::kLong).unsqueeze(1),
                                 pos.unsqueeze(2), attend);        // [B, 1, hidden]
     at::Tensor logits = at::linear(hidden.squeeze(1), lm_head_);  // [B, vision_vocab_size]
+    for (int64_t slot : slots) cache.lengths_[slot] += 1;
+    return logits;
+  });
+}
+
+// ------------------------------------------------------------------------ bucketed decode
+
+struct ArModel::StepBuffers {
+  at::Tensor tokens;     // [Bb] int64, device
+  at::Tensor positions;  // [3, Bb] int64, device
+  at::Tensor slots;      // [Bb] int64, device (padding rows: the scratch slot)
+  at::Tensor lengths;    // [Bb] int64, device (padding rows: 0)
+  at::Tensor logits;     // [Bb, V], written by each step
+#if defined(DIFFMESH_WITH_CUDA)
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+#endif
+};
+
+ArModel::ArModel(const ArConfig& config, const Options& options) : config_(config), options_(options) {}
+ArModel::~ArModel() = default;
+
+at::Tensor ArModel::BucketedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const {
+  const int64_t b = s.tokens.size(0);
+  const auto idx = at::TensorOptions().dtype(at::kLong).device(options_.device);
+  at::Tensor allowed = at::arange(key_len, idx).unsqueeze(0) <= s.lengths.unsqueeze(1);  // [Bb, L]
+  at::Tensor mask = at::zeros({b, 1, 1, key_len},
+                              at::TensorOptions().dtype(options_.dtype).device(options_.device))
+                        .masked_fill(allowed.logical_not().view({b, 1, 1, key_len}), Blocked());
+  const int64_t hkv = config_.num_key_value_heads, d = config_.head_dim;
+  const int64_t group = config_.num_attention_heads / hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  AttendFn attend = [&](int64_t l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    using at::indexing::Slice;
+    cache.k_[l].index_put_({s.slots, Slice(), s.lengths}, k.select(2, 0));  // [Bb, Hkv, D]
+    cache.v_[l].index_put_({s.slots, Slice(), s.lengths}, v.select(2, 0));
+    at::Tensor keys = cache.k_[l].narrow(2, 0, key_len).index_select(0, s.slots);
+    at::Tensor values = cache.v_[l].narrow(2, 0, key_len).index_select(0, s.slots);
+    at::Tensor grouped = q.reshape({b, hkv, group, d});
+    at::Tensor out = compat::ScaledDotProductAttention(grouped, keys, values, mask,
+                                                       /*causal=*/false, scale);
+    return out.reshape({b, hkv * group, 1, d});
+  };
+  at::Tensor hidden = Decoder(s.tokens.unsqueeze(1), s.positions.unsqueeze(2), attend);
+  return at::linear(hidden.squeeze(1), lm_head_);  // [Bb, V]
+}
+
+absl::StatusOr<at::Tensor> ArModel::DecodeBucketed(KvCache& cache, const std::vector<int64_t>& slots,
+                                                   const at::Tensor& tokens,
+                                                   const at::Tensor& positions) const {
+  RETURN_IF_ERROR(CheckCache(cache));
+  const int64_t b = static_cast<int64_t>(slots.size());
+  if (b == 0) return absl::InvalidArgumentError("decode needs at least one slot");
+  std::set<int64_t> distinct;
+  int64_t longest = 0;
+  for (int64_t slot : slots) {
+    RETURN_IF_ERROR(cache.CheckSlot(slot));
+    if (!distinct.insert(slot).second) {
+      return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " appears twice in a decode step"));
+    }
+    if (cache.lengths_[slot] >= cache.capacity()) {
+      return absl::OutOfRangeError(absl::StrCat("slot ", slot, " is full (", cache.capacity(), " tokens)"));
+    }
+    longest = std::max(longest, cache.lengths_[slot]);
+  }
+  RETURN_IF_ERROR(CheckIds(tokens));
+  if (tokens.dim() != 1 || tokens.size(0) != b) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode tokens must be [", b, "], got ", Shape(tokens.sizes())));
+  }
+  ASSIGN_OR_RETURN(at::Tensor pos, NormalizePositions(positions, tokens.sizes()));
+  auto bucket = [](int64_t n, int64_t least) {
+    int64_t p = least;
+    while (p < n) p *= 2;
+    return p;
+  };
+  const int64_t bb = bucket(b, 1);
+  const int64_t key_len = std::min(bucket(longest + 1, 64), cache.capacity());
+  return GuardAten([&]() -> absl::StatusOr<at::Tensor> {
+    if (steps_cache_ != &cache) {  // buffers and graphs belong to one cache
+      steps_.clear();
+      steps_cache_ = &cache;
+    }
+    auto& entry = steps_[{bb, key_len}];
+    const bool fresh = entry == nullptr;
+    if (fresh) {
+      entry = std::make_unique<StepBuffers>();
+      const auto idx = at::TensorOptions().dtype(at::kLong).device(options_.device);
+      entry->tokens = at::zeros({bb}, idx);
+      entry->positions = at::zeros({3, bb}, idx);
+      entry->slots = at::full({bb}, cache.scratch_slot(), idx);
+      entry->lengths = at::zeros({bb}, idx);
+    }
+    StepBuffers& s = *entry;
+    // Inputs into the static buffers (padding rows: token 0 at position 0 of the scratch slot).
+    std::vector<int64_t> slot_v(bb, cache.scratch_slot()), len_v(bb, 0);
+    for (int64_t i = 0; i < b; ++i) {
+      slot_v[i] = slots[i];
+      len_v[i] = cache.lengths_[slots[i]];
+    }
+    s.slots.copy_(at::tensor(slot_v, at::kLong));
+    s.lengths.copy_(at::tensor(len_v, at::kLong));
+    s.tokens.zero_();
+    s.tokens.narrow(0, 0, b).copy_(tokens.to(at::kLong));
+    s.positions.zero_();
+    s.positions.narrow(1, 0, b).copy_(pos);
+    at::Tensor logits;
+#if defined(DIFFMESH_WITH_CUDA)
+    if (options_.device.is_cuda()) {
+      if (fresh) {
+        // First use of this bucket: run it once eagerly on a side stream (this step's result),
+        // then record the same step as a graph for the next ones.
+        c10::cuda::device_synchronize();
+        c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
+        {
+          c10::cuda::CUDAStreamGuard guard(stream);
+          logits = BucketedStep(cache, s, key_len).narrow(0, 0, b).clone();
+          s.graph = std::make_unique<at::cuda::CUDAGraph>();
+          s.graph->capture_begin();
+          s.logits = BucketedStep(cache, s, key_len);
+          s.graph->capture_end();
+        }
+        c10::cuda::device_synchronize();
+      } else {
+        s.graph->replay();
+        logits = s.logits.narrow(0, 0, b).clone();
+      }
+    }
+#endif
+    if (!logits.defined()) logits = BucketedStep(cache, s, key_len).narrow(0, 0, b);
     for (int64_t slot : slots) cache.lengths_[slot] += 1;
     return logits;
   });

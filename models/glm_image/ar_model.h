@@ -22,6 +22,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -119,7 +120,9 @@ class KvCache {
   // FailedPrecondition unless `slot` is in range and allocated.
   absl::Status CheckSlot(int64_t slot) const;
 
-  std::vector<at::Tensor> k_;  // per layer [max_slots, kv_heads, capacity, head_dim]
+  // Rows beyond max_slots: the scratch slot that padding rows of a bucketed step write to.
+  int64_t scratch_slot() const { return max_slots(); }
+  std::vector<at::Tensor> k_;  // per layer [max_slots + 1, kv_heads, capacity, head_dim]
   std::vector<at::Tensor> v_;  // per layer, same shape
   std::vector<int64_t> lengths_;
   std::vector<bool> in_use_;
@@ -163,6 +166,17 @@ class ArModel {
   absl::StatusOr<at::Tensor> Decode(KvCache& cache, const std::vector<int64_t>& slots,
                                     const at::Tensor& tokens, const at::Tensor& positions) const;
 
+  // Decode with a fixed-shape step: the batch padded to a power-of-two bucket (padding rows
+  // write to the cache's scratch slot) and the keys read up to a power-of-two length bucket,
+  // masked per slot, with every index on the device. On CUDA each (batch, length) bucket is
+  // captured once as a CUDA graph and replayed, which removes the per-operator host dispatch
+  // that bounds eager decoding; on the CPU the same computation runs eagerly. Same contract and
+  // results as Decode. Not thread-safe (one scheduler owns the model's decode).
+  absl::StatusOr<at::Tensor> DecodeBucketed(KvCache& cache, const std::vector<int64_t>& slots,
+                                            const at::Tensor& tokens,
+                                            const at::Tensor& positions) const;
+  ~ArModel();
+
   const ArConfig& config() const { return config_; }
   const Options& options() const { return options_; }
 
@@ -183,7 +197,11 @@ class ArModel {
   using AttendFn = std::function<at::Tensor(int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                             const at::Tensor& v)>;
 
-  ArModel(const ArConfig& config, const Options& options) : config_(config), options_(options) {}
+  ArModel(const ArConfig& config, const Options& options);
+  // Static inputs and output of one bucketed step (and its CUDA graph, once captured).
+  struct StepBuffers;
+  // The bucketed step over `s`'s buffers; capture-safe (no host syncs, fixed shapes).
+  at::Tensor BucketedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const;
 
   // positions [3, B, S] int64 → cos, sin [B, S, 1, rotary_dim] in the model's dtype.
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;
@@ -207,6 +225,9 @@ class ArModel {
   // [max_positions, mrope_section[axis]]; a step gathers rows instead of evaluating cos/sin.
   std::array<at::Tensor, 3> cos_table_;
   std::array<at::Tensor, 3> sin_table_;
+  // Bucketed decode steps by (batch bucket, key-length bucket), for one cache at a time.
+  mutable std::map<std::pair<int64_t, int64_t>, std::unique_ptr<StepBuffers>> steps_;
+  mutable const KvCache* steps_cache_ = nullptr;
 };
 
 // ---- Position ids used by GLM-Image generation (transformers GlmImageModel.get_rope_index).

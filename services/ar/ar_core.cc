@@ -220,7 +220,13 @@ class ArCore::Impl {
         positions.push_back(seq->gen_positions.select(1, static_cast<int64_t>(seq->generated.size()) - 1));
         generators.push_back(&seq->generator);
       }
-      auto logits = model_->Decode(*cache_, slots, at::tensor(tokens, at::kLong), at::stack(positions, 1));
+      // On the GPU the step is a CUDA graph per batch/length bucket; on the CPU the eager step
+      // reads only the keys each slot needs.
+      auto logits = options_.cuda
+                        ? model_->DecodeBucketed(*cache_, slots, at::tensor(tokens, at::kLong),
+                                                 at::stack(positions, 1))
+                        : model_->Decode(*cache_, slots, at::tensor(tokens, at::kLong),
+                                         at::stack(positions, 1));
       if (!logits.ok()) {
         for (auto& seq : active) Finish(seq, logits.status());
         active.clear();
@@ -255,13 +261,33 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
     return absl::InvalidArgumentError("ArCore: max_batch and chunk_tokens must be >= 1");
   }
   ASSIGN_OR_RETURN(GlmImageSpec spec, models::glm_image::BuiltinSpec(options.model));
-  ASSIGN_OR_RETURN(auto model, models::glm_image::BuildArModel(spec));
+  models::glm_image::ArModelOptions model_options;
+  if (options.cuda) {
+    if (!at::hasCUDA()) return absl::FailedPreconditionError("--device cuda: no CUDA device here");
+    model_options.dtype = at::kBFloat16;
+    model_options.device = at::Device(at::kCUDA, 0);
+  }
+  ASSIGN_OR_RETURN(auto model, models::glm_image::BuildArModel(spec, model_options));
   // Capacity: the longest prompt plus the grids of the largest image.
   ASSIGN_OR_RETURN(auto sizing, models::glm_image::BuildTextToImagePrompt(
                                     spec.tokenizer, "", options.max_image_size, options.max_image_size));
   models::glm_image::KvCacheOptions cache_options;
   cache_options.max_slots = options.max_batch;
   cache_options.capacity = spec.tokenizer.max_prompt_tokens + sizing.max_new_tokens;
+  cache_options.dtype = model_options.dtype;
+  cache_options.device = model_options.device;
+  if (options.kv_cache_memory_bytes > 0) {
+    const auto& c = model->config();
+    const int64_t per_slot = c.num_hidden_layers * 2 * c.num_key_value_heads * cache_options.capacity *
+                             c.head_dim * static_cast<int64_t>(c10::elementSize(model_options.dtype));
+    const int64_t slots = options.kv_cache_memory_bytes / per_slot;
+    if (slots < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kv_cache_memory: ", options.kv_cache_memory_bytes, " bytes hold no sequence of ",
+          cache_options.capacity, " tokens (", per_slot, " bytes each)"));
+    }
+    cache_options.max_slots = std::min<int64_t>(slots, options.max_batch);
+  }
   ASSIGN_OR_RETURN(auto cache, KvCache::Create(model->config(), cache_options));
   return std::unique_ptr<ArCore>(new ArCore(
       std::make_unique<Impl>(options, std::move(spec), std::move(model), std::move(cache))));

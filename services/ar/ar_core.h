@@ -28,6 +28,11 @@ class ArCore {
     int chunk_tokens = 32;
     // Largest image side served (sizes the KV cache: prompt + preview + target grid).
     int max_image_size = 512;
+    // Run on the GPU (cuda:0, bf16, CUDA-graph decode steps) instead of the CPU (fp32).
+    bool cuda = false;
+    // Bytes the KV cache may take; 0: exactly max_batch sequences. With a budget, the number
+    // of slots is the budget over one sequence's cache, capped at max_batch.
+    int64_t kv_cache_memory_bytes = 0;
   };
   static absl::StatusOr<std::unique_ptr<ArCore>> Create(const Options& options);
   ~ArCore();

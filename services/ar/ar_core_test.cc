@@ -155,6 +155,23 @@ TEST(ArCoreTest, FullQueueAnswersResourceExhausted) {
   EXPECT_TRUE(second.get().status.ok());
 }
 
+TEST(ArCoreTest, KvCacheBudgetSizesTheBatch) {
+  ArCore::Options o;
+  o.max_batch = 8;
+  o.kv_cache_memory_bytes = 1;  // holds nothing
+  auto none = ArCore::Create(o);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("kv_cache_memory"), std::string::npos);
+  // glm-image-tiny: 2 layers × (K, V) × 2 KV heads × 32 dims × 4 bytes per token.
+  const int64_t per_token = 2 * 2 * 2 * 32 * 4;
+  const int64_t capacity = 2048 + (16 * 16 + 16 * 16 + 1);  // prompt limit + 512² grids
+  o.kv_cache_memory_bytes = 3 * capacity * per_token + 100;
+  auto three = ArCore::Create(o);
+  ASSERT_TRUE(three.ok()) << three.status();
+  EXPECT_EQ((*three)->stats().free_slots, 3);
+}
+
 TEST(ArCoreTest, RejectsUnknownModelAndBadSize) {
   auto core = MakeCore();
   v1::ArRequest r = Request("x", 256, 1);

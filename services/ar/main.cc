@@ -13,6 +13,10 @@ ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
 ABSL_FLAG(int, max_batch, 8, "Sequences decoded together (continuous batching; KV-cache slots).");
 ABSL_FLAG(int, max_queue, 64, "Requests waiting for a slot before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, chunk_tokens, 32, "Tokens per streamed chunk.");
+ABSL_FLAG(std::string, device, "cpu", "cpu (fp32), or cuda (cuda:0, bf16, CUDA-graph decode).");
+ABSL_FLAG(double, kv_cache_memory_gib, 0,
+          "KV-cache budget in GiB; 0: room for exactly --max-batch sequences. The batch is the "
+          "budget over one sequence's cache, capped at --max-batch.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -25,6 +29,13 @@ int main(int argc, char** argv) {
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "cuda") {
+    std::cerr << "diffmesh-ar: --device must be cpu or cuda, not '" << device << "'\n";
+    return 2;
+  }
+  o.cuda = device == "cuda";
+  o.kv_cache_memory_bytes = static_cast<int64_t>(absl::GetFlag(FLAGS_kv_cache_memory_gib) * (1LL << 30));
   auto core = diffmesh::ArCore::Create(o);
   if (!core.ok()) {
     std::cerr << "diffmesh-ar: " << core.status().message() << "\n";
