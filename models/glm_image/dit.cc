@@ -73,17 +73,17 @@ std::pair<at::Tensor, at::Tensor> RotaryTables(int64_t hp, int64_t wp, int64_t h
 
 // diffusers apply_rotary_emb(use_real_unbind_dim=-2) on x [B, N, heads, D] in fp32, returned in
 // x's dtype; cos/sin [N, D].
-at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  // out = x·cos + rotate_half(x)·sin in fp32, rotate_half(x) = [−x₂, x₁]: one product and two
-  // half-width fused multiply-adds instead of materialising the rotated copy.
+// x ← x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁], computed in fp32 (cos/sin are
+// fp32, so the products promote without a separate upcast pass) and written back in x's dtype:
+// one product, two half-width fused multiply-adds, one down-cast into x.
+void ApplyRotaryInPlace(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
-  at::Tensor xf = x.to(at::kFloat);
   at::Tensor c = cos.unsqueeze(0).unsqueeze(2);  // [1, N, 1, D]
   at::Tensor s = sin.unsqueeze(0).unsqueeze(2);
-  at::Tensor out = xf * c;
-  out.narrow(-1, 0, half).addcmul_(xf.narrow(-1, half, half), s.narrow(-1, 0, half), -1);
-  out.narrow(-1, half, half).addcmul_(xf.narrow(-1, 0, half), s.narrow(-1, half, half));
-  return out.to(x.scalar_type());
+  at::Tensor out = x * c;
+  out.narrow(-1, 0, half).addcmul_(x.narrow(-1, half, half), s.narrow(-1, 0, half), -1);
+  out.narrow(-1, half, half).addcmul_(x.narrow(-1, 0, half), s.narrow(-1, half, half));
+  x.copy_(out);
 }
 
 // LayerNorm without affine parameters, then x·(1 + scale) + shift: for one sample the
@@ -300,10 +300,8 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   at::Tensor q = PlainLayerNorm(qkv.select(2, 0));  // [B, S, heads, D]
   at::Tensor k = PlainLayerNorm(qkv.select(2, 1));
   at::Tensor v = qkv.select(2, 2);
-  for (at::Tensor* t : {&q, &k}) {
-    at::Tensor image = t->narrow(1, text_len, seq - text_len);
-    image.copy_(ApplyRotary(image, rope_cos, rope_sin));
-  }
+  ApplyRotaryInPlace(q.narrow(1, text_len, seq - text_len), rope_cos, rope_sin);
+  ApplyRotaryInPlace(k.narrow(1, text_len, seq - text_len), rope_cos, rope_sin);
 
   at::Tensor attn;
   if (skip_attention) {
