@@ -9,6 +9,21 @@
 namespace diffmesh::models {
 namespace {
 
+uint64_t Fnv1a(const std::string& s, uint64_t seed) {
+  uint64_t h = 1469598103934665603ULL ^ seed;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+}  // namespace
+
 at::ScalarType ToScalarType(DType d) {
   switch (d) {
     case DType::kFloat32: return at::kFloat;
@@ -25,20 +40,21 @@ at::ScalarType ToScalarType(DType d) {
   return at::kFloat;
 }
 
-uint64_t Fnv1a(const std::string& s, uint64_t seed) {
-  uint64_t h = 1469598103934665603ULL ^ seed;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ULL;
+std::optional<DType> FromScalarType(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kLong: return DType::kInt64;
+    case at::kInt: return DType::kInt32;
+    case at::kByte: return DType::kUInt8;
+    case at::kDouble: return DType::kFloat64;
+    case at::kChar: return DType::kInt8;
+    case at::kBool: return DType::kBool;
+    case at::kShort: return DType::kInt16;
+    default: return std::nullopt;
   }
-  return h;
 }
-
-std::string ShapeString(at::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
-
-}  // namespace
 
 void AddLinear(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t in, int64_t out,
                bool bias) {

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -49,6 +50,10 @@ absl::StatusOr<WeightMap> LoadWeights(const Checkpoint& checkpoint,
 
 // Checks that `weights` holds exactly `specs` (names and shapes).
 absl::Status CheckWeights(const WeightMap& weights, const std::vector<ParamSpec>& specs);
+
+// The ATen scalar type of a diffmesh dtype, and back (nullopt for types the wire cannot carry).
+at::ScalarType ToScalarType(DType dtype);
+std::optional<DType> FromScalarType(at::ScalarType type);
 
 // Copies a view (any dtype) into a new CPU tensor of its own dtype.
 at::Tensor ToTensor(const TensorView& view);

@@ -4,43 +4,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
+#include "models/core/weights.h"
 
 namespace diffmesh {
-namespace {
 
-std::optional<DType> FromScalarType(at::ScalarType s) {
-  switch (s) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kLong: return DType::kInt64;
-    case at::kInt: return DType::kInt32;
-    case at::kByte: return DType::kUInt8;
-    case at::kDouble: return DType::kFloat64;
-    case at::kChar: return DType::kInt8;
-    case at::kBool: return DType::kBool;
-    case at::kShort: return DType::kInt16;
-    default: return std::nullopt;
-  }
-}
-
-at::ScalarType ToScalarType(DType d) {
-  switch (d) {
-    case DType::kFloat32: return at::kFloat;
-    case DType::kFloat16: return at::kHalf;
-    case DType::kBFloat16: return at::kBFloat16;
-    case DType::kInt64: return at::kLong;
-    case DType::kInt32: return at::kInt;
-    case DType::kUInt8: return at::kByte;
-    case DType::kFloat64: return at::kDouble;
-    case DType::kInt8: return at::kChar;
-    case DType::kBool: return at::kBool;
-    case DType::kInt16: return at::kShort;
-  }
-  return at::kFloat;
-}
-
-}  // namespace
+using models::FromScalarType;
+using models::ToScalarType;
 
 absl::StatusOr<v1::Tensor> ToWire(const at::Tensor& t) {
   auto dtype = FromScalarType(t.scalar_type());
