@@ -7,11 +7,13 @@
 #define DIFFMESH_MODELS_GLM_IMAGE_AR_PROMPT_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "models/glm_image/ar_model.h"
+#include "models/glm_image/bpe_tokenizer.h"
 
 namespace diffmesh::models::glm_image {
 
@@ -43,6 +45,29 @@ std::vector<int64_t> EncodeBytes(const ArTokenizerSpec& tokenizer, const std::st
 
 // INVALID_ARGUMENT when the size is not a positive multiple of 32 or the prompt is too long.
 absl::StatusOr<ArPrompt> BuildTextToImagePrompt(const ArTokenizerSpec& tokenizer,
+                                                const std::string& prompt, int height, int width);
+
+// The AR text tokenizer of a real checkpoint: processor/tokenizer.json (byte-level BPE) and the
+// grid and image-start tokens that processor/tokenizer_config.json names (GLM-Image: grid_bos
+// "<sop>", grid_eos "<eop>", bos "<|dit_token_16384|>").
+struct ArTextTokenizer {
+  std::shared_ptr<const BpeTokenizer> bpe;
+  std::string grid_bos_token;
+  std::string grid_eos_token;
+  std::string bos_token;
+  int64_t max_prompt_tokens = 2048;
+};
+
+// Reads `processor_dir`/tokenizer.json and `processor_dir`/tokenizer_config.json. Errors name the
+// file; each of the three tokens must be a single token of the vocabulary.
+absl::StatusOr<ArTextTokenizer> LoadArTextTokenizer(const std::string& processor_dir);
+
+// The same prompt through a real tokenizer, with the ids transformers' GlmImageProcessor (and the
+// diffusers pipeline's apply_chat_template, whose template passes the text through) produces:
+// the whole string "{prompt}<grid_bos>H W<grid_eos><grid_bos>h w<grid_eos><bos>" is encoded
+// with add_special_tokens, so special-token text inside `prompt` is read as those tokens and the
+// tokenizer's post-processor adds what it adds (GLM-4's: [gMASK]<sop> in front).
+absl::StatusOr<ArPrompt> BuildTextToImagePrompt(const ArTextTokenizer& tokenizer,
                                                 const std::string& prompt, int height, int width);
 
 }  // namespace diffmesh::models::glm_image
