@@ -7,7 +7,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libtorch-dev libgloo-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev
-  nlohmann-json3-dev libspng-dev zlib1g-dev
+  nlohmann-json3-dev libspng-dev zlib1g-dev libicu-dev
   python3 python3-grpcio python3-protobuf prometheus
 )
 missing=()

@@ -182,10 +182,9 @@ GlmImageDit::GlmImageDit(const DitConfig& config, WeightMap weights, TensorParal
   };
 }
 
-absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig& config,
-                                                                 WeightMap weights,
-                                                                 TensorParallelShard tp) {
-  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+namespace {
+
+absl::Status CheckTensorParallel(const DitConfig& config, TensorParallelShard tp) {
   if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) {
     return absl::InvalidArgumentError(absl::StrCat("tensor parallel rank ", tp.rank, " of ", tp.size));
   }
@@ -193,29 +192,62 @@ absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig
     return absl::InvalidArgumentError(absl::StrCat("attention heads ", config.num_attention_heads,
                                                    " do not divide by tp ", tp.size));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int GlmImageDit::TensorParallelDim(const std::string& name) {
+  constexpr char kBlocks[] = "transformer_blocks.";
+  if (name.rfind(kBlocks, 0) != 0) return -1;
+  const size_t dot = name.find('.', sizeof(kBlocks) - 1);
+  if (dot == std::string::npos) return -1;
+  const std::string rest = name.substr(dot + 1);
+  for (const char* proj : {"attn1.to_q.", "attn1.to_k.", "attn1.to_v.", "ff.net.0.proj."}) {
+    if (rest == std::string(proj) + "weight" || rest == std::string(proj) + "bias") return 0;
+  }
+  if (rest == "attn1.to_out.0.weight" || rest == "ff.net.2.weight") return 1;
+  return -1;
+}
+
+std::vector<ParamSpec> GlmImageDit::Params(const DitConfig& config, TensorParallelShard tp) {
+  std::vector<ParamSpec> specs = Params(config);
+  if (tp.size <= 1) return specs;
+  for (ParamSpec& s : specs) {
+    const int dim = TensorParallelDim(s.name);
+    if (dim >= 0) s.shape[dim] /= tp.size;
+  }
+  return specs;
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::Create(const DitConfig& config,
+                                                                 WeightMap weights,
+                                                                 TensorParallelShard tp) {
+  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+  RETURN_IF_ERROR(CheckTensorParallel(config, tp));
   if (tp.size > 1) {
     // Column-parallel weights keep their rows of this rank, row-parallel ones their columns;
     // each slice is copied so the full tensor can be freed.
-    auto rows = [&](const std::string& name) {
-      at::Tensor& t = weights.at(name);
-      const int64_t n = t.size(0) / tp.size;
-      t = t.narrow(0, tp.rank * n, n).clone();
-    };
-    auto cols = [&](const std::string& name) {
-      at::Tensor& t = weights.at(name);
-      const int64_t n = t.size(1) / tp.size;
-      t = t.narrow(1, tp.rank * n, n).contiguous();
-    };
-    for (int64_t i = 0; i < config.num_layers; ++i) {
-      const std::string b = absl::StrCat("transformer_blocks.", i, ".");
-      for (const char* proj : {"attn1.to_q", "attn1.to_k", "attn1.to_v", "ff.net.0.proj"}) {
-        rows(b + proj + ".weight");
-        rows(b + proj + ".bias");
-      }
-      cols(b + "attn1.to_out.0.weight");
-      cols(b + "ff.net.2.weight");
+    for (auto& [name, t] : weights) {
+      const int dim = TensorParallelDim(name);
+      if (dim < 0) continue;
+      const int64_t n = t.size(dim) / tp.size;
+      t = t.narrow(dim, tp.rank * n, n).clone(at::MemoryFormat::Contiguous);
     }
   }
+  return Assemble(config, std::move(weights), tp);
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageDit>> GlmImageDit::CreateFromSlices(const DitConfig& config,
+                                                                           WeightMap weights,
+                                                                           TensorParallelShard tp) {
+  RETURN_IF_ERROR(CheckTensorParallel(config, tp));
+  RETURN_IF_ERROR(CheckWeights(weights, Params(config, tp)));
+  return Assemble(config, std::move(weights), tp);
+}
+
+std::unique_ptr<GlmImageDit> GlmImageDit::Assemble(const DitConfig& config, WeightMap weights,
+                                                   TensorParallelShard tp) {
   // One GEMM for q, k and v: their (sliced) weights stacked row-wise.
   for (int64_t i = 0; i < config.num_layers; ++i) {
     const std::string a = absl::StrCat("transformer_blocks.", i, ".attn1.");

@@ -108,6 +108,19 @@ class GlmImageDit {
                                                              WeightMap weights,
                                                              TensorParallelShard tp = {});
 
+  // The dim along which tensor parallelism splits parameter `name`: 0 for the rows of the
+  // column-parallel projections (attn1.to_q/to_k/to_v and ff.net.0.proj, weight and bias), 1 for
+  // the columns of the row-parallel ones (attn1.to_out.0.weight, ff.net.2.weight), -1 for the
+  // replicated rest. Rank r of tp keeps the r-th of tp equal parts of that dim.
+  static int TensorParallelDim(const std::string& name);
+  // Params(config) with every split parameter shaped as one rank of `tp` holds it.
+  static std::vector<ParamSpec> Params(const DitConfig& config, TensorParallelShard tp);
+  // As Create, but `weights` hold exactly Params(config, tp): this rank's slices only, as a
+  // checkpoint loader cuts them from the mapped file so that no rank materialises a full tensor.
+  static absl::StatusOr<std::unique_ptr<GlmImageDit>> CreateFromSlices(const DitConfig& config,
+                                                                       WeightMap weights,
+                                                                       TensorParallelShard tp);
+
   // Reads `dir`/config.json and the safetensors checkpoint in `dir`, converted to `dtype`.
   static absl::StatusOr<std::unique_ptr<GlmImageDit>> Load(const std::string& dir,
                                                            at::ScalarType dtype = at::kFloat);
@@ -127,6 +140,9 @@ class GlmImageDit {
 
  private:
   GlmImageDit(const DitConfig& config, WeightMap weights, TensorParallelShard tp);
+  // Fuses this rank's q/k/v projections and builds the model from checked (sliced) weights.
+  static std::unique_ptr<GlmImageDit> Assemble(const DitConfig& config, WeightMap weights,
+                                               TensorParallelShard tp);
 
   // silu(timestep embedding + size/crop embedding) → [B, time_embed_dim].
   at::Tensor TimeConditionEmbedding(const at::Tensor& timestep, const at::Tensor& target_size,

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
+#include "models/glm_image/snapshot.h"
 
 namespace diffmesh::models::glm_image {
 namespace {
@@ -58,11 +59,11 @@ GlmImageSpec Tiny() {
   return s;
 }
 
-uint64_t ComponentSeed(const GlmImageSpec& spec, uint64_t salt) {
-  return spec.seed * 0x9E3779B97F4A7C15ULL + salt;
-}
-
 }  // namespace
+
+uint64_t ComponentSeed(const GlmImageSpec& spec, Component component) {
+  return spec.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(component);
+}
 
 std::vector<std::string> BuiltinModelNames() { return {"glm-image-tiny"}; }
 
@@ -71,12 +72,36 @@ absl::StatusOr<GlmImageSpec> BuiltinSpec(const std::string& name) {
   return absl::NotFoundError(absl::StrCat("model: '", name, "' is not a built-in model"));
 }
 
+absl::StatusOr<GlmImageSpec> ResolveSpec(const std::string& model, const std::string& model_dir) {
+  if (!model_dir.empty()) return SpecFromSnapshot(model_dir);
+  return BuiltinSpec(model);
+}
+
 absl::StatusOr<std::unique_ptr<GlmImageDit>> BuildDit(const GlmImageSpec& spec,
                                                       at::ScalarType dtype,
                                                       TensorParallelShard tp, at::Device device) {
   ASSIGN_OR_RETURN(DitConfig config, DitConfig::FromJson(spec.transformer));
+  if (!spec.dir.empty()) {
+    if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size ||
+        config.num_attention_heads % tp.size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor parallel rank ", tp.rank, " of ",
+                                                     tp.size, " for ", config.num_attention_heads,
+                                                     " heads"));
+    }
+    WeightLoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    load.tp_dim = &GlmImageDit::TensorParallelDim;
+    load.tp_rank = tp.rank;
+    load.tp_size = tp.size;
+    ASSIGN_OR_RETURN(WeightMap w,
+                     LoadComponentWeights(SnapshotComponentDir(spec, Component::kTransformer),
+                                          GlmImageDit::Params(config), load));
+    return GlmImageDit::CreateFromSlices(config, std::move(w), tp);
+  }
   // Drawn in fp32 on the CPU (the same weights on every device), then converted.
-  WeightMap w = InitSeeded(GlmImageDit::Params(config), ComponentSeed(spec, 1));
+  WeightMap w =
+      InitSeeded(GlmImageDit::Params(config), ComponentSeed(spec, Component::kTransformer));
   for (auto& [name, t] : w) t = t.to(device, dtype);
   return GlmImageDit::Create(config, std::move(w), tp);
 }
@@ -85,20 +110,54 @@ absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVaeDecoder(const GlmImageSpe
                                                                at::ScalarType dtype,
                                                                at::Device device) {
   ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::FromJson(spec.vae));
-  WeightMap w = InitSeeded(AutoencoderKl::Params(config, VaeParts::kDecoderOnly), ComponentSeed(spec, 2));
-  for (auto& [name, t] : w) t = t.to(device, dtype);
+  const auto params = AutoencoderKl::Params(config, VaeParts::kDecoderOnly);
+  WeightMap w;
+  if (!spec.dir.empty()) {
+    WeightLoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    load.ignored_prefixes = {"encoder.", "quant_conv."};  // the encoder half of the checkpoint
+    ASSIGN_OR_RETURN(
+        w, LoadComponentWeights(SnapshotComponentDir(spec, Component::kVae), params, load));
+  } else {
+    w = InitSeeded(params, ComponentSeed(spec, Component::kVae));
+    for (auto& [name, t] : w) t = t.to(device, dtype);
+  }
   return AutoencoderKl::Create(config, std::move(w), VaeParts::kDecoderOnly);
 }
 
 absl::StatusOr<std::unique_ptr<T5Encoder>> BuildTextEncoder(const GlmImageSpec& spec) {
   ASSIGN_OR_RETURN(T5Config config, T5Config::FromJson(spec.text_encoder));
-  return T5Encoder::CreateSeeded(config, ComponentSeed(spec, 3));
+  if (!spec.dir.empty()) {
+    WeightLoadOptions load;
+    // The token embedding is tied: transformers stores it as shared.weight, possibly also (or
+    // only) as encoder.embed_tokens.weight.
+    load.aliases = {{"shared.weight", {"encoder.embed_tokens.weight"}}};
+    ASSIGN_OR_RETURN(WeightMap w,
+                     LoadComponentWeights(SnapshotComponentDir(spec, Component::kTextEncoder),
+                                          T5Encoder::Params(config), load));
+    return T5Encoder::Create(config, std::move(w));
+  }
+  return T5Encoder::CreateSeeded(config, ComponentSeed(spec, Component::kTextEncoder));
 }
 
 absl::StatusOr<std::unique_ptr<ArModel>> BuildArModel(const GlmImageSpec& spec,
                                                       const ArModelOptions& options) {
   ASSIGN_OR_RETURN(ArConfig config, ArConfig::FromJson(spec.vision_language_encoder));
-  return ArModel::Create(config, InitSeeded(ArModel::Params(config), ComponentSeed(spec, 4)), options);
+  if (!spec.dir.empty()) {
+    WeightLoadOptions load;
+    load.dtype = options.dtype;
+    load.device = options.device;
+    load.ignored_prefixes = ArModel::IgnoredPrefixes();  // vision tower and VQ model
+    ASSIGN_OR_RETURN(WeightMap w, LoadComponentWeights(
+                                      SnapshotComponentDir(spec, Component::kVisionLanguageEncoder),
+                                      ArModel::Params(config), load));
+    return ArModel::Create(config, w, options);
+  }
+  return ArModel::Create(
+      config,
+      InitSeeded(ArModel::Params(config), ComponentSeed(spec, Component::kVisionLanguageEncoder)),
+      options);
 }
 
 absl::StatusOr<std::unique_ptr<FlowMatchEulerScheduler>> BuildScheduler(const GlmImageSpec& spec) {

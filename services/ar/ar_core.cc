@@ -260,7 +260,15 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   if (options.max_batch < 1 || options.max_queue < 0 || options.chunk_tokens < 1) {
     return absl::InvalidArgumentError("ArCore: max_batch and chunk_tokens must be >= 1");
   }
-  ASSIGN_OR_RETURN(GlmImageSpec spec, models::glm_image::BuiltinSpec(options.model));
+  ASSIGN_OR_RETURN(GlmImageSpec spec,
+                   models::glm_image::ResolveSpec(options.model, options.model_dir));
+  if (!spec.byte_tokens) {
+    // The prompt is built with spec.tokenizer's byte tokens; a real BPE vocabulary needs the
+    // BPE tokenizer (models/glm_image/bpe_tokenizer.h) in the request path.
+    return absl::UnimplementedError(
+        absl::StrCat("model dir ", options.model_dir, ": prompts need the BPE tokenizer of ",
+                     spec.ar_tokenizer_json, ", which the AR stage does not use yet"));
+  }
   models::glm_image::ArModelOptions model_options;
   if (options.cuda) {
     if (!at::hasCUDA()) return absl::FailedPreconditionError("--device cuda: no CUDA device here");

@@ -18,8 +18,11 @@ namespace diffmesh {
 class ArCore {
  public:
   struct Options {
-    // Built-in model to serve.
+    // Built-in model to serve (ignored when model_dir is set).
     std::string model = "glm-image-tiny";
+    // A GlmImagePipeline snapshot folder to serve instead of a built-in model, under the
+    // snapshot's name (models/glm_image/snapshot.h: SpecFromSnapshot).
+    std::string model_dir;
     // Sequences decoded together (KV-cache slots).
     int max_batch = 8;
     // Requests waiting for a slot before new ones get RESOURCE_EXHAUSTED.

@@ -209,7 +209,8 @@ class DenoiseCore::Impl {
 };
 
 absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& options) {
-  ASSIGN_OR_RETURN(GlmImageSpec spec, models::glm_image::BuiltinSpec(options.model));
+  ASSIGN_OR_RETURN(GlmImageSpec spec,
+                   models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto dit_config, models::glm_image::DitConfig::FromJson(spec.transformer));
   DenoiseGroupOptions group_options;
   group_options.parallel = options.parallel;

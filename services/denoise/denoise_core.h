@@ -20,8 +20,11 @@ namespace diffmesh {
 class DenoiseCore {
  public:
   struct Options {
-    // Built-in model to serve.
+    // Built-in model to serve (ignored when model_dir is set).
     std::string model = "glm-image-tiny";
+    // A GlmImagePipeline snapshot folder to serve instead of a built-in model, under the
+    // snapshot's name (models/glm_image/snapshot.h: SpecFromSnapshot).
+    std::string model_dir;
     // Largest image side accepted.
     int max_image_size = 512;
     // Degrees of parallelism of the group (world = tp × ulysses × ring × cfg).

@@ -39,7 +39,7 @@ class EncoderCore::Impl {
 };
 
 absl::StatusOr<std::unique_ptr<EncoderCore>> EncoderCore::Create(const Options& options) {
-  ASSIGN_OR_RETURN(auto spec, models::glm_image::BuiltinSpec(options.model));
+  ASSIGN_OR_RETURN(auto spec, models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto encoder, models::glm_image::BuildTextEncoder(spec));
   return std::unique_ptr<EncoderCore>(
       new EncoderCore(std::make_unique<Impl>(options, spec.name, std::move(encoder))));

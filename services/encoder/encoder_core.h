@@ -15,8 +15,11 @@ namespace diffmesh {
 class EncoderCore {
  public:
   struct Options {
-    // Built-in model to serve.
+    // Built-in model to serve (ignored when model_dir is set).
     std::string model = "glm-image-tiny";
+    // A GlmImagePipeline snapshot folder to serve instead of a built-in model, under the
+    // snapshot's name (models/glm_image/snapshot.h: SpecFromSnapshot).
+    std::string model_dir;
     // Longest glyph text in ByT5 tokens (longer texts are cut, as the reference does).
     int max_sequence_length = 2048;
   };

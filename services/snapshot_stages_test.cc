@@ -1,0 +1,150 @@
+// The three stage cores serving a GlmImagePipeline snapshot (model_dir) of the built-in tiny
+// model: they load it, serve it under the snapshot's name and answer exactly as the built-in
+// model does.
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/tensor/wire_tensor.h"
+#include "gtest/gtest.h"
+#include "models/glm_image/glm_image_spec.h"
+#include "models/glm_image/snapshot.h"
+#include "services/ar/ar_core.h"
+#include "services/denoise/denoise_core.h"
+#include "services/encoder/encoder_core.h"
+
+namespace diffmesh {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SnapshotStagesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new fs::path(fs::temp_directory_path() /
+                         ("diffmesh_snapshot_stages_test_" + std::to_string(::getpid())));
+    fs::remove_all(*root_);
+    auto tiny = models::glm_image::BuiltinSpec("glm-image-tiny");
+    ASSERT_TRUE(tiny.ok());
+    ASSERT_TRUE(models::glm_image::WriteSnapshot(*tiny, Dir()).ok());
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*root_);
+    delete root_;
+  }
+  // Named apart from the built-in model, so that requests show which one they reach.
+  static std::string Dir() { return (*root_ / "tiny-snapshot").string(); }
+  static fs::path* root_;
+};
+fs::path* SnapshotStagesTest::root_ = nullptr;
+
+v1::Tensor Floats(std::vector<int64_t> shape, std::mt19937& rng) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  std::vector<float> v(n);
+  std::normal_distribution<float> dist;
+  for (auto& x : v) x = dist(rng);
+  return MakeTensor(DType::kFloat32, shape, v.data(), v.size() * 4);
+}
+
+TEST_F(SnapshotStagesTest, EncoderServesTheSnapshot) {
+  EncoderCore::Options builtin_options;
+  EncoderCore::Options snapshot_options;
+  snapshot_options.model_dir = Dir();
+  auto builtin = EncoderCore::Create(builtin_options);
+  auto snapshot = EncoderCore::Create(snapshot_options);
+  ASSERT_TRUE(builtin.ok() && snapshot.ok()) << snapshot.status();
+  v1::EncodeRequest r;
+  r.set_prompt("a shop sign saying \"OPEN\"");
+  r.set_model("glm-image-tiny");
+  CallContext ctx;
+  auto expected = (*builtin)->Encode(ctx, r);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  EXPECT_EQ((*snapshot)->Encode(ctx, r).status().code(), absl::StatusCode::kNotFound);
+  r.set_model("tiny-snapshot");
+  auto got = (*snapshot)->Encode(ctx, r);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->SerializeAsString(), expected->SerializeAsString());
+}
+
+TEST_F(SnapshotStagesTest, DenoiseOfTheSnapshotEqualsTheBuiltinModel) {
+  std::mt19937 rng(5);
+  v1::DenoiseRequest r;
+  r.set_height(128);
+  r.set_width(128);
+  r.set_steps(2);
+  r.set_guidance_scale(1.5f);
+  r.set_seed(9);
+  std::vector<int64_t> grid(16);
+  for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
+  *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {4, 4}, grid.data(), grid.size() * 8);
+  *r.mutable_prompt_embeds() = Floats({1, 5, 64}, rng);
+  *r.mutable_negative_prompt_embeds() = Floats({1, 1, 64}, rng);
+
+  auto run = [&](const DenoiseCore::Options& options, const std::string& model) {
+    auto core = DenoiseCore::Create(options);
+    EXPECT_TRUE(core.ok()) << core.status();
+    v1::DenoiseEvent::Result result;
+    if (!core.ok()) return result;
+    v1::DenoiseRequest request = r;
+    request.set_model(model);
+    CallContext ctx;
+    absl::Status st = (*core)->Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+      if (e.has_result()) result = e.result();
+    });
+    EXPECT_TRUE(st.ok()) << st;
+    return result;
+  };
+  DenoiseCore::Options snapshot_options;
+  snapshot_options.model_dir = Dir();
+  const auto expected = run({}, "glm-image-tiny");
+  const auto got = run(snapshot_options, "tiny-snapshot");
+  ASSERT_FALSE(expected.png().empty());
+  EXPECT_EQ(got.png(), expected.png());
+}
+
+TEST_F(SnapshotStagesTest, ArOfTheSnapshotSamplesTheBuiltinModelsTokens) {
+  auto generate = [](const ArCore::Options& options, const std::string& model) {
+    std::vector<int32_t> tokens;
+    auto core = ArCore::Create(options);
+    EXPECT_TRUE(core.ok()) << core.status();
+    if (!core.ok()) return tokens;
+    EXPECT_EQ((*core)->model(), model);
+    v1::ArRequest r;
+    r.set_model(model);
+    r.set_prompt("a red fox");
+    r.set_height(128);
+    r.set_width(128);
+    r.set_seed(3);
+    CallContext ctx;
+    absl::Status st = (*core)->Generate(ctx, r, [&](const v1::ArTokenChunk& c) {
+      tokens.insert(tokens.end(), c.tokens().begin(), c.tokens().end());
+    });
+    EXPECT_TRUE(st.ok()) << st;
+    return tokens;
+  };
+  ArCore::Options snapshot_options;
+  snapshot_options.model_dir = Dir();
+  snapshot_options.model = "ignored with model_dir";
+  const auto expected = generate({}, "glm-image-tiny");
+  EXPECT_EQ(expected.size(), 16u * 16u + 4u * 4u + 1u);
+  EXPECT_EQ(generate(snapshot_options, "tiny-snapshot"), expected);
+}
+
+TEST_F(SnapshotStagesTest, BadModelDirFailsCreate) {
+  EncoderCore::Options e;
+  e.model_dir = (*root_ / "nowhere").string();
+  EXPECT_EQ(EncoderCore::Create(e).status().code(), absl::StatusCode::kNotFound);
+  DenoiseCore::Options d;
+  d.model_dir = e.model_dir;
+  EXPECT_EQ(DenoiseCore::Create(d).status().code(), absl::StatusCode::kNotFound);
+  ArCore::Options a;
+  a.model_dir = e.model_dir;
+  EXPECT_EQ(ArCore::Create(a).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace diffmesh
