@@ -32,7 +32,7 @@ bool Alive(pid_t pid) { return kill(pid, 0) == 0; }
 class MeshTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    base_port_ = testing::FreePorts(4);
+    base_port_ = testing::FreePorts(14);  // gRPC on P..P+3, rendezvous P+9, metrics P+10..P+13
     ASSERT_GT(base_port_, 0);
     log_ = absl::StrCat(::testing::TempDir(), "/mesh_up.log");
     mesh_ = new Process({Binary("diffmesh"), "up", absl::StrCat("--base-port=", base_port_)}, log_);
@@ -217,7 +217,7 @@ TEST(MeshDownTest, AStageThatIsDownIsNamedAndUnavailable) {
 }
 
 TEST(MeshLifecycleTest, SigtermStopsEveryServiceWithoutOrphans) {
-  const int port = testing::FreePorts(4);
+  const int port = testing::FreePorts(14);
   ASSERT_GT(port, 0);
   const std::string log = absl::StrCat(::testing::TempDir(), "/mesh_lifecycle.log");
   Process mesh({Binary("diffmesh"), "up", absl::StrCat("--base-port=", port)}, log);

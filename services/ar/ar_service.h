@@ -2,19 +2,28 @@
 #ifndef DIFFMESH_SERVICES_AR_AR_SERVICE_H_
 #define DIFFMESH_SERVICES_AR_AR_SERVICE_H_
 
+#include <memory>
+
 #include "diffmesh/v1/stages.grpc.pb.h"
+#include "prometheus/registry.h"
 #include "services/ar/ar_core.h"
 
 namespace diffmesh {
 
 class ArTokenService final : public v1::ArTokenService::CallbackService {
  public:
-  explicit ArTokenService(ArCore* core) : core_(core) {}
+  // `registry`: where the call and token-stream metrics go (common/metrics/families.h); null:
+  // none. Not owned; must outlive the service.
+  explicit ArTokenService(ArCore* core, prometheus::Registry* registry = nullptr);
+  ~ArTokenService() override;
+
   grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest* request) override;
 
  private:
+  struct Metrics;
   ArCore* core_;
+  std::unique_ptr<Metrics> metrics_;
 };
 
 }  // namespace diffmesh

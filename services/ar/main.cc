@@ -3,12 +3,16 @@
 
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
+#include "common/metrics/families.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "services/ar/ar_core.h"
 #include "services/ar/ar_service.h"
+#include "services/stage_common/gpu_metrics.h"
 
 ABSL_FLAG(int, port, 50052, "Port of the ArTokenService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
 ABSL_FLAG(int, max_batch, 8, "Sequences decoded together (continuous batching; KV-cache slots).");
 ABSL_FLAG(int, max_queue, 64, "Requests waiting for a slot before RESOURCE_EXHAUSTED.");
@@ -41,7 +45,30 @@ int main(int argc, char** argv) {
     std::cerr << "diffmesh-ar: " << core.status().message() << "\n";
     return 2;
   }
-  diffmesh::ArTokenService service(core->get());
+  // Declared after the core: the exposer's scrape threads read the core's stats.
+  auto exposer = diffmesh::metrics::StartMetricsExposer("diffmesh-ar", absl::GetFlag(FLAGS_host),
+                                                        absl::GetFlag(FLAGS_metrics_port));
+  if (!exposer.ok()) {
+    std::cerr << "diffmesh-ar: " << exposer.status().message() << "\n";
+    return 2;
+  }
+  if (*exposer != nullptr) {
+    using Sample = diffmesh::metrics::CallbackGauge::Sample;
+    const diffmesh::ArCore* ar = core->get();
+    (*exposer)->Add(std::make_shared<diffmesh::metrics::CallbackGauge>(
+        diffmesh::metrics::kArKvCacheSlots, diffmesh::metrics::kArKvCacheSlotsHelp, [ar] {
+          const auto s = ar->stats();
+          return std::vector<Sample>{{{{"state", "used"}}, static_cast<double>(s.running)},
+                                     {{{"state", "free"}}, static_cast<double>(s.free_slots)}};
+        }));
+    (*exposer)->Add(std::make_shared<diffmesh::metrics::CallbackGauge>(
+        diffmesh::metrics::kRequestsWaiting, diffmesh::metrics::kRequestsWaitingHelp, [ar] {
+          return std::vector<Sample>{{{{"stage", diffmesh::metrics::kStageAr}},
+                                      static_cast<double>(ar->stats().waiting)}};
+        }));
+    if (auto gpu = diffmesh::GpuMemoryCollector()) (*exposer)->Add(std::move(gpu));
+  }
+  diffmesh::ArTokenService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

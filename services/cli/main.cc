@@ -42,7 +42,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"tp-degree", "T", "embedded: tensor-parallel degree (default 1)"},
 };
 const std::vector<FlagSpec> kUpFlags = {
-    {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051)"},
+    {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051); "
+                       "their /metrics on P+10..P+13"},
     {"model", "NAME", "built-in model the stages load (default glm-image-tiny)"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
@@ -229,7 +230,7 @@ int Up(const std::vector<std::string>& argv) {
   auto port = args->GetInt("base-port");
   if (!port.ok()) return Fail(port.status());
   if (port->has_value()) {
-    if (**port < 1 || **port > 65535 - 3) return Fail(absl::InvalidArgumentError("base-port: out of range"));
+    if (**port < 1 || **port > 65535 - 13) return Fail(absl::InvalidArgumentError("base-port: out of range"));
     o.base_port = static_cast<int>(**port);
   }
   o.model = args->Get("model", o.model);

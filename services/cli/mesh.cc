@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/process/subprocess.h"
@@ -17,8 +18,12 @@ namespace {
 struct Child {
   std::string name;     // "ar"
   std::string address;  // 127.0.0.1:port
+  int metrics_port = 0;
   std::vector<std::string> argv;
 };
+
+// Each service's /metrics port sits 10 above its gRPC port.
+constexpr int kMetricsPortOffset = 10;
 
 // The name of a child that exited (reaped, its pid set to -1), or "".
 std::string ReapExited(const std::vector<Child>& children, std::vector<pid_t>& pids, int* status) {
@@ -47,8 +52,10 @@ int RunMesh(const MeshOptions& o) {
       std::cerr << "diffmesh up: cannot find diffmesh-" << c.name << " (build it, or pass --bin-dir)\n";
       return 1;
     }
-    c.argv = {binary, "--host=127.0.0.1",
-              absl::StrCat("--port=", c.address.substr(c.address.rfind(':') + 1))};
+    const int port = std::stoi(c.address.substr(c.address.rfind(':') + 1));
+    c.metrics_port = port + kMetricsPortOffset;
+    c.argv = {binary, "--host=127.0.0.1", absl::StrCat("--port=", port),
+              absl::StrCat("--metrics_port=", c.metrics_port)};
     if (c.name == "orchestrator") {
       c.argv.push_back("--ar_address=" + children[0].address);
       c.argv.push_back("--encoder_address=" + children[1].address);
@@ -107,8 +114,9 @@ int RunMesh(const MeshOptions& o) {
     }
   }
   for (size_t i = 0; i < children.size(); ++i) {
-    std::printf("%-13s %s (pid %d)\n", children[i].name.c_str(), children[i].address.c_str(),
-                static_cast<int>(pids[i]));
+    std::printf("%-13s %s (pid %d), metrics http://127.0.0.1:%d/metrics\n",
+                children[i].name.c_str(), children[i].address.c_str(), static_cast<int>(pids[i]),
+                children[i].metrics_port);
   }
   std::printf("diffmesh mesh is up: generate with --server %s; Ctrl-C stops it\n",
               children.back().address.c_str());

@@ -12,7 +12,8 @@
 namespace diffmesh::cli {
 
 struct MeshOptions {
-  // Orchestrator on base_port, AR / encoder / denoise on base_port + 1..3.
+  // Orchestrator on base_port, AR / encoder / denoise on base_port + 1..3; their Prometheus
+  // /metrics endpoints on base_port + 10..13 in the same order.
   int base_port = 50051;
   // Built-in model the stage services load.
   std::string model = "glm-image-tiny";

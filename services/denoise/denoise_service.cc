@@ -1,14 +1,81 @@
 #include "services/denoise/denoise_service.h"
 
+#include <algorithm>
+
+#include "absl/time/clock.h"
+#include "common/metrics/families.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/streaming_call.h"
 
 namespace diffmesh {
+
+struct DenoiseService::Metrics {
+  Metrics(prometheus::Registry& registry, const std::string& model)
+      : calls(registry),
+        denoise(registry),
+        step_duration(denoise.step_duration.Add({{"model", model}}, metrics::StepBuckets())) {}
+
+  metrics::StageServiceFamilies calls;
+  metrics::DenoiseFamilies denoise;
+  prometheus::Histogram& step_duration;
+};
+
+namespace {
+
+// Times the steps of one call from its events. Step k > 1 took the time since step k - 1's
+// event. Step 1 is measured back from the end of the loop: the result's denoise_seconds runs
+// from the loop's set-up to the last step, so that set-up is left out of step 1 and so is the
+// wait for the group (it runs one request at a time) before it.
+class StepTimer {
+ public:
+  explicit StepTimer(prometheus::Histogram& steps) : steps_(steps) {}
+
+  void OnEvent(const v1::DenoiseEvent& e) {
+    const absl::Time now = absl::Now();
+    if (e.has_step()) {
+      if (e.step().step() == 1) {
+        first_step_ = now;
+      } else if (last_step_ != absl::InfinitePast()) {
+        steps_.Observe(absl::ToDoubleSeconds(now - last_step_));
+      }
+      last_step_ = now;
+    } else if (e.has_result() && e.result().denoise_seconds() > 0 &&
+               first_step_ != absl::InfinitePast()) {
+      const absl::Time loop_start = last_step_ - absl::Seconds(e.result().denoise_seconds());
+      steps_.Observe(std::max(0.0, absl::ToDoubleSeconds(first_step_ - loop_start)));
+    }
+  }
+
+ private:
+  prometheus::Histogram& steps_;
+  absl::Time first_step_ = absl::InfinitePast();
+  absl::Time last_step_ = absl::InfinitePast();
+};
+
+}  // namespace
+
+DenoiseService::DenoiseService(DenoiseCore* core, prometheus::Registry* registry,
+                               const std::string& model)
+    : core_(core),
+      metrics_(registry != nullptr ? std::make_unique<Metrics>(*registry, model) : nullptr) {}
+
+DenoiseService::~DenoiseService() = default;
 
 grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiseService::Denoise(
     grpc::CallbackServerContext* ctx, const v1::DenoiseRequest* request) {
   return StreamingCall<v1::DenoiseEvent>::Start(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::DenoiseEvent>::Emit& emit) {
-        return core_->Denoise(call, *request, [&emit](const v1::DenoiseEvent& e) { emit(e); });
+        if (metrics_ == nullptr) {
+          return core_->Denoise(call, *request, [&emit](const v1::DenoiseEvent& e) { emit(e); });
+        }
+        metrics::StageCallTracker tracker(&metrics_->calls, metrics::kStageDenoise);
+        StepTimer timer(metrics_->step_duration);
+        absl::Status s = core_->Denoise(call, *request, [&](const v1::DenoiseEvent& e) {
+          timer.OnEvent(e);
+          emit(e);
+        });
+        tracker.Finish(s);
+        return s;
       });
 }
 

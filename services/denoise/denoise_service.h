@@ -2,19 +2,31 @@
 #ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_SERVICE_H_
 #define DIFFMESH_SERVICES_DENOISE_DENOISE_SERVICE_H_
 
+#include <memory>
+#include <string>
+
 #include "diffmesh/v1/stages.grpc.pb.h"
+#include "prometheus/registry.h"
 #include "services/denoise/denoise_core.h"
 
 namespace diffmesh {
 
 class DenoiseService final : public v1::DenoiseService::CallbackService {
  public:
-  explicit DenoiseService(DenoiseCore* core) : core_(core) {}
+  // `registry`: where the call and step metrics of `model` (the model the core serves) go;
+  // null: none. Not owned; must outlive the service. Only rank 0 serves, so only rank 0
+  // reports request metrics.
+  explicit DenoiseService(DenoiseCore* core, prometheus::Registry* registry = nullptr,
+                          const std::string& model = "");
+  ~DenoiseService() override;
+
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override;
 
  private:
+  struct Metrics;
   DenoiseCore* core_;
+  std::unique_ptr<Metrics> metrics_;
 };
 
 }  // namespace diffmesh

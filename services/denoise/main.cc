@@ -6,13 +6,18 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags/flags.h"
+#include "common/metrics/metrics.h"
 #include "common/process/subprocess.h"
 #include "common/rpc/server.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_service.h"
+#include "services/stage_common/gpu_metrics.h"
 
 ABSL_FLAG(int, port, 50054, "Port of the DenoiseService (rank 0).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, metrics_port, 0,
+          "Port of rank 0's Prometheus /metrics endpoint (on --host); 0: off. Other ranks "
+          "report nothing.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
 ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
 ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
@@ -82,7 +87,19 @@ int main(int argc, char** argv) {
     if (!s.ok()) std::cerr << who << ": " << s.message() << "\n";
     return s.ok() ? 0 : 1;
   }
-  diffmesh::DenoiseService service(core->get());
+  auto exposer = diffmesh::metrics::StartMetricsExposer(
+      "diffmesh-denoise", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+  if (!exposer.ok()) {
+    std::cerr << who << ": " << exposer.status().message() << "\n";
+    core->reset();
+    diffmesh::StopAll(ranks);
+    return 2;
+  }
+  if (*exposer != nullptr) {
+    if (auto gpu = diffmesh::GpuMemoryCollector()) (*exposer)->Add(std::move(gpu));
+  }
+  diffmesh::DenoiseService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr,
+                                   o.model);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

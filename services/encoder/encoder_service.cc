@@ -9,7 +9,9 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* ct
                                                  v1::EncodeResponse* response) {
   return RunUnary<v1::EncodeResponse>(
       ctx, response, [this, request](CallContext& call, v1::EncodeResponse* out) -> absl::Status {
+        metrics::StageCallTracker tracker(metrics_.get(), metrics::kStageEncoder);
         auto r = core_->Encode(call, *request);
+        tracker.Finish(r.status());
         if (!r.ok()) return r.status();
         *out = std::move(*r);
         return absl::OkStatus();

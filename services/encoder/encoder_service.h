@@ -2,19 +2,27 @@
 #ifndef DIFFMESH_SERVICES_ENCODER_ENCODER_SERVICE_H_
 #define DIFFMESH_SERVICES_ENCODER_ENCODER_SERVICE_H_
 
+#include <memory>
+
+#include "common/metrics/families.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
+#include "prometheus/registry.h"
 #include "services/encoder/encoder_core.h"
 
 namespace diffmesh {
 
 class EncoderService final : public v1::EncoderService::CallbackService {
  public:
-  explicit EncoderService(EncoderCore* core) : core_(core) {}
+  // `registry`: where the call metrics go; null: none. Not owned; must outlive the service.
+  explicit EncoderService(EncoderCore* core, prometheus::Registry* registry = nullptr)
+      : core_(core),
+        metrics_(registry ? std::make_unique<metrics::StageServiceFamilies>(*registry) : nullptr) {}
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest* request,
                                    v1::EncodeResponse* response) override;
 
  private:
   EncoderCore* core_;
+  std::unique_ptr<metrics::StageServiceFamilies> metrics_;
 };
 
 }  // namespace diffmesh

@@ -3,12 +3,14 @@
 
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "services/encoder/encoder_core.h"
 #include "services/encoder/encoder_service.h"
 
 ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
 
 int main(int argc, char** argv) {
@@ -23,7 +25,13 @@ int main(int argc, char** argv) {
     std::cerr << "diffmesh-encoder: " << core.status().message() << "\n";
     return 2;
   }
-  diffmesh::EncoderService service(core->get());
+  auto exposer = diffmesh::metrics::StartMetricsExposer(
+      "diffmesh-encoder", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+  if (!exposer.ok()) {
+    std::cerr << "diffmesh-encoder: " << exposer.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::EncoderService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

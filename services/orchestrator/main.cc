@@ -4,9 +4,11 @@
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
 #include "common/config/pipeline_config.h"
+#include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
+#include "services/orchestrator/prometheus_observer.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -16,6 +18,7 @@ ABSL_FLAG(std::string, pipeline, "",
 ABSL_FLAG(std::string, ar_address, "", "Overrides the address of service 'ar'.");
 ABSL_FLAG(std::string, encoder_address, "", "Overrides the address of service 'encoder'.");
 ABSL_FLAG(std::string, denoise_address, "", "Overrides the address of service 'denoise'.");
+ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -36,8 +39,20 @@ int main(int argc, char** argv) {
                             std::pair{"denoise", absl::GetFlag(FLAGS_denoise_address)}}) {
     if (!flag.empty()) pipeline->services[name] = flag;
   }
+  auto exposer = diffmesh::metrics::StartMetricsExposer(
+      "diffmesh-orchestrator", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+  if (!exposer.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << exposer.status().message() << "\n";
+    return 2;
+  }
+  std::unique_ptr<diffmesh::PrometheusRequestObserver> observer;
+  if (*exposer != nullptr) {
+    std::vector<std::string> models;
+    for (const auto& m : pipeline->models) models.push_back(m.name);
+    observer = std::make_unique<diffmesh::PrometheusRequestObserver>((*exposer)->registry(), models);
+  }
   diffmesh::GrpcStageClientFactory stages(pipeline->services);
-  auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages});
+  auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages, observer.get()});
   if (!core.ok()) {
     std::cerr << "diffmesh-orchestrator: " << core.status().message() << "\n";
     return 2;

@@ -1,5 +1,6 @@
 #include "services/orchestrator/orchestrator_core.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <random>
@@ -37,7 +38,71 @@ uint64_t NewSeed() {
   return rng() >> 1;  // fits int64 for clients that only have signed integers
 }
 
+// The model label of a request: bounded to the pipeline's models.
+std::string ModelLabel(const PipelineConfig& p, const v1::GenerateRequest& r) {
+  const std::string& name = r.model().empty() ? p.default_model : r.model();
+  return p.FindModel(name) != nullptr ? name : "unknown";
+}
+
 }  // namespace
+
+// Reports one request to the observer; does nothing without one. Accepted and Finish run on the
+// request's thread while no encoder thread runs, OnEvent under the core's emit lock;
+// StageFinished and Bytes only read constant state, so the encoder thread may call them.
+class OrchestratorCore::Trace {
+ public:
+  Trace(RequestObserver* observer, std::string model)
+      : observer_(observer), arrival_(absl::Now()) {
+    outcome_.model = std::move(model);
+    if (observer_ != nullptr) observer_->RequestArrived();
+  }
+  Trace(const Trace&) = delete;
+  Trace& operator=(const Trace&) = delete;
+
+  bool on() const { return observer_ != nullptr; }
+
+  void Accepted() {
+    outcome_.accepted = true;
+    if (observer_ != nullptr) observer_->RequestAccepted(outcome_.model);
+  }
+
+  // Called with every event the request emits, in order.
+  void OnEvent(const v1::GenerateEvent& e) {
+    if (observer_ == nullptr) return;
+    if (!outcome_.started && e.has_stage() && e.stage().kind() == v1::StageEvent::STARTED) {
+      outcome_.started = true;
+      observer_->FirstStageStarted(outcome_.model, Seconds(arrival_));
+    }
+    if (!saw_progress_ && (e.has_ar_progress() || e.has_denoise_progress())) {
+      saw_progress_ = true;
+      observer_->FirstProgress(outcome_.model, Seconds(arrival_));
+    }
+  }
+
+  void StageFinished(const char* stage, double seconds) {
+    if (observer_ != nullptr) observer_->StageFinished(outcome_.model, stage, seconds);
+  }
+
+  // Serialized size of a message to or from a stage.
+  void Bytes(const char* stage, bool sent, const google::protobuf::MessageLite& m) {
+    if (observer_ != nullptr) {
+      observer_->StageBytes(stage, sent, static_cast<int64_t>(m.ByteSizeLong()));
+    }
+  }
+
+  void Finish(const absl::Status& status) {
+    if (observer_ == nullptr) return;
+    outcome_.code = status.code();
+    outcome_.seconds = Seconds(arrival_);
+    observer_->RequestFinished(outcome_);
+  }
+
+ private:
+  RequestObserver* const observer_;
+  const absl::Time arrival_;
+  RequestObserver::Outcome outcome_;
+  bool saw_progress_ = false;
+};
 
 absl::StatusOr<std::unique_ptr<OrchestratorCore>> OrchestratorCore::Create(Options options) {
   if (options.stages == nullptr) return absl::InvalidArgumentError("stages must be set");
@@ -108,13 +173,23 @@ v1::ListModelsResponse DescribeModels(const PipelineConfig& pipeline) {
 }
 
 absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequest& request,
-                                        const Emit& emit_unsafe) {
+                                        const Emit& emit) {
+  Trace trace(options_.observer, ModelLabel(options_.pipeline, request));
+  absl::Status status = Run(ctx, request, emit, trace);
+  trace.Finish(status);
+  return status;
+}
+
+absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& request,
+                                   const Emit& emit_unsafe, Trace& trace) {
   const absl::Time start = absl::Now();
   ASSIGN_OR_RETURN(v1::Accepted accepted, ValidateRequest(options_.pipeline, request));
+  trace.Accepted();
   const PipelineModel& model = *options_.pipeline.FindModel(accepted.model());
   std::mutex emit_mu;
   const Emit emit = [&](const v1::GenerateEvent& e) {
     std::lock_guard<std::mutex> lock(emit_mu);
+    trace.OnEvent(e);
     emit_unsafe(e);
   };
   {
@@ -156,9 +231,11 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
       req.set_model(accepted.model());
       req.set_prompt(request.prompt());
       req.set_negative_prompt(request.negative_prompt());
+      trace.Bytes("encoder", /*sent=*/true, req);
       encoded = encoder->Encode(ctx, req);
       encoder_seconds = Seconds(t0);
       if (encoded.ok()) {
+        trace.Bytes("encoder", /*sent=*/false, *encoded);
         emit(StageEvent("encoder", v1::StageEvent::FINISHED, encoder_seconds));
       } else {
         ctx.Cancel();  // fail fast: stop the AR stage too
@@ -185,8 +262,10 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
     req.set_height(accepted.height());
     req.set_width(accepted.width());
     req.set_seed(accepted.seed());
+    trace.Bytes("ar", /*sent=*/true, req);
     bool done = false;
     absl::Status s = ar->Generate(ctx, req, [&](const v1::ArTokenChunk& chunk) {
+      trace.Bytes("ar", /*sent=*/false, chunk);
       prior_count = chunk.offset() + chunk.tokens_size();
       v1::GenerateEvent e;
       e.mutable_ar_progress()->set_tokens_generated(prior_count);
@@ -207,11 +286,15 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
     }
     const double ar_seconds = Seconds(t0);
     add_timing("ar", ar_seconds);
+    trace.StageFinished("ar", ar_seconds);
     emit(StageEvent("ar", v1::StageEvent::FINISHED, ar_seconds));
   }
   if (encoder_thread.joinable()) encoder_thread.join();
   if (!encoded.ok()) return encoded.status();
-  if (model.HasStage("encoder")) add_timing("encoder", encoder_seconds);
+  if (model.HasStage("encoder")) {
+    add_timing("encoder", encoder_seconds);
+    trace.StageFinished("encoder", encoder_seconds);
+  }
   RETURN_IF_ERROR(ctx.Check("orchestrator"));
 
   ASSIGN_OR_RETURN(DenoiseStageClient* denoise, options_.stages->Denoise(service_of("denoise")));
@@ -230,9 +313,11 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
   *req.mutable_negative_prompt_embeds() = std::move(*encoded->mutable_negative_prompt_embeds());
   req.set_output(v1::PNG);
   req.set_include_latents(request.include_latents());
+  trace.Bytes("denoise", /*sent=*/true, req);
   v1::DenoiseEvent::Result result;
   bool have_result = false;
   RETURN_IF_ERROR(denoise->Denoise(ctx, req, [&](const v1::DenoiseEvent& e) {
+    trace.Bytes("denoise", /*sent=*/false, e);
     if (e.has_step()) {
       v1::GenerateEvent g;
       g.mutable_denoise_progress()->set_step(e.step().step());
@@ -250,6 +335,16 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
   emit(StageEvent("denoise", v1::StageEvent::FINISHED, denoise_seconds));
   add_timing("denoise", result.denoise_seconds());
   add_timing("vae_decode", result.vae_decode_seconds());
+  if (trace.on()) {
+    trace.StageFinished("denoise", result.denoise_seconds());
+    trace.StageFinished("vae_decode", result.vae_decode_seconds());
+    // Wire, (de)serialisation and waiting for the denoise group: what the stage did not
+    // report as its own compute. Left out when the stage reported no times.
+    if (result.denoise_seconds() > 0) {
+      trace.StageFinished("transfer", std::max(0.0, denoise_seconds - result.denoise_seconds() -
+                                                        result.vae_decode_seconds()));
+    }
+  }
   meta.set_prior_tokens(prior_count);
   meta.set_total_seconds(Seconds(start));
   v1::GenerateEvent final_event;

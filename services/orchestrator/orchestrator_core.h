@@ -11,6 +11,7 @@
 #include "common/call/call_context.h"
 #include "common/config/pipeline_config.h"
 #include "diffmesh/v1/generation.pb.h"
+#include "services/orchestrator/request_observer.h"
 #include "services/orchestrator/stage_client.h"
 
 namespace diffmesh {
@@ -30,6 +31,8 @@ class OrchestratorCore {
     PipelineConfig pipeline;
     // Stage transport (gRPC or in-process); not owned, must outlive the core.
     StageClientFactory* stages = nullptr;
+    // Metrics; optional, not owned, must outlive the core.
+    RequestObserver* observer = nullptr;
   };
   static absl::StatusOr<std::unique_ptr<OrchestratorCore>> Create(Options options);
 
@@ -43,7 +46,10 @@ class OrchestratorCore {
   v1::ListModelsResponse ListModels() const { return DescribeModels(options_.pipeline); }
 
  private:
+  class Trace;
   explicit OrchestratorCore(Options options) : options_(std::move(options)) {}
+  absl::Status Run(CallContext& ctx, const v1::GenerateRequest& request, const Emit& emit,
+                   Trace& trace);
   Options options_;
 };
 
