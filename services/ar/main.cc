@@ -13,7 +13,11 @@
 ABSL_FLAG(int, port, 50052, "Port of the ArTokenService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model_dir, "",
+          "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
+          "safetensors); served under its own name. The orchestrator's pipeline config must list "
+          "that name.");
 ABSL_FLAG(int, max_batch, 8, "Sequences decoded together (continuous batching; KV-cache slots).");
 ABSL_FLAG(int, max_queue, 64, "Requests waiting for a slot before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, chunk_tokens, 32, "Tokens per streamed chunk.");
@@ -30,6 +34,7 @@ int main(int argc, char** argv) {
   diffmesh::BlockTerminationSignals();
   diffmesh::ArCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
+  o.model_dir = absl::GetFlag(FLAGS_model_dir);
   o.max_batch = absl::GetFlag(FLAGS_max_batch);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);

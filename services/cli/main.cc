@@ -50,6 +50,7 @@ const std::vector<FlagSpec> kUpFlags = {
     {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
     {"ring-degree", "R", "ring-attention sequence-parallel degree (default 1)"},
     {"tp-degree", "T", "tensor-parallel degree (default 1)"},
+    {"device", "cpu|cuda", "where the AR service and the denoise ranks compute (default cpu)"},
 };
 const std::vector<FlagSpec> kModelsFlags = {
     {"server", "HOST:PORT", "ask this orchestrator instead of the built-in pipeline"},
@@ -235,6 +236,10 @@ int Up(const std::vector<std::string>& argv) {
   }
   o.model = args->Get("model", o.model);
   o.bin_dir = args->Get("bin-dir");
+  o.device = args->Get("device", "cpu");
+  if (o.device != "cpu" && o.device != "cuda") {
+    return Fail(absl::InvalidArgumentError("device: must be cpu or cuda"));
+  }
   auto parallel = ParallelFlags(*args);
   if (!parallel.ok()) return Fail(parallel.status());
   o.parallel = *parallel;

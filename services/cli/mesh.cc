@@ -62,6 +62,7 @@ int RunMesh(const MeshOptions& o) {
       c.argv.push_back("--denoise_address=" + children[2].address);
     } else {
       c.argv.push_back("--model=" + o.model);
+      if (c.name == "ar" || c.name == "denoise") c.argv.push_back("--device=" + o.device);
     }
     if (c.name == "denoise") {
       // The denoise service starts its other ranks itself (processes, one per rank).

@@ -21,6 +21,8 @@ struct MeshOptions {
   std::string bin_dir;
   // Degrees of the denoise group (its ranks are processes started by diffmesh-denoise).
   models::parallel::ParallelConfig parallel;
+  // "cpu" or "cuda": where the AR service and the denoise ranks compute.
+  std::string device = "cpu";
   // How long each service may take to report SERVING.
   absl::Duration start_timeout = absl::Seconds(120);
 };

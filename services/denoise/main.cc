@@ -18,7 +18,11 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, metrics_port, 0,
           "Port of rank 0's Prometheus /metrics endpoint (on --host); 0: off. Other ranks "
           "report nothing.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model_dir, "",
+          "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
+          "safetensors); served under its own name. The orchestrator's pipeline config must list "
+          "that name.");
 ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
 ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
 ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");
@@ -42,6 +46,7 @@ int main(int argc, char** argv) {
   diffmesh::BlockTerminationSignals();
   diffmesh::DenoiseCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
+  o.model_dir = absl::GetFlag(FLAGS_model_dir);
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device != "cpu" && device != "cuda") {
     std::cerr << "diffmesh-denoise: --device must be cpu or cuda, not '" << device << "'\n";

@@ -11,7 +11,11 @@
 ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve.");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model_dir, "",
+          "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
+          "safetensors); served under its own name. The orchestrator's pipeline config must list "
+          "that name.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -20,6 +24,7 @@ int main(int argc, char** argv) {
   diffmesh::BlockTerminationSignals();
   diffmesh::EncoderCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
+  o.model_dir = absl::GetFlag(FLAGS_model_dir);
   auto core = diffmesh::EncoderCore::Create(o);
   if (!core.ok()) {
     std::cerr << "diffmesh-encoder: " << core.status().message() << "\n";
