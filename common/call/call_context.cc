@@ -7,6 +7,7 @@
 namespace diffmesh {
 
 void CallContext::Cancel() {
+  std::lock_guard<std::recursive_mutex> running(run_mu_);
   std::vector<std::function<void()>> run;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -43,6 +44,7 @@ int CallContext::OnCancel(std::function<void()> hook) {
 }
 
 void CallContext::RemoveOnCancel(int id) {
+  std::lock_guard<std::recursive_mutex> running(run_mu_);  // not while its hook may run
   std::lock_guard<std::mutex> lock(mu_);
   hooks_.erase(id);
 }

@@ -29,12 +29,17 @@ class CallContext {
   absl::Status Check(const char* where) const;
 
   // Runs `hook` on Cancel() (at once if already cancelled). The returned id unregisters it;
-  // a hook must be unregistered before what it captures dies.
+  // a hook must be unregistered before what it captures dies. RemoveOnCancel waits for a
+  // Cancel() that is running hooks on another thread.
   int OnCancel(std::function<void()> hook);
   void RemoveOnCancel(int id);
 
  private:
   const absl::Time deadline_;
+  // Held while Cancel() runs the hooks, and taken by RemoveOnCancel: once RemoveOnCancel
+  // returns, its hook is not running and will not run, so what it captures may die. Recursive
+  // so that a hook may unregister itself.
+  std::recursive_mutex run_mu_;
   mutable std::mutex mu_;
   bool cancelled_ = false;
   int next_id_ = 0;

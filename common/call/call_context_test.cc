@@ -1,6 +1,8 @@
 #include "common/call/call_context.h"
 
 #include <atomic>
+#include <memory>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -31,6 +33,28 @@ TEST(CallContextTest, RemovedHookDoesNotRun) {
   { ScopedCancelHook hook(ctx, [&] { ++calls; }); }
   ctx.Cancel();
   EXPECT_EQ(calls, 0);
+}
+
+// A hook unregistered while Cancel() runs on another thread is either finished or never runs
+// once RemoveOnCancel returns: what it captured may be destroyed right after.
+TEST(CallContextTest, RemovingAHookWaitsForARunningCancel) {
+  for (int round = 0; round < 100; ++round) {
+    CallContext ctx;
+    std::atomic<bool> entered{false}, running{false};
+    auto hook = std::make_unique<ScopedCancelHook>(ctx, [&] {
+      running = true;
+      entered = true;
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+      running = false;
+    });
+    std::thread canceller([&] { ctx.Cancel(); });
+    if (round % 2 == 0) {
+      while (!entered) std::this_thread::yield();  // remove while the hook runs
+    }
+    hook.reset();  // RemoveOnCancel
+    EXPECT_FALSE(running) << "round " << round;
+    canceller.join();
+  }
 }
 
 TEST(CallContextTest, DeadlineExceeded) {
