@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -78,6 +79,62 @@ bool CancelHandle::cancelled() const {
 
 class Client::Impl {
  public:
+  // One async Generate: reads events until the stream ends, then reports and deletes itself.
+  class GenerateReactor final : public grpc::ClientReadReactor<v1::GenerateEvent> {
+   public:
+    GenerateReactor(const v1::GenerateRequest& request, EventCallback on_event, DoneCallback on_done,
+                    std::shared_ptr<CancelHandle::State> cancel, absl::Time deadline)
+        : request_(request),
+          on_event_(std::move(on_event)),
+          on_done_(std::move(on_done)),
+          cancel_(std::move(cancel)) {
+      ctx_.set_deadline(absl::ToChronoTime(deadline));
+    }
+
+    void Start(v1::GenerationService::Stub& stub) {
+      stub.async()->Generate(&ctx_, &request_, this);
+      if (cancel_ != nullptr) {
+        // Registered before StartCall, cleared in OnDone: Cancel() never sees a freed context.
+        std::lock_guard<std::mutex> lock(cancel_->mu);
+        cancel_->ctx = &ctx_;
+        if (cancel_->cancelled) ctx_.TryCancel();  // Cancel() raced with the start
+      }
+      StartRead(&event_);
+      StartCall();
+    }
+
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // the stream ended; OnDone follows with the status
+      if (on_event_) on_event_(event_);
+      if (event_.has_result()) result_ = std::move(*event_.mutable_result());
+      StartRead(&event_);
+    }
+
+    void OnDone(const grpc::Status& status) override {
+      if (cancel_ != nullptr) {
+        std::lock_guard<std::mutex> lock(cancel_->mu);
+        if (cancel_->ctx == &ctx_) cancel_->ctx = nullptr;
+      }
+      absl::StatusOr<v1::GenerateResult> out =
+          !status.ok() ? absl::StatusOr<v1::GenerateResult>(FromGrpc(status))
+          : result_.has_value()
+              ? absl::StatusOr<v1::GenerateResult>(std::move(*result_))
+              : absl::InternalError("the server ended the stream without a result");
+      DoneCallback done = std::move(on_done_);
+      delete this;
+      done(std::move(out));
+    }
+
+   private:
+    grpc::ClientContext ctx_;
+    const v1::GenerateRequest request_;
+    v1::GenerateEvent event_;
+    std::optional<v1::GenerateResult> result_;
+    EventCallback on_event_;
+    DoneCallback on_done_;
+    std::shared_ptr<CancelHandle::State> cancel_;
+  };
+
   explicit Impl(const ClientOptions& o)
       : options_(o),
         channel_(MakeChannel(o.address, o.max_message_bytes)),
@@ -109,6 +166,19 @@ class Client::Impl {
     if (!s.ok()) return s;
     if (!result) return absl::InternalError("the server ended the stream without a result");
     return std::move(*result);
+  }
+
+  void GenerateAsync(const v1::GenerateRequest& request, EventCallback on_event, DoneCallback on_done,
+                     CancelHandle* cancel, std::optional<absl::Duration> deadline) {
+    if (cancel != nullptr && cancel->cancelled()) {
+      on_done(absl::CancelledError("cancelled before the call"));
+      return;
+    }
+    auto* reactor = new GenerateReactor(
+        request, std::move(on_event), std::move(on_done),
+        cancel != nullptr ? cancel->state_ : nullptr,
+        absl::Now() + deadline.value_or(options_.default_deadline));
+    reactor->Start(*stub_);
   }
 
   absl::StatusOr<v1::ListModelsResponse> ListModels(absl::Duration timeout) {
@@ -147,6 +217,12 @@ absl::StatusOr<v1::GenerateResult> Client::Generate(
     const v1::GenerateRequest& request, const std::function<void(const v1::GenerateEvent&)>& on_event,
     CancelHandle* cancel, std::optional<absl::Duration> deadline) {
   return impl_->Generate(request, on_event, cancel, deadline);
+}
+
+void Client::GenerateAsync(const v1::GenerateRequest& request, EventCallback on_event,
+                           DoneCallback on_done, CancelHandle* cancel,
+                           std::optional<absl::Duration> deadline) {
+  impl_->GenerateAsync(request, std::move(on_event), std::move(on_done), cancel, deadline);
 }
 
 absl::StatusOr<v1::ListModelsResponse> Client::ListModels(absl::Duration timeout) {

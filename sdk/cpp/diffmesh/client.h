@@ -22,7 +22,8 @@ struct ClientOptions {
   int max_message_bytes = 64 << 20;
 };
 
-// Cancels a running Generate from any thread.
+// Cancels a running Generate (blocking or async) from any thread. One handle serves one call at
+// a time; a handle cancelled before the call starts makes the call fail with CANCELLED at once.
 class CancelHandle {
  public:
   CancelHandle();
@@ -36,6 +37,11 @@ class CancelHandle {
   std::shared_ptr<State> state_;
 };
 
+// Event and completion callbacks of a Generate call.
+using EventCallback = std::function<void(const v1::GenerateEvent&)>;
+using DoneCallback = std::function<void(absl::StatusOr<v1::GenerateResult>)>;
+
+// Thread-safe: one Client (one channel) serves any number of concurrent calls.
 class Client {
  public:
   static absl::StatusOr<std::unique_ptr<Client>> Create(const ClientOptions& options);
@@ -47,6 +53,15 @@ class Client {
       const v1::GenerateRequest& request,
       const std::function<void(const v1::GenerateEvent&)>& on_event = nullptr,
       CancelHandle* cancel = nullptr, std::optional<absl::Duration> deadline = std::nullopt);
+
+  // Starts a Generate and returns at once (gRPC's callback API: no thread per call).
+  // `on_event` (optional) sees every event in order, then `on_done` runs exactly once with the
+  // result or the server's status. Both run on gRPC's threads and must not block (a call that
+  // cannot start, e.g. already cancelled, runs `on_done` on the calling thread); `on_done` is the
+  // call's last use of its callbacks. Never retried. The Client must outlive the call.
+  void GenerateAsync(const v1::GenerateRequest& request, EventCallback on_event,
+                     DoneCallback on_done, CancelHandle* cancel = nullptr,
+                     std::optional<absl::Duration> deadline = std::nullopt);
 
   // UNAVAILABLE is retried with backoff until `timeout`.
   absl::StatusOr<v1::ListModelsResponse> ListModels(absl::Duration timeout = absl::Seconds(10));

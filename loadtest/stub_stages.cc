@@ -1,0 +1,158 @@
+// diffmesh-stub-stages: the three stage APIs (ArTokenService, EncoderService, DenoiseService)
+// with negligible work, for measuring the orchestrator (the control plane) on its own. Serves
+// what the orchestrator needs to complete a request: one final AR chunk with a 1×1 prior-token
+// grid, 1×1×1 prompt embeddings, `steps` denoise step events and a real PNG of the requested
+// size (a grey image, encoded once per size and cached). No model, no LibTorch.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/flags/flags.h"
+#include "common/image/png.h"
+#include "common/rpc/server.h"
+#include "diffmesh/v1/stages.grpc.pb.h"
+
+ABSL_FLAG(int, port, 50052, "Port of the three stage services.");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
+
+namespace diffmesh::loadtest {
+namespace {
+
+// Writes `messages` in order, one write in flight, then finishes with `status`.
+template <typename Message>
+class WriteAll final : public grpc::ServerWriteReactor<Message> {
+ public:
+  explicit WriteAll(std::vector<Message> messages, grpc::Status status = grpc::Status::OK)
+      : messages_(std::move(messages)), status_(std::move(status)) {
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    if (next_ == messages_.size()) {
+      this->Finish(status_);
+      return;
+    }
+    this->StartWrite(&messages_[next_++]);
+  }
+
+  std::vector<Message> messages_;
+  grpc::Status status_;
+  size_t next_ = 0;
+};
+
+v1::Tensor ZeroTensor(v1::DType dtype, std::vector<int64_t> shape, size_t element_bytes) {
+  v1::Tensor t;
+  t.set_dtype(dtype);
+  size_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= static_cast<size_t>(d);
+  }
+  t.set_data(std::string(n * element_bytes, '\0'));
+  return t;
+}
+
+class StubAr final : public v1::ArTokenService::CallbackService {
+ public:
+  grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext*,
+                                                       const v1::ArRequest*) override {
+    v1::ArTokenChunk chunk;
+    chunk.add_tokens(0);
+    chunk.set_offset(0);
+    chunk.set_total(1);
+    chunk.set_done(true);
+    *chunk.mutable_prior_tokens() = ZeroTensor(v1::INT64, {1, 1}, 8);
+    return new WriteAll<v1::ArTokenChunk>({std::move(chunk)});
+  }
+};
+
+class StubEncoder final : public v1::EncoderService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest*,
+                                   v1::EncodeResponse* response) override {
+    *response->mutable_prompt_embeds() = ZeroTensor(v1::FLOAT32, {1, 1, 1}, 4);
+    *response->mutable_negative_prompt_embeds() = ZeroTensor(v1::FLOAT32, {1, 1, 1}, 4);
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+class StubDenoise final : public v1::DenoiseService::CallbackService {
+ public:
+  grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext*,
+                                                      const v1::DenoiseRequest* request) override {
+    const absl::Time start = absl::Now();
+    const int steps = std::max(1, request->steps());
+    std::vector<v1::DenoiseEvent> events;
+    for (int i = 1; i <= steps; ++i) {
+      v1::DenoiseEvent e;
+      e.mutable_step()->set_step(i);
+      e.mutable_step()->set_total_steps(steps);
+      events.push_back(std::move(e));
+    }
+    v1::DenoiseEvent result;
+    auto png = Png(std::max(1, request->height()), std::max(1, request->width()));
+    if (!png.ok()) {
+      return new WriteAll<v1::DenoiseEvent>(
+          {}, grpc::Status(grpc::StatusCode::INTERNAL, std::string(png.status().message())));
+    }
+    result.mutable_result()->set_png(*png);
+    result.mutable_result()->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+    result.mutable_result()->set_vae_decode_seconds(0);
+    events.push_back(std::move(result));
+    return new WriteAll<v1::DenoiseEvent>(std::move(events));
+  }
+
+ private:
+  absl::StatusOr<std::string> Png(int height, int width) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find({height, width});
+    if (it != cache_.end()) return it->second;
+    std::vector<uint8_t> grey(static_cast<size_t>(height) * width * 3, 128);
+    auto png = EncodePng(grey.data(), width, height);
+    if (!png.ok()) return png.status();
+    cache_.emplace(std::make_pair(height, width), *png);
+    return *png;
+  }
+
+  std::mutex mu_;
+  std::map<std::pair<int, int>, std::string> cache_;
+};
+
+}  // namespace
+}  // namespace diffmesh::loadtest
+
+int main(int argc, char** argv) {
+  diffmesh::ParseFlags(argc, argv,
+      "diffmesh-stub-stages --port P\n"
+      "Serves ArTokenService, EncoderService and DenoiseService with negligible work (no model),\n"
+      "so that an orchestrator pointed at it measures the control plane alone.");
+  diffmesh::BlockTerminationSignals();
+  diffmesh::loadtest::StubAr ar;
+  diffmesh::loadtest::StubEncoder encoder;
+  diffmesh::loadtest::StubDenoise denoise;
+  diffmesh::ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.health_service_names = {"diffmesh.v1.ArTokenService", "diffmesh.v1.EncoderService",
+                                  "diffmesh.v1.DenoiseService"};
+  return diffmesh::ServeUntilSignal("diffmesh-stub-stages", {&ar, &encoder, &denoise}, options);
+}
