@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::glm_image {
@@ -17,16 +18,8 @@ constexpr double kNormEps = 1e-5;  // every LayerNorm in the reference
 constexpr double kRopeTheta = 10000.0;
 constexpr double kMaxPeriod = 10000.0;  // sinusoidal timestep/condition embeddings
 
-// Reads an integer key if present (null counts as absent, like a constructor default).
 absl::Status ReadInt(const nlohmann::json& json, const char* key, int64_t* out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("transformer config: '", key, "' must be an integer, got ", it->dump()));
-  }
-  *out = it->get<int64_t>();
-  return absl::OkStatus();
+  return ReadConfigField(json, "transformer", key, *out);
 }
 
 // LayerNorm over the last dim without affine parameters.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 
 namespace diffmesh::models::glm_image {
 namespace {
@@ -19,24 +20,7 @@ T Rounded(T x) {
 
 template <typename T>
 absl::Status Read(const nlohmann::json& json, const char* key, T* out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();
-  bool ok;
-  if constexpr (std::is_same_v<T, bool>) {
-    ok = it->is_boolean();
-  } else if constexpr (std::is_integral_v<T>) {
-    ok = it->is_number_integer();
-  } else if constexpr (std::is_floating_point_v<T>) {
-    ok = it->is_number();
-  } else {
-    ok = it->is_string();
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("scheduler config: bad value for '", key, "': ", it->dump()));
-  }
-  *out = it->get<T>();
-  return absl::OkStatus();
+  return ReadConfigField(json, "scheduler", key, *out);
 }
 
 }  // namespace

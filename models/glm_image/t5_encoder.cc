@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::glm_image {
@@ -17,15 +18,7 @@ namespace {
 
 template <typename T>
 absl::Status ReadField(const nlohmann::json& json, const char* key, T& out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();  // keep the default
-  try {
-    out = it->get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("t5 config field '", key, "' has the wrong type: ", e.what()));
-  }
-  return absl::OkStatus();
+  return ReadConfigField(json, "t5", key, out);
 }
 
 bool KnownActivation(const std::string& f) {

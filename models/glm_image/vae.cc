@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::glm_image {
@@ -19,15 +20,7 @@ constexpr double kNormEps = 1e-6;
 
 template <typename T>
 absl::Status ReadField(const nlohmann::json& json, const char* key, T& out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();  // keep the default
-  try {
-    out = it->get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("vae config field '", key, "' has the wrong type: ", e.what()));
-  }
-  return absl::OkStatus();
+  return ReadConfigField(json, "vae", key, out);
 }
 
 void AddConv(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t in, int64_t out,
