@@ -2,10 +2,12 @@
 #ifndef DIFFMESH_MODELS_CORE_CONFIG_JSON_H_
 #define DIFFMESH_MODELS_CORE_CONFIG_JSON_H_
 
+#include <fstream>
 #include <string>
 #include <type_traits>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
@@ -39,6 +41,18 @@ absl::Status ReadConfigField(const nlohmann::json& json, const char* component, 
   }
   return absl::InvalidArgumentError(
       absl::StrCat(component, " config: bad value for '", key, "': ", it->dump()));
+}
+
+// Parses the JSON object in `path`: NOT_FOUND when it cannot be opened, INVALID_ARGUMENT when
+// it is not a JSON object; both messages start with the path.
+inline absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  return j;
 }
 
 }  // namespace diffmesh::models

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 #include "models/core/ops.h"
 #include "models/core/torch_compat.h"
 
@@ -145,10 +146,7 @@ absl::StatusOr<ArConfig> ArConfig::FromJson(const json& root) {
 absl::StatusOr<ArConfig> ArConfig::FromFile(const std::string& path) {
   std::string file = path;
   if (file.size() < 5 || file.compare(file.size() - 5, 5, ".json") != 0) file += "/config.json";
-  std::ifstream in(file);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", file));
-  json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(file, " is not valid JSON"));
+  ASSIGN_OR_RETURN(json j, ReadJsonFile(file));
   auto config = FromJson(j);
   if (!config.ok()) {
     return absl::Status(config.status().code(),

@@ -128,10 +128,7 @@ absl::StatusOr<DitConfig> DitConfig::FromJson(const nlohmann::json& json) {
 }
 
 absl::StatusOr<DitConfig> DitConfig::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("bad JSON in ", path));
+  ASSIGN_OR_RETURN(nlohmann::json json, ReadJsonFile(path));
   return FromJson(json);
 }
 

@@ -18,6 +18,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/core/config_json.h"
 
 namespace diffmesh::models::glm_image {
 namespace {
@@ -47,15 +48,6 @@ absl::Status InFile(const absl::Status& status, const std::string& path) {
   return absl::Status(status.code(), absl::StrCat(path, ": ", status.message()));
 }
 
-absl::StatusOr<json> ReadJsonFile(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open"));
-  json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not a JSON object"));
-  }
-  return j;
-}
 
 absl::Status WriteTextFile(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

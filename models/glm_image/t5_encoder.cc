@@ -164,10 +164,7 @@ absl::StatusOr<T5Config> T5Config::FromJson(const nlohmann::json& json) {
 }
 
 absl::StatusOr<T5Config> T5Config::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open t5 config ", path));
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("bad JSON in ", path));
+  ASSIGN_OR_RETURN(nlohmann::json json, ReadJsonFile(path));
   return FromJson(json);
 }
 

@@ -135,10 +135,7 @@ absl::StatusOr<VaeConfig> VaeConfig::FromJson(const nlohmann::json& json) {
 }
 
 absl::StatusOr<VaeConfig> VaeConfig::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open vae config ", path));
-  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("bad JSON in ", path));
+  ASSIGN_OR_RETURN(nlohmann::json json, ReadJsonFile(path));
   return FromJson(json);
 }
 
