@@ -28,6 +28,9 @@ bool Exited(pid_t pid, int* status);
 // sets each pid to -1.
 void StopAll(std::vector<pid_t>& pids, absl::Duration grace = absl::Seconds(10));
 
+// A loopback TCP port that was free a moment ago (bound to port 0, then closed); 0 if none.
+int FreeLoopbackPort();
+
 // "exited with code 3" / "was killed by signal 9".
 std::string DescribeExit(int status);
 

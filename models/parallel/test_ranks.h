@@ -4,12 +4,12 @@
 
 #include <functional>
 
+#include "common/process/subprocess.h"
 #include "models/parallel/comm.h"
 
 namespace diffmesh::models::parallel::testing {
 
-// A loopback TCP port that was free a moment ago (bound to port 0, then closed).
-int FreeLoopbackPort();
+using ::diffmesh::FreeLoopbackPort;
 
 // Runs body(comm) on `world` threads, each with its own Gloo communicator of that world size
 // (rendezvous through a TCPStore on a free loopback port), and joins them. A rank that fails to

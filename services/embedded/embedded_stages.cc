@@ -1,9 +1,5 @@
 #include "services/embedded/embedded_stages.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include "absl/strings/str_cat.h"
 #include "common/process/subprocess.h"
 #include "common/status/status_macros.h"
@@ -31,26 +27,6 @@ class EmbeddedStages::Clients final : public ArStageClient,
  private:
   EmbeddedStages* stages_;
 };
-
-namespace {
-
-// A loopback port that was free a moment ago, for the denoise group's rendezvous.
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(
     const std::string& model, const models::parallel::ParallelConfig& parallel,
