@@ -7,10 +7,20 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags/flags.h"
+#include "common/rpc/token_file.h"
 #include "diffmesh/client.h"
 #include "loadtest/runner.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Orchestrator address, HOST:PORT.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "TLS to --target, verifying it against the CAs in this PEM file (empty with --tls-cert: "
+          "the system's roots).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Client certificate (PEM) for a target that requires one (mutual TLS); implies TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert.");
+ABSL_FLAG(std::string, token_file, "",
+          "Send the API token in this file (one line; # comments skipped) as 'authorization: "
+          "Bearer' on every request.");
 ABSL_FLAG(int, concurrency, 1, "Closed loop: requests kept in flight (ignored with --rate).");
 ABSL_FLAG(double, rate, 0,
           "Open loop: Poisson arrivals at this many requests/s, independent of completions "
@@ -35,12 +45,26 @@ ABSL_FLAG(double, wait_for_server, 30,
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
       "diffmesh-loadtest --target HOST:PORT (--count N | --duration S) [--concurrency N | --rate R]\n"
+      "    [--tls-ca F [--tls-cert F --tls-key F]] [--token-file F]\n"
       "Drives GenerationService.Generate closed-loop (--concurrency) or open-loop (--rate, Poisson\n"
       "arrivals), after --warmup requests, and reports throughput, end-to-end and per-stage\n"
       "latency percentiles and errors by status code (a table, or --json). Exit code: 0 when every\n"
       "measured request succeeded, 1 when some failed, 2 on bad flags or an unreachable target.");
   diffmesh::loadtest::LoadOptions o;
   o.target = absl::GetFlag(FLAGS_target);
+  if (!absl::GetFlag(FLAGS_tls_ca).empty() || !absl::GetFlag(FLAGS_tls_cert).empty() ||
+      !absl::GetFlag(FLAGS_tls_key).empty()) {
+    o.tls = diffmesh::sdk::TlsOptions{absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+                                      absl::GetFlag(FLAGS_tls_key), ""};
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
+    auto token = diffmesh::ReadClientToken(path);
+    if (!token.ok()) {
+      std::cerr << "diffmesh-loadtest: --token-file: " << token.status().message() << "\n";
+      return 2;
+    }
+    o.bearer_token = *std::move(token);
+  }
   o.concurrency = absl::GetFlag(FLAGS_concurrency);
   o.rate = absl::GetFlag(FLAGS_rate);
   o.count = absl::GetFlag(FLAGS_count);
@@ -72,7 +96,16 @@ int main(int argc, char** argv) {
 
   const double wait = absl::GetFlag(FLAGS_wait_for_server);
   if (wait > 0) {
-    absl::Status s = diffmesh::sdk::WaitUntilServing(o.target, absl::Seconds(wait));
+    diffmesh::sdk::ClientOptions probe;
+    probe.address = o.target;
+    probe.tls = o.tls;
+    probe.bearer_token = o.bearer_token;
+    auto client = diffmesh::sdk::Client::Create(probe);
+    if (!client.ok()) {
+      std::cerr << "diffmesh-loadtest: " << client.status().message() << "\n";
+      return 2;
+    }
+    absl::Status s = (*client)->WaitUntilServing(absl::Seconds(wait));
     if (!s.ok()) {
       std::cerr << "diffmesh-loadtest: " << o.target << " is not serving: " << s.message() << "\n";
       return 2;

@@ -165,6 +165,8 @@ absl::StatusOr<Report> RunLoad(const LoadOptions& o) {
   sdk::ClientOptions client_options;
   client_options.address = o.target;
   client_options.default_deadline = o.request_timeout;
+  client_options.tls = o.tls;
+  client_options.bearer_token = o.bearer_token;
   auto client = sdk::Client::Create(client_options);
   if (!client.ok()) return client.status();
   std::mt19937_64 rng(o.arrival_seed);

@@ -6,12 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "diffmesh/client.h"
 #include "diffmesh/v1/generation.pb.h"
 #include "loadtest/stats.h"
 #include "nlohmann/json.hpp"
@@ -21,6 +23,10 @@ namespace diffmesh::loadtest {
 struct LoadOptions {
   // Orchestrator, "host:port".
   std::string target = "127.0.0.1:50051";
+  // TLS to it (unset: plaintext) and the API token every request carries (empty: none); the
+  // report shows neither.
+  std::optional<sdk::TlsOptions> tls;
+  std::string bearer_token;
   // Closed loop (rate == 0): this many requests in flight; each completion issues the next.
   int concurrency = 1;
   // Open loop when > 0: Poisson arrivals at this many requests per second, issued on schedule

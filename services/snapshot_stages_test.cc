@@ -3,6 +3,7 @@
 // model does.
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -132,6 +133,70 @@ TEST_F(SnapshotStagesTest, ArOfTheSnapshotSamplesTheBuiltinModelsTokens) {
   const auto expected = generate({}, "glm-image-tiny");
   EXPECT_EQ(expected.size(), 16u * 16u + 4u * 4u + 1u);
   EXPECT_EQ(generate(snapshot_options, "tiny-snapshot"), expected);
+}
+
+// A snapshot with a real BPE tokenizer (processor/ from tests/data/tokenizer, matched to HF
+// tokenizers there): the AR stage encodes prompts with it. With greedy sampling the first token
+// is the argmax of a full forward over exactly the BPE prompt ids, so a prompt encoded any
+// other way (e.g. as byte tokens) shows up as a different stream.
+TEST_F(SnapshotStagesTest, ArOfABpeSnapshotEncodesPromptsWithItsTokenizer) {
+  const char* src = std::getenv("DIFFMESH_SOURCE_DIR");
+  const std::string tokenizer_dir = std::string(src != nullptr ? src : ".") + "/tests/data/tokenizer";
+  auto spec = models::glm_image::BuiltinSpec("glm-image-tiny");
+  ASSERT_TRUE(spec.ok());
+  spec->vision_language_encoder["text_config"]["vocab_size"] = 3072;  // covers the BPE ids
+  spec->sampling.temperature = 0.0f;
+  const std::string dir = (*root_ / "bpe-snapshot").string();
+  models::glm_image::SnapshotWriteOptions write;
+  write.ar_tokenizer_dir = tokenizer_dir;
+  write.sharded = false;
+  ASSERT_TRUE(models::glm_image::WriteSnapshot(*spec, dir, write).ok());
+
+  auto loaded = models::glm_image::SpecFromSnapshot(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_FALSE(loaded->byte_tokens);
+  auto tokenizer = models::glm_image::LoadArTextTokenizer(tokenizer_dir);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::string prompt = "a caf\u00e9 sign saying \"\u4f60\u597d\" \U0001F600";
+  auto expected_prompt = models::glm_image::BuildTextToImagePrompt(*tokenizer, prompt, 128, 128);
+  ASSERT_TRUE(expected_prompt.ok()) << expected_prompt.status();
+  auto model = models::glm_image::BuildArModel(*loaded);
+  ASSERT_TRUE(model.ok()) << model.status();
+  at::Tensor ids = at::tensor(expected_prompt->ids, at::kLong);
+  auto positions = models::glm_image::PromptPositions((*model)->config(), ids, {});
+  ASSERT_TRUE(positions.ok()) << positions.status();
+  auto logits = (*model)->Forward(ids.unsqueeze(0), positions->positions.unsqueeze(1));
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  const int64_t codes = (*model)->config().image_start_token_id;
+  const int64_t first = (*logits)[0][-1].slice(0, 0, codes).argmax().item<int64_t>();
+
+  ArCore::Options options;
+  options.model_dir = dir;
+  auto core = ArCore::Create(options);
+  ASSERT_TRUE(core.ok()) << core.status();
+  v1::ArRequest r;
+  r.set_model("bpe-snapshot");
+  r.set_prompt(prompt);
+  r.set_height(128);
+  r.set_width(128);
+  std::vector<int32_t> tokens;
+  CallContext ctx;
+  absl::Status st = (*core)->Generate(ctx, r, [&](const v1::ArTokenChunk& c) {
+    tokens.insert(tokens.end(), c.tokens().begin(), c.tokens().end());
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(tokens.size(), 16u * 16u + 4u * 4u + 1u);
+  EXPECT_EQ(tokens[0], first);
+
+  // A vocabulary too small for the tokenizer's ids is refused at load, naming the file.
+  spec->vision_language_encoder["text_config"]["vocab_size"] = 640;
+  const std::string small = (*root_ / "bpe-small-vocab").string();
+  ASSERT_TRUE(models::glm_image::WriteSnapshot(*spec, small, write).ok());
+  options.model_dir = small;
+  auto refused = ArCore::Create(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("tokenizer.json"), std::string::npos)
+      << refused.status();
 }
 
 TEST_F(SnapshotStagesTest, BadModelDirFailsCreate) {

@@ -19,13 +19,7 @@ namespace {
 
 using testing::Binary;
 using testing::Process;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::ReadFile;
 
 bool Alive(pid_t pid) { return kill(pid, 0) == 0; }
 

@@ -34,6 +34,11 @@ struct StageSpec {
 struct PipelineModel {
   std::string name;
   std::string description;
+  // GlmImagePipeline snapshot folder the stage services serve this model from (their
+  // --model-dir); empty for a built-in model. With a path the name defaults to the snapshot's
+  // name (SnapshotModelName), and defaults / limits to the released pipeline's
+  // (SnapshotDefaults / SnapshotLimits) unless the entry gives them.
+  std::string path;
   ModelDefaults defaults;
   ModelLimits limits;
   std::vector<StageSpec> stages;
@@ -52,7 +57,21 @@ struct PipelineConfig {
   static absl::StatusOr<PipelineConfig> Load(const std::string& path);
   // The built-in pipeline (glm-image-tiny on the default loopback ports).
   static const std::string& DefaultJson();
+  // One model: the snapshot in `dir`, with every stage on the default pipeline's services.
+  static absl::StatusOr<PipelineConfig> ForSnapshot(const std::string& dir);
 };
+
+// The name stage services serve a snapshot under, read from `dir`/model_index.json: its
+// `_name_or_path` when set; else "org/name" for a Hugging Face cache folder
+// (.../models--org--name/snapshots/<revision>); else the folder's name. NOT_FOUND /
+// INVALID_ARGUMENT naming model_index.json when it is missing or not JSON.
+absl::StatusOr<std::string> SnapshotModelName(const std::string& dir);
+// The same rule, given model_index.json's `_name_or_path` ("" when absent).
+std::string SnapshotModelName(const std::string& name_or_path, const std::string& dir);
+
+// GlmImagePipeline's own defaults (1024², 50 steps, guidance 1.5) and the sizes it accepts.
+ModelDefaults SnapshotDefaults();
+ModelLimits SnapshotLimits();
 
 }  // namespace diffmesh
 

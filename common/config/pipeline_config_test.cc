@@ -1,5 +1,11 @@
 #include "common/config/pipeline_config.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -50,6 +56,75 @@ TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
   }
   EXPECT_FALSE(PipelineConfig::Parse("{not json").ok());
   EXPECT_EQ(PipelineConfig::Load("/nonexistent/p.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+class SnapshotEntryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = std::filesystem::temp_directory_path() /
+            ("diffmesh_pipeline_config_test_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(root_ / "named");
+    std::filesystem::create_directories(root_ / "hub" / "models--zai-org--GLM-Image" /
+                                        "snapshots" / "abc123");
+    std::filesystem::create_directories(root_ / "plain-folder");
+    Write(root_ / "named" / "model_index.json", R"({"_name_or_path": "my-glm"})");
+    Write(root_ / "hub" / "models--zai-org--GLM-Image" / "snapshots" / "abc123" / "model_index.json",
+          R"({"_class_name": "GlmImagePipeline"})");
+    Write(root_ / "plain-folder" / "model_index.json", R"({"_name_or_path": ""})");
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+  static void Write(const std::filesystem::path& p, const std::string& text) {
+    std::ofstream(p) << text;
+  }
+  std::string Dir(const std::string& sub) const { return (root_ / sub).string(); }
+  std::filesystem::path root_;
+};
+
+TEST_F(SnapshotEntryTest, NameComesFromTheSnapshot) {
+  EXPECT_EQ(*SnapshotModelName(Dir("named")), "my-glm");
+  EXPECT_EQ(*SnapshotModelName(Dir("hub/models--zai-org--GLM-Image/snapshots/abc123")),
+            "zai-org/GLM-Image");
+  EXPECT_EQ(*SnapshotModelName(Dir("plain-folder") + "/"), "plain-folder");
+  EXPECT_EQ(SnapshotModelName(Dir("nowhere")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SnapshotEntryTest, PathEntriesTakeTheReleasedDefaultsUnlessGiven) {
+  auto base = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  auto j = base;
+  nlohmann::json entry = {{"path", Dir("named")}, {"stages", base["models"][0]["stages"]}};
+  entry["defaults"] = {{"steps", 20}};
+  j["models"].push_back(entry);
+  auto cfg = PipelineConfig::Parse(j.dump());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const PipelineModel* m = cfg->FindModel("my-glm");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->path, Dir("named"));
+  EXPECT_EQ(m->defaults.steps, 20);
+  EXPECT_EQ(m->defaults.height, SnapshotDefaults().height);
+  EXPECT_EQ(m->limits.max_size, SnapshotLimits().max_size);
+  EXPECT_TRUE(cfg->FindModel("glm-image-tiny")->path.empty());
+
+  // A name the stage services would not serve the snapshot under is refused, naming both.
+  j["models"][1]["name"] = "other";
+  auto renamed = PipelineConfig::Parse(j.dump());
+  ASSERT_FALSE(renamed.ok());
+  EXPECT_NE(renamed.status().message().find("'my-glm'"), std::string::npos) << renamed.status();
+  // A path without a snapshot names the file it could not read.
+  j["models"][1].erase("name");
+  j["models"][1]["path"] = Dir("nowhere");
+  auto missing = PipelineConfig::Parse(j.dump());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("model_index.json"), std::string::npos);
+}
+
+TEST_F(SnapshotEntryTest, ForSnapshotServesOneModelOnTheDefaultServices) {
+  auto cfg = PipelineConfig::ForSnapshot(Dir("hub/models--zai-org--GLM-Image/snapshots/abc123"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_EQ(cfg->models.size(), 1u);
+  EXPECT_EQ(cfg->default_model, "zai-org/GLM-Image");
+  EXPECT_TRUE(cfg->models[0].HasStage("ar") && cfg->models[0].HasStage("encoder"));
+  EXPECT_EQ(cfg->services.size(), 3u);
+  EXPECT_FALSE(PipelineConfig::ForSnapshot(Dir("nowhere")).ok());
 }
 
 }  // namespace

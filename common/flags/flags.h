@@ -24,15 +24,23 @@ inline std::vector<char*> ParseFlags(int argc, char** argv, const char* usage) {
     }
   }
   absl::FlagsUsageConfig config;
+  // Where the binaries' own flags are defined; common/rpc/tls_flags.cc holds the TLS flags that
+  // every service shares.
+  static constexpr absl::string_view kOurs[] = {"services/", "loadtest/", "common/rpc/tls_flags"};
   auto ours = [](absl::string_view file) {
-    return absl::StrContains(file, "services/") || absl::StrContains(file, "loadtest/");
+    for (absl::string_view dir : kOurs) {
+      if (absl::StrContains(file, dir)) return true;
+    }
+    return false;
   };
   config.contains_help_flags = ours;
   config.contains_helpshort_flags = ours;
   config.normalize_filename = [](absl::string_view file) {
-    size_t at = file.find("services/");
-    if (at == absl::string_view::npos) at = file.find("loadtest/");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at));
+    for (absl::string_view dir : kOurs) {
+      const size_t at = file.find(dir);
+      if (at != absl::string_view::npos) return std::string(file.substr(at));
+    }
+    return std::string(file);
   };
   absl::SetFlagsUsageConfig(config);
   absl::SetProgramUsageMessage(usage);

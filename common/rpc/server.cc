@@ -9,6 +9,22 @@
 #include "absl/strings/str_cat.h"
 
 namespace diffmesh {
+namespace {
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
+    const std::optional<ServerTls>& tls) {
+  if (!tls.has_value()) return grpc::InsecureServerCredentials();
+  // Without a client CA the server asks for no client certificate at all; with one, a client
+  // that has none, or one from another CA, fails the handshake.
+  grpc::SslServerCredentialsOptions ssl(
+      tls->client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                             : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = tls->client_ca;
+  ssl.pem_key_cert_pairs.push_back({tls->private_key, tls->cert_chain});
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RunningServer>> RunningServer::Start(
     const std::vector<grpc::Service*>& services, const ServerOptions& options) {
@@ -17,13 +33,17 @@ absl::StatusOr<std::unique_ptr<RunningServer>> RunningServer::Start(
   grpc::ServerBuilder builder;
   auto server = std::unique_ptr<RunningServer>(new RunningServer());
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(address, MakeServerCredentials(options.tls), &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   for (grpc::Service* s : services) builder.RegisterService(s);
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    // gRPC only logs why; with TLS the usual cause is a key that does not belong to the
+    // certificate.
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address,
+        options.tls ? " with TLS (does the private key belong to the certificate?)" : ""));
   }
   server->health_names_ = options.health_service_names;
   server->health_names_.push_back("");
@@ -34,7 +54,8 @@ absl::StatusOr<std::unique_ptr<RunningServer>> RunningServer::Start(
 }
 
 void RunningServer::Shutdown(int grace_ms) {
-  if (shut_down_) return;
+  // No server_: Start failed (e.g. a TLS key that is not the certificate's) and is discarding us.
+  if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   server_->GetHealthCheckService()->Shutdown();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
@@ -67,7 +88,9 @@ int ServeUntilSignal(const char* name, const std::vector<grpc::Service*>& servic
     std::cerr << name << ": " << server.status().message() << std::endl;
     return 1;
   }
-  std::cout << name << " serving on " << options.host << ":" << (*server)->port() << std::endl;
+  std::cout << name << " serving on " << options.host << ":" << (*server)->port()
+            << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
+            << std::endl;
   const int sig = WaitForTerminationSignal();
   std::cout << name << ": signal " << sig << ", shutting down" << std::endl;
   (*server)->Shutdown();
@@ -79,7 +102,17 @@ std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (!options.tls.has_value()) {
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  if (!options.tls->target_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.tls->target_name_override);
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.tls->root_certs;
+  ssl.pem_private_key = options.tls->private_key;
+  ssl.pem_cert_chain = options.tls->cert_chain;
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
 }
 
 }  // namespace diffmesh

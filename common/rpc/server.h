@@ -1,15 +1,17 @@
 // Server bootstrap shared by every diffmesh service: health (grpc.health.v1), reflection,
-// explicit message-size limits, and shutdown on SIGINT/SIGTERM.
+// explicit message-size limits, TLS / mutual TLS, and shutdown on SIGINT/SIGTERM.
 #ifndef DIFFMESH_COMMON_RPC_SERVER_H_
 #define DIFFMESH_COMMON_RPC_SERVER_H_
 
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/rpc/tls.h"
 
 namespace diffmesh {
 
@@ -26,6 +28,9 @@ struct ServerOptions {
   int max_message_bytes = kMaxMessageBytes;
   // Names reported SERVING by the health service besides "" (e.g. "diffmesh.v1.DenoiseService").
   std::vector<std::string> health_service_names;
+  // Unset: plaintext. Set: TLS, and mutual TLS when `tls->client_ca` is non-empty (health and
+  // reflection included: the handshake comes before any service).
+  std::optional<ServerTls> tls;
 };
 
 class RunningServer {
@@ -61,9 +66,11 @@ int ServeUntilSignal(const char* name, const std::vector<grpc::Service*>& servic
 struct ChannelOptions {
   // Send/receive message limit in bytes.
   int max_message_bytes = kMaxMessageBytes;
+  // Unset: plaintext.
+  std::optional<ChannelTls> tls;
 };
 
-// Plaintext channel to `address` ("host:port").
+// Channel to `address` ("host:port"), plaintext or TLS as `options.tls` says.
 std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,
                                              const ChannelOptions& options = {});
 

@@ -15,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
+#include "common/config/pipeline_config.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
 #include "models/core/config_json.h"
@@ -197,19 +197,13 @@ absl::Status ReadSampling(const fs::path& path, ArSampling& sampling) {
   return absl::OkStatus();
 }
 
+// The name the stages serve the snapshot under (the orchestrator's pipeline uses the same rule).
 std::string SnapshotName(const json& model_index, const std::string& dir) {
-  if (model_index.contains("_name_or_path") && model_index["_name_or_path"].is_string() &&
-      !model_index["_name_or_path"].get<std::string>().empty()) {
-    return model_index["_name_or_path"].get<std::string>();
+  std::string name_or_path;
+  if (model_index.contains("_name_or_path") && model_index["_name_or_path"].is_string()) {
+    name_or_path = model_index["_name_or_path"].get<std::string>();
   }
-  fs::path p = fs::absolute(fs::path(dir)).lexically_normal();
-  if (!p.has_filename()) p = p.parent_path();
-  // Hugging Face cache: <cache>/models--org--name/snapshots/<revision>.
-  const std::string repo = p.parent_path().parent_path().filename().string();
-  if (p.parent_path().filename() == "snapshots" && absl::StartsWith(repo, "models--")) {
-    return absl::StrReplaceAll(repo.substr(8), {{"--", "/"}});
-  }
-  return p.filename().string();
+  return SnapshotModelName(name_or_path, dir);
 }
 
 at::ScalarType ToScalarType(DType d) {
@@ -446,10 +440,26 @@ std::string BosTokenName(const GlmImageSpec& spec, const ArConfig& ar) {
                                                           : std::string("<|begin_of_image|>");
 }
 
+absl::Status WriteProcessorExtras(const fs::path& folder);
+
 // processor/tokenizer.json (a byte-level BPE vocabulary without merges, in the Hugging Face
 // tokenizers format) and processor/tokenizer_config.json.
-absl::Status WriteArTokenizer(const fs::path& folder, const GlmImageSpec& spec) {
+absl::Status WriteArTokenizer(const fs::path& folder, const GlmImageSpec& spec,
+                              const std::string& copy_from) {
   ASSIGN_OR_RETURN(ArConfig ar, ArConfig::FromJson(spec.vision_language_encoder));
+  if (!copy_from.empty()) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::error_code ec;
+      fs::copy_file(fs::path(copy_from) / name, folder / name,
+                    fs::copy_options::overwrite_existing, ec);
+      if (ec) {
+        return absl::NotFoundError(absl::StrCat("tokenizer: cannot copy ",
+                                                (fs::path(copy_from) / name).string(), ": ",
+                                                ec.message()));
+      }
+    }
+    return WriteProcessorExtras(folder);
+  }
   const ArTokenizerSpec& t = spec.tokenizer;
   std::vector<std::pair<int64_t, std::string>> specials = {
       {t.grid_bos_id, "<sop>"},
@@ -525,6 +535,11 @@ absl::Status WriteArTokenizer(const fs::path& folder, const GlmImageSpec& spec) 
       {"extra_special_tokens", {"<|image|>", "<sop>", "<eop>"}},
       {"added_tokens_decoder", added_decoder}};
   RETURN_IF_ERROR(WriteJsonFile(folder / "tokenizer_config.json", config));
+  return WriteProcessorExtras(folder);
+}
+
+// processor/'s chat template and image-processor config, beside either tokenizer.
+absl::Status WriteProcessorExtras(const fs::path& folder) {
   // What apply_chat_template needs for a text (and image) prompt.
   RETURN_IF_ERROR(WriteTextFile(folder / "chat_template.jinja",
                                 "{%- for message in messages -%}\n"
@@ -737,7 +752,7 @@ absl::Status WriteSnapshot(const GlmImageSpec& spec, const std::string& dir,
                      {"transformers_version", "5.0.0"}};
   RETURN_IF_ERROR(
       WriteJsonFile(root / "vision_language_encoder" / "generation_config.json", generation));
-  RETURN_IF_ERROR(WriteArTokenizer(root / "processor", spec));
+  RETURN_IF_ERROR(WriteArTokenizer(root / "processor", spec, options.ar_tokenizer_dir));
   RETURN_IF_ERROR(WriteByT5Tokenizer(root / "tokenizer"));
 
   const DType dt = options.dtype;

@@ -85,6 +85,10 @@ struct SnapshotWriteOptions {
   // Shard the AR model into 4 files and the DiT into 3 with index.json files, as the release
   // does; false: one model.safetensors / diffusion_pytorch_model.safetensors per component.
   bool sharded = true;
+  // A folder with a real AR tokenizer (tokenizer.json + tokenizer_config.json, e.g. the
+  // release's processor/ folder) copied into processor/ instead of the byte vocabulary; the AR
+  // config's vocab_size must cover its ids. Empty: the byte vocabulary described below.
+  std::string ar_tokenizer_dir;
 };
 
 // Writes a snapshot of `spec` into `dir` (created; existing files are overwritten) in the

@@ -4,8 +4,10 @@
 
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -40,9 +42,11 @@ struct Sequence {
 
 class ArCore::Impl {
  public:
-  Impl(const Options& options, GlmImageSpec spec, std::unique_ptr<ArModel> model,
-       std::unique_ptr<KvCache> cache)
-      : options_(options), spec_(std::move(spec)), model_(std::move(model)), cache_(std::move(cache)),
+  Impl(const Options& options, GlmImageSpec spec,
+       std::optional<models::glm_image::ArTextTokenizer> text_tokenizer,
+       std::unique_ptr<ArModel> model, std::unique_ptr<KvCache> cache)
+      : options_(options), spec_(std::move(spec)), text_tokenizer_(std::move(text_tokenizer)),
+        model_(std::move(model)), cache_(std::move(cache)),
         codebook_size_(model_->config().image_start_token_id) {
     scheduler_ = std::thread([this] { Loop(); });
   }
@@ -67,8 +71,12 @@ class ArCore::Impl {
                                                      options_.max_image_size, " pixels a side"));
     }
     auto seq = std::make_shared<Sequence>();
-    ASSIGN_OR_RETURN(seq->prompt, models::glm_image::BuildTextToImagePrompt(
-                                      spec_.tokenizer, request.prompt(), request.height(), request.width()));
+    ASSIGN_OR_RETURN(seq->prompt,
+                     text_tokenizer_
+                         ? models::glm_image::BuildTextToImagePrompt(
+                               *text_tokenizer_, request.prompt(), request.height(), request.width())
+                         : models::glm_image::BuildTextToImagePrompt(
+                               spec_.tokenizer, request.prompt(), request.height(), request.width()));
     if (static_cast<int64_t>(seq->prompt.ids.size()) + seq->prompt.max_new_tokens > cache_->capacity()) {
       return absl::InvalidArgumentError(absl::StrCat("prompt: ", seq->prompt.ids.size(),
                                                      " tokens do not fit the AR cache"));
@@ -244,6 +252,8 @@ class ArCore::Impl {
 
   const Options options_;
   const GlmImageSpec spec_;
+  // The snapshot's BPE tokenizer; unset where spec_.tokenizer's byte tokens encode prompts.
+  const std::optional<models::glm_image::ArTextTokenizer> text_tokenizer_;
   std::unique_ptr<ArModel> model_;
   std::unique_ptr<KvCache> cache_;
   const int64_t codebook_size_;
@@ -262,12 +272,13 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   }
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));
+  // A snapshot with a real BPE vocabulary (processor/tokenizer.json with merges) encodes prompts
+  // with it, exactly as the reference processor does; byte vocabularies use spec.tokenizer.
+  std::optional<models::glm_image::ArTextTokenizer> text_tokenizer;
   if (!spec.byte_tokens) {
-    // The prompt is built with spec.tokenizer's byte tokens; a real BPE vocabulary needs the
-    // BPE tokenizer (models/glm_image/bpe_tokenizer.h) in the request path.
-    return absl::UnimplementedError(
-        absl::StrCat("model dir ", options.model_dir, ": prompts need the BPE tokenizer of ",
-                     spec.ar_tokenizer_json, ", which the AR stage does not use yet"));
+    ASSIGN_OR_RETURN(text_tokenizer,
+                     models::glm_image::LoadArTextTokenizer(
+                         std::filesystem::path(spec.ar_tokenizer_json).parent_path().string()));
   }
   models::glm_image::ArModelOptions model_options;
   if (options.cuda) {
@@ -279,9 +290,24 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   // Capacity: the longest prompt plus the grids of the largest image.
   ASSIGN_OR_RETURN(auto sizing, models::glm_image::BuildTextToImagePrompt(
                                     spec.tokenizer, "", options.max_image_size, options.max_image_size));
+  const int64_t max_prompt_tokens =
+      text_tokenizer ? text_tokenizer->max_prompt_tokens : spec.tokenizer.max_prompt_tokens;
+  if (text_tokenizer) {
+    // Every id the prompt template itself adds must be a row of the model's embedding.
+    const int64_t vocab = model->config().vocab_size;
+    for (const std::string* t : {&text_tokenizer->grid_bos_token, &text_tokenizer->grid_eos_token,
+                                 &text_tokenizer->bos_token}) {
+      const int64_t id = text_tokenizer->bpe->TokenToId(*t).value_or(-1);
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            spec.ar_tokenizer_json, ": token \"", *t, "\" has id ", id,
+            ", outside the AR model's vocabulary of ", vocab, " (vision_language_encoder/config.json)"));
+      }
+    }
+  }
   models::glm_image::KvCacheOptions cache_options;
   cache_options.max_slots = options.max_batch;
-  cache_options.capacity = spec.tokenizer.max_prompt_tokens + sizing.max_new_tokens;
+  cache_options.capacity = max_prompt_tokens + sizing.max_new_tokens;
   cache_options.dtype = model_options.dtype;
   cache_options.device = model_options.device;
   if (options.kv_cache_memory_bytes > 0) {
@@ -298,7 +324,8 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   }
   ASSIGN_OR_RETURN(auto cache, KvCache::Create(model->config(), cache_options));
   return std::unique_ptr<ArCore>(new ArCore(
-      std::make_unique<Impl>(options, std::move(spec), std::move(model), std::move(cache))));
+      std::make_unique<Impl>(options, std::move(spec), std::move(text_tokenizer),
+                             std::move(model), std::move(cache))));
 }
 
 ArCore::ArCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -6,6 +6,7 @@
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/tls_flags.h"
 #include "services/ar/ar_core.h"
 #include "services/ar/ar_service.h"
 #include "services/stage_common/gpu_metrics.h"
@@ -32,6 +33,12 @@ int main(int argc, char** argv) {
                        "Serves diffmesh.v1.ArTokenService: the AR prior-token model with a KV cache "
                        "and continuous batching, streaming tokens in chunks.");
   diffmesh::BlockTerminationSignals();
+  // Checked before the model loads: a wrong path fails in a moment, not after the weights.
+  auto tls = diffmesh::ServerTlsFromFlags();
+  if (!tls.ok()) {
+    std::cerr << "diffmesh-ar: " << tls.status().message() << "\n";
+    return 2;
+  }
   diffmesh::ArCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -78,5 +85,6 @@ int main(int argc, char** argv) {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.ArTokenService"};
+  options.tls = *std::move(tls);
   return diffmesh::ServeUntilSignal("diffmesh-ar", {&service}, options);
 }

@@ -17,6 +17,7 @@
 #include "services/cli/args.h"
 #include "services/cli/mesh.h"
 #include "services/cli/progress.h"
+#include "services/cli/security_flags.h"
 #include "services/embedded/embedded_stages.h"
 #include "services/orchestrator/orchestrator_core.h"
 
@@ -27,6 +28,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"prompt", "TEXT", "what to draw (quoted text in it is rendered as glyphs)"},
     {"negative-prompt", "TEXT", "what to steer away from"},
     {"model", "NAME", "model to use (default: the pipeline's default, glm-image-tiny)"},
+    {"model-dir", "DIR", "embedded: serve the GlmImagePipeline snapshot in DIR (diffusers layout, "
+                         "e.g. a download of zai-org/GLM-Image) instead of a built-in model"},
     {"height", "PX", "image height in pixels (default: the model's)"},
     {"width", "PX", "image width in pixels (default: the model's)"},
     {"steps", "N", "denoising steps, 1..200 (default: the model's)"},
@@ -40,11 +43,13 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"ulysses-degree", "U", "embedded: Ulysses sequence-parallel degree (default 1)"},
     {"ring-degree", "R", "embedded: ring-attention sequence-parallel degree (default 1)"},
     {"tp-degree", "T", "embedded: tensor-parallel degree (default 1)"},
+    {"device", "cpu|cuda", "embedded: where the AR model and the denoise ranks compute (default cpu)"},
 };
 const std::vector<FlagSpec> kUpFlags = {
     {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051); "
                        "their /metrics on P+10..P+13"},
     {"model", "NAME", "built-in model the stages load (default glm-image-tiny)"},
+    {"model-dir", "DIR", "the stages serve the GlmImagePipeline snapshot in DIR instead"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
     {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
@@ -63,9 +68,12 @@ void Usage(FILE* out) {
                "  generate   generate an image; embedded (all stages in this process) unless --server\n"
                "  up         start the four services on loopback and keep them running until Ctrl-C\n"
                "  models     list the configured models\n\n"
-               "generate flags:\n%s\nup flags:\n%s\nmodels flags:\n%s",
+               "generate flags:\n%s\nup flags:\n%s\nmodels flags:\n%s\n"
+               "TLS and API token of generate / models with --server:\n%s\n"
+               "TLS and API token of up (handed to the services it starts):\n%s",
                FlagHelp(kGenerateFlags).c_str(), FlagHelp(kUpFlags).c_str(),
-               FlagHelp(kModelsFlags).c_str());
+               FlagHelp(kModelsFlags).c_str(), FlagHelp(ClientSecurityFlags()).c_str(),
+               FlagHelp(MeshSecurityFlags()).c_str());
 }
 
 int Fail(const absl::Status& s) {
@@ -159,7 +167,7 @@ class SignalCanceller {
 };
 
 int Generate(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, kGenerateFlags);
+  auto args = Args::Parse(argv, WithFlags(kGenerateFlags, ClientSecurityFlags()));
   if (!args.ok()) return Fail(args.status());
   auto request = BuildRequest(*args);
   if (!request.ok()) return Fail(request.status());
@@ -171,16 +179,25 @@ int Generate(const std::vector<std::string>& argv) {
     return Fail(absl::InvalidArgumentError(
         "--*-degree flags shape the embedded denoise group; a server's group is set where it runs"));
   }
+  const std::string device = args->Get("device", "cpu");
+  if (device != "cpu" && device != "cuda") {
+    return Fail(absl::InvalidArgumentError("device: must be cpu or cuda"));
+  }
+  if (args->Has("server") && (args->Has("model-dir") || args->Has("device"))) {
+    return Fail(absl::InvalidArgumentError(
+        "--model-dir and --device shape the embedded stages; a server serves what it was started "
+        "with (pick its model with --model)"));
+  }
   request->set_include_latents(args->Has("save-latents"));
   const absl::Duration limit = absl::Seconds(timeout->value_or(1800));
   ProgressPrinter progress(stderr, isatty(STDERR_FILENO));
   auto on_event = [&](const v1::GenerateEvent& e) { progress.OnEvent(e); };
   v1::GenerateResult result;
 
-  if (args->Has("server")) {
-    sdk::ClientOptions options;
-    options.address = args->Get("server");
-    auto client = sdk::Client::Create(options);
+  auto remote = ServerClientOptions(*args);
+  if (!remote.ok()) return Fail(remote.status());
+  if (remote->has_value()) {
+    auto client = sdk::Client::Create(**remote);
     if (!client.ok()) return Fail(client.status());
     sdk::CancelHandle cancel;
     SignalCanceller canceller([&] { cancel.Cancel(); });
@@ -188,14 +205,21 @@ int Generate(const std::vector<std::string>& argv) {
     if (!r.ok()) return Fail(r.status());
     result = std::move(*r);
   } else {
-    auto pipeline = PipelineConfig::Parse(PipelineConfig::DefaultJson());
+    const std::string model_dir = args->Get("model-dir");
+    auto pipeline = model_dir.empty() ? PipelineConfig::Parse(PipelineConfig::DefaultJson())
+                                      : PipelineConfig::ForSnapshot(model_dir);
     if (!pipeline.ok()) return Fail(pipeline.status());
     // Check the request before loading any model.
     auto accepted = ValidateRequest(*pipeline, *request);
     if (!accepted.ok()) return Fail(accepted.status());
     OrchestratorCore::Options o;
     o.pipeline = *pipeline;
-    auto stages = EmbeddedStages::Create(accepted->model(), *parallel);
+    EmbeddedStages::Options embedded;
+    embedded.model = accepted->model();
+    embedded.model_dir = model_dir;
+    embedded.parallel = *parallel;
+    embedded.cuda = device == "cuda";
+    auto stages = EmbeddedStages::Create(embedded);
     if (!stages.ok()) return Fail(stages.status());
     o.stages = stages->get();
     auto core = OrchestratorCore::Create(o);
@@ -225,7 +249,7 @@ int Generate(const std::vector<std::string>& argv) {
 }
 
 int Up(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, kUpFlags);
+  auto args = Args::Parse(argv, WithFlags(kUpFlags, MeshSecurityFlags()));
   if (!args.ok()) return Fail(args.status());
   MeshOptions o;
   auto port = args->GetInt("base-port");
@@ -235,6 +259,15 @@ int Up(const std::vector<std::string>& argv) {
     o.base_port = static_cast<int>(**port);
   }
   o.model = args->Get("model", o.model);
+  o.model_dir = args->Get("model-dir");
+  if (!o.model_dir.empty()) {
+    // Fail here, with the reason, rather than in four services' logs.
+    auto name = SnapshotModelName(o.model_dir);
+    if (!name.ok()) return Fail(name.status());
+    if (args->Has("model")) {
+      return Fail(absl::InvalidArgumentError("--model and --model-dir: give one"));
+    }
+  }
   o.bin_dir = args->Get("bin-dir");
   o.device = args->Get("device", "cpu");
   if (o.device != "cpu" && o.device != "cuda") {
@@ -243,6 +276,7 @@ int Up(const std::vector<std::string>& argv) {
   auto parallel = ParallelFlags(*args);
   if (!parallel.ok()) return Fail(parallel.status());
   o.parallel = *parallel;
+  if (absl::Status s = ApplyMeshSecurity(*args, &o); !s.ok()) return Fail(s);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);
@@ -251,13 +285,13 @@ int Up(const std::vector<std::string>& argv) {
 }
 
 int Models(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, kModelsFlags);
+  auto args = Args::Parse(argv, WithFlags(kModelsFlags, ClientSecurityFlags()));
   if (!args.ok()) return Fail(args.status());
   v1::ListModelsResponse models;
-  if (args->Has("server")) {
-    sdk::ClientOptions options;
-    options.address = args->Get("server");
-    auto client = sdk::Client::Create(options);
+  auto remote = ServerClientOptions(*args);
+  if (!remote.ok()) return Fail(remote.status());
+  if (remote->has_value()) {
+    auto client = sdk::Client::Create(**remote);
     if (!client.ok()) return Fail(client.status());
     auto r = (*client)->ListModels();
     if (!r.ok()) return Fail(r.status());

@@ -60,9 +60,26 @@ int RunMesh(const MeshOptions& o) {
       c.argv.push_back("--ar_address=" + children[0].address);
       c.argv.push_back("--encoder_address=" + children[1].address);
       c.argv.push_back("--denoise_address=" + children[2].address);
+      if (!o.model_dir.empty()) c.argv.push_back("--model_dir=" + o.model_dir);
     } else {
-      c.argv.push_back("--model=" + o.model);
+      c.argv.push_back(o.model_dir.empty() ? "--model=" + o.model : "--model_dir=" + o.model_dir);
       if (c.name == "ar" || c.name == "denoise") c.argv.push_back("--device=" + o.device);
+    }
+    const MeshSecurity& sec = o.security;
+    if (!sec.tls_cert.empty()) {
+      c.argv.push_back("--tls_cert=" + sec.tls_cert);
+      c.argv.push_back("--tls_key=" + sec.tls_key);
+      if (!sec.tls_client_ca.empty()) c.argv.push_back("--tls_client_ca=" + sec.tls_client_ca);
+    }
+    if (c.name == "orchestrator") {
+      if (!sec.tls_ca.empty()) c.argv.push_back("--stage_tls_ca=" + sec.tls_ca);
+      if (!sec.stage_tls_cert.empty()) {
+        c.argv.push_back("--stage_tls_cert=" + sec.stage_tls_cert);
+        c.argv.push_back("--stage_tls_key=" + sec.stage_tls_key);
+      }
+      if (!sec.auth_token_file.empty()) {
+        c.argv.push_back("--auth_token_file=" + sec.auth_token_file);
+      }
     }
     if (c.name == "denoise") {
       // The denoise service starts its other ranks itself (processes, one per rank).
@@ -79,6 +96,22 @@ int RunMesh(const MeshOptions& o) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGCHLD);
 
+  // Health checks speak the services' TLS, with the mesh's own client certificate.
+  std::vector<sdk::ClientOptions> health(children.size());
+  for (size_t i = 0; i < children.size(); ++i) {
+    health[i].address = children[i].address;
+    if (!o.security.tls_cert.empty()) {
+      health[i].tls = sdk::TlsOptions{o.security.tls_ca, o.security.stage_tls_cert,
+                                      o.security.stage_tls_key, ""};
+    }
+  }
+  // A fresh channel per attempt, as a service may take minutes to load: a long-lived one would
+  // back off its reconnects for longer and longer.
+  auto serving = [](const sdk::ClientOptions& options) {
+    auto client = sdk::Client::Create(options);
+    return client.ok() && (*client)->WaitUntilServing(absl::Milliseconds(200)).ok();
+  };
+
   std::vector<pid_t> pids;
   for (const auto& c : children) {
     auto pid = Spawn(c.argv);
@@ -90,9 +123,10 @@ int RunMesh(const MeshOptions& o) {
     pids.push_back(*pid);
   }
   // Wait for each service to report SERVING; a signal or a dead child aborts the start.
-  for (const auto& c : children) {
+  for (size_t i = 0; i < children.size(); ++i) {
+    const Child& c = children[i];
     const absl::Time end = absl::Now() + o.start_timeout;
-    while (!sdk::WaitUntilServing(c.address, absl::Milliseconds(200)).ok()) {
+    while (!serving(health[i])) {
       int status = 0;
       std::string dead = ReapExited(children, pids, &status);
       if (!dead.empty()) {

@@ -11,18 +11,38 @@
 
 namespace diffmesh::cli {
 
+// TLS and the API token of a local mesh (PEM / token file paths; empty: off).
+struct MeshSecurity {
+  // Every service's --tls-cert / --tls-key / --tls-client-ca.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // The CA of tls_cert: the orchestrator's --stage-tls-ca, and the roots of `up`'s health checks.
+  std::string tls_ca;
+  // The client certificate of calls inside the mesh (orchestrator → stages, `up`'s health
+  // checks), for services that require one (tls_client_ca).
+  std::string stage_tls_cert;
+  std::string stage_tls_key;
+  // The orchestrator's --auth-token-file.
+  std::string auth_token_file;
+};
+
 struct MeshOptions {
   // Orchestrator on base_port, AR / encoder / denoise on base_port + 1..3; their Prometheus
   // /metrics endpoints on base_port + 10..13 in the same order.
   int base_port = 50051;
   // Built-in model the stage services load.
   std::string model = "glm-image-tiny";
+  // GlmImagePipeline snapshot folder the stages serve instead (their --model-dir; the
+  // orchestrator's pipeline is generated for it).
+  std::string model_dir;
   // Folder with the service binaries; empty: beside this executable or in the build tree.
   std::string bin_dir;
   // Degrees of the denoise group (its ranks are processes started by diffmesh-denoise).
   models::parallel::ParallelConfig parallel;
   // "cpu" or "cuda": where the AR service and the denoise ranks compute.
   std::string device = "cpu";
+  MeshSecurity security;
   // How long each service may take to report SERVING.
   absl::Duration start_timeout = absl::Seconds(120);
 };

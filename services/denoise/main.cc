@@ -9,6 +9,7 @@
 #include "common/metrics/metrics.h"
 #include "common/process/subprocess.h"
 #include "common/rpc/server.h"
+#include "common/rpc/tls_flags.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_service.h"
 #include "services/stage_common/gpu_metrics.h"
@@ -64,6 +65,16 @@ int main(int argc, char** argv) {
   o.rendezvous.master_port = absl::GetFlag(FLAGS_master_port);
   const int rank = o.rendezvous.rank;
   const std::string who = absl::StrCat("diffmesh-denoise[rank ", rank, "]");
+  // Only rank 0 serves gRPC; it checks the TLS files before starting any rank or loading weights.
+  std::optional<diffmesh::ServerTls> tls;
+  if (rank == 0) {
+    auto loaded = diffmesh::ServerTlsFromFlags();
+    if (!loaded.ok()) {
+      std::cerr << who << ": " << loaded.status().message() << "\n";
+      return 2;
+    }
+    tls = *std::move(loaded);
+  }
 
   std::vector<pid_t> ranks;
   if (rank == 0 && o.rendezvous.world_size > 1 && absl::GetFlag(FLAGS_launch_ranks)) {
@@ -109,6 +120,7 @@ int main(int argc, char** argv) {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.DenoiseService"};
+  options.tls = std::move(tls);
   const int code = diffmesh::ServeUntilSignal("diffmesh-denoise", {&service}, options);
   core->reset();  // tells the other ranks to stop
   diffmesh::StopAll(ranks);

@@ -28,34 +28,40 @@ class EmbeddedStages::Clients final : public ArStageClient,
   EmbeddedStages* stages_;
 };
 
-absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(
-    const std::string& model, const models::parallel::ParallelConfig& parallel,
-    const std::string& bin_dir) {
+absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const Options& o) {
   auto s = std::unique_ptr<EmbeddedStages>(new EmbeddedStages());
   ArCore::Options ar;
-  ar.model = model;
+  ar.model = o.model;
+  ar.model_dir = o.model_dir;
   ar.max_batch = 1;
+  ar.cuda = o.cuda;
   ASSIGN_OR_RETURN(s->ar_, ArCore::Create(ar));
   EncoderCore::Options enc;
-  enc.model = model;
+  enc.model = o.model;
+  enc.model_dir = o.model_dir;
   ASSIGN_OR_RETURN(s->encoder_, EncoderCore::Create(enc));
   DenoiseCore::Options den;
-  den.model = model;
-  den.parallel = parallel;
-  den.rendezvous.world_size = parallel.world();
+  den.model = o.model;
+  den.model_dir = o.model_dir;
+  den.cuda = o.cuda;
+  den.parallel = o.parallel;
+  den.rendezvous.world_size = o.parallel.world();
   den.rendezvous.rank = 0;
-  if (parallel.world() > 1) {
+  if (o.parallel.world() > 1) {
     den.rendezvous.master_port = FreeLoopbackPort();
-    const std::string binary = FindServiceBinary("denoise", bin_dir);
+    const std::string binary = FindServiceBinary("denoise", o.bin_dir);
     if (binary.empty()) return absl::NotFoundError("cannot find diffmesh-denoise for the other ranks");
-    for (int r = 1; r < parallel.world(); ++r) {
-      ASSIGN_OR_RETURN(pid_t pid,
-                       Spawn({binary, "--model=" + model, absl::StrCat("--rank=", r),
-                              "--launch_ranks=false", absl::StrCat("--cfg_degree=", parallel.cfg),
-                              absl::StrCat("--ulysses_degree=", parallel.ulysses),
-                              absl::StrCat("--ring_degree=", parallel.ring),
-                              absl::StrCat("--tp_degree=", parallel.tp),
-                              absl::StrCat("--master_port=", den.rendezvous.master_port)}));
+    for (int r = 1; r < o.parallel.world(); ++r) {
+      ASSIGN_OR_RETURN(
+          pid_t pid,
+          Spawn({binary, "--model=" + o.model, "--model_dir=" + o.model_dir,
+                 absl::StrCat("--rank=", r), "--launch_ranks=false",
+                 std::string("--device=") + (o.cuda ? "cuda" : "cpu"),
+                 absl::StrCat("--cfg_degree=", o.parallel.cfg),
+                 absl::StrCat("--ulysses_degree=", o.parallel.ulysses),
+                 absl::StrCat("--ring_degree=", o.parallel.ring),
+                 absl::StrCat("--tp_degree=", o.parallel.tp),
+                 absl::StrCat("--master_port=", den.rendezvous.master_port)}));
       s->denoise_ranks_.push_back(pid);
     }
   }

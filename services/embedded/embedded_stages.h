@@ -18,12 +18,21 @@ namespace diffmesh {
 
 class EmbeddedStages final : public StageClientFactory {
  public:
-  // Builds the three stage cores for `model` (a built-in model). With a denoise group of more
-  // than one rank, this process is rank 0 and ranks 1..N-1 run as local diffmesh-denoise
-  // processes (found beside this executable or in `bin_dir`).
-  static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(
-      const std::string& model, const models::parallel::ParallelConfig& parallel = {},
-      const std::string& bin_dir = "");
+  struct Options {
+    // Built-in model to serve (ignored when model_dir is set).
+    std::string model = "glm-image-tiny";
+    // GlmImagePipeline snapshot folder to serve instead, under the snapshot's name.
+    std::string model_dir;
+    // Degrees of the denoise group. With more than one rank this process is rank 0 and ranks
+    // 1..N-1 run as local diffmesh-denoise processes (found beside this executable or in
+    // `bin_dir`).
+    models::parallel::ParallelConfig parallel;
+    std::string bin_dir;
+    // AR and denoise on the GPU (cuda:0, bf16; each denoise rank on GPU rank % visible GPUs),
+    // as the services' --device cuda; the glyph encoder stays on the CPU.
+    bool cuda = false;
+  };
+  static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(const Options& options);
   ~EmbeddedStages() override;
 
   absl::StatusOr<ArStageClient*> Ar(const std::string& service) override;

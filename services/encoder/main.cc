@@ -5,6 +5,7 @@
 #include "common/flags/flags.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/tls_flags.h"
 #include "services/encoder/encoder_core.h"
 #include "services/encoder/encoder_service.h"
 
@@ -22,6 +23,12 @@ int main(int argc, char** argv) {
                        "diffmesh-encoder --port P [--model M]\n"
                        "Serves diffmesh.v1.EncoderService: the ByT5 glyph encoder of GLM-Image.");
   diffmesh::BlockTerminationSignals();
+  // Checked before the model loads: a wrong path fails in a moment, not after the weights.
+  auto tls = diffmesh::ServerTlsFromFlags();
+  if (!tls.ok()) {
+    std::cerr << "diffmesh-encoder: " << tls.status().message() << "\n";
+    return 2;
+  }
   diffmesh::EncoderCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -41,5 +48,6 @@ int main(int argc, char** argv) {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.EncoderService"};
+  options.tls = *std::move(tls);
   return diffmesh::ServeUntilSignal("diffmesh-encoder", {&service}, options);
 }

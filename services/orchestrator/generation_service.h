@@ -4,12 +4,16 @@
 
 #include "diffmesh/v1/generation.grpc.pb.h"
 #include "services/orchestrator/orchestrator_core.h"
+#include "services/orchestrator/token_authenticator.h"
 
 namespace diffmesh {
 
 class GenerationService final : public v1::GenerationService::CallbackService {
  public:
-  explicit GenerationService(OrchestratorCore* core) : core_(core) {}
+  // `auth` (optional, not owned): every call must carry one of its tokens; without it the
+  // service is open.
+  explicit GenerationService(OrchestratorCore* core, const TokenAuthenticator* auth = nullptr)
+      : core_(core), auth_(auth) {}
 
   grpc::ServerWriteReactor<v1::GenerateEvent>* Generate(
       grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
@@ -18,7 +22,11 @@ class GenerationService final : public v1::GenerationService::CallbackService {
                                        v1::ListModelsResponse* response) override;
 
  private:
+  // OK when there is no authenticator or the call's bearer token is one of its tokens.
+  absl::Status Authenticate(const grpc::CallbackServerContext& ctx) const;
+
   OrchestratorCore* core_;
+  const TokenAuthenticator* auth_;
 };
 
 }  // namespace diffmesh

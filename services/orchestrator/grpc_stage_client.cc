@@ -92,8 +92,9 @@ struct GrpcStageClientFactory::Service {
   GrpcDenoise denoise;
 };
 
-GrpcStageClientFactory::GrpcStageClientFactory(std::map<std::string, std::string> services)
-    : addresses_(std::move(services)) {}
+GrpcStageClientFactory::GrpcStageClientFactory(std::map<std::string, std::string> services,
+                                               ChannelOptions channel)
+    : addresses_(std::move(services)), channel_(std::move(channel)) {}
 GrpcStageClientFactory::~GrpcStageClientFactory() = default;
 
 absl::StatusOr<GrpcStageClientFactory::Service*> GrpcStageClientFactory::Get(
@@ -105,7 +106,7 @@ absl::StatusOr<GrpcStageClientFactory::Service*> GrpcStageClientFactory::Get(
   if (addr == addresses_.end()) {
     return absl::FailedPreconditionError(absl::StrCat("no address for service '", service, "'"));
   }
-  auto ch = CreateChannel(addr->second);
+  auto ch = CreateChannel(addr->second, channel_);
   auto s = std::unique_ptr<Service>(new Service{GrpcAr(ch, addr->second),
                                                 GrpcEncoder(ch, addr->second),
                                                 GrpcDenoise(ch, addr->second)});

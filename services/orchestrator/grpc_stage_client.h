@@ -7,14 +7,17 @@
 #include <mutex>
 #include <string>
 
+#include "common/rpc/server.h"
 #include "services/orchestrator/stage_client.h"
 
 namespace diffmesh {
 
 class GrpcStageClientFactory final : public StageClientFactory {
  public:
-  // `services`: service name → "host:port", from the pipeline config.
-  explicit GrpcStageClientFactory(std::map<std::string, std::string> services);
+  // `services`: service name → "host:port", from the pipeline config. `channel` sets every
+  // stage channel's TLS (the orchestrator's --stage-tls-* flags) and limits.
+  explicit GrpcStageClientFactory(std::map<std::string, std::string> services,
+                                  ChannelOptions channel = {});
   ~GrpcStageClientFactory() override;
 
   absl::StatusOr<ArStageClient*> Ar(const std::string& service) override;
@@ -25,6 +28,7 @@ class GrpcStageClientFactory final : public StageClientFactory {
   struct Service;
   absl::StatusOr<Service*> Get(const std::string& service);
   std::map<std::string, std::string> addresses_;
+  const ChannelOptions channel_;
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Service>> services_;
 };

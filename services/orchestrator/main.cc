@@ -6,30 +6,56 @@
 #include "common/config/pipeline_config.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/tls_flags.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
 #include "services/orchestrator/prometheus_observer.h"
+#include "services/orchestrator/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(std::string, pipeline, "",
           "Pipeline config (JSON: models, limits, stage → service, service addresses). "
           "Empty: the built-in glm-image-tiny pipeline on 127.0.0.1:50052..50054.");
+ABSL_FLAG(std::string, model_dir, "",
+          "Serve one model: the GlmImagePipeline snapshot in this folder, which the stage services "
+          "load with their own --model-dir (the pipeline is generated for it; not with --pipeline).");
 ABSL_FLAG(std::string, ar_address, "", "Overrides the address of service 'ar'.");
 ABSL_FLAG(std::string, encoder_address, "", "Overrides the address of service 'encoder'.");
 ABSL_FLAG(std::string, denoise_address, "", "Overrides the address of service 'denoise'.");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
+ABSL_FLAG(std::string, stage_tls_ca, "",
+          "Call the stage services over TLS and verify their certificates against the CAs in "
+          "this PEM file.");
+ABSL_FLAG(std::string, stage_tls_cert, "",
+          "Client certificate (PEM) for stage services that require one (their --tls-client-ca); "
+          "implies TLS to the stages, with the system's roots unless --stage-tls-ca.");
+ABSL_FLAG(std::string, stage_tls_key, "", "PEM private key of --stage-tls-cert.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "Require an API token on every GenerationService call (metadata 'authorization: Bearer "
+          "<token>'); the file holds the accepted tokens, one per line (blank lines and # "
+          "comments skipped). Health and reflection stay open.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
-      "diffmesh-orchestrator --port P [--pipeline FILE] [--ar-address H:P ...] (dashes or underscores)\n"
+      "diffmesh-orchestrator --port P [--pipeline FILE] [--ar-address H:P ...] [--tls-cert F\n"
+      "    --tls-key F [--tls-client-ca F]] [--stage-tls-ca F] [--auth-token-file F]\n"
+      "    (dashes or underscores)\n"
       "Serves diffmesh.v1.GenerationService: validates requests, runs the pipeline's stages\n"
       "(AR tokens, encoder, denoise) over gRPC and streams progress and the PNG result.");
   diffmesh::BlockTerminationSignals();
 
   const std::string path = absl::GetFlag(FLAGS_pipeline);
-  auto pipeline = path.empty() ? diffmesh::PipelineConfig::Parse(diffmesh::PipelineConfig::DefaultJson())
-                               : diffmesh::PipelineConfig::Load(path);
+  const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+  if (!path.empty() && !model_dir.empty()) {
+    std::cerr << "diffmesh-orchestrator: --pipeline and --model-dir: give one (a pipeline "
+                 "config names snapshots with \"path\")\n";
+    return 2;
+  }
+  auto pipeline = !path.empty()      ? diffmesh::PipelineConfig::Load(path)
+                  : !model_dir.empty() ? diffmesh::PipelineConfig::ForSnapshot(model_dir)
+                                       : diffmesh::PipelineConfig::Parse(
+                                             diffmesh::PipelineConfig::DefaultJson());
   if (!pipeline.ok()) {
     std::cerr << "diffmesh-orchestrator: " << pipeline.status().message() << "\n";
     return 2;
@@ -38,6 +64,32 @@ int main(int argc, char** argv) {
                             std::pair{"encoder", absl::GetFlag(FLAGS_encoder_address)},
                             std::pair{"denoise", absl::GetFlag(FLAGS_denoise_address)}}) {
     if (!flag.empty()) pipeline->services[name] = flag;
+  }
+  auto server_tls = diffmesh::ServerTlsFromFlags();
+  if (!server_tls.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << server_tls.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::ChannelOptions stage_channel;
+  {
+    auto tls = diffmesh::LoadChannelTls({absl::GetFlag(FLAGS_stage_tls_ca),
+                                         absl::GetFlag(FLAGS_stage_tls_cert),
+                                         absl::GetFlag(FLAGS_stage_tls_key)});
+    if (!tls.ok()) {
+      std::cerr << "diffmesh-orchestrator: --stage-tls-*: " << tls.status().message() << "\n";
+      return 2;
+    }
+    stage_channel.tls = *std::move(tls);
+  }
+  std::unique_ptr<diffmesh::TokenAuthenticator> auth;
+  if (const std::string tokens = absl::GetFlag(FLAGS_auth_token_file); !tokens.empty()) {
+    auto loaded = diffmesh::TokenAuthenticator::FromFile(tokens);
+    if (!loaded.ok()) {
+      std::cerr << "diffmesh-orchestrator: --auth-token-file: " << loaded.status().message()
+                << "\n";
+      return 2;
+    }
+    auth = *std::move(loaded);
   }
   auto exposer = diffmesh::metrics::StartMetricsExposer(
       "diffmesh-orchestrator", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
@@ -51,16 +103,17 @@ int main(int argc, char** argv) {
     for (const auto& m : pipeline->models) models.push_back(m.name);
     observer = std::make_unique<diffmesh::PrometheusRequestObserver>((*exposer)->registry(), models);
   }
-  diffmesh::GrpcStageClientFactory stages(pipeline->services);
+  diffmesh::GrpcStageClientFactory stages(pipeline->services, stage_channel);
   auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages, observer.get()});
   if (!core.ok()) {
     std::cerr << "diffmesh-orchestrator: " << core.status().message() << "\n";
     return 2;
   }
-  diffmesh::GenerationService service(core->get());
+  diffmesh::GenerationService service(core->get(), auth.get());
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.health_service_names = {"diffmesh.v1.GenerationService"};
+  options.tls = *std::move(server_tls);
   return diffmesh::ServeUntilSignal("diffmesh-orchestrator", {&service}, options);
 }

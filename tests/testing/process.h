@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -114,6 +116,14 @@ class Process {
   pid_t pid_ = -1;
   int exit_status_ = 0;
 };
+
+// Whole contents of `path` ("" when it cannot be read).
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 // Runs argv to completion; returns the wait status, output in `output` (stdout+stderr).
 inline int RunCommand(const std::vector<std::string>& argv, std::string* output) {

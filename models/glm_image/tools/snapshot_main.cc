@@ -23,6 +23,7 @@ constexpr char kUsage[] =
     "usage:\n"
     "  diffmesh-snapshot write OUT_DIR [--model NAME] [--like DIR] [--patch FILE.json]\n"
     "                          [--seed N] [--dtype f32|f16|bf16] [--single-file]\n"
+    "                          [--tokenizer DIR]\n"
     "    Writes a GlmImagePipeline snapshot with the seeded random weights of built-in model\n"
     "    NAME (default glm-image-tiny): the AR model in 4 shards and the DiT in 3 with their\n"
     "    index.json files (one file each with --single-file), configs, model_index.json and\n"
@@ -33,6 +34,9 @@ constexpr char kUsage[] =
     "                    {\"transformer\": {\"num_layers\": 4}, \"seed\": 7,\n"
     "                     \"tokenizer\": {\"byte_offset\": 320}, \"sampling\": {\"top_k\": 16}}\n"
     "    --dtype         element type of the weight files (default f32; the release is bf16)\n"
+    "    --tokenizer DIR copy DIR/tokenizer.json and DIR/tokenizer_config.json (a real BPE\n"
+    "                    tokenizer, e.g. the release's processor/) into processor/ instead of\n"
+    "                    the byte vocabulary; the AR vocab_size must cover its ids\n"
     "  diffmesh-snapshot check DIR\n"
     "    Reads DIR's configs and checks every component's weights (names, shapes, dtypes)\n"
     "    against them from the safetensors headers.\n"
@@ -118,6 +122,8 @@ absl::Status Write(const std::vector<std::string>& args) {
       } else if (st.ok()) {
         st = absl::InvalidArgumentError(absl::StrCat("--dtype ", d, ": f32, f16 or bf16"));
       }
+    } else if (a == "--tokenizer") {
+      st = value(options.ar_tokenizer_dir);
     } else if (a == "--single-file") {
       options.sharded = false;
     } else if (!a.empty() && a[0] == '-') {

@@ -13,6 +13,19 @@
 
 namespace diffmesh::sdk {
 
+// TLS to the orchestrator. Client::Create reads the PEM files; its errors name the file.
+struct TlsOptions {
+  // CAs the server's certificate must chain to; empty: the system's roots.
+  std::string root_ca_file;
+  // Client certificate and its private key, for a server that requires one (mutual TLS);
+  // both or neither.
+  std::string cert_file;
+  std::string key_file;
+  // Checked against the server's certificate instead of the address's host (e.g. a
+  // certificate for "diffmesh.internal" reached through an IP address).
+  std::string target_name_override;
+};
+
 struct ClientOptions {
   // Orchestrator address, "host:port".
   std::string address = "127.0.0.1:50051";
@@ -20,6 +33,11 @@ struct ClientOptions {
   absl::Duration default_deadline = absl::Minutes(30);
   // Largest message accepted (a PNG result).
   int max_message_bytes = 64 << 20;
+  // Unset: plaintext.
+  std::optional<TlsOptions> tls;
+  // Non-empty: sent as "authorization: Bearer <token>" on every call (the orchestrator's
+  // --auth-token-file). Visible ASCII, no spaces.
+  std::string bearer_token;
 };
 
 // Cancels a running Generate (blocking or async) from any thread. One handle serves one call at
@@ -75,7 +93,8 @@ class Client {
   std::unique_ptr<Impl> impl_;
 };
 
-// grpc.health.v1 Check against any diffmesh service: OK once it reports SERVING.
+// grpc.health.v1 Check against any diffmesh service over plaintext: OK once it reports SERVING.
+// For a TLS service, create a Client with the TLS options and call its WaitUntilServing.
 absl::Status WaitUntilServing(const std::string& address, absl::Duration timeout,
                               const std::string& service = "");
 

@@ -1,6 +1,6 @@
 // diffmesh::sdk::Client against an in-process fake GenerationService: blocking and async
 // Generate (events in order, server status, cancellation from another thread), and ListModels'
-// retries on UNAVAILABLE.
+// retries on UNAVAILABLE, the bearer token on every call.
 #include "diffmesh/client.h"
 
 #include <grpcpp/grpcpp.h>
@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -28,6 +29,7 @@ class FakeGenerationService final : public v1::GenerationService::Service {
  public:
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    Record(*ctx);
     if (request->prompt() == "bad") {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "steps: 999 is outside 1..200");
     }
@@ -52,16 +54,33 @@ class FakeGenerationService final : public v1::GenerationService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
+    Record(*ctx);
     response->set_default_model("fake");
     return grpc::Status::OK;
   }
 
   int cancelled_seen() const { return cancelled_seen_.load(); }
 
+  // The "authorization" metadata of each call so far ("<none>" for a call without any).
+  std::vector<std::string> authorization() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return authorization_;
+  }
+
  private:
+  void Record(const grpc::ServerContext& ctx) {
+    auto [begin, end] = ctx.client_metadata().equal_range("authorization");
+    std::string value = "<none>";
+    if (begin != end) value.assign(begin->second.data(), begin->second.size());
+    std::lock_guard<std::mutex> lock(mu_);
+    authorization_.push_back(value);
+  }
+
   std::atomic<int> cancelled_seen_{0};
+  std::mutex mu_;
+  std::vector<std::string> authorization_;
 };
 
 std::unique_ptr<grpc::Server> StartServer(grpc::Service* service, int port, int* bound_port) {
@@ -254,6 +273,51 @@ TEST(ClientCreateTest, RejectsAnEmptyAddress) {
   ClientOptions o;
   o.address = "";
   EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ClientCreateTest, TlsFileErrorsNameTheFileAndBadTokensAreRefused) {
+  ClientOptions o;
+  o.tls = TlsOptions{};
+  o.tls->root_ca_file = "/nonexistent/ca.pem";
+  auto missing = Client::Create(o);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/ca.pem"), std::string::npos)
+      << missing.status();
+  o.tls->root_ca_file = "";
+  o.tls->cert_file = "/nonexistent/client.pem";
+  EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument)
+      << "a certificate without its key";
+  o.tls.reset();
+  o.bearer_token = "two words";
+  EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ClientTokenTest, EveryCallCarriesTheBearerToken) {
+  FakeGenerationService service;
+  int port = 0;
+  auto server = StartServer(&service, 0, &port);
+  ASSERT_NE(server, nullptr);
+  ClientOptions o;
+  o.address = absl::StrCat("127.0.0.1:", port);
+  o.bearer_token = "t0k3n-xyz";
+  auto client = Client::Create(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  v1::GenerateRequest r;
+  r.set_prompt("ok");
+  ASSERT_TRUE((*client)->Generate(r).ok());
+  absl::Notification done;
+  (*client)->GenerateAsync(r, nullptr, [&](absl::StatusOr<v1::GenerateResult>) { done.Notify(); });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE((*client)->ListModels().ok());
+  EXPECT_EQ(service.authorization(), std::vector<std::string>(3, "Bearer t0k3n-xyz"));
+
+  // Without a token nothing is sent.
+  o.bearer_token.clear();
+  auto plain = Client::Create(o);
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE((*plain)->ListModels().ok());
+  EXPECT_EQ(service.authorization().back(), "<none>");
+  server->Shutdown();
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ from diffmesh._types import (  # noqa: E402
     StageStarted,
     Tensor,
 )
-from diffmesh._channel import TlsConfig  # noqa: E402
+from diffmesh._channel import Tls  # noqa: E402
 from diffmesh.client import Client, EventStream, wait_until_serving  # noqa: E402
 
 __version__ = "0.1.0"
@@ -56,6 +56,6 @@ __all__ = [
     "StageFinished",
     "StageStarted",
     "Tensor",
-    "TlsConfig",
+    "Tls",
     "wait_until_serving",
 ]

@@ -90,9 +90,10 @@ class EventStream:
 class Client:
     """Client of a diffmesh orchestrator (``target`` is "host:port").
 
-    token: sent as ``authorization: Bearer <token>`` on every call.
-    tls: None (plaintext), True (TLS with the system's roots), a ``diffmesh.TlsConfig`` or
-        ``grpc.ChannelCredentials``.
+    token: the API token (the orchestrator's --auth-token-file), sent as
+        ``authorization: Bearer <token>`` on every call.
+    tls: None (plaintext), True (TLS with the system's roots), a ``diffmesh.Tls`` (CA, client
+        certificate for mutual TLS) or ``grpc.ChannelCredentials``.
     timeout: deadline in seconds of each generate/stream call unless the call gives its own;
         None for no deadline.
 

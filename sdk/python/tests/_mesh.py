@@ -21,11 +21,12 @@ def _port_free(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """A base port P with P..P+3 (the four services) and P+9 (the denoise group) free."""
+    """A base port P with P..P+3 (the four services), P+9 (the denoise group) and P+10..P+13
+    (their /metrics) free."""
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 50000)
-        if all(_port_free(base + i) for i in (0, 1, 2, 3, 9)):
+        if all(_port_free(base + i) for i in (0, 1, 2, 3, 9, 10, 11, 12, 13)):
             return base
     raise RuntimeError("no free loopback ports")
 
@@ -38,18 +39,22 @@ def binary_dir() -> str:
 
 
 class Mesh:
-    """`diffmesh up --base-port P` as a child process; `target` is the orchestrator."""
+    """`diffmesh up --base-port P [up_args...]` as a child process; `target` is the orchestrator.
 
-    def __init__(self, start_timeout: float = 180.0):
+    client_args (e.g. ``tls=diffmesh.Tls(...)``) are what the health checks of the start need.
+    """
+
+    def __init__(self, start_timeout: float = 180.0, up_args=(), client_args=None):
         self.base_port = free_base_port()
         self.target = f"127.0.0.1:{self.base_port}"
         self._log = tempfile.NamedTemporaryFile(prefix="diffmesh_up_", suffix=".log", delete=False)
         cli = os.path.join(binary_dir(), "services", "cli", "diffmesh")
-        self._process = subprocess.Popen([cli, "up", f"--base-port={self.base_port}"],
+        self._process = subprocess.Popen([cli, "up", f"--base-port={self.base_port}", *up_args],
                                          stdout=self._log, stderr=subprocess.STDOUT)
         try:
             for i in range(4):
-                diffmesh.wait_until_serving(f"127.0.0.1:{self.base_port + i}", timeout=start_timeout)
+                diffmesh.wait_until_serving(f"127.0.0.1:{self.base_port + i}", timeout=start_timeout,
+                                            **(client_args or {}))
         except Exception:
             self.stop()
             raise RuntimeError(f"the mesh did not come up:\n{self.log()}") from None

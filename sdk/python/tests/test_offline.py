@@ -120,7 +120,29 @@ class ClientChecksBeforeCallingTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             diffmesh.Client("127.0.0.1:1", token=123)
         diffmesh.Client("127.0.0.1:1", tls=True, token="t").close()
-        diffmesh.Client("127.0.0.1:1", tls=diffmesh.TlsConfig(server_name_override="x")).close()
+        diffmesh.Client("127.0.0.1:1", tls=diffmesh.Tls(target_name_override="x")).close()
+
+    def test_tls_and_token_settings_are_checked(self):
+        with self.assertRaises(ValueError):
+            diffmesh.Client("127.0.0.1:1", token="two words")
+        with self.assertRaises(ValueError) as cm:
+            diffmesh.Client("127.0.0.1:1",
+                            tls=diffmesh.Tls(client_cert=b"-----BEGIN CERTIFICATE-----"))
+        self.assertIn("client_key", str(cm.exception))
+        with self.assertRaises(FileNotFoundError) as cm:
+            diffmesh.Client("127.0.0.1:1", tls=diffmesh.Tls(root_certs="/nonexistent/ca.pem"))
+        self.assertIn("/nonexistent/ca.pem", str(cm.exception))
+        with self.assertRaises(ValueError):
+            diffmesh.Client("127.0.0.1:1", tls=diffmesh.Tls(root_certs=b"not a certificate"))
+        with self.assertRaises(TypeError):
+            diffmesh.aio.Client("127.0.0.1:1", tls=diffmesh.Tls(root_certs=42))
+
+    def test_token_travels_as_bearer_metadata(self):
+        from diffmesh._channel import channel_args
+        _, _, metadata = channel_args("h:1", "t0k3n", None, None, 1024)
+        self.assertEqual(metadata, (("authorization", "Bearer t0k3n"),))
+        _, _, metadata = channel_args("h:1", None, None, None, 1024)
+        self.assertEqual(metadata, ())
 
 
 class ConversionTest(unittest.TestCase):
