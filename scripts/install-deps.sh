@@ -9,6 +9,7 @@ PACKAGES=(
   prometheus-cpp-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libspng-dev zlib1g-dev libicu-dev
   python3 python3-grpcio python3-protobuf prometheus
+  golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev python3-kubernetes python3-yaml
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -4,7 +4,7 @@
 Starts a local mesh (`diffmesh up`, its services' /metrics on P+10..P+13) and a real Prometheus
 (the `prometheus` binary, a generated config, scrape interval 1 s, TSDB in a temporary folder),
 sends requests through `diffmesh generate --server`, waits for the scrapes, and then runs every
-PromQL query of every panel of deploy/grafana/diffmesh.json (and the dashboard's variable
+PromQL query of every panel of helm/diffmesh/dashboards/diffmesh.json (and the dashboard's variable
 queries) against Prometheus' HTTP API, asserting that each returns data.
 
 Dashboard variables are substituted as Grafana would with "All" selected: $model becomes the
@@ -170,7 +170,7 @@ def main():
         raise AssertionError("the prometheus binary is missing (Debian package `prometheus`; "
                              "scripts/install-deps.sh installs it)")
     diffmesh = os.path.join(binary_dir, "services", "cli", "diffmesh")
-    with open(os.path.join(source_dir, "deploy", "grafana", "diffmesh.json")) as f:
+    with open(os.path.join(source_dir, "helm", "diffmesh", "dashboards", "diffmesh.json")) as f:
         dashboard = json.load(f)
 
     workdir = tempfile.mkdtemp(prefix="diffmesh-observability-")
