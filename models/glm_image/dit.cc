@@ -1,5 +1,12 @@
 #include "models/glm_image/dit.h"
 
+#if defined(DIFFMESH_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "models/glm_image/cuda/qk_norm_rope.h"
+#endif
+
 #include <cmath>
 #include <fstream>
 #include <utility>
@@ -95,6 +102,48 @@ at::Tensor LinearGeluTanh(const at::Tensor& x, const at::Tensor& weight, const a
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = weight.size(0);
   return y.view(shape);
+}
+
+// q and k [B, S, heads, D] from the fused projection qkv [B, S, 3, heads, D]: each head
+// LayerNorm-ed, then the image tokens (from text_len on) rotated by cos/sin [S − text_len, D].
+std::pair<at::Tensor, at::Tensor> NormRotateQk(const at::Tensor& qkv, int64_t text_len,
+                                               const at::Tensor& cos, const at::Tensor& sin) {
+#if defined(DIFFMESH_WITH_CUDA)
+  const int64_t head_dim = qkv.size(4);
+  const auto type = qkv.scalar_type();
+  if (qkv.is_cuda() && qkv.is_contiguous() && cuda::QkNormRopeSupports(head_dim) &&
+      (type == at::kBFloat16 || type == at::kHalf || type == at::kFloat)) {
+    // One pass instead of the ~10 memory-bound passes of the composition below.
+    const c10::cuda::CUDAGuard guard(qkv.device());
+    at::Tensor q = at::empty({qkv.size(0), qkv.size(1), qkv.size(3), head_dim}, qkv.options());
+    at::Tensor k = at::empty_like(q);
+    const at::Tensor c = cos.to(at::kFloat).contiguous(), s = sin.to(at::kFloat).contiguous();
+    cuda::QkNormRopeArgs a;
+    a.qkv = qkv.data_ptr();
+    a.q = q.data_ptr();
+    a.k = k.data_ptr();
+    a.cos = c.data_ptr<float>();
+    a.sin = s.data_ptr<float>();
+    a.batch = qkv.size(0);
+    a.seq = qkv.size(1);
+    a.heads = qkv.size(3);
+    a.head_dim = head_dim;
+    a.text_len = text_len;
+    a.eps = static_cast<float>(kNormEps);
+    a.type = type == at::kBFloat16 ? cuda::ElementType::kBFloat16
+             : type == at::kHalf   ? cuda::ElementType::kFloat16
+                                   : cuda::ElementType::kFloat32;
+    const cudaError_t err = cuda::LaunchQkNormRope(a, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "qk_norm_rope: ", cudaGetErrorString(err));
+    return {q, k};
+  }
+#endif
+  const int64_t seq = qkv.size(1);
+  at::Tensor q = PlainLayerNorm(qkv.select(2, 0));  // [B, S, heads, D]
+  at::Tensor k = PlainLayerNorm(qkv.select(2, 1));
+  ApplyRotaryInPlace(q.narrow(1, text_len, seq - text_len), cos, sin);
+  ApplyRotaryInPlace(k.narrow(1, text_len, seq - text_len), cos, sin);
+  return {q, k};
 }
 
 }  // namespace
@@ -317,13 +366,10 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   // Joint attention over [text; image].
   at::Tensor joint = at::cat({norm_c, norm_h}, 1);  // [B, S, dim]
   // Fused projection of the joint sequence → q, k, v [B, S, heads, D]; the per-head LayerNorm
-  // of q and k makes fresh tensors, into which RoPE is written for the image tokens.
+  // of q and k makes fresh tensors, with RoPE applied to the image tokens.
   at::Tensor qkv = Linear(joint, weights_, b + "attn1.to_qkv").view({batch, seq, 3, heads, head_dim});
-  at::Tensor q = PlainLayerNorm(qkv.select(2, 0));  // [B, S, heads, D]
-  at::Tensor k = PlainLayerNorm(qkv.select(2, 1));
+  auto [q, k] = NormRotateQk(qkv, text_len, rope_cos, rope_sin);
   at::Tensor v = qkv.select(2, 2);
-  ApplyRotaryInPlace(q.narrow(1, text_len, seq - text_len), rope_cos, rope_sin);
-  ApplyRotaryInPlace(k.narrow(1, text_len, seq - text_len), rope_cos, rope_sin);
 
   at::Tensor attn;
   if (skip_attention) {

@@ -219,6 +219,41 @@ TEST(GlmImageDitTest, Bfloat16CloseToFloat32) {
   EXPECT_LE(err, 3e-2);
 }
 
+// On CUDA the per-head q/k LayerNorm and the rotary step run as one kernel
+// (cuda/qk_norm_rope.cu); it must give the CPU composition's result (fp32: to rounding; bf16:
+// to bf16 accuracy) for the head sizes it takes, with a text prefix and a batch of two.
+TEST(GlmImageDitTest, CudaQkNormRopeMatchesTheCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (int64_t head_dim : {32, 64, 128}) {
+    DitConfig c = TinyConfig();
+    c.attention_head_dim = head_dim;
+    WeightMap w = InitSeeded(GlmImageDit::Params(c), 21);
+    WeightMap w_cuda, w_bf16;
+    for (const auto& [name, t] : w) {
+      w_cuda.emplace(name, t.to(at::kCUDA));
+      w_bf16.emplace(name, t.to(at::kCUDA).to(at::kBFloat16));
+    }
+    auto cpu = GlmImageDit::Create(c, w);
+    auto gpu = GlmImageDit::Create(c, w_cuda);
+    auto gpu16 = GlmImageDit::Create(c, w_bf16);
+    ASSERT_TRUE(cpu.ok() && gpu.ok() && gpu16.ok());
+    DitInputs in = TinyInputs(c, 2, 3, 9);
+    DitInputs in_cuda = in;
+    for (at::Tensor* t : {&in_cuda.hidden_states, &in_cuda.encoder_hidden_states,
+                          &in_cuda.prior_token_id, &in_cuda.prior_token_drop, &in_cuda.timestep,
+                          &in_cuda.target_size, &in_cuda.crop_coords}) {
+      *t = t->to(at::kCUDA);
+    }
+    const at::Tensor expected = (*cpu)->Forward(in);
+    const double err32 = RelativeError((*gpu)->Forward(in_cuda).cpu(), expected);
+    const double err16 = RelativeError((*gpu16)->Forward(in_cuda).to(at::kFloat).cpu(), expected);
+    std::printf("head_dim %ld: cuda fp32 rel err %.3g, bf16 %.3g\n", static_cast<long>(head_dim),
+                err32, err16);
+    EXPECT_LE(err32, 1e-5) << "head_dim " << head_dim;
+    EXPECT_LE(err16, 3e-2) << "head_dim " << head_dim;
+  }
+}
+
 TEST(GlmImageDitTest, CreateRejectsWrongWeights) {
   const DitConfig c = TinyConfig();
   WeightMap w = InitSeeded(GlmImageDit::Params(c), 1);

@@ -40,6 +40,9 @@ struct GlmImageSpec {
   // merges); false for a real BPE vocabulary, which prompts must be encoded with.
   std::string ar_tokenizer_json;
   bool byte_tokens = true;
+  // Largest image side the stages serve unless told otherwise (the AR stage sizes its KV cache
+  // for it): 512 for the small built-ins, the released pipeline's limit for snapshots.
+  int max_image_size = 512;
 };
 
 // The components whose weights a spec describes; each draws its seeded weights from its own

@@ -272,6 +272,8 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   }
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));
+  Options resolved = options;
+  if (resolved.max_image_size <= 0) resolved.max_image_size = spec.max_image_size;
   // A snapshot with a real BPE vocabulary (processor/tokenizer.json with merges) encodes prompts
   // with it, exactly as the reference processor does; byte vocabularies use spec.tokenizer.
   std::optional<models::glm_image::ArTextTokenizer> text_tokenizer;
@@ -289,7 +291,7 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   ASSIGN_OR_RETURN(auto model, models::glm_image::BuildArModel(spec, model_options));
   // Capacity: the longest prompt plus the grids of the largest image.
   ASSIGN_OR_RETURN(auto sizing, models::glm_image::BuildTextToImagePrompt(
-                                    spec.tokenizer, "", options.max_image_size, options.max_image_size));
+                                    spec.tokenizer, "", resolved.max_image_size, resolved.max_image_size));
   const int64_t max_prompt_tokens =
       text_tokenizer ? text_tokenizer->max_prompt_tokens : spec.tokenizer.max_prompt_tokens;
   if (text_tokenizer) {
@@ -324,7 +326,7 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
   }
   ASSIGN_OR_RETURN(auto cache, KvCache::Create(model->config(), cache_options));
   return std::unique_ptr<ArCore>(new ArCore(
-      std::make_unique<Impl>(options, std::move(spec), std::move(text_tokenizer),
+      std::make_unique<Impl>(resolved, std::move(spec), std::move(text_tokenizer),
                              std::move(model), std::move(cache))));
 }
 

@@ -29,8 +29,9 @@ class ArCore {
     int max_queue = 64;
     // Tokens per streamed chunk.
     int chunk_tokens = 32;
-    // Largest image side served (sizes the KV cache: prompt + preview + target grid).
-    int max_image_size = 512;
+    // Largest image side served; 0: the model's (512 for the built-ins, 2048 for snapshots).
+    // The AR stage sizes its KV cache for it (prompt + preview + target grid).
+    int max_image_size = 0;
     // Run on the GPU (cuda:0, bf16, CUDA-graph decode steps) instead of the CPU (fp32).
     bool cuda = false;
     // Bytes the KV cache may take; 0: exactly max_batch sequences. With a budget, the number

@@ -212,6 +212,8 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto dit_config, models::glm_image::DitConfig::FromJson(spec.transformer));
+  Options resolved = options;
+  if (resolved.max_image_size <= 0) resolved.max_image_size = spec.max_image_size;
   DenoiseGroupOptions group_options;
   group_options.parallel = options.parallel;
   group_options.rendezvous = options.rendezvous;
@@ -226,7 +228,7 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
     ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec, at::kFloat, group->device()));
   }
   return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::make_unique<Impl>(
-      options, std::move(spec), std::move(group), std::move(dit), std::move(vae))));
+      resolved, std::move(spec), std::move(group), std::move(dit), std::move(vae))));
 }
 
 DenoiseCore::DenoiseCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

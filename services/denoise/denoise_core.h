@@ -25,8 +25,9 @@ class DenoiseCore {
     // A GlmImagePipeline snapshot folder to serve instead of a built-in model, under the
     // snapshot's name (models/glm_image/snapshot.h: SpecFromSnapshot).
     std::string model_dir;
-    // Largest image side accepted.
-    int max_image_size = 512;
+    // Largest image side served; 0: the model's (512 for the built-ins, 2048 for snapshots).
+    // The AR stage sizes its KV cache for it (prompt + preview + target grid).
+    int max_image_size = 0;
     // Degrees of parallelism of the group (world = tp × ulysses × ring × cfg).
     models::parallel::ParallelConfig parallel;
     // Run on CUDA: one GPU per rank, bf16 DiT (VAE in fp32), NCCL between ranks.
