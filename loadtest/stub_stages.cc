@@ -2,7 +2,8 @@
 // with negligible work, for measuring the orchestrator (the control plane) on its own. Serves
 // what the orchestrator needs to complete a request: one final AR chunk with a 1×1 prior-token
 // grid, 1×1×1 prompt embeddings, `steps` denoise step events and a real PNG of the requested
-// size (a grey image, encoded once per size and cached). No model, no LibTorch.
+// size (a grey image, encoded once per size and cached), for whole and streamed (DenoiseStream)
+// denoise calls alike. No model, no LibTorch.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -99,6 +100,64 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
  public:
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext*,
                                                       const v1::DenoiseRequest* request) override {
+    auto events = Events(*request);
+    if (!events.ok()) {
+      return new WriteAll<v1::DenoiseEvent>(
+          {}, grpc::Status(grpc::StatusCode::INTERNAL, std::string(events.status().message())));
+    }
+    return new WriteAll<v1::DenoiseEvent>(std::move(*events));
+  }
+
+  // The streamed form: reads the inputs to their end (the request's size and steps are all it
+  // needs), then answers as Denoise does.
+  class Stream final : public grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent> {
+   public:
+    explicit Stream(StubDenoise* owner) : owner_(owner) { StartRead(&in_); }
+    void OnReadDone(bool ok) override {
+      if (ok) {
+        if (in_.has_request()) request_ = in_.request();
+        StartRead(&in_);
+        return;
+      }
+      auto events = owner_->Events(request_);
+      if (!events.ok()) {
+        Finish(grpc::Status(grpc::StatusCode::INTERNAL, std::string(events.status().message())));
+        return;
+      }
+      events_ = std::move(*events);
+      Next();
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"));
+        return;
+      }
+      Next();
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    void Next() {
+      if (next_ == events_.size()) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      StartWrite(&events_[next_++]);
+    }
+    StubDenoise* owner_;
+    v1::DenoiseInput in_;
+    v1::DenoiseRequest request_;
+    std::vector<v1::DenoiseEvent> events_;
+    size_t next_ = 0;
+  };
+  grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseStream(
+      grpc::CallbackServerContext*) override {
+    return new Stream(this);
+  }
+
+ private:
+  absl::StatusOr<std::vector<v1::DenoiseEvent>> Events(const v1::DenoiseRequest& r) {
+    const v1::DenoiseRequest* request = &r;
     const absl::Time start = absl::Now();
     const int steps = std::max(1, request->steps());
     std::vector<v1::DenoiseEvent> events;
@@ -110,18 +169,14 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
     }
     v1::DenoiseEvent result;
     auto png = Png(std::max(1, request->height()), std::max(1, request->width()));
-    if (!png.ok()) {
-      return new WriteAll<v1::DenoiseEvent>(
-          {}, grpc::Status(grpc::StatusCode::INTERNAL, std::string(png.status().message())));
-    }
+    if (!png.ok()) return png.status();
     result.mutable_result()->set_png(*png);
     result.mutable_result()->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - start));
     result.mutable_result()->set_vae_decode_seconds(0);
     events.push_back(std::move(result));
-    return new WriteAll<v1::DenoiseEvent>(std::move(events));
+    return events;
   }
 
- private:
   absl::StatusOr<std::string> Png(int height, int width) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find({height, width});

@@ -170,6 +170,7 @@ absl::StatusOr<PipelineConfig> PipelineConfig::Parse(const std::string& json_tex
       StageSpec stage;
       DM_READ(js, "name", stage.name, true, where);
       DM_READ(js, "service", stage.service, true, where);
+      DM_READ(js, "stream", stage.stream, false, where);
       if (!kStages.count(stage.name)) {
         return Bad(absl::StrCat(where, " has unknown stage '", stage.name, "'"));
       }

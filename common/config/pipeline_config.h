@@ -29,6 +29,9 @@ struct ModelLimits {
 struct StageSpec {
   std::string name;     // "ar", "encoder", "denoise"
   std::string service;  // key into PipelineConfig::services
+  // Denoise stage: hand it the AR tokens and the encoder's output as they are produced
+  // (DenoiseService.DenoiseStream) rather than in one request once both stages are done.
+  bool stream = true;
 };
 
 struct PipelineModel {

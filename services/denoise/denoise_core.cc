@@ -25,6 +25,86 @@ namespace {
 constexpr int kVaeScale = 8;
 constexpr int kPixelGranularity = 32;
 
+// The inputs of a streamed request as they arrive: the target grid, filled from the AR stage's
+// chunks (which also carry the preview grid and the end token), and the embeddings. Rank 0
+// turns each AR chunk into a grid piece (an ArTokenChunk whose offset indexes the grid) and
+// broadcasts it; every rank applies the same pieces.
+class StreamedInputs {
+ public:
+  explicit StreamedInputs(const v1::DenoiseRequest& header)
+      : grid_h_(header.height() / kPixelGranularity),
+        grid_w_(header.width() / kPixelGranularity),
+        grid_(static_cast<size_t>(grid_h_ * grid_w_), 0) {}
+
+  // The target-grid tokens of `chunk`; chunks must come in generation order.
+  absl::StatusOr<v1::ArTokenChunk> GridPiece(const v1::ArTokenChunk& chunk) {
+    const int64_t n = static_cast<int64_t>(grid_.size());
+    if (chunk.offset() != next_ar_offset_) {
+      return absl::InvalidArgumentError(absl::StrCat("ar_tokens: chunk at offset ", chunk.offset(),
+                                                     ", expected ", next_ar_offset_));
+    }
+    if (chunk.total() < n + 1) {
+      return absl::InvalidArgumentError(absl::StrCat("ar_tokens: ", chunk.total(),
+                                                     " tokens cannot hold a ", grid_h_, "x",
+                                                     grid_w_, " grid and the end token"));
+    }
+    next_ar_offset_ += chunk.tokens_size();
+    // Generation order: preview grid, target grid, end token.
+    const int64_t start = chunk.total() - 1 - n;
+    v1::ArTokenChunk piece;
+    for (int j = 0; j < chunk.tokens_size(); ++j) {
+      const int64_t i = chunk.offset() + j;
+      if (i < start || i >= start + n) continue;
+      if (piece.tokens_size() == 0) piece.set_offset(static_cast<int32_t>(i - start));
+      piece.add_tokens(chunk.tokens(j));
+    }
+    return piece;
+  }
+
+  absl::Status Apply(const v1::ArTokenChunk& piece) {
+    if (piece.offset() < 0 || piece.offset() + piece.tokens_size() > static_cast<int64_t>(grid_.size())) {
+      return absl::InvalidArgumentError("ar_tokens: piece outside the grid");
+    }
+    for (int j = 0; j < piece.tokens_size(); ++j) grid_[piece.offset() + j] = piece.tokens(j);
+    filled_ += piece.tokens_size();
+    return absl::OkStatus();
+  }
+
+  void SetEmbeddings(v1::EncodeResponse embeddings) {
+    embeddings_ = std::move(embeddings);
+    have_embeddings_ = true;
+  }
+
+  bool complete() const {
+    return filled_ == static_cast<int64_t>(grid_.size()) && have_embeddings_;
+  }
+  std::string Progress() const {
+    return absl::StrCat(filled_, " of ", grid_.size(), " grid tokens, ",
+                        have_embeddings_ ? "" : "no ", "embeddings");
+  }
+
+  // `header` with the assembled tensors.
+  v1::DenoiseRequest Request(const v1::DenoiseRequest& header) const {
+    v1::DenoiseRequest r = header;
+    *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {grid_h_, grid_w_}, grid_.data(),
+                                           grid_.size() * sizeof(int64_t));
+    *r.mutable_prompt_embeds() = embeddings_.prompt_embeds();
+    *r.mutable_negative_prompt_embeds() = embeddings_.negative_prompt_embeds();
+    return r;
+  }
+
+ private:
+  const int64_t grid_h_, grid_w_;
+  std::vector<int64_t> grid_;
+  int64_t filled_ = 0;
+  int64_t next_ar_offset_ = 0;
+  v1::EncodeResponse embeddings_;
+  bool have_embeddings_ = false;
+};
+
+// How long rank 0 waits for the next input before it pings the other ranks.
+constexpr absl::Duration kInputWait = absl::Seconds(1);
+
 // A request's tensors, checked.
 struct Prepared {
   at::Tensor prior_ids;  // [1, N] int64, the AR grid upsampled 2× to the patch grid
@@ -63,13 +143,125 @@ class DenoiseCore::Impl {
       if (command.first == DenoiseGroup::Command::kStop) return absl::OkStatus();
       v1::DenoiseRequest r;
       if (!r.ParseFromString(command.second)) return absl::DataLossError("bad request from rank 0");
+      if (command.first == DenoiseGroup::Command::kBegin) {
+        RETURN_IF_ERROR(ReceiveStreamed(r));
+        continue;
+      }
       ASSIGN_OR_RETURN(Prepared p, Prepare(r));  // rank 0 checked it: this cannot fail differently
       RETURN_IF_ERROR(Execute(r, p, nullptr, nullptr));
     }
   }
 
+  absl::Status DenoiseStreamed(CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
+                               const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
+    // A cancelled call wakes the wait for inputs at once (a deadline within kInputWait).
+    ScopedCancelHook wake(ctx, [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
+    v1::DenoiseRequest header;
+    while (true) {  // the request comes first
+      RETURN_IF_ERROR(ctx.Check("denoise"));
+      auto next = inputs.Next(kInputWait);
+      if (absl::IsOutOfRange(next.status())) {
+        return absl::InvalidArgumentError("DenoiseStream: the inputs ended before the request");
+      }
+      RETURN_IF_ERROR(next.status());
+      if (!next->has_value()) continue;
+      if (!(*next)->has_request()) {
+        return absl::InvalidArgumentError("DenoiseStream: the first input must be the request");
+      }
+      header = std::move(*(*next)->mutable_request());
+      break;
+    }
+    // Checked before the group is involved, like a whole request.
+    RETURN_IF_ERROR(CheckRequest(header));
+    std::string bytes;
+    header.SerializeToString(&bytes);
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes));
+    absl::Status s = StreamAndExecute(ctx, header, inputs, on_event);
+    group_->Release();
+    return s;
+  }
+
  private:
-  absl::StatusOr<Prepared> Prepare(const v1::DenoiseRequest& r) const {
+  // Rank 0, holding the group: forwards each input to the other ranks as it arrives, then runs
+  // the request with them (kGo) or drops it (kAbort) when the inputs fail or the call ends.
+  absl::Status StreamAndExecute(CallContext& ctx, const v1::DenoiseRequest& header,
+                                InputQueue<v1::DenoiseInput>& inputs,
+                                const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    StreamedInputs assembly(header);
+    auto abort = [&](absl::Status why) {
+      group_->SendMore(DenoiseGroup::Command::kAbort, "").IgnoreError();
+      return why;
+    };
+    std::string bytes;
+    while (!assembly.complete()) {
+      if (absl::Status live = ctx.Check("denoise"); !live.ok()) return abort(live);
+      auto next = inputs.Next(kInputWait);
+      if (absl::IsOutOfRange(next.status())) {
+        return abort(absl::InvalidArgumentError(absl::StrCat(
+            "DenoiseStream: the inputs ended with ", assembly.Progress())));
+      }
+      if (!next.ok()) return abort(next.status());
+      if (!next->has_value()) {  // nothing yet: keep the other ranks' waits alive
+        RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kPing, ""));
+        continue;
+      }
+      v1::DenoiseInput& in = **next;
+      if (in.has_ar_tokens()) {
+        auto piece = assembly.GridPiece(in.ar_tokens());
+        if (!piece.ok()) return abort(piece.status());
+        if (piece->tokens_size() == 0) continue;  // preview tokens
+        piece->SerializeToString(&bytes);
+        RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kTokens, bytes));
+        RETURN_IF_ERROR(assembly.Apply(*piece));
+      } else if (in.has_embeddings()) {
+        in.embeddings().SerializeToString(&bytes);
+        RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kEmbeddings, bytes));
+        assembly.SetEmbeddings(std::move(*in.mutable_embeddings()));
+      } else {
+        return abort(absl::InvalidArgumentError("DenoiseStream: a second request"));
+      }
+    }
+    const v1::DenoiseRequest r = assembly.Request(header);
+    auto p = Prepare(r);
+    if (!p.ok()) return abort(p.status());
+    RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kGo, ""));
+    return Execute(r, *p, &ctx, on_event);
+  }
+
+  // Ranks > 0: the pieces of a streamed request, in rank 0's order, until kGo or kAbort.
+  absl::Status ReceiveStreamed(const v1::DenoiseRequest& header) {
+    StreamedInputs assembly(header);
+    while (true) {
+      ASSIGN_OR_RETURN(auto command, group_->Receive());
+      switch (command.first) {
+        case DenoiseGroup::Command::kTokens: {
+          v1::ArTokenChunk piece;
+          if (!piece.ParseFromString(command.second)) return absl::DataLossError("bad tokens from rank 0");
+          RETURN_IF_ERROR(assembly.Apply(piece));
+          break;
+        }
+        case DenoiseGroup::Command::kEmbeddings: {
+          v1::EncodeResponse e;
+          if (!e.ParseFromString(command.second)) return absl::DataLossError("bad embeddings from rank 0");
+          assembly.SetEmbeddings(std::move(e));
+          break;
+        }
+        case DenoiseGroup::Command::kAbort:
+          return absl::OkStatus();
+        case DenoiseGroup::Command::kGo: {
+          const v1::DenoiseRequest r = assembly.Request(header);
+          ASSIGN_OR_RETURN(Prepared p, Prepare(r));  // as rank 0's, which passed
+          return Execute(r, p, nullptr, nullptr);
+        }
+        default:
+          return absl::DataLossError("denoise group: unexpected command in a streamed request");
+      }
+    }
+  }
+
+  // The request's scalar fields (a whole or a streamed request, before its tensors).
+  absl::Status CheckRequest(const v1::DenoiseRequest& r) const {
     if (r.model() != spec_.name) {
       return absl::NotFoundError(
           absl::StrCat("model: this denoise group serves '", spec_.name, "', not '", r.model(), "'"));
@@ -87,6 +279,16 @@ class DenoiseCore::Impl {
     if (!std::isfinite(r.guidance_scale()) || r.guidance_scale() < 0) {
       return absl::InvalidArgumentError("guidance_scale: must be finite and >= 0");
     }
+    for (int64_t b : r.multimodal_guidance().stg_blocks()) {
+      if (b < 0 || b >= dit_->config().num_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("multimodal_guidance.stg_blocks: no block ", b));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Prepared> Prepare(const v1::DenoiseRequest& r) const {
+    RETURN_IF_ERROR(CheckRequest(r));
     const auto& cfg = dit_->config();
     const int64_t grid_h = r.height() / kPixelGranularity, grid_w = r.width() / kPixelGranularity;
     ASSIGN_OR_RETURN(at::Tensor grid, FromWire(r.prior_tokens(), "prior_tokens", DType::kInt64, 2));
@@ -106,11 +308,6 @@ class DenoiseCore::Impl {
     for (auto [field, t] : {std::pair{"prompt_embeds", p.prompt}, std::pair{"negative_prompt_embeds", p.negative}}) {
       if (t.size(0) != 1 || t.size(2) != cfg.text_embed_dim) {
         return absl::InvalidArgumentError(absl::StrCat(field, ": expected [1, T, ", cfg.text_embed_dim, "]"));
-      }
-    }
-    for (int64_t b : r.multimodal_guidance().stg_blocks()) {
-      if (b < 0 || b >= cfg.num_layers) {
-        return absl::InvalidArgumentError(absl::StrCat("multimodal_guidance.stg_blocks: no block ", b));
       }
     }
     // Prior tokens: the AR grid upsampled 2× (nearest) to the DiT's patch grid, row-major.
@@ -237,6 +434,12 @@ DenoiseCore::~DenoiseCore() = default;
 absl::Status DenoiseCore::Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
   return impl_->Denoise(ctx, request, on_event);
+}
+
+absl::Status DenoiseCore::DenoiseStreamed(
+    CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
+    const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+  return impl_->DenoiseStreamed(ctx, inputs, on_event);
 }
 
 absl::Status DenoiseCore::RunWorker() { return impl_->RunWorker(); }

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/call/call_context.h"
+#include "common/call/input_queue.h"
 #include "diffmesh/v1/stages.pb.h"
 #include "models/parallel/comm.h"
 #include "models/parallel/layout.h"
@@ -43,6 +44,14 @@ class DenoiseCore {
   // then the Result.
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event);
+
+  // Rank 0: the streamed form (DenoiseService.DenoiseStream). Takes the request, then its
+  // inputs from `inputs` as the stages before produce them (AR token chunks and the encoder's
+  // output, any order; the queue closed at the end), broadcasting each piece to the other ranks
+  // as it arrives, and runs the steps once the target grid and the embeddings are complete.
+  // Waits for the group while another request runs; the inputs queue up meanwhile.
+  absl::Status DenoiseStreamed(CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
+                               const std::function<void(const v1::DenoiseEvent&)>& on_event);
 
   // Ranks > 0: takes part in every request rank 0 runs; returns when rank 0 stops the group
   // (OK) or the group breaks.

@@ -1,10 +1,12 @@
 #include "services/denoise/denoise_core.h"
 
 #include <random>
+#include <thread>
 
 #include "common/image/png.h"
 #include "common/tensor/wire_tensor.h"
 #include "gtest/gtest.h"
+#include "services/denoise/testing/streamed_inputs.h"
 
 namespace diffmesh {
 namespace {
@@ -143,6 +145,85 @@ TEST_F(DenoiseCoreTest, CancelStopsBetweenSteps) {
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(steps, 2);
+}
+
+Outcome RunStreamed(DenoiseCore& core, std::vector<v1::DenoiseInput> inputs,
+                    absl::Status close = absl::OkStatus(), CallContext* ctx = nullptr) {
+  InputQueue<v1::DenoiseInput> queue;
+  // Fed from another thread, a little at a time, as a live stage would.
+  std::thread producer([&] {
+    for (auto& in : inputs) {
+      queue.Push(std::move(in));
+      absl::SleepFor(absl::Microseconds(200));
+    }
+    queue.Close(close);
+  });
+  Outcome o;
+  CallContext local;
+  o.status = core.DenoiseStreamed(ctx ? *ctx : local, queue, [&](const v1::DenoiseEvent& e) {
+    if (e.has_step()) ++o.steps;
+    if (e.has_result()) o.result = e.result();
+  });
+  producer.join();
+  return o;
+}
+
+TEST_F(DenoiseCoreTest, StreamedInputsGiveTheWholeRequestsImage) {
+  const v1::DenoiseRequest whole = Request(128, 21);
+  Outcome expected = Run(whole);
+  ASSERT_TRUE(expected.status.ok()) << expected.status;
+  for (int chunk : {1, 7, 32, 1000}) {
+    Outcome got = RunStreamed(*core_, testing::StreamedInputsOf(whole, chunk));
+    ASSERT_TRUE(got.status.ok()) << "chunk " << chunk << ": " << got.status;
+    EXPECT_EQ(got.steps, 3);
+    EXPECT_EQ(got.result.png(), expected.result.png()) << "chunk " << chunk;
+  }
+}
+
+TEST_F(DenoiseCoreTest, StreamedInputsThatEndEarlyOrFailAreErrors) {
+  const v1::DenoiseRequest whole = Request(128, 22);
+  std::vector<v1::DenoiseInput> inputs = testing::StreamedInputsOf(whole, 16);
+
+  std::vector<v1::DenoiseInput> short_of_tokens(inputs.begin(), inputs.end() - 2);
+  Outcome o = RunStreamed(*core_, short_of_tokens);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(o.status.message().find("grid tokens"), std::string::npos) << o.status;
+  EXPECT_EQ(o.steps, 0);
+
+  o = RunStreamed(*core_, short_of_tokens, absl::UnavailableError("stage 'ar': down"));
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kUnavailable) << o.status;
+
+  std::vector<v1::DenoiseInput> tokens_first(inputs.begin() + 1, inputs.end());
+  o = RunStreamed(*core_, tokens_first);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<v1::DenoiseInput> gap = inputs;
+  gap.erase(gap.begin() + 3);  // an AR chunk missing in the middle
+  o = RunStreamed(*core_, gap);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(o.status.message().find("offset"), std::string::npos) << o.status;
+
+  // A bad header is refused before anything else (and the group stays usable).
+  std::vector<v1::DenoiseInput> bad = inputs;
+  bad[0].mutable_request()->set_steps(0);
+  o = RunStreamed(*core_, bad);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(RunStreamed(*core_, inputs).status.ok());
+}
+
+TEST_F(DenoiseCoreTest, CancelWhileWaitingForInputs) {
+  InputQueue<v1::DenoiseInput> queue;
+  queue.Push(testing::StreamedInputsOf(Request(128, 23), 16)[0]);  // the request, then nothing
+  CallContext ctx;
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    ctx.Cancel();
+  });
+  const absl::Time t0 = absl::Now();
+  absl::Status s = core_->DenoiseStreamed(ctx, queue, [](const v1::DenoiseEvent&) {});
+  canceller.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
 }
 
 }  // namespace

@@ -112,6 +112,11 @@ void DenoiseGroup::KeepaliveLoop() {
 
 absl::Status DenoiseGroup::Send(Command command, const std::string& payload) {
   held_ = std::unique_lock<std::mutex>(mu_);
+  return SendMore(command, payload);
+}
+
+absl::Status DenoiseGroup::SendMore(Command command, const std::string& payload) {
+  if (!held_.owns_lock()) return absl::FailedPreconditionError("denoise group: not held");
   if (world_size() == 1) return absl::OkStatus();
   std::string message = std::string(1, static_cast<char>(command)) + payload;
   absl::Status s = world_->BroadcastBytes(&message, 0);

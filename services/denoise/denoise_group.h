@@ -41,7 +41,12 @@ struct DenoiseGroupOptions {
 
 class DenoiseGroup {
  public:
-  enum class Command : uint8_t { kPing = 0, kRun = 1, kStop = 2 };
+  // kRun carries a whole request. A streamed request is kBegin (the request without its
+  // tensors), then kTokens / kEmbeddings pieces as they reach rank 0, then kGo (run it) or
+  // kAbort (drop it).
+  enum class Command : uint8_t {
+    kPing = 0, kRun = 1, kStop = 2, kBegin = 3, kTokens = 4, kEmbeddings = 5, kGo = 6, kAbort = 7
+  };
 
   // Collective over all ranks (each process calls it with its own rank).
   static absl::StatusOr<std::unique_ptr<DenoiseGroup>> Create(const DenoiseGroupOptions& options);
@@ -56,6 +61,9 @@ class DenoiseGroup {
 
   // Rank 0: sends a command (and payload) to every rank. Holds the group until Release().
   absl::Status Send(Command command, const std::string& payload);
+  // Rank 0, while holding the group after Send: one more command of the same request (the
+  // keepalive cannot ping while the group is held, so a long wait sends kPing itself).
+  absl::Status SendMore(Command command, const std::string& payload);
   void Release();
   // Other ranks: the next command from rank 0 (pings are answered internally).
   absl::StatusOr<std::pair<Command, std::string>> Receive();

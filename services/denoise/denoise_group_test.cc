@@ -12,6 +12,7 @@
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_group.h"
+#include "services/denoise/testing/streamed_inputs.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -139,6 +140,73 @@ TEST(DenoiseGroupTest, EveryLayoutMatchesOneRank) {
     }
   }
   EXPECT_EQ(layouts, 22);
+}
+
+// Streamed requests on a group of four ranks: rank 0 broadcasts the grid pieces and the
+// embeddings as they arrive. A streamed request whose inputs fail is dropped by every rank
+// (kAbort) and the group goes on: the next streamed request, and a whole one after it, give the
+// one-rank image.
+TEST(DenoiseGroupTest, StreamedRequestsAcrossRanksMatchOneRank) {
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
+  const v1::DenoiseRequest request = Request(77);
+  const Output single = RunGroup({}, request);
+  ParallelConfig p;
+  p.cfg = 2;
+  p.ulysses = 2;
+  const int world = p.world();
+  const int port = models::parallel::testing::FreeLoopbackPort();
+  std::vector<std::thread> ranks;
+  for (int rank = 0; rank < world; ++rank) {
+    ranks.emplace_back([&, rank] {
+      DenoiseCore::Options o;
+      o.parallel = p;
+      o.rendezvous.world_size = world;
+      o.rendezvous.rank = rank;
+      o.rendezvous.master_port = port;
+      o.rendezvous.timeout = std::chrono::seconds(60);
+      auto core = DenoiseCore::Create(o);
+      ASSERT_TRUE(core.ok()) << "rank " << rank << ": " << core.status();
+      if (rank != 0) {
+        absl::Status s = (*core)->RunWorker();
+        EXPECT_TRUE(s.ok()) << "rank " << rank << ": " << s;
+        return;
+      }
+      auto streamed = [&](absl::Status close, size_t keep) {
+        InputQueue<v1::DenoiseInput> queue;
+        std::vector<v1::DenoiseInput> inputs = testing::StreamedInputsOf(request, 2);
+        inputs.resize(std::min(keep, inputs.size()));
+        std::thread producer([&] {
+          for (auto& in : inputs) {
+            queue.Push(std::move(in));
+            absl::SleepFor(absl::Microseconds(300));
+          }
+          queue.Close(close);
+        });
+        CallContext ctx;
+        Output out;
+        absl::Status s = (*core)->DenoiseStreamed(ctx, queue, [&](const v1::DenoiseEvent& e) {
+          if (!e.has_result()) return;
+          out.latents = *FromWire(e.result().latents(), "latents");
+          out.image = *DecodePng(e.result().png());
+        });
+        producer.join();
+        return std::make_pair(s, out);
+      };
+      auto failed = streamed(absl::UnavailableError("ar down"), 40);
+      EXPECT_EQ(failed.first.code(), absl::StatusCode::kUnavailable) << failed.first;
+      auto ok = streamed(absl::OkStatus(), 1000);
+      ASSERT_TRUE(ok.first.ok()) << ok.first;
+      ExpectSame(ok.second, single, "streamed cfg2_u2");
+      CallContext ctx;
+      v1::DenoiseEvent::Result result;
+      ASSERT_TRUE((*core)->Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+        if (e.has_result()) result = e.result();
+      }).ok());
+      ExpectSame(Output{*FromWire(result.latents(), "latents"), *DecodePng(result.png())}, single,
+                 "whole after streamed");
+    });
+  }
+  for (auto& t : ranks) t.join();
 }
 
 TEST(DenoiseGroupTest, FourBranchGuidanceMatchesOneRankForAnyCfgDegree) {

@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
+#include "common/rpc/bidi_streaming_call.h"
 #include "common/rpc/streaming_call.h"
 
 namespace diffmesh {
@@ -61,22 +62,37 @@ DenoiseService::DenoiseService(DenoiseCore* core, prometheus::Registry* registry
 
 DenoiseService::~DenoiseService() = default;
 
+absl::Status DenoiseService::Measured(
+    const std::function<absl::Status(const std::function<void(const v1::DenoiseEvent&)>&)>& run,
+    const std::function<void(v1::DenoiseEvent)>& emit) {
+  if (metrics_ == nullptr) return run([&emit](const v1::DenoiseEvent& e) { emit(e); });
+  metrics::StageCallTracker tracker(&metrics_->calls, metrics::kStageDenoise);
+  StepTimer timer(metrics_->step_duration);
+  absl::Status s = run([&](const v1::DenoiseEvent& e) {
+    timer.OnEvent(e);
+    emit(e);
+  });
+  tracker.Finish(s);
+  return s;
+}
+
 grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiseService::Denoise(
     grpc::CallbackServerContext* ctx, const v1::DenoiseRequest* request) {
   return StreamingCall<v1::DenoiseEvent>::Start(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::DenoiseEvent>::Emit& emit) {
-        if (metrics_ == nullptr) {
-          return core_->Denoise(call, *request, [&emit](const v1::DenoiseEvent& e) { emit(e); });
-        }
-        metrics::StageCallTracker tracker(&metrics_->calls, metrics::kStageDenoise);
-        StepTimer timer(metrics_->step_duration);
-        absl::Status s = core_->Denoise(call, *request, [&](const v1::DenoiseEvent& e) {
-          timer.OnEvent(e);
-          emit(e);
-        });
-        tracker.Finish(s);
-        return s;
+        return Measured([&](const auto& on_event) { return core_->Denoise(call, *request, on_event); },
+                        emit);
       });
+}
+
+grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseService::DenoiseStream(
+    grpc::CallbackServerContext* ctx) {
+  using Call = BidiStreamingCall<v1::DenoiseInput, v1::DenoiseEvent>;
+  return Call::Start(ctx, [this](CallContext& call, InputQueue<v1::DenoiseInput>& inputs,
+                                 const Call::Emit& emit) {
+    return Measured(
+        [&](const auto& on_event) { return core_->DenoiseStreamed(call, inputs, on_event); }, emit);
+  });
 }
 
 }  // namespace diffmesh

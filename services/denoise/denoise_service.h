@@ -22,9 +22,15 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
 
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override;
+  grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseStream(
+      grpc::CallbackServerContext* ctx) override;
 
  private:
   struct Metrics;
+  // Runs `run` (a core call) with the call and step metrics around it.
+  absl::Status Measured(
+      const std::function<absl::Status(const std::function<void(const v1::DenoiseEvent&)>&)>& run,
+      const std::function<void(v1::DenoiseEvent)>& emit);
   DenoiseCore* core_;
   std::unique_ptr<Metrics> metrics_;
 };

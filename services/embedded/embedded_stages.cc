@@ -1,10 +1,81 @@
 #include "services/embedded/embedded_stages.h"
 
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
+#include "common/call/input_queue.h"
 #include "common/process/subprocess.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh {
+namespace {
+
+// A streamed denoise call into the core in this process: the core runs on its own thread
+// taking the inputs as they are sent; its events wait here until Finish delivers them.
+class EmbeddedDenoiseStream final : public DenoiseStream {
+ public:
+  EmbeddedDenoiseStream(DenoiseCore* core, CallContext& ctx)
+      : worker_([this, core, &ctx] {
+          absl::Status s = core->DenoiseStreamed(ctx, inputs_, [this](const v1::DenoiseEvent& e) {
+            {
+              std::lock_guard<std::mutex> lock(mu_);
+              events_.push_back(e);
+            }
+            cv_.notify_all();
+          });
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            status_ = std::move(s);
+            done_ = true;
+          }
+          cv_.notify_all();
+        }) {}
+
+  ~EmbeddedDenoiseStream() override {
+    inputs_.Close(absl::CancelledError("denoise stream dropped"));
+    worker_.join();
+  }
+
+  absl::Status Send(const v1::DenoiseInput& input) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (done_) return absl::FailedPreconditionError("the denoise call has ended");
+    }
+    if (!inputs_.Push(input)) return absl::FailedPreconditionError("the denoise inputs are closed");
+    return absl::OkStatus();
+  }
+
+  void CloseInputs(absl::Status status) override { inputs_.Close(std::move(status)); }
+
+  absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return done_ || !events_.empty(); });
+      while (!events_.empty()) {
+        v1::DenoiseEvent e = std::move(events_.front());
+        events_.pop_front();
+        lock.unlock();
+        on_event(e);
+        lock.lock();
+      }
+      if (done_ && events_.empty()) return status_;
+    }
+  }
+
+ private:
+  InputQueue<v1::DenoiseInput> inputs_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::DenoiseEvent> events_;
+  bool done_ = false;
+  absl::Status status_;
+  std::thread worker_;  // last: starts once the members it uses exist
+};
+
+}  // namespace
 
 class EmbeddedStages::Clients final : public ArStageClient,
                                       public EncoderStageClient,
@@ -22,6 +93,9 @@ class EmbeddedStages::Clients final : public ArStageClient,
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     return stages_->denoise_->Denoise(ctx, request, on_event);
+  }
+  absl::StatusOr<std::unique_ptr<DenoiseStream>> OpenStream(CallContext& ctx) override {
+    return std::make_unique<EmbeddedDenoiseStream>(stages_->denoise_.get(), ctx);
   }
 
  private:

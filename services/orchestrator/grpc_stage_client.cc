@@ -2,6 +2,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "common/rpc/server.h"
 #include "common/status/grpc_status.h"
@@ -24,6 +28,69 @@ absl::Status StageError(const char* stage, const std::string& address, const grp
   return absl::Status(st.code(), absl::StrCat("stage '", stage, "' (", address, "): ", st.message()));
 }
 
+// A server-streaming stage call on gRPC's callback API, read by a blocking caller: each message
+// is handed over under mu_ and the next read starts when the caller has taken it, so the
+// stage's stream is flow-controlled by the caller as with a sync reader. A sync reader instead
+// makes the calling thread poll a completion queue of its own, and each read passes through
+// gRPC's pollset hand-offs between threads (futex kicks): in perf, most of the orchestrator's
+// futex calls, one of its largest kernel costs.
+template <typename Response>
+class BlockingReader final : public grpc::ClientReadReactor<Response> {
+ public:
+  // `start` binds this reactor to the call, e.g. stub->async()->Generate(ctx, &req, reader).
+  template <typename StartFn>
+  explicit BlockingReader(StartFn start) {
+    start(this);
+    // The caller's thread starts reads outside the reactions: the hold keeps the call from
+    // ending in between. Released once a read finds the stream's end.
+    this->AddHold();
+    this->StartRead(&incoming_);
+    this->StartCall();
+  }
+
+  // Calls `on_message` for each message in order, on this thread; returns the call's status
+  // once gRPC is done with the call (so this may then be destroyed).
+  grpc::Status ReadAll(const std::function<void(const Response&)>& on_message) {
+    Response message;
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return have_message_ || done_; });
+        if (!have_message_) return status_;
+        have_message_ = false;
+        message.Swap(&incoming_);
+      }
+      this->StartRead(&incoming_);
+      on_message(message);
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      this->RemoveHold();
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    have_message_ = true;
+    cv_.notify_one();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    done_ = true;
+    cv_.notify_one();  // under the lock: the caller may destroy this as soon as it wakes
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Response incoming_;  // written by gRPC while a read is in flight, else under mu_
+  bool have_message_ = false;
+  bool done_ = false;
+  grpc::Status status_;
+};
+
 class GrpcAr final : public ArStageClient {
  public:
   GrpcAr(std::shared_ptr<grpc::Channel> ch, std::string address)
@@ -33,10 +100,10 @@ class GrpcAr final : public ArStageClient {
     grpc::ClientContext client_ctx;
     Bind(ctx, client_ctx);
     ScopedCancelHook hook(ctx, [&] { client_ctx.TryCancel(); });
-    auto reader = stub_->Generate(&client_ctx, request);
-    v1::ArTokenChunk chunk;
-    while (reader->Read(&chunk)) on_chunk(chunk);
-    return StageError("ar", address_, reader->Finish());
+    BlockingReader<v1::ArTokenChunk> reader([&](grpc::ClientReadReactor<v1::ArTokenChunk>* r) {
+      stub_->async()->Generate(&client_ctx, &request, r);
+    });
+    return StageError("ar", address_, reader.ReadAll(on_chunk));
   }
 
  private:
@@ -53,8 +120,22 @@ class GrpcEncoder final : public EncoderStageClient {
     grpc::ClientContext client_ctx;
     Bind(ctx, client_ctx);
     ScopedCancelHook hook(ctx, [&] { client_ctx.TryCancel(); });
+    // The callback API, as for the streams (see BlockingReader): the sync one polls a
+    // completion queue of its own.
     v1::EncodeResponse response;
-    absl::Status s = StageError("encoder", address_, stub_->Encode(&client_ctx, request, &response));
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<grpc::Status> status;
+    stub_->async()->Encode(&client_ctx, &request, &response, [&](grpc::Status s) {
+      std::lock_guard<std::mutex> lock(mu);
+      status = std::move(s);
+      cv.notify_one();  // under the lock: all of the above dies once the caller wakes
+    });
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return status.has_value(); });
+    }
+    absl::Status s = StageError("encoder", address_, *status);
     if (!s.ok()) return s;
     return response;
   }
@@ -62,6 +143,53 @@ class GrpcEncoder final : public EncoderStageClient {
  private:
   std::unique_ptr<v1::EncoderService::Stub> stub_;
   std::string address_;
+};
+
+// DenoiseService.DenoiseStream on the sync API: Send writes from the producers' threads (one
+// at a time), Finish reads the events on the caller's thread.
+class GrpcDenoiseStream final : public DenoiseStream {
+ public:
+  GrpcDenoiseStream(v1::DenoiseService::Stub& stub, CallContext& ctx, std::string address)
+      : address_(std::move(address)) {
+    Bind(ctx, client_ctx_);
+    hook_.emplace(ctx, [this] { client_ctx_.TryCancel(); });
+    stream_ = stub.DenoiseStream(&client_ctx_);
+  }
+
+  absl::Status Send(const v1::DenoiseInput& input) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return absl::FailedPreconditionError("denoise inputs already closed");
+    if (!stream_->Write(input)) {
+      closed_ = true;  // the call has ended; Finish reads why
+      return absl::UnavailableError(absl::StrCat("stage 'denoise' (", address_, "): stream ended"));
+    }
+    return absl::OkStatus();
+  }
+
+  void CloseInputs(absl::Status status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    if (status.ok()) {
+      stream_->WritesDone();
+    } else {
+      client_ctx_.TryCancel();  // a producer failed: the stage drops the request
+    }
+  }
+
+  absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    v1::DenoiseEvent event;
+    while (stream_->Read(&event)) on_event(event);
+    return StageError("denoise", address_, stream_->Finish());
+  }
+
+ private:
+  const std::string address_;
+  grpc::ClientContext client_ctx_;
+  std::optional<ScopedCancelHook> hook_;  // after client_ctx_: unregistered before it dies
+  std::unique_ptr<grpc::ClientReaderWriter<v1::DenoiseInput, v1::DenoiseEvent>> stream_;
+  std::mutex mu_;
+  bool closed_ = false;
 };
 
 class GrpcDenoise final : public DenoiseStageClient {
@@ -73,10 +201,13 @@ class GrpcDenoise final : public DenoiseStageClient {
     grpc::ClientContext client_ctx;
     Bind(ctx, client_ctx);
     ScopedCancelHook hook(ctx, [&] { client_ctx.TryCancel(); });
-    auto reader = stub_->Denoise(&client_ctx, request);
-    v1::DenoiseEvent event;
-    while (reader->Read(&event)) on_event(event);
-    return StageError("denoise", address_, reader->Finish());
+    BlockingReader<v1::DenoiseEvent> reader([&](grpc::ClientReadReactor<v1::DenoiseEvent>* r) {
+      stub_->async()->Denoise(&client_ctx, &request, r);
+    });
+    return StageError("denoise", address_, reader.ReadAll(on_event));
+  }
+  absl::StatusOr<std::unique_ptr<DenoiseStream>> OpenStream(CallContext& ctx) override {
+    return std::make_unique<GrpcDenoiseStream>(*stub_, ctx, address_);
   }
 
  private:

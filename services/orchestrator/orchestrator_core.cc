@@ -216,6 +216,47 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     }
     return "";
   };
+  // Streaming needs both producers: the grid comes from the AR stage, the embeddings from the
+  // encoder.
+  bool stream_denoise = model.HasStage("ar") && model.HasStage("encoder");
+  for (const auto& s : model.stages) {
+    if (s.name == "denoise") stream_denoise &= s.stream;
+  }
+
+  v1::DenoiseRequest denoise_req;
+  denoise_req.set_request_id(accepted.request_id());
+  denoise_req.set_model(accepted.model());
+  denoise_req.set_height(accepted.height());
+  denoise_req.set_width(accepted.width());
+  denoise_req.set_steps(accepted.steps());
+  denoise_req.set_guidance_scale(accepted.guidance_scale());
+  denoise_req.set_seed(accepted.seed());
+  denoise_req.set_output(v1::PNG);
+  denoise_req.set_include_latents(request.include_latents());
+  ASSIGN_OR_RETURN(DenoiseStageClient* denoise, options_.stages->Denoise(service_of("denoise")));
+  // Streamed: the denoise call opens now and takes the AR tokens and the encoder's output as
+  // they come (its rank 0 broadcasts them to the other ranks as they arrive); a failed hand-over
+  // means the call has ended, so the other stages stop and Finish tells why.
+  std::unique_ptr<DenoiseStream> denoise_stream;
+  auto hand_over = [&](const v1::DenoiseInput& in) {
+    trace.Bytes("denoise", /*sent=*/true, in);
+    if (!denoise_stream->Send(in).ok()) ctx.Cancel();
+  };
+  if (stream_denoise) {
+    ASSIGN_OR_RETURN(denoise_stream, denoise->OpenStream(ctx));
+    v1::DenoiseInput head;
+    *head.mutable_request() = denoise_req;
+    hand_over(head);
+  }
+  // The stream's own status once its inputs failed with `why` (it explains a CANCELLED `why`).
+  auto end_stream = [&](const absl::Status& why) {
+    if (denoise_stream == nullptr) return why;
+    denoise_stream->CloseInputs(why);
+    absl::Status own = denoise_stream->Finish([](const v1::DenoiseEvent&) {});
+    denoise_stream.reset();
+    return why.code() == absl::StatusCode::kCancelled && !own.ok() && !absl::IsCancelled(own) ? own
+                                                                                               : why;
+  };
 
   // The encoder does not depend on the AR output: it runs beside it.
   absl::StatusOr<v1::EncodeResponse> encoded = v1::EncodeResponse();
@@ -236,6 +277,11 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
       encoder_seconds = Seconds(t0);
       if (encoded.ok()) {
         trace.Bytes("encoder", /*sent=*/false, *encoded);
+        if (denoise_stream != nullptr) {
+          v1::DenoiseInput in;
+          *in.mutable_embeddings() = *encoded;
+          hand_over(in);
+        }
         emit(StageEvent("encoder", v1::StageEvent::FINISHED, encoder_seconds));
       } else {
         ctx.Cancel();  // fail fast: stop the AR stage too
@@ -275,14 +321,20 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
         prior_tokens = chunk.prior_tokens();
         done = true;
       }
+      if (denoise_stream != nullptr) {
+        v1::DenoiseInput in;
+        *in.mutable_ar_tokens() = chunk;
+        in.mutable_ar_tokens()->clear_prior_tokens();  // the tokens say it all
+        hand_over(in);
+      }
     });
     if (s.ok() && !done) s = absl::InternalError("stage 'ar' ended its stream without a final chunk");
     if (!s.ok()) {
       ctx.Cancel();
       if (encoder_thread.joinable()) encoder_thread.join();
       // Report the encoder's error if it failed first and caused the cancel.
-      if (!encoded.ok() && s.code() == absl::StatusCode::kCancelled) return encoded.status();
-      return s;
+      if (!encoded.ok() && s.code() == absl::StatusCode::kCancelled) s = encoded.status();
+      return end_stream(s);
     }
     const double ar_seconds = Seconds(t0);
     add_timing("ar", ar_seconds);
@@ -290,33 +342,18 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     emit(StageEvent("ar", v1::StageEvent::FINISHED, ar_seconds));
   }
   if (encoder_thread.joinable()) encoder_thread.join();
-  if (!encoded.ok()) return encoded.status();
+  if (!encoded.ok()) return end_stream(encoded.status());
   if (model.HasStage("encoder")) {
     add_timing("encoder", encoder_seconds);
     trace.StageFinished("encoder", encoder_seconds);
   }
-  RETURN_IF_ERROR(ctx.Check("orchestrator"));
+  if (absl::Status live = ctx.Check("orchestrator"); !live.ok()) return end_stream(live);
 
-  ASSIGN_OR_RETURN(DenoiseStageClient* denoise, options_.stages->Denoise(service_of("denoise")));
   emit(StageEvent("denoise", v1::StageEvent::STARTED));
   const absl::Time t0 = absl::Now();
-  v1::DenoiseRequest req;
-  req.set_request_id(accepted.request_id());
-  req.set_model(accepted.model());
-  req.set_height(accepted.height());
-  req.set_width(accepted.width());
-  req.set_steps(accepted.steps());
-  req.set_guidance_scale(accepted.guidance_scale());
-  req.set_seed(accepted.seed());
-  *req.mutable_prior_tokens() = std::move(prior_tokens);
-  *req.mutable_prompt_embeds() = std::move(*encoded->mutable_prompt_embeds());
-  *req.mutable_negative_prompt_embeds() = std::move(*encoded->mutable_negative_prompt_embeds());
-  req.set_output(v1::PNG);
-  req.set_include_latents(request.include_latents());
-  trace.Bytes("denoise", /*sent=*/true, req);
   v1::DenoiseEvent::Result result;
   bool have_result = false;
-  RETURN_IF_ERROR(denoise->Denoise(ctx, req, [&](const v1::DenoiseEvent& e) {
+  auto on_denoise_event = [&](const v1::DenoiseEvent& e) {
     trace.Bytes("denoise", /*sent=*/false, e);
     if (e.has_step()) {
       v1::GenerateEvent g;
@@ -327,7 +364,18 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
       result = e.result();
       have_result = true;
     }
-  }));
+  };
+  if (denoise_stream != nullptr) {
+    denoise_stream->CloseInputs(absl::OkStatus());
+    RETURN_IF_ERROR(denoise_stream->Finish(on_denoise_event));
+  } else {
+    *denoise_req.mutable_prior_tokens() = std::move(prior_tokens);
+    *denoise_req.mutable_prompt_embeds() = std::move(*encoded->mutable_prompt_embeds());
+    *denoise_req.mutable_negative_prompt_embeds() =
+        std::move(*encoded->mutable_negative_prompt_embeds());
+    trace.Bytes("denoise", /*sent=*/true, denoise_req);
+    RETURN_IF_ERROR(denoise->Denoise(ctx, denoise_req, on_denoise_event));
+  }
   if (!have_result || result.png().empty()) {
     return absl::InternalError("stage 'denoise' returned no image");
   }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "services/orchestrator/testing/fake_stages.h"
 
 namespace diffmesh {
@@ -74,6 +75,52 @@ TEST_F(OrchestratorCoreTest, EventsArriveInProtocolOrder) {
   // The denoise stage got the AR grid and the encoder's embeddings.
   EXPECT_EQ(stages_.last_denoise.prior_tokens().shape_size(), 2);
   EXPECT_EQ(stages_.last_denoise.prompt_embeds().data().size(), 8u);
+}
+
+TEST_F(OrchestratorCoreTest, DenoiseGetsTheInputsHandedOverAsTheyAreProduced) {
+  std::vector<v1::GenerateEvent> events;
+  ASSERT_TRUE(Run(Request(), &events).ok());
+  EXPECT_EQ(stages_.whole_denoise_calls, 0);
+  ASSERT_FALSE(stages_.streamed.empty());
+  // The request first (without tensors), then every AR chunk in order and the embeddings once.
+  ASSERT_TRUE(stages_.streamed[0].has_request());
+  EXPECT_EQ(stages_.streamed[0].request().steps(), 3);
+  EXPECT_FALSE(stages_.streamed[0].request().has_prior_tokens());
+  int next_offset = 0, embeddings = 0;
+  for (size_t i = 1; i < stages_.streamed.size(); ++i) {
+    const auto& in = stages_.streamed[i];
+    EXPECT_FALSE(in.has_request());
+    if (in.has_ar_tokens()) {
+      EXPECT_EQ(in.ar_tokens().offset(), next_offset);
+      EXPECT_FALSE(in.ar_tokens().has_prior_tokens());
+      next_offset += in.ar_tokens().tokens_size();
+    }
+    embeddings += in.has_embeddings();
+  }
+  EXPECT_EQ(next_offset, stages_.ar_tokens);
+  EXPECT_EQ(embeddings, 1);
+  EXPECT_TRUE(stages_.stream_close_status.ok());
+}
+
+TEST_F(OrchestratorCoreTest, AFailingArStageClosesTheDenoiseStreamWithItsError) {
+  stages_.ar_error = absl::ResourceExhaustedError("stage 'ar': queue full");
+  std::vector<v1::GenerateEvent> events;
+  EXPECT_EQ(Run(Request(), &events).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(stages_.stream_close_status.code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(OrchestratorCoreTest, WithStreamingOffTheDenoiseStageGetsOneWholeRequest) {
+  auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  j["models"][0]["stages"][2]["stream"] = false;
+  auto pipeline = PipelineConfig::Parse(j.dump());
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  auto core = OrchestratorCore::Create({*pipeline, &stages_});
+  ASSERT_TRUE(core.ok());
+  CallContext ctx;
+  ASSERT_TRUE((*core)->Generate(ctx, Request(), [](const v1::GenerateEvent&) {}).ok());
+  EXPECT_EQ(stages_.whole_denoise_calls, 1);
+  EXPECT_TRUE(stages_.streamed.empty());
+  EXPECT_EQ(stages_.last_denoise.prior_tokens().shape_size(), 2);
 }
 
 TEST_F(OrchestratorCoreTest, BadInputIsRejectedNamingTheField) {

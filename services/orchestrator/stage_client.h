@@ -29,12 +29,29 @@ class EncoderStageClient {
                                                     const v1::EncodeRequest& request) = 0;
 };
 
+// One streamed denoise call (DenoiseService.DenoiseStream): inputs go in while the stages
+// before it still run, events come out once they are complete.
+class DenoiseStream {
+ public:
+  virtual ~DenoiseStream() = default;
+  // Hands over one input (the request first). Thread-safe. An error means the call has
+  // already ended (Finish tells why).
+  virtual absl::Status Send(const v1::DenoiseInput& input) = 0;
+  // The end of the inputs: OK when every producer is done, else the first producer's error
+  // (the stage then stops the request). Call once, before or during Finish.
+  virtual void CloseInputs(absl::Status status) = 0;
+  // Calls `on_event` for each step event and the result, in order; returns the call's status.
+  virtual absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
+};
+
 class DenoiseStageClient {
  public:
   virtual ~DenoiseStageClient() = default;
   // Calls `on_event` for each step event and the result, in order.
   virtual absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                                const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
+  // Opens a streamed call bound to `ctx` (deadline, cancellation), which must outlive it.
+  virtual absl::StatusOr<std::unique_ptr<DenoiseStream>> OpenStream(CallContext& ctx) = 0;
 };
 
 // Hands out the client for a stage by the service name the pipeline config gives it.

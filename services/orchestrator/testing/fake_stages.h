@@ -4,7 +4,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "services/orchestrator/stage_client.h"
 
@@ -23,7 +26,12 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
   std::string png = std::string("\x89PNG fake image bytes", 21);
 
   std::atomic<bool> ar_saw_cancel{false};
+  // The last denoise request: whole, or assembled from a stream's inputs.
   v1::DenoiseRequest last_denoise;
+  // The inputs of the last streamed call, in the order they were sent, and how it ended.
+  std::vector<v1::DenoiseInput> streamed;
+  absl::Status stream_close_status;
+  int whole_denoise_calls = 0;
 
   absl::StatusOr<ArStageClient*> Ar(const std::string&) override { return this; }
   absl::StatusOr<EncoderStageClient*> Encoder(const std::string&) override { return this; }
@@ -70,6 +78,67 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
 
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    ++whole_denoise_calls;
+    return Run(ctx, r, on_event);
+  }
+
+  // A streamed call: keeps the inputs; at Finish assembles the request (the grid is the last
+  // grid-sized run of AR tokens before the end token) and answers as Denoise does.
+  class Stream final : public DenoiseStream {
+   public:
+    Stream(FakeStages* stages, CallContext& ctx) : stages_(stages), ctx_(ctx) {
+      stages_->streamed.clear();
+    }
+    absl::Status Send(const v1::DenoiseInput& in) override {
+      std::lock_guard<std::mutex> lock(mu_);
+      stages_->streamed.push_back(in);
+      // A failing denoise stage ends the call at once; the sender learns it here.
+      return stages_->denoise_error.ok() ? absl::OkStatus()
+                                         : absl::UnavailableError("the denoise call has ended");
+    }
+    void CloseInputs(absl::Status status) override {
+      std::lock_guard<std::mutex> lock(mu_);
+      stages_->stream_close_status = status;
+    }
+    absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+      if (!stages_->denoise_error.ok()) return stages_->denoise_error;
+      if (!stages_->stream_close_status.ok()) return absl::CancelledError("inputs failed");
+      v1::DenoiseRequest r;
+      std::vector<int32_t> tokens;
+      for (const auto& in : stages_->streamed) {
+        if (in.has_request()) r = in.request();
+        if (in.has_ar_tokens()) {
+          tokens.insert(tokens.end(), in.ar_tokens().tokens().begin(), in.ar_tokens().tokens().end());
+        }
+        if (in.has_embeddings()) {
+          *r.mutable_prompt_embeds() = in.embeddings().prompt_embeds();
+          *r.mutable_negative_prompt_embeds() = in.embeddings().negative_prompt_embeds();
+        }
+      }
+      const int64_t gh = r.height() / 32, gw = r.width() / 32, n = gh * gw;
+      std::vector<int64_t> grid;
+      for (int64_t i = static_cast<int64_t>(tokens.size()) - 1 - n;
+           i >= 0 && i < static_cast<int64_t>(tokens.size()) - 1; ++i) {
+        grid.push_back(tokens[i]);
+      }
+      r.mutable_prior_tokens()->set_dtype(v1::INT64);
+      r.mutable_prior_tokens()->add_shape(gh);
+      r.mutable_prior_tokens()->add_shape(gw);
+      r.mutable_prior_tokens()->set_data(grid.data(), grid.size() * sizeof(int64_t));
+      return stages_->Run(ctx_, r, on_event);
+    }
+
+   private:
+    FakeStages* stages_;
+    CallContext& ctx_;
+    std::mutex mu_;
+  };
+  absl::StatusOr<std::unique_ptr<DenoiseStream>> OpenStream(CallContext& ctx) override {
+    return std::make_unique<Stream>(this, ctx);
+  }
+
+  absl::Status Run(CallContext& ctx, const v1::DenoiseRequest& r,
+                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
     last_denoise = r;
     if (!denoise_error.ok()) return denoise_error;
     for (int i = 1; i <= r.steps(); ++i) {
