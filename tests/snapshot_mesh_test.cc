@@ -31,8 +31,10 @@ class SnapshotMeshTest : public ::testing::Test {
     fs::remove_all(*root_);
     fs::create_directories(*root_);
     std::string log;
-    const int status = testing::RunCommand(
-        {testing::BinaryDir() + "/models/glm_image/tools/diffmesh-snapshot", "write", Snapshot()}, &log);
+    const std::string tool = testing::BinaryDir() + "/models/glm_image/tools/diffmesh-snapshot";
+    int status = testing::RunCommand({tool, "write", Snapshot()}, &log);
+    ASSERT_EQ(ExitCode(status), 0) << log;
+    status = testing::RunCommand({tool, "write", SingleFileSnapshot(), "--single-file"}, &log);
     ASSERT_EQ(ExitCode(status), 0) << log;
     // The built-in model's image: the reference both snapshot paths must reproduce.
     status_ = testing::RunCommand(Generate({"--output", Out("builtin.png")}), &log);
@@ -48,6 +50,8 @@ class SnapshotMeshTest : public ::testing::Test {
 
   // Named apart from the built-in model: requests show which model they reach.
   static std::string Snapshot() { return (*root_ / "glm-snap").string(); }
+  // The same weights in one safetensors file per component.
+  static std::string SingleFileSnapshot() { return (*root_ / "glm-snap-single").string(); }
   static std::string Out(const std::string& name) { return (*root_ / name).string(); }
   static std::vector<std::string> Generate(std::vector<std::string> extra) {
     std::vector<std::string> argv = {Binary("diffmesh"), "generate", "--prompt",
@@ -71,6 +75,12 @@ TEST_F(SnapshotMeshTest, EmbeddedGenerateServesTheSnapshot) {
       testing::RunCommand(Generate({"--model-dir", Snapshot(), "--output", Out("emb.png")}), &log);
   ASSERT_EQ(ExitCode(status), 0) << log;
   EXPECT_EQ(ReadFile(Out("emb.png")), *builtin_png_);
+  ASSERT_TRUE(fs::exists(fs::path(SingleFileSnapshot()) / "transformer" /
+                         "diffusion_pytorch_model.safetensors"));
+  const int single = testing::RunCommand(
+      Generate({"--model-dir", SingleFileSnapshot(), "--output", Out("single.png")}), &log);
+  ASSERT_EQ(ExitCode(single), 0) << log;
+  EXPECT_EQ(ReadFile(Out("single.png")), *builtin_png_) << "sharded and single-file differ";
 }
 
 TEST_F(SnapshotMeshTest, MeshUpServesTheSnapshotUnderItsName) {
