@@ -34,24 +34,8 @@ std::string Cert(const std::string& name) {
 
 // The sum of diffmesh_requests_total (every code) on a Prometheus endpoint, or -1.
 double RequestsTotal(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return -1;
-  }
-  std::string response;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) response.append(buf, n);
-  close(fd);
+  const std::string response = testing::HttpGet(port, "/metrics");
+  if (response.empty()) return -1;
   double total = 0;
   for (absl::string_view line : absl::StrSplit(response, '\n')) {
     if (!absl::StartsWith(line, "diffmesh_requests_total{")) continue;

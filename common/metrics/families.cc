@@ -63,6 +63,13 @@ DenoiseFamilies::DenoiseFamilies(prometheus::Registry& r)
                              "Time per denoising step (the DiT passes of the guidance branches "
                              "and the scheduler step).")) {}
 
+DenoiseRankFamilies::DenoiseRankFamilies(prometheus::Registry& r)
+    : step_duration(Register(prometheus::BuildHistogram(), r,
+                             "diffmesh_denoise_rank_step_duration_seconds",
+                             "Time per denoising step as one rank of the group sees it: its own "
+                             "DiT passes plus its waits in the group's collectives, so a slow or "
+                             "starved rank stands out.")) {}
+
 StageCallTracker::StageCallTracker(StageServiceFamilies* families, const std::string& stage)
     : families_(families), stage_(stage) {
   if (families_ != nullptr) families_->in_flight.Add({{"stage", stage_}}).Increment();

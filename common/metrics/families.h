@@ -103,6 +103,14 @@ struct DenoiseFamilies {
   prometheus::Family<prometheus::Histogram>& step_duration;
 };
 
+// Every rank of a denoise group, rank 0 included (the rank label is bounded by the group size).
+struct DenoiseRankFamilies {
+  explicit DenoiseRankFamilies(prometheus::Registry& registry);
+
+  // diffmesh_denoise_rank_step_duration_seconds{model, rank}
+  prometheus::Family<prometheus::Histogram>& step_duration;
+};
+
 // Counts one stage-service call: in flight while it lives, then by its final code.
 class StageCallTracker {
  public:

@@ -350,6 +350,7 @@ class DenoiseCore::Impl {
     in.crop_coords = at::zeros({1, 2});
     const auto* collectives = &group_->dit_collectives();
     for (int64_t i = 0; i < scheduler->num_steps(); ++i) {
+      const absl::Time step_start = absl::Now();
       absl::Status live = ctx != nullptr ? ctx->Check("denoise") : absl::OkStatus();
       ASSIGN_OR_RETURN(bool go_on, group_->AgreeToContinue(live.ok()));
       if (!go_on) return live.ok() ? absl::AbortedError("denoise: stopped by rank 0") : live;
@@ -365,6 +366,11 @@ class DenoiseCore::Impl {
                          return dit_->Forward(branch, collectives).to(at::kFloat);
                        }, latents));
       latents = scheduler->Step(policy->Combine(predictions, i), i, latents);
+      if (options_.on_step) {
+        // On a GPU the step's kernels are still queued: wait for them, so the time is the step's.
+        if (latents.is_cuda()) latents.sum().item<float>();
+        options_.on_step(absl::ToDoubleSeconds(absl::Now() - step_start));
+      }
       if (on_event) {
         v1::DenoiseEvent e;
         e.mutable_step()->set_step(static_cast<int32_t>(i + 1));

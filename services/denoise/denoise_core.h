@@ -35,6 +35,9 @@ class DenoiseCore {
     bool cuda = false;
     // This rank and where the ranks meet (world_size must equal parallel.world()).
     models::parallel::RendezvousOptions rendezvous;
+    // Optional: called on every rank after each denoising step with its wall time (this rank's
+    // DiT passes plus its waits in the collectives).
+    std::function<void(double seconds)> on_step;
   };
   // Collective: every rank of the group calls it.
   static absl::StatusOr<std::unique_ptr<DenoiseCore>> Create(const Options& options);

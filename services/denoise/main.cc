@@ -5,7 +5,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "common/config/pipeline_config.h"
 #include "common/flags/flags.h"
+#include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
 #include "common/process/subprocess.h"
 #include "common/rpc/server.h"
@@ -17,8 +19,9 @@
 ABSL_FLAG(int, port, 50054, "Port of the DenoiseService (rank 0).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, metrics_port, 0,
-          "Port of rank 0's Prometheus /metrics endpoint (on --host); 0: off. Other ranks "
-          "report nothing.");
+          "Port of this rank's Prometheus /metrics endpoint (on --host); 0: off. Rank 0 reports "
+          "the request and step metrics, every rank its own step times (label rank). Ranks "
+          "this process starts itself (--launch-ranks) keep theirs off: they share its host.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
 ABSL_FLAG(std::string, model_dir, "",
           "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
@@ -83,6 +86,9 @@ int main(int argc, char** argv) {
       args[0] = "/proc/self/exe";
       args.push_back(absl::StrCat("--rank=", r));
       args.push_back("--launch_ranks=false");
+      // Ranks started here share this host and its ports: only rank 0 serves /metrics. (Ranks
+      // started one per machine or pod, e.g. by the Helm chart, each serve their own.)
+      args.push_back("--metrics_port=0");
       auto pid = diffmesh::Spawn(args);
       if (!pid.ok()) {
         std::cerr << who << ": " << pid.status().message() << "\n";
@@ -91,6 +97,30 @@ int main(int argc, char** argv) {
       }
       ranks.push_back(*pid);
     }
+  }
+  // Every rank serves its own step times (labelled with its rank) where it has a metrics port;
+  // rank 0 also the request metrics.
+  auto exposer = diffmesh::metrics::StartMetricsExposer(
+      "diffmesh-denoise", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
+  if (!exposer.ok()) {
+    std::cerr << who << ": " << exposer.status().message() << "\n";
+    diffmesh::StopAll(ranks);
+    return 2;
+  }
+  // The name the model is served under: a snapshot's own name, else the built-in model's.
+  std::string model_label = o.model;
+  if (!o.model_dir.empty()) {
+    auto name = diffmesh::SnapshotModelName(o.model_dir);
+    model_label = name.ok() ? *name : o.model_dir;
+  }
+  std::optional<diffmesh::metrics::DenoiseRankFamilies> rank_families;
+  if (*exposer != nullptr) {
+    if (auto gpu = diffmesh::GpuMemoryCollector()) (*exposer)->Add(std::move(gpu));
+    rank_families.emplace((*exposer)->registry());
+    prometheus::Histogram* steps = &rank_families->step_duration.Add(
+        {{"model", model_label}, {"rank", std::to_string(rank)}},
+        diffmesh::metrics::StepBuckets());
+    o.on_step = [steps](double seconds) { steps->Observe(seconds); };
   }
   auto core = diffmesh::DenoiseCore::Create(o);
   if (!core.ok()) {
@@ -103,19 +133,8 @@ int main(int argc, char** argv) {
     if (!s.ok()) std::cerr << who << ": " << s.message() << "\n";
     return s.ok() ? 0 : 1;
   }
-  auto exposer = diffmesh::metrics::StartMetricsExposer(
-      "diffmesh-denoise", absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port));
-  if (!exposer.ok()) {
-    std::cerr << who << ": " << exposer.status().message() << "\n";
-    core->reset();
-    diffmesh::StopAll(ranks);
-    return 2;
-  }
-  if (*exposer != nullptr) {
-    if (auto gpu = diffmesh::GpuMemoryCollector()) (*exposer)->Add(std::move(gpu));
-  }
   diffmesh::DenoiseService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr,
-                                   o.model);
+                                   model_label);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
