@@ -1,20 +1,22 @@
-// Server-streaming calls on gRPC's callback API: the stage work runs on its own thread and
-// emits events; this reactor writes them in order, one write in flight, the next from
-// OnWriteDone, and finishes once the work has returned and every event is written.
-// Cancellation by the client (or a broken stream) cancels the work's CallContext.
+// Server-streaming calls on gRPC's callback API: the stage work runs on a thread of the RPC
+// layer's ThreadCache (blocking work may not hold gRPC's own threads) and emits events; this
+// reactor writes them in order, one write in flight, the next from OnWriteDone, and finishes
+// once the work has returned and every event is written. Cancellation by the client (or a
+// broken stream) cancels the work's CallContext.
 #ifndef DIFFMESH_COMMON_RPC_STREAMING_CALL_H_
 #define DIFFMESH_COMMON_RPC_STREAMING_CALL_H_
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <mutex>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/call/call_context.h"
+#include "common/rpc/thread_cache.h"
 #include "common/status/grpc_status.h"
 
 namespace diffmesh {
@@ -40,7 +42,7 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
   }
 
   void OnWriteDone(bool ok) override {
-    bool start_next = false, finish = false;
+    bool start_next = false, finish = false, last = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.pop_front();
@@ -51,24 +53,29 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
       start_next = !queue_.empty();
       writing_ = start_next;
       finish = !writing_ && work_done_;
+      // The work has returned and this is its last event: the event and the status go out
+      // in one batch.
+      last = start_next && work_done_ && queue_.size() == 1;
     }
     if (!ok) ctx_.Cancel();
-    if (start_next) this->StartWrite(&queue_.front());
+    if (last) {
+      this->StartWriteAndFinish(&queue_.front(), grpc::WriteOptions(), final_status_);
+    } else if (start_next) {
+      StartNextWrite();
+    }
     if (finish) this->Finish(final_status_);
   }
 
   void OnCancel() override { ctx_.Cancel(); }
 
-  void OnDone() override {
-    if (worker_.joinable()) worker_.join();
-    delete this;
-  }
+  void OnDone() override { Unref(); }
 
  private:
   StreamingCall(grpc::CallbackServerContext* server_ctx, Work work)
       : ctx_(DeadlineOf(*server_ctx)) {
-    worker_ = std::thread([this, work = std::move(work)] {
+    ThreadCache::Default().Run([this, work = std::move(work)]() mutable {
       absl::Status status = work(ctx_, [this](Event e) { Push(std::move(e)); });
+      work = nullptr;  // what the work captured is released before the call can end
       bool finish = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -77,7 +84,14 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
         finish = !writing_;
       }
       if (finish) this->Finish(final_status_);
+      Unref();
     });
+  }
+
+  // The reactor is deleted once gRPC is done with it (OnDone) and the work's thread has
+  // returned from its last use of it, whichever comes last.
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
   void Push(Event e) {
@@ -89,17 +103,31 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
       start = !writing_;
       writing_ = true;
     }
-    if (start) this->StartWrite(&queue_.front());
+    if (start) StartNextWrite();
+  }
+
+  // Writes queue_.front(). While more events wait behind it the write carries the buffer
+  // hint: gRPC may hold it and send it with the next one, so a burst of events costs one
+  // sendmsg instead of one each. The last queued event never carries it, so nothing waits.
+  void StartNextWrite() {
+    grpc::WriteOptions options;
+    const Event* event;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      event = &queue_.front();
+      if (queue_.size() > 1) options.set_buffer_hint();
+    }
+    this->StartWrite(event, options);
   }
 
   CallContext ctx_;
+  std::atomic<int> refs_{2};  // gRPC's (OnDone) and the work's thread
   std::mutex mu_;
   std::deque<Event> queue_;      // front() is being written while writing_
   bool writing_ = false;
   bool broken_ = false;
   bool work_done_ = false;
   grpc::Status final_status_;
-  std::thread worker_;
 };
 
 // Unary counterpart: runs `work` off the gRPC thread and finishes with its status.
@@ -107,10 +135,12 @@ template <typename Response>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* server_ctx, Response* response,
                                    std::function<absl::Status(CallContext&, Response*)> work) {
   grpc::ServerUnaryReactor* reactor = server_ctx->DefaultReactor();
-  std::thread([server_ctx, response, reactor, work = std::move(work)] {
+  ThreadCache::Default().Run([server_ctx, response, reactor, work = std::move(work)]() mutable {
     CallContext ctx(DeadlineOf(*server_ctx));
-    reactor->Finish(ToGrpcStatus(work(ctx, response)));
-  }).detach();
+    absl::Status status = work(ctx, response);
+    work = nullptr;  // released before Finish lets the call end
+    reactor->Finish(ToGrpcStatus(status));
+  });
   return reactor;
 }
 

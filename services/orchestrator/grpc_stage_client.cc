@@ -70,8 +70,12 @@ class BlockingReader final : public grpc::ClientReadReactor<Response> {
       this->RemoveHold();
       return;
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    have_message_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      have_message_ = true;
+    }
+    // Outside the lock, so that the woken caller does not block on mu_ at once. Safe: the
+    // caller keeps this alive until OnDone.
     cv_.notify_one();
   }
 

@@ -191,7 +191,7 @@ class AioClientTest(unittest.TestCase):
                 self.assertEqual(png_size(result.png), (64, 64))
                 self.assertEqual(result.metadata.seed, 7)
 
-                events = [e async for e in client.stream("aio stream", seed=7, **TINY)]
+                events = [e async for e in client.stream("aio", seed=7, **TINY)]
                 self.assertIsInstance(events[0], diffmesh.Accepted)
                 self.assertIsInstance(events[-1], diffmesh.Result)
                 self.assertEqual([e.step for e in events if isinstance(e, diffmesh.DenoiseProgress)],
