@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/tensor/wire_tensor.h"
+#include "common/tensor/testing/random_tensor.h"
 #include "gtest/gtest.h"
 #include "models/glm_image/glm_image_spec.h"
 #include "models/glm_image/snapshot.h"
@@ -42,15 +43,6 @@ class SnapshotStagesTest : public ::testing::Test {
 };
 fs::path* SnapshotStagesTest::root_ = nullptr;
 
-v1::Tensor Floats(std::vector<int64_t> shape, std::mt19937& rng) {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  std::vector<float> v(n);
-  std::normal_distribution<float> dist;
-  for (auto& x : v) x = dist(rng);
-  return MakeTensor(DType::kFloat32, shape, v.data(), v.size() * 4);
-}
-
 TEST_F(SnapshotStagesTest, EncoderServesTheSnapshot) {
   EncoderCore::Options builtin_options;
   EncoderCore::Options snapshot_options;
@@ -82,8 +74,8 @@ TEST_F(SnapshotStagesTest, DenoiseOfTheSnapshotEqualsTheBuiltinModel) {
   std::vector<int64_t> grid(16);
   for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
   *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {4, 4}, grid.data(), grid.size() * 8);
-  *r.mutable_prompt_embeds() = Floats({1, 5, 64}, rng);
-  *r.mutable_negative_prompt_embeds() = Floats({1, 1, 64}, rng);
+  *r.mutable_prompt_embeds() = testing::RandomFloats({1, 5, 64}, rng);
+  *r.mutable_negative_prompt_embeds() = testing::RandomFloats({1, 1, 64}, rng);
 
   auto run = [&](const DenoiseCore::Options& options, const std::string& model) {
     auto core = DenoiseCore::Create(options);

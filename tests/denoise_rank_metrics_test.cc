@@ -11,6 +11,7 @@
 #include "common/tensor/wire_tensor.h"
 #include "diffmesh/client.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
+#include "common/tensor/testing/random_tensor.h"
 #include "gtest/gtest.h"
 #include "tests/testing/process.h"
 
@@ -19,15 +20,6 @@ namespace {
 
 using testing::Binary;
 using testing::Process;
-
-v1::Tensor Floats(std::vector<int64_t> shape, std::mt19937& rng) {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  std::vector<float> v(n);
-  std::normal_distribution<float> dist;
-  for (auto& x : v) x = dist(rng);
-  return MakeTensor(DType::kFloat32, shape, v.data(), v.size() * 4);
-}
 
 TEST(DenoiseRankMetricsTest, EachRankCountsItsStepsUnderItsRank) {
   const int base = testing::FreePorts(4);  // gRPC, rendezvous, metrics of rank 0 and rank 1
@@ -58,8 +50,8 @@ TEST(DenoiseRankMetricsTest, EachRankCountsItsStepsUnderItsRank) {
   r.set_seed(5);
   std::vector<int64_t> grid = {1, 2, 3, 4};
   *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, grid.data(), grid.size() * 8);
-  *r.mutable_prompt_embeds() = Floats({1, 4, 64}, rng);
-  *r.mutable_negative_prompt_embeds() = Floats({1, 1, 64}, rng);
+  *r.mutable_prompt_embeds() = testing::RandomFloats({1, 4, 64}, rng);
+  *r.mutable_negative_prompt_embeds() = testing::RandomFloats({1, 1, 64}, rng);
   auto stub = v1::DenoiseService::NewStub(
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;

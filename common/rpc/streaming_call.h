@@ -1,8 +1,6 @@
-// Server-streaming calls on gRPC's callback API: the stage work runs on a thread of the RPC
-// layer's ThreadCache (blocking work may not hold gRPC's own threads) and emits events; this
-// reactor writes them in order, one write in flight, the next from OnWriteDone, and finishes
-// once the work has returned and every event is written. Cancellation by the client (or a
-// broken stream) cancels the work's CallContext.
+// Streaming calls on gRPC's callback API whose work blocks (stage cores, the orchestrator):
+// EventStreamReactor writes the events a work emits, StreamingCall serves server-streaming
+// methods with it (bidi_streaming_call.h the bidirectional ones), RunUnary unary ones.
 #ifndef DIFFMESH_COMMON_RPC_STREAMING_CALL_H_
 #define DIFFMESH_COMMON_RPC_STREAMING_CALL_H_
 
@@ -29,17 +27,16 @@ inline absl::Time DeadlineOf(const grpc::ServerContextBase& server_ctx) {
   return absl::FromChrono(d);
 }
 
-template <typename Event>
-class StreamingCall final : public grpc::ServerWriteReactor<Event> {
+// The write side of a server-streaming or bidirectional call (Base is gRPC's
+// ServerWriteReactor or ServerBidiReactor): the call's work runs on a ThreadCache thread
+// (blocking work may not hold gRPC's own threads) and emits events; they are written in order,
+// one write in flight, the next from OnWriteDone, and the call finishes with the work's status
+// once the work has returned and every event is written. Cancellation by the client (or a
+// broken stream) cancels the work's CallContext.
+template <typename Base, typename Event>
+class EventStreamReactor : public Base {
  public:
   using Emit = std::function<void(Event)>;
-  using Work = std::function<absl::Status(CallContext& ctx, const Emit& emit)>;
-
-  // Returns the reactor for a CallbackService method to return.
-  static grpc::ServerWriteReactor<Event>* Start(grpc::CallbackServerContext* server_ctx,
-                                                Work work) {
-    return new StreamingCall(server_ctx, std::move(work));
-  }
 
   void OnWriteDone(bool ok) override {
     bool start_next = false, finish = false, last = false;
@@ -70,9 +67,12 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
 
   void OnDone() override { Unref(); }
 
- private:
-  StreamingCall(grpc::CallbackServerContext* server_ctx, Work work)
-      : ctx_(DeadlineOf(*server_ctx)) {
+ protected:
+  explicit EventStreamReactor(grpc::CallbackServerContext* server_ctx)
+      : ctx_(DeadlineOf(*server_ctx)) {}
+
+  // Starts the call's work; call once, from the factory, after the reactor is set up.
+  void StartWork(std::function<absl::Status(CallContext& ctx, const Emit& emit)> work) {
     ThreadCache::Default().Run([this, work = std::move(work)]() mutable {
       absl::Status status = work(ctx_, [this](Event e) { Push(std::move(e)); });
       work = nullptr;  // what the work captured is released before the call can end
@@ -88,6 +88,7 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
     });
   }
 
+ private:
   // The reactor is deleted once gRPC is done with it (OnDone) and the work's thread has
   // returned from its last use of it, whichever comes last.
   void Unref() {
@@ -123,11 +124,31 @@ class StreamingCall final : public grpc::ServerWriteReactor<Event> {
   CallContext ctx_;
   std::atomic<int> refs_{2};  // gRPC's (OnDone) and the work's thread
   std::mutex mu_;
-  std::deque<Event> queue_;      // front() is being written while writing_
+  std::deque<Event> queue_;  // front() is being written while writing_
   bool writing_ = false;
   bool broken_ = false;
   bool work_done_ = false;
   grpc::Status final_status_;
+};
+
+// A server-streaming call: `work` emits the events of one request.
+template <typename Event>
+class StreamingCall final : public EventStreamReactor<grpc::ServerWriteReactor<Event>, Event> {
+ public:
+  using Base = EventStreamReactor<grpc::ServerWriteReactor<Event>, Event>;
+  using Emit = typename Base::Emit;
+  using Work = std::function<absl::Status(CallContext& ctx, const Emit& emit)>;
+
+  // Returns the reactor for a CallbackService method to return.
+  static grpc::ServerWriteReactor<Event>* Start(grpc::CallbackServerContext* server_ctx,
+                                                Work work) {
+    auto* call = new StreamingCall(server_ctx);
+    call->StartWork(std::move(work));
+    return call;
+  }
+
+ private:
+  explicit StreamingCall(grpc::CallbackServerContext* server_ctx) : Base(server_ctx) {}
 };
 
 // Unary counterpart: runs `work` off the gRPC thread and finishes with its status.

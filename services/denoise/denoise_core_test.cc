@@ -5,20 +5,12 @@
 
 #include "common/image/png.h"
 #include "common/tensor/wire_tensor.h"
+#include "common/tensor/testing/random_tensor.h"
 #include "gtest/gtest.h"
 #include "services/denoise/testing/streamed_inputs.h"
 
 namespace diffmesh {
 namespace {
-
-v1::Tensor Floats(std::vector<int64_t> shape, std::mt19937& rng) {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  std::vector<float> v(n);
-  std::normal_distribution<float> dist;
-  for (auto& x : v) x = dist(rng);
-  return MakeTensor(DType::kFloat32, shape, v.data(), v.size() * 4);
-}
 
 v1::DenoiseRequest Request(int size, uint64_t seed) {
   std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -33,8 +25,8 @@ v1::DenoiseRequest Request(int size, uint64_t seed) {
   std::vector<int64_t> grid(g * g);
   for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
   *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {g, g}, grid.data(), grid.size() * 8);
-  *r.mutable_prompt_embeds() = Floats({1, 5, 64}, rng);
-  *r.mutable_negative_prompt_embeds() = Floats({1, 1, 64}, rng);
+  *r.mutable_prompt_embeds() = testing::RandomFloats({1, 5, 64}, rng);
+  *r.mutable_negative_prompt_embeds() = testing::RandomFloats({1, 1, 64}, rng);
   return r;
 }
 

@@ -57,12 +57,12 @@ struct Output {
   Rgb8Image image;
 };
 
-// Runs `request` on a group of `parallel.world()` ranks (threads); returns rank 0's result.
-Output RunGroup(const ParallelConfig& parallel, const v1::DenoiseRequest& request) {
+// Starts a group of `parallel.world()` ranks (threads): ranks > 0 run as workers, rank 0 runs
+// `main` with its core; the group stops when `main` returns.
+void RunRanks(const ParallelConfig& parallel, const std::function<void(DenoiseCore&)>& main) {
   // Ranks as threads share LibTorch 2.x's process-wide Gloo flight recorder, which is not safe
   // for that: keep it off (one rank per process, as deployed, is unaffected).
   setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
-  Output out;
   const int world = parallel.world();
   const int port = models::parallel::testing::FreeLoopbackPort();
   std::vector<std::thread> ranks;
@@ -81,24 +81,39 @@ Output RunGroup(const ParallelConfig& parallel, const v1::DenoiseRequest& reques
         EXPECT_TRUE(s.ok()) << "rank " << rank << ": " << s;
         return;
       }
-      CallContext ctx;
-      v1::DenoiseEvent::Result result;
-      int steps = 0;
-      absl::Status s = (*core)->Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
-        steps += e.has_step();
-        if (e.has_result()) result = e.result();
-      });
-      ASSERT_TRUE(s.ok()) << s;
-      EXPECT_EQ(steps, request.steps());
-      auto latents = FromWire(result.latents(), "latents");
-      ASSERT_TRUE(latents.ok());
-      out.latents = *latents;
-      auto image = DecodePng(result.png());
-      ASSERT_TRUE(image.ok());
-      out.image = *image;
+      main(**core);
     });  // rank 0's core is destroyed here, which stops the others
   }
   for (auto& t : ranks) t.join();
+}
+
+// Rank 0's result event as latents and image.
+Output ToOutput(const v1::DenoiseEvent::Result& result) {
+  Output out;
+  auto latents = FromWire(result.latents(), "latents");
+  EXPECT_TRUE(latents.ok()) << latents.status();
+  if (latents.ok()) out.latents = *latents;
+  auto image = DecodePng(result.png());
+  EXPECT_TRUE(image.ok()) << image.status();
+  if (image.ok()) out.image = *image;
+  return out;
+}
+
+// Runs `request` on a group of `parallel.world()` ranks (threads); returns rank 0's result.
+Output RunGroup(const ParallelConfig& parallel, const v1::DenoiseRequest& request) {
+  Output out;
+  RunRanks(parallel, [&](DenoiseCore& core) {
+    CallContext ctx;
+    v1::DenoiseEvent::Result result;
+    int steps = 0;
+    absl::Status s = core.Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+      steps += e.has_step();
+      if (e.has_result()) result = e.result();
+    });
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(steps, request.steps());
+    out = ToOutput(result);
+  });
   return out;
 }
 
@@ -147,66 +162,43 @@ TEST(DenoiseGroupTest, EveryLayoutMatchesOneRank) {
 // (kAbort) and the group goes on: the next streamed request, and a whole one after it, give the
 // one-rank image.
 TEST(DenoiseGroupTest, StreamedRequestsAcrossRanksMatchOneRank) {
-  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   const v1::DenoiseRequest request = Request(77);
   const Output single = RunGroup({}, request);
   ParallelConfig p;
   p.cfg = 2;
   p.ulysses = 2;
-  const int world = p.world();
-  const int port = models::parallel::testing::FreeLoopbackPort();
-  std::vector<std::thread> ranks;
-  for (int rank = 0; rank < world; ++rank) {
-    ranks.emplace_back([&, rank] {
-      DenoiseCore::Options o;
-      o.parallel = p;
-      o.rendezvous.world_size = world;
-      o.rendezvous.rank = rank;
-      o.rendezvous.master_port = port;
-      o.rendezvous.timeout = std::chrono::seconds(60);
-      auto core = DenoiseCore::Create(o);
-      ASSERT_TRUE(core.ok()) << "rank " << rank << ": " << core.status();
-      if (rank != 0) {
-        absl::Status s = (*core)->RunWorker();
-        EXPECT_TRUE(s.ok()) << "rank " << rank << ": " << s;
-        return;
-      }
-      auto streamed = [&](absl::Status close, size_t keep) {
-        InputQueue<v1::DenoiseInput> queue;
-        std::vector<v1::DenoiseInput> inputs = testing::StreamedInputsOf(request, 2);
-        inputs.resize(std::min(keep, inputs.size()));
-        std::thread producer([&] {
-          for (auto& in : inputs) {
-            queue.Push(std::move(in));
-            absl::SleepFor(absl::Microseconds(300));
-          }
-          queue.Close(close);
-        });
-        CallContext ctx;
-        Output out;
-        absl::Status s = (*core)->DenoiseStreamed(ctx, queue, [&](const v1::DenoiseEvent& e) {
-          if (!e.has_result()) return;
-          out.latents = *FromWire(e.result().latents(), "latents");
-          out.image = *DecodePng(e.result().png());
-        });
-        producer.join();
-        return std::make_pair(s, out);
-      };
-      auto failed = streamed(absl::UnavailableError("ar down"), 40);
-      EXPECT_EQ(failed.first.code(), absl::StatusCode::kUnavailable) << failed.first;
-      auto ok = streamed(absl::OkStatus(), 1000);
-      ASSERT_TRUE(ok.first.ok()) << ok.first;
-      ExpectSame(ok.second, single, "streamed cfg2_u2");
+  RunRanks(p, [&](DenoiseCore& core) {
+    auto streamed = [&](absl::Status close, size_t keep) {
+      InputQueue<v1::DenoiseInput> queue;
+      std::vector<v1::DenoiseInput> inputs = testing::StreamedInputsOf(request, 2);
+      inputs.resize(std::min(keep, inputs.size()));
+      std::thread producer([&] {
+        for (auto& in : inputs) {
+          queue.Push(std::move(in));
+          absl::SleepFor(absl::Microseconds(300));
+        }
+        queue.Close(close);
+      });
       CallContext ctx;
       v1::DenoiseEvent::Result result;
-      ASSERT_TRUE((*core)->Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+      absl::Status s = core.DenoiseStreamed(ctx, queue, [&](const v1::DenoiseEvent& e) {
         if (e.has_result()) result = e.result();
-      }).ok());
-      ExpectSame(Output{*FromWire(result.latents(), "latents"), *DecodePng(result.png())}, single,
-                 "whole after streamed");
-    });
-  }
-  for (auto& t : ranks) t.join();
+      });
+      producer.join();
+      return std::make_pair(s, result);
+    };
+    auto failed = streamed(absl::UnavailableError("ar down"), 40);
+    EXPECT_EQ(failed.first.code(), absl::StatusCode::kUnavailable) << failed.first;
+    auto ok = streamed(absl::OkStatus(), 1000);
+    ASSERT_TRUE(ok.first.ok()) << ok.first;
+    ExpectSame(ToOutput(ok.second), single, "streamed cfg2_u2");
+    CallContext ctx;
+    v1::DenoiseEvent::Result result;
+    ASSERT_TRUE(core.Denoise(ctx, request, [&](const v1::DenoiseEvent& e) {
+      if (e.has_result()) result = e.result();
+    }).ok());
+    ExpectSame(ToOutput(result), single, "whole after streamed");
+  });
 }
 
 TEST(DenoiseGroupTest, FourBranchGuidanceMatchesOneRankForAnyCfgDegree) {
