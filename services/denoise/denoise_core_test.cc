@@ -218,5 +218,35 @@ TEST_F(DenoiseCoreTest, CancelWhileWaitingForInputs) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
 }
 
+// The group runs one request at a time; concurrent whole and streamed requests queue for it
+// and each hands it on to the next (a hand-over that lost track of the holder once made a
+// later request fail with "not held" and never release the group).
+TEST_F(DenoiseCoreTest, ConcurrentRequestsTakeTurnsWithTheGroup) {
+  const v1::DenoiseRequest whole = Request(64, 31);
+  Outcome expected = Run(whole);
+  ASSERT_TRUE(expected.status.ok()) << expected.status;
+  std::vector<std::thread> callers;
+  std::vector<Outcome> outcomes(8);
+  for (int i = 0; i < 8; ++i) {
+    callers.emplace_back([&, i] {
+      for (int k = 0; k < 3; ++k) {
+        Outcome o = (i + k) % 2 == 0 ? Run(whole)
+                                     : RunStreamed(*core_, testing::StreamedInputsOf(whole, 64));
+        if (!o.status.ok() || o.result.png() != expected.result.png()) {
+          outcomes[i] = o;
+          return;
+        }
+      }
+      outcomes[i].status = absl::OkStatus();
+      outcomes[i].result = expected.result;
+    });
+  }
+  for (auto& t : callers) t.join();
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_TRUE(outcomes[i].status.ok()) << "caller " << i << ": " << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].result.png(), expected.result.png()) << "caller " << i;
+  }
+}
+
 }  // namespace
 }  // namespace diffmesh

@@ -111,24 +111,27 @@ void DenoiseGroup::KeepaliveLoop() {
 }
 
 absl::Status DenoiseGroup::Send(Command command, const std::string& payload) {
-  held_ = std::unique_lock<std::mutex>(mu_);
+  mu_.lock();
+  held_ = true;
   return SendMore(command, payload);
 }
 
 absl::Status DenoiseGroup::SendMore(Command command, const std::string& payload) {
-  if (!held_.owns_lock()) return absl::FailedPreconditionError("denoise group: not held");
+  if (!held_) return absl::FailedPreconditionError("denoise group: not held");
   if (world_size() == 1) return absl::OkStatus();
   std::string message = std::string(1, static_cast<char>(command)) + payload;
   absl::Status s = world_->BroadcastBytes(&message, 0);
   if (!s.ok()) {
-    held_.unlock();
+    Release();
     return absl::UnavailableError(absl::StrCat("denoise group: cannot reach the other ranks: ", s.message()));
   }
   return absl::OkStatus();
 }
 
 void DenoiseGroup::Release() {
-  if (held_.owns_lock()) held_.unlock();
+  if (!held_) return;
+  held_ = false;
+  mu_.unlock();
 }
 
 absl::StatusOr<std::pair<DenoiseGroup::Command, std::string>> DenoiseGroup::Receive() {

@@ -93,7 +93,11 @@ class DenoiseGroup {
 
   // Rank 0: the world communicator is shared by requests and the keepalive.
   std::mutex mu_;
-  std::unique_lock<std::mutex> held_;
+  // Whether a request holds mu_. Written only by the holder, while it holds mu_, and cleared
+  // before it unlocks: a unique_lock shared between threads would clear its own flag after
+  // the unlock, racing the next holder's assignment (which then found the group "not held"
+  // and never released it).
+  bool held_ = false;
   bool stopping_ = false;
   std::condition_variable stop_cv_;
   std::thread keepalive_;
