@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/call/call_context.h"
-#include "common/rpc/thread_cache.h"
+#include "common/call/thread_cache.h"
 #include "common/status/grpc_status.h"
 
 namespace diffmesh {

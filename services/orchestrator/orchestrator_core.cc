@@ -2,18 +2,52 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <random>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/call/thread_cache.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh {
 namespace {
 
 double Seconds(absl::Time since) { return absl::ToDoubleSeconds(absl::Now() - since); }
+
+// Work beside the request's own thread, on a reused thread (ThreadCache): no thread is created
+// per request. Waited for by Wait() and, at the latest, by the destructor, so the task may use
+// the caller's locals.
+class BackgroundTask {
+ public:
+  BackgroundTask() = default;
+  BackgroundTask(const BackgroundTask&) = delete;
+  BackgroundTask& operator=(const BackgroundTask&) = delete;
+  ~BackgroundTask() { Wait(); }
+
+  void Start(std::function<void()> task) {
+    running_ = true;
+    ThreadCache::Default().Run([this, task = std::move(task)] {
+      task();
+      // Notified under the lock: once Wait() sees the end, nothing here touches *this.
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = false;
+      done_.notify_all();
+    });
+  }
+
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return !running_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  bool running_ = false;
+};
 
 v1::GenerateEvent StageEvent(const std::string& stage, v1::StageEvent::Kind kind,
                              double seconds = 0) {
@@ -261,10 +295,11 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
   // The encoder does not depend on the AR output: it runs beside it.
   absl::StatusOr<v1::EncodeResponse> encoded = v1::EncodeResponse();
   double encoder_seconds = 0;
-  std::thread encoder_thread;
+  // Declared before the task that uses them, and waited for on every path out of this scope.
+  BackgroundTask encoder_task;
   if (model.HasStage("encoder")) {
     ASSIGN_OR_RETURN(EncoderStageClient* encoder, options_.stages->Encoder(service_of("encoder")));
-    encoder_thread = std::thread([&, encoder] {
+    encoder_task.Start([&, encoder] {
       emit(StageEvent("encoder", v1::StageEvent::STARTED));
       const absl::Time t0 = absl::Now();
       v1::EncodeRequest req;
@@ -288,12 +323,6 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
       }
     });
   }
-  struct JoinOnExit {
-    std::thread& t;
-    ~JoinOnExit() {
-      if (t.joinable()) t.join();
-    }
-  } join_encoder{encoder_thread};
 
   v1::Tensor prior_tokens;
   int prior_count = 0;
@@ -331,7 +360,7 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     if (s.ok() && !done) s = absl::InternalError("stage 'ar' ended its stream without a final chunk");
     if (!s.ok()) {
       ctx.Cancel();
-      if (encoder_thread.joinable()) encoder_thread.join();
+      encoder_task.Wait();
       // Report the encoder's error if it failed first and caused the cancel.
       if (!encoded.ok() && s.code() == absl::StatusCode::kCancelled) s = encoded.status();
       return end_stream(s);
@@ -341,7 +370,7 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     trace.StageFinished("ar", ar_seconds);
     emit(StageEvent("ar", v1::StageEvent::FINISHED, ar_seconds));
   }
-  if (encoder_thread.joinable()) encoder_thread.join();
+  encoder_task.Wait();
   if (!encoded.ok()) return end_stream(encoded.status());
   if (model.HasStage("encoder")) {
     add_timing("encoder", encoder_seconds);

@@ -1,4 +1,4 @@
-#include "common/rpc/thread_cache.h"
+#include "common/call/thread_cache.h"
 
 #include <algorithm>
 #include <chrono>

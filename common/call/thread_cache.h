@@ -3,8 +3,8 @@
 // on every call; reusing idle threads avoids that. The cache grows on demand and never queues
 // a task behind another: real calls block for tens of seconds, so a fixed pool would cap the
 // number of calls in flight.
-#ifndef DIFFMESH_COMMON_RPC_THREAD_CACHE_H_
-#define DIFFMESH_COMMON_RPC_THREAD_CACHE_H_
+#ifndef DIFFMESH_COMMON_CALL_THREAD_CACHE_H_
+#define DIFFMESH_COMMON_CALL_THREAD_CACHE_H_
 
 #include <condition_variable>
 #include <cstddef>
@@ -55,4 +55,4 @@ class ThreadCache {
 
 }  // namespace diffmesh
 
-#endif  // DIFFMESH_COMMON_RPC_THREAD_CACHE_H_
+#endif  // DIFFMESH_COMMON_CALL_THREAD_CACHE_H_
