@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 
@@ -149,51 +150,152 @@ class GrpcEncoder final : public EncoderStageClient {
   std::string address_;
 };
 
-// DenoiseService.DenoiseStream on the sync API: Send writes from the producers' threads (one
-// at a time), Finish reads the events on the caller's thread.
-class GrpcDenoiseStream final : public DenoiseStream {
+// DenoiseService.DenoiseStream on the callback API (see BlockingReader for why not the sync
+// one). Send queues an input and returns: writes go out in order, one in flight, the next from
+// OnWriteDone, so a producer (the AR stage's reader, the encoder task) never waits for the
+// wire. Finish reads the events on the caller's thread, as BlockingReader does.
+class GrpcDenoiseStream final : public DenoiseStream,
+                                public grpc::ClientBidiReactor<v1::DenoiseInput, v1::DenoiseEvent> {
  public:
   GrpcDenoiseStream(v1::DenoiseService::Stub& stub, CallContext& ctx, std::string address)
       : address_(std::move(address)) {
     Bind(ctx, client_ctx_);
+    stub.async()->DenoiseStream(&client_ctx_, this);
+    // Operations start outside the reactions on both sides: the holds keep the call open
+    // until the inputs are closed (writes) and a read finds the end of the events (reads).
+    AddHold();
+    AddHold();
+    StartRead(&incoming_);
+    StartCall();
     hook_.emplace(ctx, [this] { client_ctx_.TryCancel(); });
-    stream_ = stub.DenoiseStream(&client_ctx_);
+  }
+
+  ~GrpcDenoiseStream() override {
+    hook_.reset();
+    CloseInputs(absl::CancelledError("denoise stream dropped"));
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
   }
 
   absl::Status Send(const v1::DenoiseInput& input) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return absl::FailedPreconditionError("denoise inputs already closed");
-    if (!stream_->Write(input)) {
-      closed_ = true;  // the call has ended; Finish reads why
-      return absl::UnavailableError(absl::StrCat("stage 'denoise' (", address_, "): stream ended"));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return absl::FailedPreconditionError("denoise inputs already closed");
+      if (broken_) {  // the call has ended; Finish reads why
+        return absl::UnavailableError(absl::StrCat("stage 'denoise' (", address_, "): stream ended"));
+      }
+      pending_.push_back(input);  // deque: the one being written stays where it is
+      if (writing_) return absl::OkStatus();
+      writing_ = true;
     }
+    StartWrite(&pending_.front());
     return absl::OkStatus();
   }
 
   void CloseInputs(absl::Status status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return;
-    closed_ = true;
-    if (status.ok()) {
-      stream_->WritesDone();
-    } else {
-      client_ctx_.TryCancel();  // a producer failed: the stage drops the request
+    bool writes_done = false, release = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+      if (!status.ok()) {
+        close_cancelled_ = true;
+        release = !writing_;  // else OnWriteDone releases the hold
+      } else if (!writing_) {
+        writes_done = !broken_;
+        release = broken_;
+      }
     }
+    // Outside mu_: cancelling may run this reactor's reactions.
+    if (!status.ok()) client_ctx_.TryCancel();  // a producer failed: the stage drops the request
+    if (writes_done) StartWritesDone();
+    if (release) ReleaseWrites();
   }
 
   absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     v1::DenoiseEvent event;
-    while (stream_->Read(&event)) on_event(event);
-    return StageError("denoise", address_, stream_->Finish());
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return have_event_ || done_; });
+        if (!have_event_) return StageError("denoise", address_, status_);
+        have_event_ = false;
+        event.Swap(&incoming_);
+      }
+      StartRead(&incoming_);
+      on_event(event);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool next = false, writes_done = false, release = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.pop_front();
+      if (!ok) {
+        broken_ = true;
+        pending_.clear();
+      }
+      next = !pending_.empty();
+      writing_ = next;
+      if (!next && closed_) {
+        // Cancelled or broken: nothing more to write; a clean close sends the end.
+        writes_done = ok && !close_cancelled_;
+        release = !writes_done;
+      }
+    }
+    if (next) StartWrite(&pending_.front());
+    if (writes_done) StartWritesDone();
+    if (release) ReleaseWrites();
+  }
+
+  void OnWritesDoneDone(bool) override { ReleaseWrites(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      RemoveHold();  // the read side's
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      have_event_ = true;
+    }
+    cv_.notify_one();  // the caller keeps this alive until OnDone
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    done_ = true;
+    cv_.notify_all();  // under the lock: this may be destroyed once the waiter wakes
   }
 
  private:
+  void ReleaseWrites() {
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      first = !writes_released_;
+      writes_released_ = true;
+    }
+    if (first) RemoveHold();
+  }
+
   const std::string address_;
   grpc::ClientContext client_ctx_;
   std::optional<ScopedCancelHook> hook_;  // after client_ctx_: unregistered before it dies
-  std::unique_ptr<grpc::ClientReaderWriter<v1::DenoiseInput, v1::DenoiseEvent>> stream_;
   std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::DenoiseInput> pending_;  // front() is being written while writing_
+  bool writing_ = false;
   bool closed_ = false;
+  bool close_cancelled_ = false;  // CloseInputs with an error cancelled the call
+  bool broken_ = false;
+  bool writes_released_ = false;
+  v1::DenoiseEvent incoming_;  // written by gRPC while a read is in flight, else under mu_
+  bool have_event_ = false;
+  bool done_ = false;
+  grpc::Status status_;
 };
 
 class GrpcDenoise final : public DenoiseStageClient {
