@@ -111,7 +111,50 @@ class GrpcAr final : public ArStageClient {
     return StageError("ar", address_, reader.ReadAll(on_chunk));
   }
 
+  void GenerateAsync(CallContext& ctx, const v1::ArRequest& request, ChunkFn on_chunk,
+                     DoneFn done) override {
+    new InlineReader(*stub_, ctx, request, address_, std::move(on_chunk), std::move(done));
+  }
+
  private:
+  // Hands each chunk to `on_chunk` where it arrives (a gRPC thread) and starts the next read
+  // from there: no thread waits for the stream. Deletes itself after `done`.
+  class InlineReader final : public grpc::ClientReadReactor<v1::ArTokenChunk> {
+   public:
+    InlineReader(v1::ArTokenService::Stub& stub, CallContext& ctx, const v1::ArRequest& request,
+                 const std::string& address, ChunkFn on_chunk, DoneFn done)
+        : address_(address), on_chunk_(std::move(on_chunk)), done_(std::move(done)) {
+      Bind(ctx, client_ctx_);
+      stub.async()->Generate(&client_ctx_, &request, this);
+      // Held until the cancel hook is in place: the call cannot end (and delete this) before.
+      AddHold();
+      StartRead(&chunk_);
+      StartCall();
+      hook_.emplace(ctx, [this] { client_ctx_.TryCancel(); });
+      RemoveHold();
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;
+      on_chunk_(chunk_);
+      StartRead(&chunk_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      hook_.reset();  // may run inside the hook: CallContext allows that
+      DoneFn done = std::move(done_);
+      absl::Status s = StageError("ar", address_, status);
+      delete this;
+      done(std::move(s));
+    }
+
+   private:
+    const std::string address_;
+    grpc::ClientContext client_ctx_;
+    std::optional<ScopedCancelHook> hook_;
+    ChunkFn on_chunk_;
+    DoneFn done_;
+    v1::ArTokenChunk chunk_;
+  };
+
   std::unique_ptr<v1::ArTokenService::Stub> stub_;
   std::string address_;
 };
@@ -143,6 +186,33 @@ class GrpcEncoder final : public EncoderStageClient {
     absl::Status s = StageError("encoder", address_, *status);
     if (!s.ok()) return s;
     return response;
+  }
+
+  void EncodeAsync(CallContext& ctx, const v1::EncodeRequest& request, EncodeDone done) override {
+    // Lives until gRPC reports the outcome.
+    struct Call {
+      grpc::ClientContext client_ctx;
+      v1::EncodeResponse response;
+      std::optional<ScopedCancelHook> hook;
+      EncodeDone done;
+    };
+    auto* call = new Call;
+    call->done = std::move(done);
+    Bind(ctx, call->client_ctx);
+    call->hook.emplace(ctx, [call] { call->client_ctx.TryCancel(); });
+    stub_->async()->Encode(&call->client_ctx, &request, &call->response,
+                           [this, call](grpc::Status status) {
+                             call->hook.reset();  // may run inside the hook: it is reentrant
+                             absl::Status s = StageError("encoder", address_, status);
+                             EncodeDone done = std::move(call->done);
+                             v1::EncodeResponse response = std::move(call->response);
+                             delete call;
+                             if (s.ok()) {
+                               done(std::move(response));
+                             } else {
+                               done(s);
+                             }
+                           });
   }
 
  private:
@@ -212,19 +282,23 @@ class GrpcDenoiseStream final : public DenoiseStream,
     if (release) ReleaseWrites();
   }
 
+  // Events that arrived before Finish wait (one read, not restarted); from Finish on they are
+  // handed to `on_event` where they arrive, a gRPC thread, and the caller only waits for the end.
   absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
-    v1::DenoiseEvent event;
-    while (true) {
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return have_event_ || done_; });
-        if (!have_event_) return StageError("denoise", address_, status_);
-        have_event_ = false;
-        event.Swap(&incoming_);
-      }
-      StartRead(&incoming_);
-      on_event(event);
+    bool buffered = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      on_event_ = &on_event;
+      buffered = have_event_;
+      have_event_ = false;
     }
+    if (buffered) {
+      on_event(incoming_);
+      StartRead(&incoming_);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+    return StageError("denoise", address_, status_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -256,11 +330,17 @@ class GrpcDenoiseStream final : public DenoiseStream,
       RemoveHold();  // the read side's
       return;
     }
+    const std::function<void(const v1::DenoiseEvent&)>* on_event;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      have_event_ = true;
+      on_event = on_event_;
+      if (on_event == nullptr) {
+        have_event_ = true;  // Finish takes it and starts the next read
+        return;
+      }
     }
-    cv_.notify_one();  // the caller keeps this alive until OnDone
+    (*on_event)(incoming_);
+    StartRead(&incoming_);
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -292,8 +372,10 @@ class GrpcDenoiseStream final : public DenoiseStream,
   bool close_cancelled_ = false;  // CloseInputs with an error cancelled the call
   bool broken_ = false;
   bool writes_released_ = false;
-  v1::DenoiseEvent incoming_;  // written by gRPC while a read is in flight, else under mu_
-  bool have_event_ = false;
+  v1::DenoiseEvent incoming_;  // written by gRPC while a read is in flight
+  bool have_event_ = false;    // a read finished before Finish: incoming_ holds its event
+  // Finish's handler; valid until OnDone (Finish waits for it).
+  const std::function<void(const v1::DenoiseEvent&)>* on_event_ = nullptr;
   bool done_ = false;
   grpc::Status status_;
 };

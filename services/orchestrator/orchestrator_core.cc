@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/call/thread_cache.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh {
@@ -17,27 +16,22 @@ namespace {
 
 double Seconds(absl::Time since) { return absl::ToDoubleSeconds(absl::Now() - since); }
 
-// Work beside the request's own thread, on a reused thread (ThreadCache): no thread is created
-// per request. Waited for by Wait() and, at the latest, by the destructor, so the task may use
-// the caller's locals.
-class BackgroundTask {
+// Waits for a call running beside the request's own thread (the encoder): Arm before it
+// starts, Release when its outcome is in, Wait (or the destructor) before what it uses dies.
+class Pending {
  public:
-  BackgroundTask() = default;
-  BackgroundTask(const BackgroundTask&) = delete;
-  BackgroundTask& operator=(const BackgroundTask&) = delete;
-  ~BackgroundTask() { Wait(); }
+  Pending() = default;
+  Pending(const Pending&) = delete;
+  Pending& operator=(const Pending&) = delete;
+  ~Pending() { Wait(); }
 
-  void Start(std::function<void()> task) {
-    running_ = true;
-    ThreadCache::Default().Run([this, task = std::move(task)] {
-      task();
-      // Notified under the lock: once Wait() sees the end, nothing here touches *this.
-      std::lock_guard<std::mutex> lock(mu_);
-      running_ = false;
-      done_.notify_all();
-    });
+  void Arm() { running_ = true; }
+  void Release() {
+    // Notified under the lock: once Wait() sees the end, nothing here touches *this.
+    std::lock_guard<std::mutex> lock(mu_);
+    running_ = false;
+    done_.notify_all();
   }
-
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [this] { return !running_; });
@@ -295,20 +289,22 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
   // The encoder does not depend on the AR output: it runs beside it.
   absl::StatusOr<v1::EncodeResponse> encoded = v1::EncodeResponse();
   double encoder_seconds = 0;
-  // Declared before the task that uses them, and waited for on every path out of this scope.
-  BackgroundTask encoder_task;
+  // The encoder's outcome is handled where it arrives (on the transport's thread: everything
+  // it does there is non-blocking); `encoder_done` is waited for on every path out of here.
+  v1::EncodeRequest encode_req;
+  Pending encoder_done;
   if (model.HasStage("encoder")) {
     ASSIGN_OR_RETURN(EncoderStageClient* encoder, options_.stages->Encoder(service_of("encoder")));
-    encoder_task.Start([&, encoder] {
-      emit(StageEvent("encoder", v1::StageEvent::STARTED));
-      const absl::Time t0 = absl::Now();
-      v1::EncodeRequest req;
-      req.set_request_id(accepted.request_id());
-      req.set_model(accepted.model());
-      req.set_prompt(request.prompt());
-      req.set_negative_prompt(request.negative_prompt());
-      trace.Bytes("encoder", /*sent=*/true, req);
-      encoded = encoder->Encode(ctx, req);
+    emit(StageEvent("encoder", v1::StageEvent::STARTED));
+    const absl::Time t0 = absl::Now();
+    encode_req.set_request_id(accepted.request_id());
+    encode_req.set_model(accepted.model());
+    encode_req.set_prompt(request.prompt());
+    encode_req.set_negative_prompt(request.negative_prompt());
+    trace.Bytes("encoder", /*sent=*/true, encode_req);
+    encoder_done.Arm();
+    encoder->EncodeAsync(ctx, encode_req, [&, t0](absl::StatusOr<v1::EncodeResponse> result) {
+      encoded = std::move(result);
       encoder_seconds = Seconds(t0);
       if (encoded.ok()) {
         trace.Bytes("encoder", /*sent=*/false, *encoded);
@@ -321,6 +317,7 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
       } else {
         ctx.Cancel();  // fail fast: stop the AR stage too
       }
+      encoder_done.Release();
     });
   }
 
@@ -339,7 +336,12 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     req.set_seed(accepted.seed());
     trace.Bytes("ar", /*sent=*/true, req);
     bool done = false;
-    absl::Status s = ar->Generate(ctx, req, [&](const v1::ArTokenChunk& chunk) {
+    // Chunks are handled where they arrive (the transport's thread; nothing there blocks);
+    // this thread only waits for the end of the stream.
+    absl::Status s;
+    Pending ar_done;
+    ar_done.Arm();
+    ar->GenerateAsync(ctx, req, [&](const v1::ArTokenChunk& chunk) {
       trace.Bytes("ar", /*sent=*/false, chunk);
       prior_count = chunk.offset() + chunk.tokens_size();
       v1::GenerateEvent e;
@@ -356,11 +358,15 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
         in.mutable_ar_tokens()->clear_prior_tokens();  // the tokens say it all
         hand_over(in);
       }
+    }, [&](absl::Status end) {
+      s = std::move(end);
+      ar_done.Release();
     });
+    ar_done.Wait();
     if (s.ok() && !done) s = absl::InternalError("stage 'ar' ended its stream without a final chunk");
     if (!s.ok()) {
       ctx.Cancel();
-      encoder_task.Wait();
+      encoder_done.Wait();
       // Report the encoder's error if it failed first and caused the cancel.
       if (!encoded.ok() && s.code() == absl::StatusCode::kCancelled) s = encoded.status();
       return end_stream(s);
@@ -370,7 +376,7 @@ absl::Status OrchestratorCore::Run(CallContext& ctx, const v1::GenerateRequest& 
     trace.StageFinished("ar", ar_seconds);
     emit(StageEvent("ar", v1::StageEvent::FINISHED, ar_seconds));
   }
-  encoder_task.Wait();
+  encoder_done.Wait();
   if (!encoded.ok()) return end_stream(encoded.status());
   if (model.HasStage("encoder")) {
     add_timing("encoder", encoder_seconds);

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/call/call_context.h"
+#include "common/call/thread_cache.h"
 #include "diffmesh/v1/stages.pb.h"
 
 namespace diffmesh {
@@ -20,6 +21,19 @@ class ArStageClient {
   // Calls `on_chunk` for each token chunk in order; returns the stage's final status.
   virtual absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
                                 const std::function<void(const v1::ArTokenChunk&)>& on_chunk) = 0;
+  // Starts the call and returns: `on_chunk` runs for each chunk in order, then `done` once with
+  // the final status, on the transport's threads; neither may block. `ctx` and `request` must
+  // outlive the call. This default runs Generate on a reused thread; gRPC's callback API
+  // needs none.
+  using ChunkFn = std::function<void(const v1::ArTokenChunk&)>;
+  using DoneFn = std::function<void(absl::Status)>;
+  virtual void GenerateAsync(CallContext& ctx, const v1::ArRequest& request, ChunkFn on_chunk,
+                             DoneFn done) {
+    ThreadCache::Default().Run(
+        [this, &ctx, &request, on_chunk = std::move(on_chunk), done = std::move(done)]() mutable {
+          done(Generate(ctx, request, on_chunk));
+        });
+  }
 };
 
 class EncoderStageClient {
@@ -27,6 +41,16 @@ class EncoderStageClient {
   virtual ~EncoderStageClient() = default;
   virtual absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx,
                                                     const v1::EncodeRequest& request) = 0;
+  // Starts the call and returns; `done` runs exactly once with its outcome, on one of the
+  // transport's threads, and must not block. `ctx` and `request` must outlive the call. This
+  // default runs Encode on a reused thread; a transport with its own asynchronous calls
+  // (gRPC's callback API) overrides it and needs no thread at all.
+  using EncodeDone = std::function<void(absl::StatusOr<v1::EncodeResponse>)>;
+  virtual void EncodeAsync(CallContext& ctx, const v1::EncodeRequest& request, EncodeDone done) {
+    ThreadCache::Default().Run([this, &ctx, &request, done = std::move(done)]() mutable {
+      done(Encode(ctx, request));
+    });
+  }
 };
 
 // One streamed denoise call (DenoiseService.DenoiseStream): inputs go in while the stages
@@ -40,7 +64,9 @@ class DenoiseStream {
   // The end of the inputs: OK when every producer is done, else the first producer's error
   // (the stage then stops the request). Call once, before or during Finish.
   virtual void CloseInputs(absl::Status status) = 0;
-  // Calls `on_event` for each step event and the result, in order; returns the call's status.
+  // Calls `on_event` for each step event and the result, in order (possibly on one of the
+  // transport's threads, so it must not block); returns the call's status once every event
+  // has been handled.
   virtual absl::Status Finish(const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
 };
 
