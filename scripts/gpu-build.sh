@@ -10,6 +10,10 @@ env_sh=${DIFFMESH_GPU_ENV:-../shared/gpu-host/env.sh}
 [ -f "$env_sh" ] || env_sh=scripts/gpu-env.sh
 # shellcheck disable=SC1090
 source "$env_sh" "$debs"
+# The reference fixtures: ../shared/fixtures when present, else a copy carried as .fixtures.
+if [ -z "${DIFFMESH_FIXTURES:-}" ] && [ ! -d ../shared/fixtures ] && [ -d .fixtures ]; then
+  DIFFMESH_FIXTURES=$PWD/.fixtures
+fi
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DDIFFMESH_WITH_CUDA=ON \
