@@ -19,11 +19,17 @@ def port_free(port: int) -> bool:
     return True
 
 
-def free_base_port(offsets=(0, 1, 2, 3, 9)) -> int:
-    """A base port P with P + each offset free (`diffmesh up` uses P..P+3 and P+9)."""
+# What `diffmesh up --base-port P` listens on: the four services on P..P+3, the denoise group's
+# rendezvous on P+9, their /metrics on P+10..P+13.
+MESH_PORT_OFFSETS = (0, 1, 2, 3, 9, 10, 11, 12, 13)
+
+
+def free_base_port(offsets=MESH_PORT_OFFSETS) -> int:
+    """A base port P with P + each offset free, below the kernel's ephemeral range (32768+),
+    where outgoing connections take their ports."""
     rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 50000)
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - max(offsets))
         if all(port_free(base + i) for i in offsets):
             return base
     raise RuntimeError("no free loopback ports")

@@ -22,11 +22,9 @@ DIFFMESH_PROMETHEUS (the prometheus binary; default: `prometheus` on PATH). Pyth
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+# The project's port helpers (loadtest/procs.py, standard library only).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "loadtest"))
+import procs  # noqa: E402
 
 MODEL = "glm-image-tiny"
 GPU_METRIC = "diffmesh_gpu_memory_bytes"
@@ -43,24 +45,9 @@ def log(*args):
     print(*args, flush=True)
 
 
-def port_free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def free_base_port(span):
-    """A base port P with P..P+span-1 free; below the usual ephemeral range (32768+)."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 32000 - span)
-        if all(port_free(base + i) for i in range(span)):
-            return base
-    raise RuntimeError("no free port range found")
+    """A base port P with P..P+span-1 free (loadtest/procs.py)."""
+    return procs.free_base_port(tuple(range(span)))
 
 
 def http_get(url, timeout=5.0):
@@ -217,8 +204,8 @@ def main():
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
         for batch in ([1, 2], [3]):
-            procs = [generate(i) for i in batch]
-            for p in procs:
+            running = [generate(i) for i in batch]
+            for p in running:
                 out, _ = p.communicate(timeout=300)
                 assert p.returncode == 0, f"generate failed:\n{out}"
         bad = generate(4, steps=100000)

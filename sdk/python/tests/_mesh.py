@@ -1,34 +1,14 @@
 """Starts `diffmesh up` on free loopback ports for end-to-end tests and stops it afterwards."""
 
 import os
-import random
-import signal
-import socket
-import subprocess
-import tempfile
+import sys
 
 import diffmesh
 
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port() -> int:
-    """A base port P with P..P+3 (the four services), P+9 (the denoise group) and P+10..P+13
-    (their /metrics) free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 50000)
-        if all(_port_free(base + i) for i in (0, 1, 2, 3, 9, 10, 11, 12, 13)):
-            return base
-    raise RuntimeError("no free loopback ports")
+# The project's process and port helpers (loadtest/procs.py, standard library only).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "loadtest"))
+import procs  # noqa: E402
 
 
 def binary_dir() -> str:
@@ -45,34 +25,25 @@ class Mesh:
     """
 
     def __init__(self, start_timeout: float = 180.0, up_args=(), client_args=None):
-        self.base_port = free_base_port()
+        self.base_port = procs.free_base_port()
         self.target = f"127.0.0.1:{self.base_port}"
-        self._log = tempfile.NamedTemporaryFile(prefix="diffmesh_up_", suffix=".log", delete=False)
         cli = os.path.join(binary_dir(), "services", "cli", "diffmesh")
-        self._process = subprocess.Popen([cli, "up", f"--base-port={self.base_port}", *up_args],
-                                         stdout=self._log, stderr=subprocess.STDOUT)
+        self._child = procs.Child([cli, "up", f"--base-port={self.base_port}", *up_args])
         try:
             for i in range(4):
                 diffmesh.wait_until_serving(f"127.0.0.1:{self.base_port + i}", timeout=start_timeout,
                                             **(client_args or {}))
         except Exception:
+            log = self.log()  # before stop(), which removes it
             self.stop()
-            raise RuntimeError(f"the mesh did not come up:\n{self.log()}") from None
+            raise RuntimeError(f"the mesh did not come up:\n{log}") from None
 
     def log(self) -> str:
-        with open(self._log.name, "r", errors="replace") as f:
-            return f.read()
+        return self._child.log()
 
     def stop(self) -> None:
         """Stops the mesh; if it had died on its own, prints its log (the cause of failures)."""
-        if self._process.poll() is not None:
-            print(f"diffmesh up exited early with {self._process.returncode}:\n{self.log()}")
-        else:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
-        os.unlink(self._log.name)
+        process = self._child.process
+        if process.poll() is not None:
+            print(f"diffmesh up exited early with {process.returncode}:\n{self.log()}")
+        self._child.stop()
