@@ -53,7 +53,11 @@ endfunction()
 # Links LibTorch (ATen + c10; the c10d collectives come with libtorch) and shares one
 # precompiled header across every LibTorch target.
 function(diffmesh_use_torch target)
-  target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES} Threads::Threads)
+  # PyTorch's wheel libtorch.so (the GPU host's LibTorch) exports its own copies of
+  # std::filesystem functions. Linked after it, a call to std::filesystem::remove_all bound to
+  # that copy, which jumped to a null address (the snapshot tests crashed in their tear-down on
+  # the GPU host); with libstdc++ named ahead of the LibTorch libraries they run cleanly.
+  target_link_libraries(${target} PUBLIC stdc++ ${TORCH_LIBRARIES} Threads::Threads)
   target_compile_options(${target} PUBLIC -pthread)
   # PyTorch's wheel bundles old google/protobuf headers in its include folder; the project's
   # protobuf must win where both are visible.
