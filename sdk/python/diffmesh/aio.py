@@ -7,7 +7,6 @@
 """
 
 import asyncio
-import time
 from typing import Callable, List, Optional
 
 import grpc
@@ -15,6 +14,7 @@ import grpc.aio
 
 from diffmesh._channel import DEFAULT_MAX_MESSAGE_BYTES, channel_args
 from diffmesh._errors import DiffmeshError
+from diffmesh._retry import Backoff, NotServing
 from diffmesh._proto import HEALTH_CHECK_METHOD, generation_pb2, generation_pb2_grpc, health_pb2
 from diffmesh._types import (
     Event,
@@ -25,37 +25,15 @@ from diffmesh._types import (
     models_from_proto,
 )
 
-_BACKOFF_START = 0.02
-_BACKOFF_MAX = 0.5
-
-
 async def _retry_unavailable(call, timeout: float):
-    end = time.monotonic() + timeout
-    backoff = _BACKOFF_START
+    """Awaits ``call(per_attempt_timeout)`` until it does not raise UNAVAILABLE or time is up."""
+    backoff = Backoff(timeout)
     while True:
-        remaining = end - time.monotonic()
         try:
-            return await call(max(0.001, min(remaining, 5.0)))
+            return await call(backoff.attempt_timeout())
         except grpc.RpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < end:
-                code = grpc.StatusCode.UNAVAILABLE
-            if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() + backoff >= end:
-                raise DiffmeshError.from_rpc_error(e) from None
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, _BACKOFF_MAX)
-
-
-class _NotServing(grpc.RpcError):
-    def __init__(self, status):
-        super().__init__()
-        self._status = status
-
-    def code(self):
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self):
-        return f"not serving (health status {self._status})"
+            pause = backoff.pause_after(e)
+        await asyncio.sleep(pause)
 
 
 class AsyncEventStream:
@@ -197,7 +175,7 @@ class Client:
             response = await self._health(health_pb2.HealthCheckRequest(service=service),
                                           timeout=t, metadata=self._metadata)
             if response.status != health_pb2.HealthCheckResponse.SERVING:
-                raise _NotServing(response.status)
+                raise NotServing(response.status)
             return response
 
         await _retry_unavailable(check, timeout)

@@ -7,6 +7,7 @@ import grpc
 
 from diffmesh._channel import DEFAULT_MAX_MESSAGE_BYTES, channel_args
 from diffmesh._errors import DiffmeshError
+from diffmesh._retry import Backoff, NotServing
 from diffmesh._proto import HEALTH_CHECK_METHOD, generation_pb2, generation_pb2_grpc, health_pb2
 from diffmesh._types import (
     Event,
@@ -17,27 +18,15 @@ from diffmesh._types import (
     models_from_proto,
 )
 
-# Retries of ListModels / health checks while the server answers UNAVAILABLE (starting up).
-_BACKOFF_START = 0.02
-_BACKOFF_MAX = 0.5
-
-
 def _retry_unavailable(call, timeout: float):
     """Runs ``call(per_attempt_timeout)`` until it does not raise UNAVAILABLE or time is up."""
-    end = time.monotonic() + timeout
-    backoff = _BACKOFF_START
+    backoff = Backoff(timeout)
     while True:
-        remaining = end - time.monotonic()
         try:
-            return call(max(0.001, min(remaining, 5.0)))
+            return call(backoff.attempt_timeout())
         except grpc.RpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() < end:
-                code = grpc.StatusCode.UNAVAILABLE  # one slow attempt while starting up
-            if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() + backoff >= end:
-                raise DiffmeshError.from_rpc_error(e) from None
-        time.sleep(backoff)
-        backoff = min(backoff * 2, _BACKOFF_MAX)
+            pause = backoff.pause_after(e)
+        time.sleep(pause)
 
 
 class EventStream:
@@ -169,7 +158,7 @@ class Client:
             response = self._health(health_pb2.HealthCheckRequest(service=service), timeout=t,
                                     metadata=self._metadata)
             if response.status != health_pb2.HealthCheckResponse.SERVING:
-                raise _NotServing(response.status)
+                raise NotServing(response.status)
             return response
 
         _retry_unavailable(check, timeout)
@@ -186,22 +175,7 @@ class Client:
         self.close()
 
 
-class _NotServing(grpc.RpcError):
-    """A health answer other than SERVING, retried like UNAVAILABLE."""
-
-    def __init__(self, status):
-        super().__init__()
-        self._status = status
-
-    def code(self):
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self):
-        return f"not serving (health status {self._status})"
-
-
 def wait_until_serving(target: str, timeout: float = 30.0, service: str = "", **client_args) -> None:
     """grpc.health.v1 check of any diffmesh service (orchestrator or stage) at ``target``."""
     with Client(target, **client_args) as client:
         client.wait_until_serving(timeout, service)
-
