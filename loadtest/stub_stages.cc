@@ -26,15 +26,11 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
 namespace diffmesh::loadtest {
 namespace {
 
-// Writes `messages` in order, one write in flight, then finishes with `status`.
-template <typename Message>
-class WriteAll final : public grpc::ServerWriteReactor<Message> {
+// The write side of a stub call (Base: a server-streaming or bidirectional reactor): writes
+// `messages` in order, one write in flight, then finishes with `status`.
+template <typename Base, typename Message>
+class MessageWriter : public Base {
  public:
-  explicit WriteAll(std::vector<Message> messages, grpc::Status status = grpc::Status::OK)
-      : messages_(std::move(messages)), status_(std::move(status)) {
-    Next();
-  }
-
   void OnWriteDone(bool ok) override {
     if (!ok) {
       this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"));
@@ -43,6 +39,13 @@ class WriteAll final : public grpc::ServerWriteReactor<Message> {
     Next();
   }
   void OnDone() override { delete this; }
+
+ protected:
+  void WriteMessages(std::vector<Message> messages, grpc::Status status = grpc::Status::OK) {
+    messages_ = std::move(messages);
+    status_ = std::move(status);
+    Next();
+  }
 
  private:
   void Next() {
@@ -56,6 +59,15 @@ class WriteAll final : public grpc::ServerWriteReactor<Message> {
   std::vector<Message> messages_;
   grpc::Status status_;
   size_t next_ = 0;
+};
+
+// A server-streaming answer: `messages`, then `status`.
+template <typename Message>
+class WriteAll final : public MessageWriter<grpc::ServerWriteReactor<Message>, Message> {
+ public:
+  explicit WriteAll(std::vector<Message> messages, grpc::Status status = grpc::Status::OK) {
+    this->WriteMessages(std::move(messages), std::move(status));
+  }
 };
 
 v1::Tensor ZeroTensor(v1::DType dtype, std::vector<int64_t> shape, size_t element_bytes) {
@@ -110,7 +122,9 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
 
   // The streamed form: reads the inputs to their end (the request's size and steps are all it
   // needs), then answers as Denoise does.
-  class Stream final : public grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent> {
+  class Stream final
+      : public MessageWriter<grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>,
+                             v1::DenoiseEvent> {
    public:
     explicit Stream(StubDenoise* owner) : owner_(owner) { StartRead(&in_); }
     void OnReadDone(bool ok) override {
@@ -121,34 +135,17 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
       }
       auto events = owner_->Events(request_);
       if (!events.ok()) {
-        Finish(grpc::Status(grpc::StatusCode::INTERNAL, std::string(events.status().message())));
+        WriteMessages({}, grpc::Status(grpc::StatusCode::INTERNAL,
+                                       std::string(events.status().message())));
         return;
       }
-      events_ = std::move(*events);
-      Next();
+      WriteMessages(std::move(*events));
     }
-    void OnWriteDone(bool ok) override {
-      if (!ok) {
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"));
-        return;
-      }
-      Next();
-    }
-    void OnDone() override { delete this; }
 
    private:
-    void Next() {
-      if (next_ == events_.size()) {
-        Finish(grpc::Status::OK);
-        return;
-      }
-      StartWrite(&events_[next_++]);
-    }
     StubDenoise* owner_;
     v1::DenoiseInput in_;
     v1::DenoiseRequest request_;
-    std::vector<v1::DenoiseEvent> events_;
-    size_t next_ = 0;
   };
   grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseStream(
       grpc::CallbackServerContext*) override {

@@ -29,6 +29,23 @@ absl::Status StageError(const char* stage, const std::string& address, const grp
   return absl::Status(st.code(), absl::StrCat("stage '", stage, "' (", address, "): ", st.message()));
 }
 
+// Starts an asynchronous call with `start(done)` and waits on this thread until `done` has
+// its outcome: the blocking forms of the stage calls over their callback-API forms.
+template <typename T, typename Start>
+T Await(Start start) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<T> outcome;
+  start([&](T result) {
+    std::lock_guard<std::mutex> lock(mu);
+    outcome = std::move(result);
+    cv.notify_one();  // under the lock: all of the above dies once the caller wakes
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return outcome.has_value(); });
+  return std::move(*outcome);
+}
+
 // A server-streaming stage call on gRPC's callback API, read by a blocking caller: each message
 // is handed over under mu_ and the next read starts when the caller has taken it, so the
 // stage's stream is flow-controlled by the caller as with a sync reader. A sync reader instead
@@ -102,13 +119,8 @@ class GrpcAr final : public ArStageClient {
       : stub_(v1::ArTokenService::NewStub(ch)), address_(std::move(address)) {}
   absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
                         const std::function<void(const v1::ArTokenChunk&)>& on_chunk) override {
-    grpc::ClientContext client_ctx;
-    Bind(ctx, client_ctx);
-    ScopedCancelHook hook(ctx, [&] { client_ctx.TryCancel(); });
-    BlockingReader<v1::ArTokenChunk> reader([&](grpc::ClientReadReactor<v1::ArTokenChunk>* r) {
-      stub_->async()->Generate(&client_ctx, &request, r);
-    });
-    return StageError("ar", address_, reader.ReadAll(on_chunk));
+    return Await<absl::Status>(
+        [&](DoneFn done) { GenerateAsync(ctx, request, on_chunk, std::move(done)); });
   }
 
   void GenerateAsync(CallContext& ctx, const v1::ArRequest& request, ChunkFn on_chunk,
@@ -165,29 +177,12 @@ class GrpcEncoder final : public EncoderStageClient {
       : stub_(v1::EncoderService::NewStub(ch)), address_(std::move(address)) {}
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx,
                                             const v1::EncodeRequest& request) override {
-    grpc::ClientContext client_ctx;
-    Bind(ctx, client_ctx);
-    ScopedCancelHook hook(ctx, [&] { client_ctx.TryCancel(); });
-    // The callback API, as for the streams (see BlockingReader): the sync one polls a
-    // completion queue of its own.
-    v1::EncodeResponse response;
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<grpc::Status> status;
-    stub_->async()->Encode(&client_ctx, &request, &response, [&](grpc::Status s) {
-      std::lock_guard<std::mutex> lock(mu);
-      status = std::move(s);
-      cv.notify_one();  // under the lock: all of the above dies once the caller wakes
-    });
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return status.has_value(); });
-    }
-    absl::Status s = StageError("encoder", address_, *status);
-    if (!s.ok()) return s;
-    return response;
+    return Await<absl::StatusOr<v1::EncodeResponse>>(
+        [&](EncodeDone done) { EncodeAsync(ctx, request, std::move(done)); });
   }
 
+  // The callback API, as for the streams (see BlockingReader): the sync one polls a completion
+  // queue of its own.
   void EncodeAsync(CallContext& ctx, const v1::EncodeRequest& request, EncodeDone done) override {
     // Lives until gRPC reports the outcome.
     struct Call {
