@@ -2,6 +2,7 @@
 // weights, bf16, one GPU): ms per decode step and tokens/s at several batch sizes, beside the
 // HBM floor (bytes a step must read over the measured copy bandwidth). Prints FINAL {json}.
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <chrono>
 #include <iostream>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "common/flags/flags.h"
 #include "models/glm_image/ar_model.h"
+#include "models/glm_image/cuda/ar_decode.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(int, layers, 40, "Decoder layers (released model: 40).");
@@ -17,7 +19,12 @@ ABSL_FLAG(int, prompt_tokens, 64, "Prompt length prefilled into every slot.");
 ABSL_FLAG(int, steps, 64, "Timed decode steps per batch size.");
 ABSL_FLAG(std::string, batches, "1,4,16,64", "Batch sizes.");
 ABSL_FLAG(std::string, decode, "bucketed",
-          "bucketed (CUDA graph per batch/length bucket) or eager (one ATen call per operator).");
+          "bucketed (a CUDA graph per batch/length bucket of the project's decode kernels), "
+          "aten-graph (the same graphs of the ATen composition) or eager (one ATen call per "
+          "operator).");
+
+ABSL_FLAG(bool, overlap, true,
+          "Programmatic dependent launch between the decode kernels (bucketed decode).");
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -50,6 +57,31 @@ int main(int argc, char** argv) {
     res["copy_GBps"] = 5.0 * 2 * src.nbytes() / (Since(t0) / 1e3) / 1e9;
   }
 
+  // Weight streaming alone: y = x·Wᵀ over a 1 GiB bf16 matrix at batch 1, the decode GEMV
+  // kernel beside cuBLAS (at::mm), each timed over 10 back-to-back calls.
+  {
+    at::Tensor wt = at::randn({65536, 8192}, bf16), x = at::randn({1, 8192}, bf16);
+    at::Tensor y = at::empty({1, 65536}, bf16);
+    namespace kc = diffmesh::models::glm_image::cuda;
+    kc::GemvArgs g;
+    g.w = wt.data_ptr();
+    g.x = x.data_ptr();
+    g.y = y.data_ptr();
+    g.batch = 1;
+    g.rows = 65536;
+    g.k = 8192;
+    auto time = [&](auto&& fn) {
+      fn();
+      c10::cuda::device_synchronize();
+      auto t0 = Clock::now();
+      for (int i = 0; i < 10; ++i) fn();
+      c10::cuda::device_synchronize();
+      return 10.0 * wt.nbytes() / (Since(t0) / 1e3) / 1e9;
+    };
+    res["gemv_GBps"] = time([&] { (void)kc::LaunchGemv(g, c10::cuda::getCurrentCUDAStream()); });
+    res["cublas_gemv_GBps"] = time([&] { at::mm_out(y, x, wt.t()); });
+  }
+
   gi::ArConfig c;  // released sizes are the defaults
   c.num_hidden_layers = absl::GetFlag(FLAGS_layers);
   c.partial_rotary_factor = 0.5;
@@ -73,6 +105,9 @@ int main(int argc, char** argv) {
   mo.dtype = at::kBFloat16;
   mo.device = dev;
   mo.max_positions = 8192;
+  mo.fused_decode = absl::GetFlag(FLAGS_decode) == "bucketed";
+  diffmesh::models::glm_image::cuda::SetOverlappedLaunch(absl::GetFlag(FLAGS_overlap));
+  res["overlap"] = absl::GetFlag(FLAGS_overlap);
   auto model = gi::ArModel::Create(c, w, mo);
   if (!model.ok()) {
     std::cerr << "bench_ar: " << model.status().message() << "\n";
@@ -97,7 +132,7 @@ int main(int argc, char** argv) {
   const double bw = res["copy_GBps"].get<double>() * 1e9;
   const int64_t kv_per_token = int64_t{2} * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2;
   nlohmann::json rows = nlohmann::json::array();
-  const bool bucketed = absl::GetFlag(FLAGS_decode) == "bucketed";
+  const bool bucketed = absl::GetFlag(FLAGS_decode) != "eager";
   res["decode"] = absl::GetFlag(FLAGS_decode);
   for (int b : batches) {
     std::vector<int64_t> slots;

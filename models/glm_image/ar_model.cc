@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "models/glm_image/cuda/ar_decode.h"
 #endif
 
 #include <algorithm>
@@ -607,7 +609,156 @@ struct ArModel::StepBuffers {
 ArModel::ArModel(const ArConfig& config, const Options& options) : config_(config), options_(options) {}
 ArModel::~ArModel() = default;
 
+bool ArModel::UsesFusedDecode() const {
+#if defined(DIFFMESH_WITH_CUDA)
+  const ArConfig& c = config_;
+  return options_.fused_decode && options_.device.is_cuda() &&
+         options_.dtype == at::kBFloat16 &&
+         cuda::DecodeAttentionSupports(static_cast<int>(c.num_attention_heads),
+                                       static_cast<int>(c.num_key_value_heads),
+                                       static_cast<int>(c.head_dim),
+                                       static_cast<int>(c.rotary_dim())) &&
+         c.hidden_size % 8 == 0 && c.hidden_size <= 8192 && c.intermediate_size % 8 == 0;
+#else
+  return false;
+#endif
+}
+
+#if defined(DIFFMESH_WITH_CUDA)
+namespace {
+
+void Check(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, what, ": ", cudaGetErrorString(e));
+}
+
+// out [B, rows] = x [B, k] · wᵀ (+ bias): the GEMV kernel for small batches (the same
+// per-sequence arithmetic at every batch size it takes), cuBLAS above.
+void Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, at::Tensor& out,
+            cudaStream_t stream) {
+  if (x.size(0) <= cuda::kGemvMaxBatch) {
+    cuda::GemvArgs a;
+    a.w = w.data_ptr();
+    a.x = x.data_ptr();
+    a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    a.y = out.data_ptr();
+    a.batch = static_cast<int>(x.size(0));
+    a.rows = static_cast<int>(w.size(0));
+    a.k = static_cast<int>(w.size(1));
+    a.epilogue = bias.defined() ? cuda::GemvEpilogue::kBias : cuda::GemvEpilogue::kNone;
+    Check(cuda::LaunchGemv(a, stream), "decode GEMV");
+  } else if (bias.defined()) {
+    at::addmm_out(out, bias, x, w.t());
+  } else {
+    at::mm_out(out, x, w.t());
+  }
+}
+
+}  // namespace
+#endif
+
+at::Tensor ArModel::FusedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const {
+#if defined(DIFFMESH_WITH_CUDA)
+  const ArConfig& c = config_;
+  const int64_t b = s.tokens.size(0);
+  const int64_t h = c.num_attention_heads, hkv = c.num_key_value_heads, d = c.head_dim;
+  const int64_t width = c.hidden_size, inter = c.intermediate_size;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  const auto f32 = opts.dtype(at::kFloat);
+  const int splits = static_cast<int>((key_len + cuda::kAttentionChunk - 1) / cuda::kAttentionChunk);
+
+  at::Tensor hidden = at::embedding(embed_tokens_, s.tokens).contiguous();  // [Bb, width]
+  const auto [cos_full, sin_full] = Rotary(s.positions);                      // [Bb, 1, rd]
+  const at::Tensor cos = cos_full.reshape({b, -1}).contiguous();
+  const at::Tensor sin = sin_full.reshape({b, -1}).contiguous();
+  at::Tensor x = at::empty({b, width}, opts);
+  at::Tensor qkv = at::empty({b, (h + 2 * hkv) * d}, opts);
+  at::Tensor attn = at::empty({b, h * d}, opts);
+  at::Tensor proj = at::empty({b, width}, opts);  // o_proj, then down_proj output
+  at::Tensor mlp = at::empty({b, inter}, opts);
+  at::Tensor o_partial = at::empty({b, h, splits, d}, f32);
+  at::Tensor m_partial = at::empty({b, h, splits}, f32);
+  at::Tensor l_partial = at::empty({b, h, splits}, f32);
+  at::Tensor gate_up;  // cuBLAS path only
+  const bool gemv = b <= cuda::kGemvMaxBatch;
+  if (!gemv) gate_up = at::empty({b, 2 * inter}, opts);
+
+  auto norm = [&](const at::Tensor& delta, const at::Tensor& w_delta, const at::Tensor& w_in) {
+    cuda::ResidualRmsNormArgs a;
+    a.hidden = hidden.data_ptr();
+    a.delta = delta.defined() ? delta.data_ptr() : nullptr;
+    a.w_delta = delta.defined() ? w_delta.data_ptr() : nullptr;
+    a.w_in = w_in.data_ptr();
+    a.out = x.data_ptr();
+    a.batch = static_cast<int>(b);
+    a.n = static_cast<int>(width);
+    a.eps = static_cast<float>(c.rms_norm_eps);
+    Check(cuda::LaunchResidualRmsNorm(a, stream), "decode RMSNorm");
+  };
+  cuda::DecodeAttentionArgs att;
+  att.qkv = qkv.data_ptr();
+  att.cos = cos.data_ptr();
+  att.sin = sin.data_ptr();
+  att.slots = s.slots.data_ptr<int64_t>();
+  att.lengths = s.lengths.data_ptr<int64_t>();
+  att.o_partial = o_partial.data_ptr<float>();
+  att.m_partial = m_partial.data_ptr<float>();
+  att.l_partial = l_partial.data_ptr<float>();
+  att.out = attn.data_ptr();
+  att.batch = static_cast<int>(b);
+  att.heads = static_cast<int>(h);
+  att.kv_heads = static_cast<int>(hkv);
+  att.head_dim = static_cast<int>(d);
+  att.rotary_dim = static_cast<int>(c.rotary_dim());
+  att.capacity = cache.capacity();
+  att.splits = splits;
+  att.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+
+  at::Tensor none;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& w = layers_[l];
+    if (l == 0) {
+      norm(none, none, w.input_layernorm);
+    } else {
+      norm(proj, layers_[l - 1].post_mlp_layernorm, w.input_layernorm);
+    }
+    Linear(x, w.qkv_weight, w.qkv_bias, qkv, stream);
+    att.k_cache = cache.k_[l].data_ptr();
+    att.v_cache = cache.v_[l].data_ptr();
+    Check(cuda::LaunchDecodeAttention(att, stream), "decode attention");
+    Linear(attn, w.o_proj, none, proj, stream);
+    norm(proj, w.post_self_attn_layernorm, w.post_attention_layernorm);
+    if (gemv) {
+      cuda::GemvArgs a;
+      a.w = w.gate_up_proj.data_ptr();
+      a.x = x.data_ptr();
+      a.y = mlp.data_ptr();
+      a.batch = static_cast<int>(b);
+      a.rows = static_cast<int>(inter);
+      a.k = static_cast<int>(width);
+      a.epilogue = cuda::GemvEpilogue::kSwiGlu;
+      Check(cuda::LaunchGemv(a, stream), "decode gate/up GEMV");
+    } else {
+      at::mm_out(gate_up, x, w.gate_up_proj.t());
+      at::mul_out(mlp, gate_up.narrow(1, inter, inter), at::silu(gate_up.narrow(1, 0, inter)));
+    }
+    Linear(mlp, w.down_proj, none, proj, stream);
+  }
+  norm(proj, layers_.back().post_mlp_layernorm, norm_);
+  at::Tensor logits = at::empty({b, c.vision_vocab_size}, opts);
+  Linear(x, lm_head_, none, logits, stream);
+  return logits;
+#else
+  (void)cache;
+  (void)s;
+  (void)key_len;
+  TORCH_CHECK(false, "fused decode needs a CUDA build");
+  return at::Tensor();
+#endif
+}
+
 at::Tensor ArModel::BucketedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const {
+  if (UsesFusedDecode()) return FusedStep(cache, s, key_len);
   const int64_t b = s.tokens.size(0);
   const auto idx = at::TensorOptions().dtype(at::kLong).device(options_.device);
   at::Tensor allowed = at::arange(key_len, idx).unsqueeze(0) <= s.lengths.unsqueeze(1);  // [Bb, L]

@@ -83,6 +83,11 @@ struct ArModelOptions {
   at::Device device = at::kCPU;
   // Rows of the precomputed rotary table (largest position + 1); 0 = max_position_embeddings.
   int64_t max_positions = 0;
+  // CUDA + bf16: the bucketed decode step runs the project's decode kernels (cuda/ar_decode.h:
+  // fused norms, rotary + KV write + split-K attention, GEMV for batches up to 4) instead of
+  // the ATen composition. Off: the ATen composition (the reference the kernels are tested
+  // against). Ignored where the kernels do not apply (CPU, other dtypes, head_dim != 128).
+  bool fused_decode = true;
 };
 
 // Key/value cache for a fixed number of sequence slots. Each layer owns one K and one V tensor
@@ -202,6 +207,10 @@ class ArModel {
   struct StepBuffers;
   // The bucketed step over `s`'s buffers; capture-safe (no host syncs, fixed shapes).
   at::Tensor BucketedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const;
+  // Whether BucketedStep runs FusedStep (options, device, dtype and head layout allow it).
+  bool UsesFusedDecode() const;
+  // The same step through cuda/ar_decode's kernels (CUDA builds only).
+  at::Tensor FusedStep(KvCache& cache, const StepBuffers& s, int64_t key_len) const;
 
   // positions [3, B, S] int64 → cos, sin [B, S, 1, rotary_dim] in the model's dtype.
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;

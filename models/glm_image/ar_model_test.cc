@@ -412,5 +412,78 @@ TEST(ArModelTest, BucketedDecodeMatchesDecode) {
   EXPECT_LE(RelativeError(*b, *a), 1e-5);
 }
 
+
+// On CUDA in bf16 the bucketed step runs the project's decode kernels (cuda/ar_decode.cu). They
+// must agree with the ATen composition of the same step (to bf16 rounding) for batches that take
+// the GEMV kernel (buckets 1-4) and those that take cuBLAS (8), with sequences whose keys span
+// several attention chunks (128 keys each), and, for the GEMV buckets, give a sequence the
+// same logits bit for bit whatever shares its step.
+TEST(ArModelTest, FusedDecodeMatchesAtenOnCuda) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (const auto& [heads, kv_heads] : {std::pair<int64_t, int64_t>{4, 2}, {32, 2}}) {
+    SCOPED_TRACE(::testing::Message() << heads << " heads, " << kv_heads << " KV heads");
+    ArConfig c = TinyConfig();
+    c.hidden_size = 256;
+    c.intermediate_size = 200;
+    c.vision_vocab_size = 134;  // not a multiple of the GEMV's rows per block
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = kv_heads;
+    c.head_dim = 128;
+    c.mrope_section = {8, 12, 12};
+    c.max_position_embeddings = 1024;
+    const WeightMap weights = InitSeeded(ArModel::Params(c), 31);
+    ArModelOptions o{at::kBFloat16, at::Device(at::kCUDA, 0), 0};
+    auto fused = ArModel::Create(c, weights, o);
+    o.fused_decode = false;
+    auto aten = ArModel::Create(c, weights, o);
+    ASSERT_TRUE(fused.ok() && aten.ok());
+    KvCacheOptions ko{6, 400, at::kBFloat16, at::Device(at::kCUDA, 0)};
+    // Caches 0 and 1: the whole batch through each path; cache 2: one sequence alone (fused).
+    std::vector<std::unique_ptr<KvCache>> caches;
+    for (int i = 0; i < 3; ++i) {
+      auto cache = KvCache::Create(c, ko);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      caches.push_back(std::move(*cache));
+    }
+    const std::vector<int64_t> lengths = {5, 130, 260, 17, 64};
+    std::vector<int64_t> slots;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const at::Tensor ids = RandomIds(lengths[i], 300, 40 + i);
+      for (auto& cache : caches) {
+        const int64_t slot = *cache->Allocate();
+        if (&cache == &caches[0]) slots.push_back(slot);
+        ASSERT_TRUE((*aten)->Prefill(*cache, slot, ids, TextPositions(0, lengths[i])).ok());
+      }
+    }
+    double worst = 0;
+    std::vector<int64_t> pos(lengths);
+    // Buckets 4 and 1 (GEMV; sequence 0 alone must give the same bits), then 8 (cuBLAS).
+    for (const size_t batch : {size_t{3}, size_t{1}, size_t{5}}) {
+      const std::vector<int64_t> step_slots(slots.begin(), slots.begin() + batch);
+      at::Tensor tokens = RandomIds(batch, c.vision_vocab_size, batch);
+      for (int step = 0; step < 4; ++step) {
+        const at::Tensor positions =
+            at::tensor(std::vector<int64_t>(pos.begin(), pos.begin() + batch), at::kLong);
+        auto a = (*fused)->DecodeBucketed(*caches[0], step_slots, tokens, positions);
+        auto b = (*aten)->DecodeBucketed(*caches[1], step_slots, tokens, positions);
+        ASSERT_TRUE(a.ok()) << a.status();
+        ASSERT_TRUE(b.ok()) << b.status();
+        worst = std::max(worst, RelativeError(a->to(at::kFloat).cpu(), b->to(at::kFloat).cpu()));
+        if (batch <= 4) {
+          auto alone = (*fused)->DecodeBucketed(*caches[2], {slots[0]}, tokens.narrow(0, 0, 1),
+                                                positions.narrow(0, 0, 1));
+          ASSERT_TRUE(alone.ok()) << alone.status();
+          EXPECT_TRUE(at::equal(alone->cpu(), a->narrow(0, 0, 1).cpu())) << "batch " << batch;
+        }
+        tokens = b->argmax(1);
+        for (size_t i = 0; i < batch; ++i) ++pos[i];
+      }
+    }
+    std::printf("fused vs ATen decode, bf16: worst relative error %.3g\n", worst);
+    EXPECT_LE(worst, 2e-2);
+    for (int64_t s : slots) EXPECT_EQ(caches[0]->length(s), caches[1]->length(s));
+  }
+}
+
 }  // namespace
 }  // namespace diffmesh::models::glm_image
