@@ -679,6 +679,7 @@ at::Tensor ArModel::FusedStep(KvCache& cache, const StepBuffers& s, int64_t key_
   at::Tensor o_partial = at::empty({b, h, splits, d}, f32);
   at::Tensor m_partial = at::empty({b, h, splits}, f32);
   at::Tensor l_partial = at::empty({b, h, splits}, f32);
+  at::Tensor counters = at::zeros({b * h}, opts.dtype(at::kInt));  // each layer leaves them 0
   at::Tensor gate_up;  // cuBLAS path only
   const bool gemv = b <= cuda::kGemvMaxBatch;
   if (!gemv) gate_up = at::empty({b, 2 * inter}, opts);
@@ -704,6 +705,7 @@ at::Tensor ArModel::FusedStep(KvCache& cache, const StepBuffers& s, int64_t key_
   att.o_partial = o_partial.data_ptr<float>();
   att.m_partial = m_partial.data_ptr<float>();
   att.l_partial = l_partial.data_ptr<float>();
+  att.counters = counters.data_ptr<int>();
   att.out = attn.data_ptr();
   att.batch = static_cast<int>(b);
   att.heads = static_cast<int>(h);

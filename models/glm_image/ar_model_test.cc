@@ -8,6 +8,9 @@
 #include "common/safetensors/safetensors.h"
 #include "models/core/fixtures.h"
 #include "models/core/ops.h"
+#if defined(DIFFMESH_WITH_CUDA)
+#include "models/glm_image/cuda/ar_decode.h"
+#endif
 
 namespace diffmesh::models::glm_image {
 namespace {
@@ -484,6 +487,106 @@ TEST(ArModelTest, FusedDecodeMatchesAtenOnCuda) {
     for (int64_t s : slots) EXPECT_EQ(caches[0]->length(s), caches[1]->length(s));
   }
 }
+
+
+#if defined(DIFFMESH_WITH_CUDA)
+// The decode attention kernel against a float reference written out here: rotary on q and the
+// new key (rounded per operator as in bf16 ATen), the new entry written at each sequence's
+// length, softmax attention over its slot's keys 0..L; sequences at lengths 0, 130 and 517
+// (one to five chunks). Every heads-per-block choice gives the same bits.
+TEST(ArDecodeKernelTest, AttentionMatchesReferenceForEveryHeadsPerBlock) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const int64_t b = 3, h = 32, hkv = 2, d = 128, rd = 64, cap = 600, num_slots = 4;
+  const std::vector<int64_t> lengths = {0, 130, 517}, slot_ids = {2, 0, 3};
+  const auto cuda_bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  auto gen = at::detail::createCPUGenerator(7);
+  const at::Tensor qkv = at::randn({b, (h + 2 * hkv) * d}, gen).to(at::kBFloat16);
+  const at::Tensor angle = at::randn({b, rd / 2}, gen) * 10;
+  const at::Tensor cos = at::cat({angle.cos(), angle.cos()}, 1).to(at::kBFloat16);
+  const at::Tensor sin = at::cat({angle.sin(), angle.sin()}, 1).to(at::kBFloat16);
+  const at::Tensor k0 = at::randn({num_slots, hkv, cap, d}, gen).to(at::kBFloat16);
+  const at::Tensor v0 = at::randn({num_slots, hkv, cap, d}, gen).to(at::kBFloat16);
+
+  // Reference (CPU): bf16 rotary as ArModel's ATen path computes it, then fp32 attention.
+  auto rotate = [&](const at::Tensor& x) {  // x [B, n, D] bf16
+    at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+    at::Tensor rot = x.narrow(-1, 0, rd);
+    at::Tensor half = at::cat({rot.narrow(-1, rd / 2, rd / 2).neg(), rot.narrow(-1, 0, rd / 2)}, -1);
+    return at::cat({rot * c + half * s, x.narrow(-1, rd, d - rd)}, -1);
+  };
+  const at::Tensor q = rotate(qkv.narrow(1, 0, h * d).view({b, h, d}));
+  const at::Tensor k_new = rotate(qkv.narrow(1, h * d, hkv * d).view({b, hkv, d}));
+  const at::Tensor v_new = qkv.narrow(1, (h + hkv) * d, hkv * d).view({b, hkv, d});
+  std::vector<at::Tensor> expected;
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t len = lengths[i];
+    at::Tensor keys = at::cat({k0[slot_ids[i]].narrow(1, 0, len), k_new[i].unsqueeze(1)}, 1);
+    at::Tensor values = at::cat({v0[slot_ids[i]].narrow(1, 0, len), v_new[i].unsqueeze(1)}, 1);
+    keys = keys.to(at::kFloat).repeat_interleave(h / hkv, 0);  // [H, L + 1, D]
+    values = values.to(at::kFloat).repeat_interleave(h / hkv, 0);
+    at::Tensor scores = at::matmul(q[i].to(at::kFloat).unsqueeze(1), keys.transpose(1, 2));
+    at::Tensor probs = at::softmax(scores / std::sqrt(static_cast<double>(d)), -1);
+    expected.push_back(at::matmul(probs, values).reshape({h * d}));
+  }
+  const at::Tensor reference = at::stack(expected);
+
+  const at::Tensor slots_t = at::tensor(slot_ids, at::kLong).to(at::kCUDA);
+  const at::Tensor lengths_t = at::tensor(lengths, at::kLong).to(at::kCUDA);
+  const int splits = static_cast<int>((517 + 1 + cuda::kAttentionChunk - 1) / cuda::kAttentionChunk);
+  const at::Tensor qkv_d = qkv.to(at::kCUDA), cos_d = cos.to(at::kCUDA), sin_d = sin.to(at::kCUDA);
+  at::Tensor first;
+  for (const int per_block : {0, 1, 2, 4, 8, 16}) {
+    SCOPED_TRACE(::testing::Message() << "heads per block " << per_block);
+    at::Tensor k_cache = k0.to(at::kCUDA), v_cache = v0.to(at::kCUDA);
+    at::Tensor o_part = at::empty({b, h, splits, d}, cuda_bf16.dtype(at::kFloat));
+    at::Tensor m_part = at::empty({b, h, splits}, cuda_bf16.dtype(at::kFloat));
+    at::Tensor l_part = at::empty({b, h, splits}, cuda_bf16.dtype(at::kFloat));
+    at::Tensor counters = at::zeros({b * h}, cuda_bf16.dtype(at::kInt));
+    at::Tensor out = at::empty({b, h * d}, cuda_bf16);
+    cuda::DecodeAttentionArgs a;
+    a.qkv = qkv_d.data_ptr();
+    a.cos = cos_d.data_ptr();
+    a.sin = sin_d.data_ptr();
+    a.k_cache = k_cache.data_ptr();
+    a.v_cache = v_cache.data_ptr();
+    a.slots = slots_t.data_ptr<int64_t>();
+    a.lengths = lengths_t.data_ptr<int64_t>();
+    a.o_partial = o_part.data_ptr<float>();
+    a.m_partial = m_part.data_ptr<float>();
+    a.l_partial = l_part.data_ptr<float>();
+    a.counters = counters.data_ptr<int>();
+    a.out = out.data_ptr();
+    a.batch = b;
+    a.heads = h;
+    a.kv_heads = hkv;
+    a.head_dim = d;
+    a.rotary_dim = rd;
+    a.capacity = cap;
+    a.splits = splits;
+    a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    a.heads_per_block = per_block;
+    ASSERT_EQ(cuda::LaunchDecodeAttention(a, nullptr), cudaSuccess);
+    const at::Tensor got = out.cpu();
+    EXPECT_LE(RelativeError(got.to(at::kFloat), reference), 1e-2);
+    if (!first.defined()) first = got;
+    EXPECT_TRUE(at::equal(got, first));
+    // The new entries landed at each sequence's length; nothing else changed.
+    at::Tensor k_want = k0.clone(), v_want = v0.clone();
+    for (int64_t i = 0; i < b; ++i) {
+      k_want[slot_ids[i]].select(1, lengths[i]).copy_(k_new[i]);
+      v_want[slot_ids[i]].select(1, lengths[i]).copy_(v_new[i]);
+    }
+    EXPECT_TRUE(at::equal(k_cache.cpu(), k_want));
+    EXPECT_TRUE(at::equal(v_cache.cpu(), v_want));
+    EXPECT_EQ(counters.sum().item<int64_t>(), 0) << "counters are left zero for the next layer";
+  }
+  cuda::DecodeAttentionArgs bad;
+  bad.heads = 32;
+  bad.kv_heads = 2;
+  bad.head_dim = 64;  // only 128 is supported
+  EXPECT_FALSE(cuda::DecodeAttentionSupports(bad.heads, bad.kv_heads, bad.head_dim, 32));
+}
+#endif  // DIFFMESH_WITH_CUDA
 
 }  // namespace
 }  // namespace diffmesh::models::glm_image

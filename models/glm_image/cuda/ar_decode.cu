@@ -316,6 +316,8 @@ cudaError_t GemvEpilogueFor(const GemvArgs& a, cudaStream_t stream) {
 
 constexpr int kHeadDim = 128;
 constexpr int kChunk = kAttentionChunk;
+// Up to this many key chunks the attention kernel combines them itself.
+constexpr int kMaxSplitsCombinedInKernel = 4;
 static_assert(kChunk == kHeadDim, "one thread per key while scoring, per channel after");
 
 // q or k channel d of a head after the rotary step, rounded as the ATen composition rounds:
@@ -333,22 +335,22 @@ __device__ __forceinline__ float Rotate(const bf16* head, int d, int rd, const b
 // Grid (splits, heads / kHeads, batch), kChunk threads: kHeads query heads of one KV group
 // against keys [split·kChunk, split·kChunk + kChunk) ∩ [0, L] of the sequence's slot, L its
 // length before this step (key L is the new token: rotated here from the projection, and
-// written into the cache by the group's first block of the split that holds it). A few heads
-// per block keep each block's serial work short (decode batches are small), at the price of
-// re-reading the chunk's keys from L2 once per block of the group.
+// written into the cache by the group's first block of the split that holds it). The cached
+// keys and values were written by earlier steps, so they are read before waiting for the
+// projection. The last block of a (sequence, head block) to finish combines the splits.
 template <int kHeads>
-__global__ void __launch_bounds__(kChunk) DecodeAttentionPartialKernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(kChunk) DecodeAttentionKernel(DecodeAttentionArgs a) {
   AllowDependentLaunch();
   const int split = blockIdx.x, b = blockIdx.z;
   const int head0 = blockIdx.y * kHeads;  // first query head of this block
   const int group = a.heads / a.kv_heads;
   const int kvh = head0 / group;
   const int t = threadIdx.x;
-  GridDependencyWait();
-  const int64_t len = a.lengths[b];
+  const int64_t len = a.lengths[b];  // set by the host before the step
   const int64_t start = static_cast<int64_t>(split) * kChunk;
-  if (start > len) return;  // past this sequence's keys; the combine skips the split
+  if (start > len) return;  // past this sequence's keys: not counted by the combine
   const int keys = static_cast<int>(min(static_cast<int64_t>(kChunk), len + 1 - start));
+  const int cached = keys - (len < start + kChunk ? 1 : 0);  // keys already in the cache
   const int qkv_width = (a.heads + 2 * a.kv_heads) * kHeadDim;
 
   __shared__ __align__(16) bf16 q[kHeads][kHeadDim];
@@ -356,33 +358,44 @@ __global__ void __launch_bounds__(kChunk) DecodeAttentionPartialKernel(DecodeAtt
   __shared__ float p[kHeads][kChunk];
   __shared__ __align__(16) bf16 k_new[kHeadDim];
   __shared__ float m_head[kHeads], l_head[kHeads];
+  __shared__ bool last;
 
   const int64_t slot = a.slots[b];
   const int64_t head_offset = (slot * a.kv_heads + kvh) * a.capacity;  // in rows of D
   bf16* k_cache = static_cast<bf16*>(a.k_cache) + head_offset * kHeadDim;
   bf16* v_cache = static_cast<bf16*>(a.v_cache) + head_offset * kHeadDim;
+
+  // The chunk's values into shared memory; with few heads per block (small grids, where the
+  // step waits on this kernel) thread t's key row into registers too. With many, the row is
+  // read after the wait, which keeps registers (and blocks per multiprocessor) for long keys.
+  constexpr bool kEarlyKeys = kHeads <= 2;
+  uint4 key[kHeadDim / 8];
+  if (kEarlyKeys && t < cached) {
+    const uint4* src = reinterpret_cast<const uint4*>(k_cache + (start + t) * kHeadDim);
+#pragma unroll
+    for (int c = 0; c < kHeadDim / 8; ++c) key[c] = src[c];
+  }
+  for (int i = t; i < cached * (kHeadDim / 8); i += kChunk) {
+    const int j = i / (kHeadDim / 8), part = i % (kHeadDim / 8);
+    reinterpret_cast<uint4*>(&v[j][0])[part] =
+        reinterpret_cast<const uint4*>(v_cache + (start + j) * kHeadDim)[part];
+  }
+
+  GridDependencyWait();  // the projection (qkv) is the previous kernel's output
   const bf16* row = static_cast<const bf16*>(a.qkv) + static_cast<int64_t>(b) * qkv_width;
   const bf16* cos = static_cast<const bf16*>(a.cos) + static_cast<int64_t>(b) * a.rotary_dim;
   const bf16* sin = static_cast<const bf16*>(a.sin) + static_cast<int64_t>(b) * a.rotary_dim;
-
-  // The chunk's cached values into shared memory (16-byte loads, in flight while q is built).
-  const int cached = static_cast<int>(min(static_cast<int64_t>(keys), len - start));
-  for (int i = t; i < cached * (kHeadDim / 8); i += kChunk) {
-    const int key = i / (kHeadDim / 8), part = i % (kHeadDim / 8);
-    reinterpret_cast<uint4*>(&v[key][0])[part] =
-        reinterpret_cast<const uint4*>(v_cache + (start + key) * kHeadDim)[part];
-  }
   // Channel t of each query head and of the new key/value.
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) {
     q[g][t] = __float2bfloat16(Rotate(row + (head0 + g) * kHeadDim, t, a.rotary_dim, cos, sin));
   }
-  if (len < start + kChunk) {  // this block holds key `len`
+  if (cached < keys) {  // this block holds key `len`
     const bf16 kt = __float2bfloat16(
         Rotate(row + (a.heads + kvh) * kHeadDim, t, a.rotary_dim, cos, sin));
     const bf16 vt = row[(a.heads + a.kv_heads + kvh) * kHeadDim + t];
     k_new[t] = kt;
-    v[len - start][t] = vt;
+    v[cached][t] = vt;
     if (head0 % group == 0) {  // one block per KV head writes the new entry
       k_cache[len * kHeadDim + t] = kt;
       v_cache[len * kHeadDim + t] = vt;
@@ -394,21 +407,31 @@ __global__ void __launch_bounds__(kChunk) DecodeAttentionPartialKernel(DecodeAtt
   float s[kHeads];
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) s[g] = 0.f;
+  auto score = [&](int c, const uint4& k) {
+    float kf[8];
+    Unpack(k, kf);
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      float qf[8];
+      Unpack(reinterpret_cast<const uint4*>(&q[g][0])[c], qf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) s[g] = fmaf(qf[e], kf[e], s[g]);
+    }
+  };
+  const uint4* src = t == cached
+                         ? reinterpret_cast<const uint4*>(k_new)
+                         : reinterpret_cast<const uint4*>(k_cache + (start + t) * kHeadDim);
   if (t < keys) {
-    const uint4* key = start + t < len
-                           ? reinterpret_cast<const uint4*>(k_cache + (start + t) * kHeadDim)
-                           : reinterpret_cast<const uint4*>(k_new);
-#pragma unroll 4
-    for (int c = 0; c < kHeadDim / 8; ++c) {
-      float kf[8];
-      Unpack(key[c], kf);
+    if constexpr (kEarlyKeys) {
+      if (t == cached) {
 #pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        float qf[8];
-        Unpack(reinterpret_cast<const uint4*>(&q[g][0])[c], qf);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) s[g] = fmaf(qf[e], kf[e], s[g]);
+        for (int c = 0; c < kHeadDim / 8; ++c) key[c] = src[c];
       }
+#pragma unroll
+      for (int c = 0; c < kHeadDim / 8; ++c) score(c, key[c]);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kHeadDim / 8; ++c) score(c, src[c]);
     }
   }
 #pragma unroll
@@ -454,14 +477,53 @@ __global__ void __launch_bounds__(kChunk) DecodeAttentionPartialKernel(DecodeAtt
       a.l_partial[h * a.splits + split] = l_head[g];
     }
   }
+
+  // With few splits the last of those that hold keys combines them (no combine kernel on the
+  // step's critical path); with many, DecodeAttentionCombineKernel spreads that over heads.
+  if (!a.combine_in_kernel) return;
+  const int used = static_cast<int>(len / kChunk) + 1;
+  __threadfence();
+  __syncthreads();
+  if (t == 0) {
+    int* counter = a.counters + static_cast<int64_t>(b) * a.heads + head0;
+    last = atomicAdd(counter, 1) == used - 1;
+    if (last) *counter = 0;  // ready for the next layer
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int64_t h0 = static_cast<int64_t>(b) * a.heads + head0;
+  float top[kHeads], num[kHeads], den[kHeads];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    top[g] = -INFINITY;
+    num[g] = den[g] = 0.f;
+  }
+  for (int i = 0; i < used; ++i) {  // heads innermost: their loads are in flight together
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) top[g] = fmaxf(top[g], __ldcg(a.m_partial + (h0 + g) * a.splits + i));
+  }
+  for (int i = 0; i < used; ++i) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      const int64_t at = (h0 + g) * a.splits + i;
+      const float w = __expf(__ldcg(a.m_partial + at) - top[g]);
+      num[g] = fmaf(w, __ldcg(a.o_partial + at * kHeadDim + t), num[g]);
+      den[g] = fmaf(w, __ldcg(a.l_partial + at), den[g]);
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    static_cast<bf16*>(a.out)[(h0 + g) * kHeadDim + t] = __float2bfloat16(num[g] / den[g]);
+  }
 }
 
 // Grid (heads, batch), kHeadDim threads: the splits that hold keys, weighted by their maxima.
 __global__ void __launch_bounds__(kHeadDim) DecodeAttentionCombineKernel(DecodeAttentionArgs a) {
   AllowDependentLaunch();
   const int h = blockIdx.x, b = blockIdx.y, t = threadIdx.x;
-  GridDependencyWait();
   const int used = static_cast<int>(a.lengths[b] / kChunk) + 1;
+  GridDependencyWait();
   const int64_t base = static_cast<int64_t>(b) * a.heads + h;
   const float* m = a.m_partial + base * a.splits;
   const float* l = a.l_partial + base * a.splits;
@@ -513,19 +575,46 @@ bool DecodeAttentionSupports(int heads, int kv_heads, int head_dim, int rotary_d
 
 cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (!DecodeAttentionSupports(a.heads, a.kv_heads, a.head_dim, a.rotary_dim) || a.batch <= 0 ||
-      a.splits <= 0 || a.capacity <= 0 ||
-      static_cast<int64_t>(a.splits) * kChunk < 1) {
+      a.splits <= 0 || a.capacity <= 0 || a.counters == nullptr) {
     return cudaErrorInvalidValue;
   }
+  // Heads per block: as many of the group as keep at least two blocks per multiprocessor
+  // (fewer blocks re-read the keys less from L2; more blocks shorten each one's serial work).
+  // A head's arithmetic is the same whichever block takes it.
+  static const int multiprocessors = [] {
+    int device = 0, count = 132;
+    if (cudaGetDevice(&device) == cudaSuccess) {
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    }
+    return count;
+  }();
   const int group = a.heads / a.kv_heads;
-  const cudaError_t e =
-      group % 2 == 0
-          ? Launch(DecodeAttentionPartialKernel<2>, dim3(a.splits, a.heads / 2, a.batch),
-                   dim3(kChunk), stream, a)
-          : Launch(DecodeAttentionPartialKernel<1>, dim3(a.splits, a.heads, a.batch),
-                   dim3(kChunk), stream, a);
-  if (e != cudaSuccess) return e;
-  return Launch(DecodeAttentionCombineKernel, dim3(a.heads, a.batch), dim3(kHeadDim), stream, a);
+  int per_block = 16;
+  if (a.heads_per_block != 0) {
+    if (a.heads_per_block < 0 || a.heads_per_block > 16 || group % a.heads_per_block != 0 ||
+        (a.heads_per_block & (a.heads_per_block - 1)) != 0) {
+      return cudaErrorInvalidValue;
+    }
+    per_block = a.heads_per_block;
+  }
+  while (a.heads_per_block == 0 && per_block > 1 && (group % per_block != 0 ||
+                           static_cast<int64_t>(a.splits) * (a.heads / per_block) * a.batch <
+                               2 * multiprocessors)) {
+    per_block /= 2;
+  }
+  const dim3 grid(a.splits, a.heads / per_block, a.batch);
+  DecodeAttentionArgs args = a;
+  args.combine_in_kernel = a.splits <= kMaxSplitsCombinedInKernel;
+  cudaError_t e = cudaErrorInvalidValue;
+  switch (per_block) {
+    case 16: e = Launch(DecodeAttentionKernel<16>, grid, dim3(kChunk), stream, args); break;
+    case 8: e = Launch(DecodeAttentionKernel<8>, grid, dim3(kChunk), stream, args); break;
+    case 4: e = Launch(DecodeAttentionKernel<4>, grid, dim3(kChunk), stream, args); break;
+    case 2: e = Launch(DecodeAttentionKernel<2>, grid, dim3(kChunk), stream, args); break;
+    default: e = Launch(DecodeAttentionKernel<1>, grid, dim3(kChunk), stream, args); break;
+  }
+  if (e != cudaSuccess || args.combine_in_kernel) return e;
+  return Launch(DecodeAttentionCombineKernel, dim3(a.heads, a.batch), dim3(kHeadDim), stream, args);
 }
 
 }  // namespace diffmesh::models::glm_image::cuda

@@ -3,14 +3,14 @@
 // A decode step reads every weight once and does little else, so its time is the weight bytes
 // over the memory bandwidth plus whatever the other operators and their launches add. The ATen
 // composition spends ~20 small kernels per layer on norms, rotary, the KV write/gather and the
-// masked attention; these kernels do a layer in 8:
+// masked attention; these kernels do a layer in 7:
 //
 //   ResidualRmsNorm   hidden += RmsNorm(delta)·w_delta (the previous sub-layer's post-norm),
 //                     x = RmsNorm(hidden)·w_in
 //   Gemv (qkv)        x·Wqkvᵀ + b                  (or cuBLAS for batches above kGemvMaxBatch)
 //   DecodeAttention   rotary on q and the new k, the new k/v written into the cache slot, and
-//                     split-K attention of the group's query heads over the slot's keys
-//                     (partials per key chunk), then one combine over the chunks
+//                     split-K attention of the group's query heads over the slot's keys, the
+//                     chunks combined by the last block to finish
 //   Gemv (o_proj)
 //   ResidualRmsNorm
 //   Gemv (gate_up)    with SwiGLU fused: up·silu(gate) without the [B, 2·I] intermediate
@@ -82,7 +82,9 @@ cudaError_t LaunchGemv(const GemvArgs& args, cudaStream_t stream);
 // of cache slot slots[b], and each query head attends to positions 0..L of that slot. The K/V
 // caches are [slots, Hkv, capacity, D] bf16. `splits` chunks of kAttentionChunk keys cover the
 // longest L + 1 of the step; the partial results (o_partial [B, H, splits, D] fp32, m/l
-// [B, H, splits] fp32) are combined into out [B, H·D] bf16. D must be 128.
+// [B, H, splits] fp32) are combined into out [B, H·D] bf16: for a few splits by the last block
+// of each sequence and head block to finish, found through `counters` ([B·H] int32, zero
+// before the first call; each call leaves them zero), for more by a second kernel. D = 128.
 struct DecodeAttentionArgs {
   const void* qkv = nullptr;
   const void* cos = nullptr;
@@ -94,11 +96,16 @@ struct DecodeAttentionArgs {
   float* o_partial = nullptr;
   float* m_partial = nullptr;
   float* l_partial = nullptr;
+  int* counters = nullptr;
   void* out = nullptr;
   int batch = 0, heads = 0, kv_heads = 0, head_dim = 0, rotary_dim = 0;
   int64_t capacity = 0;
   int splits = 0;
   float scale = 0.f;
+  // Query heads per block: 0 picks from the grid size; else a power of two up to 16 dividing
+  // H / Hkv. Results are the same bits either way (a head's arithmetic does not depend on it).
+  int heads_per_block = 0;
+  bool combine_in_kernel = false;  // set by LaunchDecodeAttention
 };
 // Whether DecodeAttention handles this head layout.
 bool DecodeAttentionSupports(int heads, int kv_heads, int head_dim, int rotary_dim);
