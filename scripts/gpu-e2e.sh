@@ -57,6 +57,12 @@ for part in "${parts[@]}"; do
       "$build/services/cli/diffmesh" up --model-dir "$snap" --device cuda --base-port $port \
         >/tmp/gpu-e2e-up.log 2>&1 &
       up=$!
+      # The orchestrator answers health checks before its stages have loaded: wait for `up`
+      # to report every service SERVING (or to exit).
+      until grep -q "mesh is up" /tmp/gpu-e2e-up.log; do
+        kill -0 $up 2>/dev/null || { tail -20 /tmp/gpu-e2e-up.log; exit 1; }
+        sleep 1
+      done
       # shellcheck disable=SC2086
       "$bench" --server 127.0.0.1:$port $E2E_FLAGS || { tail -20 /tmp/gpu-e2e-up.log; }
       kill -TERM $up
