@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
   r.set_width(absl::GetFlag(FLAGS_width));
   r.set_steps(absl::GetFlag(FLAGS_steps));
   if (absl::GetFlag(FLAGS_guidance_scale) >= 0) {
-    r.set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_guidance_scale)));
+    r.mutable_guidance()->mutable_main()->set_cfg_scale(
+        static_cast<float>(absl::GetFlag(FLAGS_guidance_scale)));
   }
   if (absl::GetFlag(FLAGS_seed) >= 0) r.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   if (absl::Status s = diffmesh::loadtest::ValidateOptions(o); !s.ok()) {

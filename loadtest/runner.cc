@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "diffmesh/client.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace diffmesh::loadtest {
 namespace {
@@ -231,15 +232,13 @@ nlohmann::ordered_json ReportToJson(const Report& r) {
   } else {
     j["concurrency"] = o.concurrency;
   }
-  nlohmann::ordered_json req;
-  req["model"] = o.request.model();
-  req["prompt"] = o.request.prompt();
-  req["height"] = o.request.height();
-  req["width"] = o.request.width();
-  req["steps"] = o.request.steps();
-  req["guidance_scale"] = o.request.has_guidance_scale() ? nlohmann::ordered_json(o.request.guidance_scale())
-                                                         : nlohmann::ordered_json(nullptr);
-  req["seed"] = o.request.has_seed() ? nlohmann::ordered_json(o.request.seed()) : nlohmann::ordered_json(nullptr);
+  // The request as sent, in the API's JSON mapping (proto field names, unset fields left out).
+  std::string request_json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(o.request, &request_json, print);
+  nlohmann::ordered_json req = nlohmann::ordered_json::parse(request_json, nullptr, false);
+  if (!o.request.has_seed()) req["seed"] = nullptr;  // drawn by the server per request
   j["request"] = req;
   j["warmup"] = r.warmup_completed;
   j["count"] = r.issued;

@@ -40,7 +40,6 @@ class SlowService final : public v1::GenerationService::CallbackService {
           return;
         }
         v1::ResultMetadata* m = event_.mutable_result()->mutable_metadata();
-        event_.mutable_result()->set_png("png");
         m->set_total_seconds(0.05);
         for (auto [stage, s] : {std::pair{"ar", 0.01}, {"encoder", 0.005}, {"denoise", 0.02},
                                 {"vae_decode", 0.01}}) {

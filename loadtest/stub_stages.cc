@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "common/flags/flags.h"
 #include "common/image/png.h"
+#include "common/output/output_chunks.h"
 #include "common/rpc/server.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 
@@ -160,14 +161,26 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
     std::vector<v1::DenoiseEvent> events;
     for (int i = 1; i <= steps; ++i) {
       v1::DenoiseEvent e;
-      e.mutable_step()->set_step(i);
-      e.mutable_step()->set_total_steps(steps);
+      e.mutable_progress()->set_unit("step");
+      e.mutable_progress()->set_done(i);
+      e.mutable_progress()->set_total(steps);
       events.push_back(std::move(e));
     }
-    v1::DenoiseEvent result;
-    auto png = Png(std::max(1, request->height()), std::max(1, request->width()));
+    const int height = std::max(1, request->height()), width = std::max(1, request->width());
+    auto png = Png(height, width);
     if (!png.ok()) return png.status();
-    result.mutable_result()->set_png(*png);
+    v1::OutputInfo info;
+    info.set_name("image");
+    info.set_kind(v1::OUTPUT_KIND_IMAGE);
+    info.set_mime_type("image/png");
+    info.set_width(width);
+    info.set_height(height);
+    ForEachOutputChunk(info, *png, [&](v1::OutputChunk&& chunk) {
+      v1::DenoiseEvent e;
+      *e.mutable_output() = std::move(chunk);
+      events.push_back(std::move(e));
+    });
+    v1::DenoiseEvent result;
     result.mutable_result()->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - start));
     result.mutable_result()->set_vae_decode_seconds(0);
     events.push_back(std::move(result));

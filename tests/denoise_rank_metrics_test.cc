@@ -46,7 +46,8 @@ TEST(DenoiseRankMetricsTest, EachRankCountsItsStepsUnderItsRank) {
   r.set_height(64);
   r.set_width(64);
   r.set_steps(3);
-  r.set_guidance_scale(1.5f);
+  r.mutable_guidance()->mutable_main()->set_cfg_scale(1.5f);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_PNG);
   r.set_seed(5);
   std::vector<int64_t> grid = {1, 2, 3, 4};
   *r.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, grid.data(), grid.size() * 8);
@@ -58,7 +59,7 @@ TEST(DenoiseRankMetricsTest, EachRankCountsItsStepsUnderItsRank) {
   auto reader = stub->Denoise(&ctx, r);
   v1::DenoiseEvent e;
   int steps = 0;
-  while (reader->Read(&e)) steps += e.has_step();
+  while (reader->Read(&e)) steps += e.has_progress();
   grpc::Status st = reader->Finish();
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(steps, 3);

@@ -101,17 +101,20 @@ TEST_F(MeshTest, MeshAndEmbeddedGiveByteIdenticalPngs) {
   std::vector<v1::GenerateEvent> events;
   auto result = client_->Generate(Request(), [&](const v1::GenerateEvent& e) { events.push_back(e); });
   ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_GT(result->png().size(), 100u);
-  EXPECT_EQ(result->metadata().seed(), 42u);
-  EXPECT_EQ(result->metadata().width(), 256);
+  ASSERT_EQ(result->outputs_size(), 1);
+  const std::string& png = result->outputs(0).data();
+  ASSERT_GT(png.size(), 100u);
+  EXPECT_EQ(result->outputs(0).info().mime_type(), "image/png");
+  EXPECT_EQ(result->metadata().request().seed(), 42u);
+  EXPECT_EQ(result->metadata().request().width(), 256);
   // Progress: accepted first, then stages, AR tokens, 4 denoise steps, result last.
   ASSERT_FALSE(events.empty());
   EXPECT_TRUE(events.front().has_accepted());
   EXPECT_TRUE(events.back().has_result());
   int steps = 0, ar = 0;
   for (const auto& e : events) {
-    steps += e.has_denoise_progress();
-    ar += e.has_ar_progress();
+    steps += e.has_progress() && e.progress().stage() == "denoise";
+    ar += e.has_progress() && e.progress().stage() == "ar";
   }
   EXPECT_EQ(steps, 4);
   EXPECT_GT(ar, 0);
@@ -121,7 +124,7 @@ TEST_F(MeshTest, MeshAndEmbeddedGiveByteIdenticalPngs) {
   int status = testing::RunCommand({Binary("diffmesh"), "generate", "--prompt", Request().prompt(),
                                     "--seed", "42", "--steps", "4", "--output", out}, &log);
   ASSERT_EQ(status, 0) << log;
-  EXPECT_EQ(ReadFile(out), result->png()) << "embedded and mesh outputs differ";
+  EXPECT_EQ(ReadFile(out), png) << "embedded and mesh outputs differ";
 }
 
 TEST_F(MeshTest, BadInputIsRejectedThroughThePublicApi) {
@@ -134,8 +137,12 @@ TEST_F(MeshTest, BadInputIsRejectedThroughThePublicApi) {
       {[](auto& r) { r.set_height(250); }, absl::StatusCode::kInvalidArgument, "height"},
       {[](auto& r) { r.set_width(1024); }, absl::StatusCode::kInvalidArgument, "width"},
       {[](auto& r) { r.set_steps(500); }, absl::StatusCode::kInvalidArgument, "steps"},
-      {[](auto& r) { r.set_guidance_scale(NAN); }, absl::StatusCode::kInvalidArgument, "guidance_scale"},
-      {[](auto& r) { r.set_guidance_scale(-2); }, absl::StatusCode::kInvalidArgument, "guidance_scale"},
+      {[](auto& r) { r.mutable_guidance()->mutable_main()->set_cfg_scale(NAN); },
+       absl::StatusCode::kInvalidArgument, "guidance.main.cfg_scale"},
+      {[](auto& r) { r.mutable_guidance()->mutable_main()->set_cfg_scale(3e38f); },
+       absl::StatusCode::kInvalidArgument, "guidance.main.cfg_scale"},
+      {[](auto& r) { r.set_request_id(std::string(1000, 'r')); },
+       absl::StatusCode::kInvalidArgument, "request_id"},
       {[](auto& r) { r.set_prompt(std::string(3000, 'a')); }, absl::StatusCode::kInvalidArgument, "prompt"},
       {[](auto& r) { r.set_model("flux"); }, absl::StatusCode::kNotFound, "model"},
   };
@@ -182,7 +189,7 @@ TEST_F(MeshTest, CancelFromAnotherThread) {
   r.set_steps(200);
   sdk::CancelHandle cancel;
   auto result = client_->Generate(r, [&](const v1::GenerateEvent& e) {
-    if (e.has_denoise_progress() && e.denoise_progress().step() == 1) {
+    if (e.has_progress() && e.progress().stage() == "denoise" && e.progress().done() == 1) {
       std::thread([&cancel] { cancel.Cancel(); }).detach();
     }
   }, &cancel);

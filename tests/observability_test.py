@@ -208,9 +208,15 @@ def main():
             for p in running:
                 out, _ = p.communicate(timeout=300)
                 assert p.returncode == 0, f"generate failed:\n{out}"
-        bad = generate(4, steps=100000)
+        for i in (1, 2, 3):
+            # The image arrived as output chunks; the CLI assembled and wrote it whole.
+            with open(os.path.join(workdir, f"out{i}.png"), "rb") as f:
+                head = f.read(8)
+            assert head == b"\x89PNG\r\n\x1a\n", f"out{i}.png is not a PNG: {head!r}"
+        bad = generate(4, steps=100000)  # over the model's limits.max_steps
         out, _ = bad.communicate(timeout=60)
-        assert bad.returncode != 0 and "INVALID_ARGUMENT" in out, f"expected INVALID_ARGUMENT:\n{out}"
+        assert bad.returncode != 0 and "INVALID_ARGUMENT" in out and "steps" in out, \
+            f"expected INVALID_ARGUMENT naming steps:\n{out}"
         t_end = time.time()
         log(f"3 images and 1 rejected request in {t_end - t_start:.1f} s")
 

@@ -115,8 +115,9 @@ TEST_F(SecureMeshTest, TheRightCertificateAndTokenGenerate) {
   int events = 0;
   auto result = Generate(*client_, &events);
   ASSERT_TRUE(result.ok()) << result.status() << "\n" << ReadFile(log_);
-  EXPECT_GT(result->png().size(), 100u);
-  EXPECT_EQ(result->metadata().seed(), 5u);
+  ASSERT_EQ(result->outputs_size(), 1);
+  EXPECT_GT(result->outputs(0).data().size(), 100u);
+  EXPECT_EQ(result->metadata().request().seed(), 5u);
   EXPECT_GT(events, 2);
   auto models = client_->ListModels();
   ASSERT_TRUE(models.ok()) << models.status();
@@ -207,7 +208,7 @@ TEST_F(SecureMeshTest, CliPassesTlsAndTokenFlagsToTheSdk) {
   std::string log;
   int status = testing::RunCommand(with_token, &log);
   ASSERT_EQ(status, 0) << log;
-  EXPECT_EQ(ReadFile(out), sdk_result->png()) << "CLI and C++ SDK bytes differ";
+  EXPECT_EQ(ReadFile(out), sdk_result->outputs(0).data()) << "CLI and C++ SDK bytes differ";
 
   status = testing::RunCommand(base, &log);
   EXPECT_NE(WEXITSTATUS(status), 0);

@@ -111,7 +111,8 @@ TEST_F(SnapshotMeshTest, MeshUpServesTheSnapshotUnderItsName) {
   r.set_width(256);
   auto result = (*client)->Generate(r);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->png(), *builtin_png_);
+  ASSERT_EQ(result->outputs_size(), 1);
+  EXPECT_EQ(result->outputs(0).data(), *builtin_png_);
 
   r.set_model("glm-image-tiny");  // not what this mesh serves
   EXPECT_EQ((*client)->Generate(r).status().code(), absl::StatusCode::kNotFound);

@@ -2,12 +2,16 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/status/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh {
@@ -66,30 +70,34 @@ absl::StatusOr<std::string> SnapshotModelName(const std::string& dir) {
   return SnapshotModelName(name_or_path, dir);
 }
 
-ModelDefaults SnapshotDefaults() {
-  ModelDefaults d;
-  d.height = 1024;
-  d.width = 1024;
-  d.steps = 50;
-  d.guidance_scale = 1.5f;
+v1::GenerateRequest SnapshotDefaults() {
+  v1::GenerateRequest d;
+  d.set_height(1024);
+  d.set_width(1024);
+  d.set_steps(50);
+  d.mutable_guidance()->mutable_main()->set_cfg_scale(1.5f);
+  d.mutable_output()->set_format(v1::OUTPUT_FORMAT_PNG);
   return d;
 }
 
-ModelLimits SnapshotLimits() {
-  ModelLimits l;
-  l.pixel_granularity = 32;
-  l.min_size = 256;
-  l.max_size = 2048;
-  l.max_prompt_bytes = 8000;
-  l.max_steps = 200;
+v1::ModelLimits SnapshotLimits() {
+  v1::ModelLimits l;
+  l.set_size_granularity(32);
+  l.set_min_size(256);
+  l.set_max_size(2048);
+  l.set_min_steps(1);
+  l.set_max_steps(200);
+  l.set_max_prompt_bytes(8000);
+  l.set_max_input_bytes(32 << 20);
+  l.set_max_input_pixels(4096 * 4096);
   return l;
 }
 
-bool PipelineModel::HasStage(const std::string& stage) const {
+const StageSpec* PipelineModel::FindStage(const std::string& name) const {
   for (const auto& s : stages) {
-    if (s.name == stage) return true;
+    if (s.name == name) return &s;
   }
-  return false;
+  return nullptr;
 }
 
 const PipelineModel* PipelineConfig::FindModel(const std::string& name) const {
@@ -99,92 +107,163 @@ const PipelineModel* PipelineConfig::FindModel(const std::string& name) const {
   return nullptr;
 }
 
+namespace {
+
+// `obj`[key] (when present) merged into `message`, by the proto's JSON mapping; unknown
+// fields and wrong types are errors naming the key.
+absl::Status ReadProto(const json& obj, const char* key, google::protobuf::Message& message,
+                       const std::string& where) {
+  if (!obj.contains(key)) return absl::OkStatus();
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  std::unique_ptr<google::protobuf::Message> given(message.New());
+  auto st = google::protobuf::util::JsonStringToMessage(obj[key].dump(), given.get(), options);
+  if (!st.ok()) {
+    return Bad(absl::StrCat(where, ".", key, ": ", std::string(st.message())));
+  }
+  message.MergeFrom(*given);  // over what `message` held already (a snapshot's defaults)
+  return absl::OkStatus();
+}
+
+absl::Status ReadKind(const json& m, PipelineModel& model, const std::string& where) {
+  std::string kind = "image";
+  RETURN_IF_ERROR(Read(m, "kind", kind, false, where));
+  if (kind == "image") {
+    model.kind = ModelKind::kImage;
+  } else if (kind == "video_with_audio") {
+    model.kind = ModelKind::kVideoWithAudio;
+  } else {
+    return Bad(absl::StrCat(where, ".kind: '", kind, "' (image, video_with_audio)"));
+  }
+  std::vector<std::string> roles;
+  RETURN_IF_ERROR(Read(m, "input_roles", roles, false, where));
+  for (const std::string& r : roles) {
+    v1::MediaRole role;
+    if (!v1::MediaRole_Parse("MEDIA_ROLE_" + absl::AsciiStrToUpper(r), &role) ||
+        role == v1::MEDIA_ROLE_UNSPECIFIED) {
+      return Bad(absl::StrCat(where, ".input_roles: unknown role '", r,
+                              "' (edit_image, first_frame, reference)"));
+    }
+    model.input_roles.push_back(role);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLimitsAndDefaults(const PipelineModel& model, const std::string& where) {
+  const v1::ModelLimits& l = model.limits;
+  if (l.size_granularity() <= 0 || l.min_size() <= 0 || l.max_size() < l.min_size() ||
+      l.max_prompt_bytes() <= 0 || l.min_steps() < 1 || l.max_steps() < l.min_steps()) {
+    return Bad(absl::StrCat(where, " has inconsistent limits (size_granularity, min_size, "
+                            "max_size, max_prompt_bytes, min_steps and max_steps are needed)"));
+  }
+  const v1::GenerateRequest& d = model.defaults;
+  if (!d.has_height() || !d.has_width() || !d.has_steps() ||
+      d.output().format() == v1::OUTPUT_FORMAT_UNSPECIFIED) {
+    return Bad(absl::StrCat(where, ".defaults needs height, width, steps and output.format"));
+  }
+  for (int v : {d.height(), d.width()}) {
+    if (v < l.min_size() || v > l.max_size() || v % l.size_granularity() != 0) {
+      return Bad(absl::StrCat(where, " default size ", v, " breaks its own limits"));
+    }
+  }
+  if (d.steps() < l.min_steps() || d.steps() > l.max_steps()) {
+    return Bad(absl::StrCat(where, " default steps out of range"));
+  }
+  if (model.kind == ModelKind::kVideoWithAudio &&
+      (!d.has_num_frames() || !d.has_frame_rate() || l.frames().multiple() <= 0 ||
+       l.frames().max_frames() <= 0)) {
+    return Bad(absl::StrCat(where, ": a video model needs defaults num_frames and frame_rate and "
+                            "limits.frames (multiple, offset, max_frames)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel& model,
+                        const std::string& where) {
+  static const std::set<std::string> kKinds = {"ar", "encoder", "denoise"};
+  if (!m.contains("stages") || !m["stages"].is_array() || m["stages"].empty()) {
+    return Bad(absl::StrCat(where, ".stages must be a non-empty array"));
+  }
+  for (const json& js : m["stages"]) {
+    StageSpec stage;
+    if (!js.is_object()) return Bad(absl::StrCat(where, ".stages: each stage is an object"));
+    RETURN_IF_ERROR(Read(js, "name", stage.name, true, where));
+    const std::string at = absl::StrCat(where, " stage '", stage.name, "'");
+    stage.kind = stage.name;
+    RETURN_IF_ERROR(Read(js, "kind", stage.kind, false, at));
+    RETURN_IF_ERROR(Read(js, "service", stage.service, true, at));
+    RETURN_IF_ERROR(Read(js, "inputs", stage.inputs, false, at));
+    RETURN_IF_ERROR(Read(js, "stream_inputs", stage.stream_inputs, false, at));
+    if (!kKinds.count(stage.kind)) {
+      return Bad(absl::StrCat(at, " has unknown kind '", stage.kind, "' (ar, encoder, denoise)"));
+    }
+    if (!cfg.services.count(stage.service)) {
+      return Bad(absl::StrCat(at, " runs on undefined service '", stage.service, "'"));
+    }
+    if (model.FindStage(stage.name) != nullptr) return Bad(absl::StrCat(at, " defined twice"));
+    for (const std::string& in : stage.inputs) {
+      if (model.FindStage(in) == nullptr) {
+        return Bad(absl::StrCat(at, " takes input from '", in,
+                                "', which is not a stage defined before it"));
+      }
+    }
+    model.stages.push_back(std::move(stage));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg) {
+  PipelineModel model;
+  if (!m.is_object()) return Bad("each model must be an object");
+  RETURN_IF_ERROR(Read(m, "path", model.path, false, "model"));
+  const bool snapshot = !model.path.empty();
+  std::string served;  // the name the stage services serve the snapshot under
+  if (snapshot) {
+    auto name = SnapshotModelName(model.path);
+    if (!name.ok()) return Bad(std::string(name.status().message()));
+    served = *name;
+    model.name = served;
+    model.description = absl::StrCat("GlmImagePipeline snapshot ", model.path);
+    model.defaults = SnapshotDefaults();
+    model.limits = SnapshotLimits();
+  }
+  RETURN_IF_ERROR(Read(m, "name", model.name, !snapshot, "model"));
+  const std::string where = absl::StrCat("model '", model.name, "'");
+  if (snapshot && model.name != served) {
+    return Bad(absl::StrCat(where, ": the stage services serve ", model.path, " as '", served,
+                            "' (its model_index.json _name_or_path, else the folder name)"));
+  }
+  RETURN_IF_ERROR(Read(m, "description", model.description, false, where));
+  if (!snapshot && (!m.contains("defaults") || !m.contains("limits"))) {
+    return Bad(absl::StrCat(where, " needs 'defaults' and 'limits' (they may be left out with "
+                            "a 'path')"));
+  }
+  RETURN_IF_ERROR(ReadKind(m, model, where));
+  RETURN_IF_ERROR(ReadProto(m, "defaults", model.defaults, where));
+  RETURN_IF_ERROR(ReadProto(m, "limits", model.limits, where));
+  RETURN_IF_ERROR(CheckLimitsAndDefaults(model, where));
+  RETURN_IF_ERROR(ReadStages(m, cfg, model, where));
+  return model;
+}
+
+}  // namespace
+
 absl::StatusOr<PipelineConfig> PipelineConfig::Parse(const std::string& json_text) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) return Bad("not a JSON object");
   PipelineConfig cfg;
-#define DM_READ(obj, key, out, req, where)                       \
-  if (auto _st = Read(obj, key, out, req, where); !_st.ok()) return _st
-  DM_READ(root, "default_model", cfg.default_model, true, "root");
-  DM_READ(root, "services", cfg.services, true, "root");
+  RETURN_IF_ERROR(Read(root, "default_model", cfg.default_model, true, "root"));
+  RETURN_IF_ERROR(Read(root, "services", cfg.services, true, "root"));
   if (!root.contains("models") || !root["models"].is_array() || root["models"].empty()) {
     return Bad("'models' must be a non-empty array");
   }
-  static const std::set<std::string> kStages = {"ar", "encoder", "denoise"};
   for (const json& m : root["models"]) {
-    PipelineModel model;
-    if (!m.is_object()) return Bad("each model must be an object");
-    DM_READ(m, "path", model.path, false, "model");
-    const bool snapshot = !model.path.empty();
-    std::string served;  // the name the stage services serve the snapshot under
-    if (snapshot) {
-      auto name = SnapshotModelName(model.path);
-      if (!name.ok()) return Bad(std::string(name.status().message()));
-      served = *name;
-      model.name = served;
-      model.description = absl::StrCat("GlmImagePipeline snapshot ", model.path);
-      model.defaults = SnapshotDefaults();
-      model.limits = SnapshotLimits();
+    ASSIGN_OR_RETURN(PipelineModel model, ReadModel(m, cfg));
+    if (cfg.FindModel(model.name) != nullptr) {
+      return Bad(absl::StrCat("model '", model.name, "' defined twice"));
     }
-    DM_READ(m, "name", model.name, !snapshot, "model");
-    const std::string where = absl::StrCat("model '", model.name, "'");
-    if (snapshot && model.name != served) {
-      return Bad(absl::StrCat(where, ": the stage services serve ", model.path, " as '", served,
-                              "' (its model_index.json _name_or_path, else the folder name)"));
-    }
-    DM_READ(m, "description", model.description, false, where);
-    if ((!snapshot && (!m.contains("defaults") || !m.contains("limits"))) || !m.contains("stages")) {
-      return Bad(absl::StrCat(where, " needs 'defaults', 'limits' and 'stages' ('defaults' and "
-                              "'limits' may be left out with a 'path')"));
-    }
-    if (m.contains("defaults")) {
-      const json& d = m["defaults"];
-      DM_READ(d, "height", model.defaults.height, !snapshot, where);
-      DM_READ(d, "width", model.defaults.width, !snapshot, where);
-      DM_READ(d, "steps", model.defaults.steps, !snapshot, where);
-      DM_READ(d, "guidance_scale", model.defaults.guidance_scale, !snapshot, where);
-    }
-    if (m.contains("limits")) {
-      const json& l = m["limits"];
-      DM_READ(l, "pixel_granularity", model.limits.pixel_granularity, !snapshot, where);
-      DM_READ(l, "min_size", model.limits.min_size, !snapshot, where);
-      DM_READ(l, "max_size", model.limits.max_size, !snapshot, where);
-      DM_READ(l, "max_prompt_bytes", model.limits.max_prompt_bytes, !snapshot, where);
-      DM_READ(l, "max_steps", model.limits.max_steps, false, where);
-    }
-    const ModelLimits& lim = model.limits;
-    if (lim.pixel_granularity <= 0 || lim.min_size <= 0 || lim.max_size < lim.min_size ||
-        lim.max_prompt_bytes <= 0 || lim.max_steps < 1) {
-      return Bad(absl::StrCat(where, " has inconsistent limits"));
-    }
-    for (int v : {model.defaults.height, model.defaults.width}) {
-      if (v < lim.min_size || v > lim.max_size || v % lim.pixel_granularity != 0) {
-        return Bad(absl::StrCat(where, " default size ", v, " breaks its own limits"));
-      }
-    }
-    if (model.defaults.steps < 1 || model.defaults.steps > lim.max_steps) {
-      return Bad(absl::StrCat(where, " default steps out of range"));
-    }
-    if (!m["stages"].is_array()) return Bad(absl::StrCat(where, ".stages must be an array"));
-    for (const json& js : m["stages"]) {
-      StageSpec stage;
-      DM_READ(js, "name", stage.name, true, where);
-      DM_READ(js, "service", stage.service, true, where);
-      DM_READ(js, "stream", stage.stream, false, where);
-      if (!kStages.count(stage.name)) {
-        return Bad(absl::StrCat(where, " has unknown stage '", stage.name, "'"));
-      }
-      if (!cfg.services.count(stage.service)) {
-        return Bad(absl::StrCat(where, " stage '", stage.name, "' runs on undefined service '",
-                                stage.service, "'"));
-      }
-      model.stages.push_back(stage);
-    }
-    if (!model.HasStage("denoise")) return Bad(absl::StrCat(where, " has no denoise stage"));
-    if (cfg.FindModel(model.name) != nullptr) return Bad(absl::StrCat(where, " defined twice"));
     cfg.models.push_back(std::move(model));
   }
-#undef DM_READ
   if (cfg.FindModel(cfg.default_model) == nullptr) {
     return Bad(absl::StrCat("default_model '", cfg.default_model, "' is not defined"));
   }

@@ -1,5 +1,6 @@
-// Pipeline configuration: which models exist, their request limits and defaults, and which
-// service each stage runs on. Data, not code: read from JSON in this one place.
+// Pipeline configuration: which models exist, their request limits and defaults, and each
+// model's pipeline as a graph of stages with the service each runs on. Data, not code: read
+// from JSON in this one place.
 #ifndef DIFFMESH_COMMON_CONFIG_PIPELINE_CONFIG_H_
 #define DIFFMESH_COMMON_CONFIG_PIPELINE_CONFIG_H_
 
@@ -8,44 +9,44 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "diffmesh/v1/generation.pb.h"
 
 namespace diffmesh {
 
-struct ModelDefaults {
-  int height = 0;
-  int width = 0;
-  int steps = 0;
-  float guidance_scale = 0;
-};
-
-struct ModelLimits {
-  int pixel_granularity = 1;  // height and width must be multiples
-  int min_size = 1;
-  int max_size = 0;
-  int max_prompt_bytes = 0;
-  int max_steps = 200;
-};
-
+// One stage of a model's pipeline graph.
 struct StageSpec {
-  std::string name;     // "ar", "encoder", "denoise"
-  std::string service;  // key into PipelineConfig::services
-  // Denoise stage: hand it the AR tokens and the encoder's output as they are produced
-  // (DenoiseService.DenoiseStream) rather than in one request once both stages are done.
-  bool stream = true;
+  // Unique within the model; progress, timings and metrics carry it.
+  std::string name;
+  // What runs it, and so which stage API it speaks: "ar", "encoder" or "denoise".
+  std::string kind;
+  // Key into PipelineConfig::services.
+  std::string service;
+  // Stages whose outputs it consumes (each defined before it in the list).
+  std::vector<std::string> inputs;
+  // Fed with its inputs as they are produced (e.g. AR tokens streamed to the denoise group),
+  // rather than once every input is complete.
+  bool stream_inputs = false;
 };
+
+enum class ModelKind { kImage, kVideoWithAudio };
 
 struct PipelineModel {
   std::string name;
   std::string description;
+  ModelKind kind = ModelKind::kImage;
   // GlmImagePipeline snapshot folder the stage services serve this model from (their
   // --model-dir); empty for a built-in model. With a path the name defaults to the snapshot's
   // name (SnapshotModelName), and defaults / limits to the released pipeline's
   // (SnapshotDefaults / SnapshotLimits) unless the entry gives them.
   std::string path;
-  ModelDefaults defaults;
-  ModelLimits limits;
+  // Every default a request may leave unset (sizes, steps, guidance, output format).
+  v1::GenerateRequest defaults;
+  v1::ModelLimits limits;
+  // Roles of the input media it accepts; empty: none.
+  std::vector<v1::MediaRole> input_roles;
+  // The stage graph, each stage after its inputs.
   std::vector<StageSpec> stages;
-  bool HasStage(const std::string& stage) const;
+  const StageSpec* FindStage(const std::string& name) const;
 };
 
 struct PipelineConfig {
@@ -55,7 +56,9 @@ struct PipelineConfig {
 
   const PipelineModel* FindModel(const std::string& name) const;
 
-  // Parses and validates (known stages, services defined, sane limits and defaults).
+  // Parses and validates (known stage kinds, inputs defined before use, services defined,
+  // sane limits and defaults). Defaults and limits use the field names of
+  // diffmesh.v1.GenerateRequest and diffmesh.v1.ModelLimits.
   static absl::StatusOr<PipelineConfig> Parse(const std::string& json_text);
   static absl::StatusOr<PipelineConfig> Load(const std::string& path);
   // The built-in pipeline (glm-image-tiny on the default loopback ports).
@@ -73,8 +76,8 @@ absl::StatusOr<std::string> SnapshotModelName(const std::string& dir);
 std::string SnapshotModelName(const std::string& name_or_path, const std::string& dir);
 
 // GlmImagePipeline's own defaults (1024², 50 steps, guidance 1.5) and the sizes it accepts.
-ModelDefaults SnapshotDefaults();
-ModelLimits SnapshotLimits();
+v1::GenerateRequest SnapshotDefaults();
+v1::ModelLimits SnapshotLimits();
 
 }  // namespace diffmesh
 

@@ -17,10 +17,54 @@ TEST(PipelineConfigTest, DefaultParses) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   const PipelineModel* m = cfg->FindModel(cfg->default_model);
   ASSERT_NE(m, nullptr);
-  EXPECT_TRUE(m->HasStage("ar"));
-  EXPECT_TRUE(m->HasStage("denoise"));
-  EXPECT_EQ(m->defaults.height % m->limits.pixel_granularity, 0);
+  ASSERT_NE(m->FindStage("ar"), nullptr);
+  const StageSpec* denoise = m->FindStage("denoise");
+  ASSERT_NE(denoise, nullptr);
+  EXPECT_EQ(denoise->kind, "denoise");
+  EXPECT_EQ(denoise->inputs, (std::vector<std::string>{"ar", "encoder"}));
+  EXPECT_TRUE(denoise->stream_inputs);
+  EXPECT_EQ(m->defaults.height() % m->limits.size_granularity(), 0);
+  EXPECT_TRUE(m->defaults.guidance().main().has_cfg_scale());
+  EXPECT_FALSE(m->defaults.guidance().main().has_modality_scale());
+  EXPECT_EQ(m->defaults.output().format(), v1::OUTPUT_FORMAT_PNG);
   EXPECT_EQ(cfg->services.size(), 3u);
+}
+
+TEST(PipelineConfigTest, StageGraphsAreCheckedWhenRead) {
+  auto base = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  {
+    auto j = base;  // an input that is not a stage defined before it
+    j["models"][0]["stages"][2]["inputs"] = {"ar", "vae"};
+    auto cfg = PipelineConfig::Parse(j.dump());
+    ASSERT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(cfg.status().message().find("'vae'"), std::string::npos) << cfg.status();
+  }
+  {
+    auto j = base;  // an unknown stage kind
+    j["models"][0]["stages"][1]["kind"] = "upscaler";
+    auto cfg = PipelineConfig::Parse(j.dump());
+    ASSERT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(cfg.status().message().find("'upscaler'"), std::string::npos) << cfg.status();
+  }
+  {
+    auto j = base;  // a misspelt default is an error naming it, never ignored
+    j["models"][0]["defaults"]["guidance"]["main"]["cfg_scal"] = 2.0;
+    auto cfg = PipelineConfig::Parse(j.dump());
+    ASSERT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(cfg.status().message().find("cfg_scal"), std::string::npos) << cfg.status();
+  }
+  {
+    auto j = base;  // a video model needs its frame rule
+    j["models"][0]["kind"] = "video_with_audio";
+    auto cfg = PipelineConfig::Parse(j.dump());
+    ASSERT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(cfg.status().message().find("frames"), std::string::npos) << cfg.status();
+  }
+  {
+    auto j = base;  // two stages of one name
+    j["models"][0]["stages"][1]["name"] = "ar";
+    EXPECT_EQ(PipelineConfig::Parse(j.dump()).status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
@@ -34,7 +78,7 @@ TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
   }
   {
     auto j = base;
-    j["models"][0]["stages"][1]["name"] = "upscaler";
+    j["models"][0]["stages"][1]["kind"] = "upscaler";
     EXPECT_EQ(PipelineConfig::Parse(j.dump()).status().code(), absl::StatusCode::kInvalidArgument);
   }
   {
@@ -99,9 +143,11 @@ TEST_F(SnapshotEntryTest, PathEntriesTakeTheReleasedDefaultsUnlessGiven) {
   const PipelineModel* m = cfg->FindModel("my-glm");
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->path, Dir("named"));
-  EXPECT_EQ(m->defaults.steps, 20);
-  EXPECT_EQ(m->defaults.height, SnapshotDefaults().height);
-  EXPECT_EQ(m->limits.max_size, SnapshotLimits().max_size);
+  EXPECT_EQ(m->defaults.steps(), 20);
+  EXPECT_EQ(m->defaults.height(), SnapshotDefaults().height());
+  EXPECT_EQ(m->defaults.guidance().main().cfg_scale(),
+            SnapshotDefaults().guidance().main().cfg_scale());
+  EXPECT_EQ(m->limits.max_size(), SnapshotLimits().max_size());
   EXPECT_TRUE(cfg->FindModel("glm-image-tiny")->path.empty());
 
   // A name the stage services would not serve the snapshot under is refused, naming both.
@@ -122,7 +168,8 @@ TEST_F(SnapshotEntryTest, ForSnapshotServesOneModelOnTheDefaultServices) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   ASSERT_EQ(cfg->models.size(), 1u);
   EXPECT_EQ(cfg->default_model, "zai-org/GLM-Image");
-  EXPECT_TRUE(cfg->models[0].HasStage("ar") && cfg->models[0].HasStage("encoder"));
+  EXPECT_TRUE(cfg->models[0].FindStage("ar") != nullptr &&
+              cfg->models[0].FindStage("encoder") != nullptr);
   EXPECT_EQ(cfg->services.size(), 3u);
   EXPECT_FALSE(PipelineConfig::ForSnapshot(Dir("nowhere")).ok());
 }

@@ -13,6 +13,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import procs  # noqa: E402
 
 ARGS = None
+PIPELINE_STAGES = ("ar", "encoder", "denoise")  # glm-image-tiny's stages, in config order
+# Timings the server adds to the pipeline's (GenerationService's StageTiming).
+SERVER_TIMINGS = {"transfer", "vae_decode", "orchestrator"}
 mesh = None
 target = None
 
@@ -45,7 +48,10 @@ class LoadtestMeshTest(unittest.TestCase):
         self.assertEqual(report["errors_by_code"], {})
         self.assertGreater(report["throughput_rps"], 0)
         lat = report["latency_seconds"]
-        self.assertEqual(set(lat["stages"]), {"ar", "encoder", "denoise", "vae_decode"})
+        # glm-image-tiny's stages, plus only timings the server adds of its own.
+        stages = set(lat["stages"])
+        self.assertLessEqual(set(PIPELINE_STAGES), stages)
+        self.assertLessEqual(stages, set(PIPELINE_STAGES) | SERVER_TIMINGS)
         for name, s in [("end_to_end", lat["end_to_end"]), ("server_total", lat["server_total"]),
                         ("orchestrator", lat["orchestrator"]), *lat["stages"].items()]:
             self.assertEqual(s["count"], count, name)

@@ -610,7 +610,7 @@ absl::StatusOr<GlmImageSpec> SpecFromSnapshot(const std::string& dir) {
   GlmImageSpec spec;
   spec.dir = dir;
   spec.name = SnapshotName(index, dir);
-  spec.max_image_size = SnapshotLimits().max_size;
+  spec.max_image_size = SnapshotLimits().max_size();
   // Each config is read and parsed here, so that a bad one is reported by file at startup.
   const fs::path dit_path = root / "transformer" / "config.json";
   ASSIGN_OR_RETURN(spec.transformer, ReadJsonFile(dit_path));

@@ -12,11 +12,41 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/output/output_chunks.h"
 #include "diffmesh/v1/generation.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace diffmesh::sdk {
 namespace {
+
+// A Generate stream's outputs and result: chunks assembled as they arrive, checked, and the
+// result returned with every output's bytes.
+class ResultAssembly {
+ public:
+  // An error stops the stream: the output could not be assembled.
+  absl::Status Take(v1::GenerateEvent& event) {
+    if (event.has_output()) {
+      broken_ = assembler_.Add(event.output());
+      return broken_;
+    }
+    if (event.has_result()) result_ = std::move(*event.mutable_result());
+    return absl::OkStatus();
+  }
+  // The outcome, given the call's status.
+  absl::StatusOr<v1::GenerateResult> Finish(absl::Status status) {
+    if (!broken_.ok()) return broken_;
+    if (!status.ok()) return status;
+    if (!result_.has_value()) return absl::InternalError("the server ended the stream without a result");
+    if (absl::Status s = assembler_.Fill(*result_); !s.ok()) return s;
+    return std::move(*result_);
+  }
+
+ private:
+  OutputAssembler assembler_;
+  absl::Status broken_;
+  std::optional<v1::GenerateResult> result_;
+};
+
 
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
@@ -162,7 +192,10 @@ class Client::Impl {
     void OnReadDone(bool ok) override {
       if (!ok) return;  // the stream ended; OnDone follows with the status
       if (on_event_) on_event_(event_);
-      if (event_.has_result()) result_ = std::move(*event_.mutable_result());
+      if (absl::Status s = outputs_.Take(event_); !s.ok()) {
+        ctx_.TryCancel();  // OnDone reports the broken output, not the cancel
+        return;
+      }
       StartRead(&event_);
     }
 
@@ -171,11 +204,7 @@ class Client::Impl {
         std::lock_guard<std::mutex> lock(cancel_->mu);
         if (cancel_->ctx == &ctx_) cancel_->ctx = nullptr;
       }
-      absl::StatusOr<v1::GenerateResult> out =
-          !status.ok() ? absl::StatusOr<v1::GenerateResult>(FromGrpc(status))
-          : result_.has_value()
-              ? absl::StatusOr<v1::GenerateResult>(std::move(*result_))
-              : absl::InternalError("the server ended the stream without a result");
+      absl::StatusOr<v1::GenerateResult> out = outputs_.Finish(FromGrpc(status));
       DoneCallback done = std::move(on_done_);
       delete this;
       done(std::move(out));
@@ -185,7 +214,7 @@ class Client::Impl {
     grpc::ClientContext ctx_;
     const v1::GenerateRequest request_;
     v1::GenerateEvent event_;
-    std::optional<v1::GenerateResult> result_;
+    ResultAssembly outputs_;
     EventCallback on_event_;
     DoneCallback on_done_;
     std::shared_ptr<CancelHandle::State> cancel_;
@@ -211,19 +240,20 @@ class Client::Impl {
     }
     auto reader = stub_->Generate(&ctx, request);
     v1::GenerateEvent event;
-    std::optional<v1::GenerateResult> result;
+    ResultAssembly outputs;
     while (reader->Read(&event)) {
       if (on_event) on_event(event);
-      if (event.has_result()) result = std::move(*event.mutable_result());
+      if (!outputs.Take(event).ok()) {
+        ctx.TryCancel();
+        break;
+      }
     }
     absl::Status s = FromGrpc(reader->Finish());
     if (cancel != nullptr) {
       std::lock_guard<std::mutex> lock(cancel->state_->mu);
       cancel->state_->ctx = nullptr;
     }
-    if (!s.ok()) return s;
-    if (!result) return absl::InternalError("the server ended the stream without a result");
-    return std::move(*result);
+    return outputs.Finish(std::move(s));
   }
 
   void GenerateAsync(const v1::GenerateRequest& request, EventCallback on_event, DoneCallback on_done,

@@ -126,6 +126,15 @@ class ArCore::Impl {
     v1::ArTokenChunk chunk;
     chunk.set_offset(seq.emitted);
     chunk.set_total(total);
+    if (seq.emitted == 0) {
+      // Generation order: preview grid, target grid, end token. Consumers take the prior
+      // grid's place from here.
+      const auto& t = seq.prompt.target;
+      v1::TokenGrid* grid = chunk.mutable_grid();
+      grid->set_height(static_cast<int32_t>(t.height));
+      grid->set_width(static_cast<int32_t>(t.width));
+      grid->set_offset(static_cast<int32_t>(total - 1 - t.height * t.width));
+    }
     for (size_t i = seq.emitted; i < seq.generated.size(); ++i) chunk.add_tokens(seq.generated[i]);
     seq.emitted = static_cast<int>(seq.generated.size());
     if (last) {

@@ -8,8 +8,12 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/pipeline_config.h"
+#include "common/output/output_chunks.h"
+#include "common/status/status_macros.h"
 #include "common/rpc/server.h"
 #include "common/safetensors/safetensors.h"
 #include "common/tensor/wire_tensor.h"
@@ -32,13 +36,20 @@ const std::vector<FlagSpec> kGenerateFlags = {
                          "e.g. a download of zai-org/GLM-Image) instead of a built-in model"},
     {"height", "PX", "image height in pixels (default: the model's)"},
     {"width", "PX", "image width in pixels (default: the model's)"},
-    {"steps", "N", "denoising steps, 1..200 (default: the model's)"},
-    {"guidance-scale", "G", "classifier-free guidance, finite and >= 0 (default: the model's)"},
-    {"seed", "X", "random seed (default: drawn and printed)"},
-    {"output", "FILE.png", "where to write the PNG (required)"},
+    {"steps", "N", "denoising steps (default: the model's; `diffmesh models` lists the range)"},
+    {"num-frames", "N", "video models: frames (default: the model's)"},
+    {"frame-rate", "FPS", "video models: frames per second (default: the model's)"},
+    {"guidance-scale", "G", "classifier-free guidance scale, 0..100 (default: the model's)"},
+    {"stg-scale", "S", "spatio-temporal guidance scale where the model has it (default: the model's)"},
+    {"seed", "X", "random seed, 0..2^64-1 (default: drawn and printed)"},
+    {"output", "FILE", "where to write the result (required); its extension picks the format: "
+                       ".png, .jpg/.jpeg, .webp, .mp4, or .safetensors for the final latents "
+                       "(another extension: the model's own format)"},
+    {"output-format", "F", "png, jpeg, webp, mp4, raw or latents, overriding the extension "
+                           "(raw and latents are written as .safetensors)"},
+    {"quality", "Q", "JPEG 1..100, WebP 0..100 (100: lossless)"},
     {"server", "HOST:PORT", "run through this orchestrator instead of in this process"},
     {"timeout", "SECONDS", "give up after this long (default 1800)"},
-    {"save-latents", "FILE.safetensors", "also write the final latents (tensor 'latents')"},
     {"cfg-degree", "C", "embedded: CFG-parallel ranks of the denoise group (default 1)"},
     {"ulysses-degree", "U", "embedded: Ulysses sequence-parallel degree (default 1)"},
     {"ring-degree", "R", "embedded: ring-attention sequence-parallel degree (default 1)"},
@@ -82,6 +93,26 @@ int Fail(const absl::Status& s) {
   return s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound ? 2 : 1;
 }
 
+// --output-format, else the format --output's extension names.
+absl::StatusOr<v1::OutputFormat> OutputFormatOf(const std::string& flag, const std::string& path) {
+  static const std::vector<std::pair<std::string, v1::OutputFormat>> kNames = {
+      {"png", v1::OUTPUT_FORMAT_PNG},   {"jpeg", v1::OUTPUT_FORMAT_JPEG},
+      {"jpg", v1::OUTPUT_FORMAT_JPEG},  {"webp", v1::OUTPUT_FORMAT_WEBP},
+      {"mp4", v1::OUTPUT_FORMAT_MP4},   {"raw", v1::OUTPUT_FORMAT_RAW},
+      {"latents", v1::OUTPUT_FORMAT_LATENTS}, {"safetensors", v1::OUTPUT_FORMAT_LATENTS}};
+  std::string name = flag;
+  if (name.empty()) {
+    const size_t dot = path.rfind('.');
+    name = dot == std::string::npos ? "" : absl::AsciiStrToLower(path.substr(dot + 1));
+  }
+  for (const auto& [n, f] : kNames) {
+    if (n == name) return f;
+  }
+  if (flag.empty()) return v1::OUTPUT_FORMAT_UNSPECIFIED;  // the model's own format
+  return absl::InvalidArgumentError(absl::StrCat("output-format: unknown format '", flag,
+                                                 "' (png, jpeg, webp, mp4, raw, latents)"));
+}
+
 absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   v1::GenerateRequest r;
   if (!args.Has("prompt")) return absl::InvalidArgumentError("--prompt is required");
@@ -89,7 +120,7 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   r.set_prompt(args.Get("prompt"));
   r.set_negative_prompt(args.Get("negative-prompt"));
   r.set_model(args.Get("model"));
-  for (const char* f : {"height", "width", "steps"}) {
+  for (const char* f : {"height", "width", "steps", "num-frames", "quality"}) {
     auto v = args.GetInt(f);
     if (!v.ok()) return v.status();
     if (!v->has_value()) continue;
@@ -97,23 +128,34 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
       return absl::InvalidArgumentError(absl::StrCat(f, ": ", **v, " is out of range"));
     }
     const int32_t x = static_cast<int32_t>(**v);
-    if (std::string(f) == "height") r.set_height(x);
-    if (std::string(f) == "width") r.set_width(x);
-    if (std::string(f) == "steps") {
-      // 0 means "the model's default" on the wire; an explicit 0 is a user error.
-      if (x == 0) return absl::InvalidArgumentError("steps: 0 is outside 1..200");
-      r.set_steps(x);
+    const std::string flag = f;
+    if (flag == "height") r.set_height(x);
+    if (flag == "width") r.set_width(x);
+    if (flag == "steps") r.set_steps(x);
+    if (flag == "num-frames") r.set_num_frames(x);
+    if (flag == "quality") r.mutable_output()->set_quality(x);
+  }
+  for (const char* f : {"guidance-scale", "stg-scale", "frame-rate"}) {
+    auto v = args.GetDouble(f);
+    if (!v.ok()) return v.status();
+    if (!v->has_value()) continue;
+    const std::string flag = f;
+    v1::StreamGuidance* g = r.mutable_guidance()->mutable_main();
+    if (flag == "guidance-scale") g->set_cfg_scale(static_cast<float>(**v));
+    if (flag == "stg-scale") g->set_stg_scale(static_cast<float>(**v));
+    if (flag == "frame-rate") r.set_frame_rate(**v);
+  }
+  if (args.Has("seed")) {
+    uint64_t seed = 0;
+    if (!absl::SimpleAtoi(args.Get("seed"), &seed)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("seed: '", args.Get("seed"), "' is not an integer in 0..2^64-1"));
     }
+    r.set_seed(seed);
   }
-  auto g = args.GetDouble("guidance-scale");
-  if (!g.ok()) return g.status();
-  if (g->has_value()) r.set_guidance_scale(static_cast<float>(**g));
-  auto seed = args.GetInt("seed");
-  if (!seed.ok()) return seed.status();
-  if (seed->has_value()) {
-    if (**seed < 0) return absl::InvalidArgumentError("seed: must be >= 0");
-    r.set_seed(static_cast<uint64_t>(**seed));
-  }
+  auto format = OutputFormatOf(args.Get("output-format"), args.Get("output"));
+  if (!format.ok()) return format.status();
+  r.mutable_output()->set_format(*format);
   return r;
 }
 
@@ -139,6 +181,34 @@ absl::Status WriteFile(const std::string& path, const std::string& bytes) {
   if (!out) return absl::DataLossError(absl::StrCat("short write to ", path));
   return absl::OkStatus();
 }
+
+// Writes the result's outputs: one output to `path`; several to `path` with the output's name
+// before the extension. Tensor outputs go into a .safetensors file under their names.
+absl::Status WriteOutputs(const v1::GenerateResult& result, const std::string& path) {
+  if (result.outputs_size() == 0) return absl::InternalError("the result has no output");
+  for (const v1::Output& out : result.outputs()) {
+    std::string file = path;
+    if (result.outputs_size() > 1) {
+      const size_t dot = path.rfind('.');
+      file = dot == std::string::npos ? absl::StrCat(path, ".", out.info().name())
+                                      : absl::StrCat(path.substr(0, dot), ".", out.info().name(),
+                                                     path.substr(dot));
+    }
+    if (out.info().kind() != v1::OUTPUT_KIND_TENSOR) {
+      RETURN_IF_ERROR(WriteFile(file, out.data()));
+      continue;
+    }
+    if (out.info().tensor_dtype() == v1::DTYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError("output: a tensor without a dtype");
+    }
+    OwnedTensor t{ToDType(out.info().tensor_dtype()), std::vector<int64_t>(out.info().tensor_shape().begin(),
+                                               out.info().tensor_shape().end()),
+                  out.data()};
+    RETURN_IF_ERROR(WriteSafetensors(file, {{out.info().name(), t}}));
+  }
+  return absl::OkStatus();
+}
+
 
 // Cancels `ctx` / `cancel` on SIGINT or SIGTERM (blocked in main, waited for here).
 class SignalCanceller {
@@ -188,7 +258,6 @@ int Generate(const std::vector<std::string>& argv) {
         "--model-dir and --device shape the embedded stages; a server serves what it was started "
         "with (pick its model with --model)"));
   }
-  request->set_include_latents(args->Has("save-latents"));
   const absl::Duration limit = absl::Seconds(timeout->value_or(1800));
   ProgressPrinter progress(stderr, isatty(STDERR_FILENO));
   auto on_event = [&](const v1::GenerateEvent& e) { progress.OnEvent(e); };
@@ -226,23 +295,18 @@ int Generate(const std::vector<std::string>& argv) {
     if (!core.ok()) return Fail(core.status());
     CallContext ctx(absl::Now() + limit);
     SignalCanceller canceller([&] { ctx.Cancel(); });
+    OutputAssembler assembler;
     absl::Status s = (*core)->Generate(ctx, *request, [&](const v1::GenerateEvent& e) {
       on_event(e);
+      if (e.has_output()) assembler.Add(e.output()).IgnoreError();  // checked by Fill
       if (e.has_result()) result = e.result();
     });
     if (!s.ok()) return Fail(s);
+    if (absl::Status filled = assembler.Fill(result); !filled.ok()) return Fail(filled);
   }
   const std::string output = args->Get("output");
-  if (absl::Status s = WriteFile(output, result.png()); !s.ok()) return Fail(s);
-  if (args->Has("save-latents")) {
-    const v1::Tensor& l = result.latents();
-    if (absl::Status s = ValidateTensor(l, "latents", DType::kFloat32); !s.ok()) return Fail(s);
-    OwnedTensor t{DType::kFloat32, std::vector<int64_t>(l.shape().begin(), l.shape().end()), l.data()};
-    if (absl::Status s = WriteSafetensors(args->Get("save-latents"), {{"latents", t}}); !s.ok()) {
-      return Fail(s);
-    }
-  }
-  const auto& m = result.metadata();
+  if (absl::Status s = WriteOutputs(result, output); !s.ok()) return Fail(s);
+  const auto& m = result.metadata().request();
   std::printf("wrote %s (%dx%d, seed %llu)\n", output.c_str(), m.width(), m.height(),
               static_cast<unsigned long long>(m.seed()));
   return 0;
@@ -304,11 +368,15 @@ int Models(const std::vector<std::string>& argv) {
   for (const auto& m : models.models()) {
     std::string stages;
     for (const auto& s : m.stages()) stages += (stages.empty() ? "" : ",") + s;
-    std::printf("%s%s\n  %s\n  default %dx%d, %d steps, guidance %.2f; sizes %d..%d in multiples of %d; stages %s\n",
+    const auto& d = m.defaults();
+    const auto& l = m.limits();
+    std::printf("%s%s\n  %s\n  %s; default %dx%d, %d steps, guidance %.2f; sizes %d..%d in "
+                "multiples of %d; steps %d..%d; stages %s\n",
                 m.name().c_str(), m.name() == models.default_model() ? " (default)" : "",
-                m.description().c_str(), m.default_width(), m.default_height(), m.default_steps(),
-                m.default_guidance_scale(), m.min_size(), m.max_size(), m.pixel_granularity(),
-                stages.c_str());
+                m.description().c_str(),
+                m.kind() == v1::MODEL_KIND_VIDEO_WITH_AUDIO ? "video with audio" : "image",
+                d.width(), d.height(), d.steps(), d.guidance().main().cfg_scale(), l.min_size(),
+                l.max_size(), l.size_granularity(), l.min_steps(), l.max_steps(), stages.c_str());
   }
   return 0;
 }

@@ -24,15 +24,16 @@ void ProgressPrinter::Bar(const char* what, int done, int total, const char* uni
 void ProgressPrinter::OnEvent(const v1::GenerateEvent& e) {
   switch (e.event_case()) {
     case v1::GenerateEvent::kAccepted: {
-      const auto& a = e.accepted();
+      const auto& a = e.accepted().request();
       std::fprintf(out_, "accepted %s: %s %dx%d, %d steps, guidance %.2f, seed %llu\n",
-                   a.request_id().c_str(), a.model().c_str(), a.width(), a.height(), a.steps(),
-                   a.guidance_scale(), static_cast<unsigned long long>(a.seed()));
+                   e.accepted().request_id().c_str(), a.model().c_str(), a.width(), a.height(),
+                   a.steps(), a.guidance().main().cfg_scale(),
+                   static_cast<unsigned long long>(a.seed()));
       break;
     }
     case v1::GenerateEvent::kStage: {
       const auto& s = e.stage();
-      if (s.kind() == v1::StageEvent::STARTED) {
+      if (s.kind() == v1::StageEvent::KIND_STARTED) {
         if (!tty_) std::fprintf(out_, "stage %s started\n", s.stage().c_str());
       } else {
         EndLine();
@@ -40,26 +41,20 @@ void ProgressPrinter::OnEvent(const v1::GenerateEvent& e) {
       }
       break;
     }
-    case v1::GenerateEvent::kArProgress: {
-      const auto& p = e.ar_progress();
+    case v1::GenerateEvent::kProgress: {
+      const auto& p = e.progress();
       if (tty_) {
-        Bar("ar", p.tokens_generated(), p.tokens_total(), "tokens");
-      } else {
-        // Plain output: about ten lines per AR stage, not one per chunk.
-        const int line = p.tokens_total() > 0 ? p.tokens_generated() * 10 / p.tokens_total() : 0;
-        if (line != last_ar_line_) {
-          std::fprintf(out_, "ar tokens %d/%d\n", p.tokens_generated(), p.tokens_total());
-          last_ar_line_ = line;
-        }
+        Bar(p.stage().c_str(), static_cast<int>(p.done()), static_cast<int>(p.total()),
+            (p.unit() + "s").c_str());
+        break;
       }
-      break;
-    }
-    case v1::GenerateEvent::kDenoiseProgress: {
-      const auto& p = e.denoise_progress();
-      if (tty_) {
-        Bar("denoise", p.step(), p.total_steps(), "steps");
-      } else {
-        std::fprintf(out_, "denoise step %d/%d\n", p.step(), p.total_steps());
+      // Plain output: about ten lines per stage, not one per event.
+      const int line = p.total() > 0 ? static_cast<int>(p.done() * 10 / p.total()) : 0;
+      int& last = last_line_[p.stage()];
+      if (line != last || p.done() == p.total()) {
+        std::fprintf(out_, "%s %s %lld/%lld\n", p.stage().c_str(), p.unit().c_str(),
+                     static_cast<long long>(p.done()), static_cast<long long>(p.total()));
+        last = line;
       }
       break;
     }

@@ -4,6 +4,8 @@
 #define DIFFMESH_SERVICES_CLI_PROGRESS_H_
 
 #include <cstdio>
+#include <map>
+#include <string>
 
 #include "diffmesh/v1/generation.pb.h"
 
@@ -22,7 +24,7 @@ class ProgressPrinter {
   FILE* out_;
   bool tty_;
   bool open_line_ = false;
-  int last_ar_line_ = -1;
+  std::map<std::string, int> last_line_;  // per stage: the tenth of its work last printed
 };
 
 }  // namespace diffmesh::cli

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/image/png.h"
+#include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/cfg_policy.h"
@@ -21,37 +22,44 @@ using models::glm_image::GlmImageSpec;
 
 namespace {
 
-// Pixels per latent (VAE) × latents per patch (DiT) × patches per AR grid cell.
-constexpr int kVaeScale = 8;
-constexpr int kPixelGranularity = 32;
+// GLM-Image's DiT takes the AR model's prior-token grid upsampled 2x to its patch grid.
+constexpr int kPriorUpsample = 2;
+// A bound on the work one request may ask of the group, far above any model's step limit
+// (the orchestrator applies the model's own).
+constexpr int kMaxSteps = 1000;
+// Largest prior-token grid side a stream may announce.
+constexpr int kMaxGridSide = 1024;
 
-// The inputs of a streamed request as they arrive: the target grid, filled from the AR stage's
-// chunks (which also carry the preview grid and the end token), and the embeddings. Rank 0
-// turns each AR chunk into a grid piece (an ArTokenChunk whose offset indexes the grid) and
-// broadcasts it; every rank applies the same pieces.
+// The inputs of a streamed request as they arrive: the prior-token grid, filled from the AR
+// stage's chunks (the first of which says where the grid lies among the generated tokens), and
+// the embeddings. Rank 0 turns each AR chunk into a grid piece (an ArTokenChunk whose offset
+// indexes the grid, the first also carrying the grid's shape) and broadcasts it; every rank
+// applies the same pieces.
 class StreamedInputs {
  public:
-  explicit StreamedInputs(const v1::DenoiseRequest& header)
-      : grid_h_(header.height() / kPixelGranularity),
-        grid_w_(header.width() / kPixelGranularity),
-        grid_(static_cast<size_t>(grid_h_ * grid_w_), 0) {}
-
-  // The target-grid tokens of `chunk`; chunks must come in generation order.
+  // The grid-aligned tokens of `chunk`; chunks must come in generation order.
   absl::StatusOr<v1::ArTokenChunk> GridPiece(const v1::ArTokenChunk& chunk) {
-    const int64_t n = static_cast<int64_t>(grid_.size());
     if (chunk.offset() != next_ar_offset_) {
       return absl::InvalidArgumentError(absl::StrCat("ar_tokens: chunk at offset ", chunk.offset(),
                                                      ", expected ", next_ar_offset_));
     }
-    if (chunk.total() < n + 1) {
-      return absl::InvalidArgumentError(absl::StrCat("ar_tokens: ", chunk.total(),
-                                                     " tokens cannot hold a ", grid_h_, "x",
-                                                     grid_w_, " grid and the end token"));
-    }
-    next_ar_offset_ += chunk.tokens_size();
-    // Generation order: preview grid, target grid, end token.
-    const int64_t start = chunk.total() - 1 - n;
     v1::ArTokenChunk piece;
+    if (chunk.has_grid() && !have_grid()) {
+      const v1::TokenGrid& g = chunk.grid();
+      if (g.height() < 1 || g.width() < 1 || g.height() > kMaxGridSide ||
+          g.width() > kMaxGridSide || g.offset() < 0 ||
+          g.offset() + int64_t{g.height()} * g.width() > chunk.total()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ar_tokens.grid: ", g.height(), "x", g.width(), " at ", g.offset(), " does not fit ",
+            chunk.total(), " tokens"));
+      }
+      *piece.mutable_grid() = g;
+      RETURN_IF_ERROR(SetGrid(g));
+    }
+    if (!have_grid()) return absl::InvalidArgumentError("ar_tokens: the first chunk lacks its grid");
+    const int64_t n = static_cast<int64_t>(grid_.size());
+    next_ar_offset_ += chunk.tokens_size();
+    const int64_t start = grid_offset_;
     for (int j = 0; j < chunk.tokens_size(); ++j) {
       const int64_t i = chunk.offset() + j;
       if (i < start || i >= start + n) continue;
@@ -62,6 +70,8 @@ class StreamedInputs {
   }
 
   absl::Status Apply(const v1::ArTokenChunk& piece) {
+    if (piece.has_grid() && !have_grid()) RETURN_IF_ERROR(SetGrid(piece.grid()));
+    if (!have_grid()) return absl::InvalidArgumentError("ar_tokens: a piece before the grid");
     if (piece.offset() < 0 || piece.offset() + piece.tokens_size() > static_cast<int64_t>(grid_.size())) {
       return absl::InvalidArgumentError("ar_tokens: piece outside the grid");
     }
@@ -76,7 +86,7 @@ class StreamedInputs {
   }
 
   bool complete() const {
-    return filled_ == static_cast<int64_t>(grid_.size()) && have_embeddings_;
+    return have_grid() && filled_ == static_cast<int64_t>(grid_.size()) && have_embeddings_;
   }
   std::string Progress() const {
     return absl::StrCat(filled_, " of ", grid_.size(), " grid tokens, ",
@@ -94,7 +104,19 @@ class StreamedInputs {
   }
 
  private:
-  const int64_t grid_h_, grid_w_;
+  bool have_grid() const { return grid_h_ > 0; }
+  absl::Status SetGrid(const v1::TokenGrid& g) {
+    if (g.height() < 1 || g.width() < 1 || g.height() > kMaxGridSide || g.width() > kMaxGridSide) {
+      return absl::InvalidArgumentError("ar_tokens.grid: bad shape");
+    }
+    grid_h_ = g.height();
+    grid_w_ = g.width();
+    grid_offset_ = g.offset();
+    grid_.assign(static_cast<size_t>(grid_h_ * grid_w_), 0);
+    return absl::OkStatus();
+  }
+
+  int64_t grid_h_ = 0, grid_w_ = 0, grid_offset_ = 0;
   std::vector<int64_t> grid_;
   int64_t filled_ = 0;
   int64_t next_ar_offset_ = 0;
@@ -117,9 +139,10 @@ struct Prepared {
 class DenoiseCore::Impl {
  public:
   Impl(Options options, GlmImageSpec spec, std::unique_ptr<DenoiseGroup> group,
-       std::unique_ptr<GlmImageDit> dit, std::unique_ptr<AutoencoderKl> vae)
+       std::unique_ptr<GlmImageDit> dit, std::unique_ptr<AutoencoderKl> vae, int vae_scale)
       : options_(std::move(options)), spec_(std::move(spec)), group_(std::move(group)),
-        dit_(std::move(dit)), vae_(std::move(vae)) {}
+        dit_(std::move(dit)), vae_(std::move(vae)), vae_scale_(vae_scale),
+        granularity_(vae_scale * static_cast<int>(dit_->config().patch_size) * kPriorUpsample) {}
 
   int rank() const { return group_->layout().rank(); }
 
@@ -188,7 +211,7 @@ class DenoiseCore::Impl {
   absl::Status StreamAndExecute(CallContext& ctx, const v1::DenoiseRequest& header,
                                 InputQueue<v1::DenoiseInput>& inputs,
                                 const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-    StreamedInputs assembly(header);
+    StreamedInputs assembly;
     auto abort = [&](absl::Status why) {
       group_->SendMore(DenoiseGroup::Command::kAbort, "").IgnoreError();
       return why;
@@ -210,7 +233,7 @@ class DenoiseCore::Impl {
       if (in.has_ar_tokens()) {
         auto piece = assembly.GridPiece(in.ar_tokens());
         if (!piece.ok()) return abort(piece.status());
-        if (piece->tokens_size() == 0) continue;  // preview tokens
+        if (piece->tokens_size() == 0 && !piece->has_grid()) continue;  // before the grid
         piece->SerializeToString(&bytes);
         RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kTokens, bytes));
         RETURN_IF_ERROR(assembly.Apply(*piece));
@@ -231,7 +254,7 @@ class DenoiseCore::Impl {
 
   // Ranks > 0: the pieces of a streamed request, in rank 0's order, until kGo or kAbort.
   absl::Status ReceiveStreamed(const v1::DenoiseRequest& header) {
-    StreamedInputs assembly(header);
+    StreamedInputs assembly;
     while (true) {
       ASSIGN_OR_RETURN(auto command, group_->Receive());
       switch (command.first) {
@@ -266,31 +289,64 @@ class DenoiseCore::Impl {
       return absl::NotFoundError(
           absl::StrCat("model: this denoise group serves '", spec_.name, "', not '", r.model(), "'"));
     }
+    const int g = granularity_;
     for (auto [field, v] : {std::pair{"height", r.height()}, std::pair{"width", r.width()}}) {
-      if (v < kPixelGranularity || v > options_.max_image_size || v % kPixelGranularity != 0) {
+      if (v < g || v > options_.max_image_size || v % g != 0) {
         return absl::InvalidArgumentError(absl::StrCat(field, ": ", v, " must be a multiple of ",
-                                                        kPixelGranularity, " in ", kPixelGranularity,
-                                                        "..", options_.max_image_size));
+                                                        g, " in ", g, "..", options_.max_image_size));
       }
     }
-    if (r.steps() < 1 || r.steps() > 200) {
-      return absl::InvalidArgumentError(absl::StrCat("steps: ", r.steps(), " is outside 1..200"));
+    if (r.steps() < 1 || r.steps() > kMaxSteps) {
+      return absl::InvalidArgumentError(absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
     }
-    if (!std::isfinite(r.guidance_scale()) || r.guidance_scale() < 0) {
-      return absl::InvalidArgumentError("guidance_scale: must be finite and >= 0");
+    RETURN_IF_ERROR(GuidanceOf(r).status());
+    switch (r.output().format()) {
+      case v1::OUTPUT_FORMAT_PNG:
+      case v1::OUTPUT_FORMAT_RAW:
+      case v1::OUTPUT_FORMAT_LATENTS:
+        return absl::OkStatus();
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "output.format: ", v1::OutputFormat_Name(r.output().format()),
+            " is not made by this stage (PNG, RAW, LATENTS)"));
     }
-    for (int64_t b : r.multimodal_guidance().stg_blocks()) {
+  }
+
+  // The request's guidance as this model runs it: two-branch CFG, or the four-branch policy
+  // when a perturbed or modality branch or a rescale is asked for. Unset fields are off.
+  absl::StatusOr<MultiModalGuidanceParams> GuidanceOf(const v1::DenoiseRequest& r) const {
+    const v1::Guidance& g = r.guidance();
+    if (g.has_audio()) return absl::InvalidArgumentError("guidance.audio: this model has no audio");
+    if (g.skip_step() != 0) {
+      return absl::InvalidArgumentError("guidance.skip_step: not supported by this model");
+    }
+    MultiModalGuidanceParams params;
+    const v1::StreamGuidance& m = g.main();
+    params.cfg_scale = m.has_cfg_scale() ? m.cfg_scale() : 1.0f;
+    params.stg_scale = m.has_stg_scale() ? m.stg_scale() : 0.0f;
+    params.modality_scale = m.has_modality_scale() ? m.modality_scale() : 1.0f;
+    params.rescale_scale = m.has_rescale() ? m.rescale() : 0.0f;
+    for (float v : {params.cfg_scale, params.stg_scale, params.modality_scale, params.rescale_scale}) {
+      if (!std::isfinite(v)) return absl::InvalidArgumentError("guidance: values must be finite");
+    }
+    if (params.cfg_scale < 0) return absl::InvalidArgumentError("guidance.main.cfg_scale: must be >= 0");
+    for (int64_t b : g.stg_blocks().blocks()) {
       if (b < 0 || b >= dit_->config().num_layers) {
-        return absl::InvalidArgumentError(absl::StrCat("multimodal_guidance.stg_blocks: no block ", b));
+        return absl::InvalidArgumentError(absl::StrCat("guidance.stg_blocks: no block ", b));
       }
+      params.stg_blocks.push_back(b);
     }
-    return absl::OkStatus();
+    return params;
+  }
+
+  static bool FourBranch(const MultiModalGuidanceParams& p) {
+    return p.stg_scale != 0 || p.modality_scale != 1 || p.rescale_scale != 0;
   }
 
   absl::StatusOr<Prepared> Prepare(const v1::DenoiseRequest& r) const {
     RETURN_IF_ERROR(CheckRequest(r));
     const auto& cfg = dit_->config();
-    const int64_t grid_h = r.height() / kPixelGranularity, grid_w = r.width() / kPixelGranularity;
+    const int64_t grid_h = r.height() / granularity_, grid_w = r.width() / granularity_;
     ASSIGN_OR_RETURN(at::Tensor grid, FromWire(r.prior_tokens(), "prior_tokens", DType::kInt64, 2));
     if (grid.size(0) != grid_h || grid.size(1) != grid_w) {
       return absl::InvalidArgumentError(absl::StrCat("prior_tokens: grid ", grid.size(0), "x",
@@ -311,7 +367,9 @@ class DenoiseCore::Impl {
       }
     }
     // Prior tokens: the AR grid upsampled 2× (nearest) to the DiT's patch grid, row-major.
-    p.prior_ids = grid.repeat_interleave(2, 0).repeat_interleave(2, 1).reshape({1, -1});
+    p.prior_ids = grid.repeat_interleave(kPriorUpsample, 0)
+                      .repeat_interleave(kPriorUpsample, 1)
+                      .reshape({1, -1});
     return p;
   }
 
@@ -320,23 +378,17 @@ class DenoiseCore::Impl {
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) {
     const absl::Time t0 = absl::Now();
     const auto& cfg = dit_->config();
-    const int64_t lat_h = r.height() / kVaeScale, lat_w = r.width() / kVaeScale;
+    const int64_t lat_h = r.height() / vae_scale_, lat_w = r.width() / vae_scale_;
     // Every rank draws the same initial latents from the request's seed.
     auto gen = at::detail::createCPUGenerator(r.seed());
     at::Tensor latents =
         at::randn({1, cfg.in_channels, lat_h, lat_w}, gen, at::kFloat).to(group_->device());
     std::unique_ptr<CfgPolicy> policy;
-    if (r.has_multimodal_guidance()) {
-      const auto& g = r.multimodal_guidance();
-      MultiModalGuidanceParams params;
-      params.cfg_scale = r.guidance_scale();
-      params.stg_scale = g.stg_scale();
-      params.stg_blocks.assign(g.stg_blocks().begin(), g.stg_blocks().end());
-      params.modality_scale = g.modality_scale();
-      params.rescale_scale = g.rescale_scale();
+    ASSIGN_OR_RETURN(MultiModalGuidanceParams params, GuidanceOf(r));
+    if (FourBranch(params)) {
       ASSIGN_OR_RETURN(policy, MakeGlmImageMultiModalCfg(p.prompt, p.negative, p.prior_ids.size(1), params));
     } else {
-      policy = MakeGlmImageCfg(p.prompt, p.negative, p.prior_ids.size(1), r.guidance_scale());
+      policy = MakeGlmImageCfg(p.prompt, p.negative, p.prior_ids.size(1), params.cfg_scale);
     }
 
     ASSIGN_OR_RETURN(auto scheduler, models::glm_image::BuildScheduler(spec_));
@@ -373,8 +425,9 @@ class DenoiseCore::Impl {
       }
       if (on_event) {
         v1::DenoiseEvent e;
-        e.mutable_step()->set_step(static_cast<int32_t>(i + 1));
-        e.mutable_step()->set_total_steps(static_cast<int32_t>(scheduler->num_steps()));
+        e.mutable_progress()->set_unit("step");
+        e.mutable_progress()->set_done(i + 1);
+        e.mutable_progress()->set_total(scheduler->num_steps());
         on_event(e);
       }
     }
@@ -383,25 +436,57 @@ class DenoiseCore::Impl {
     v1::DenoiseEvent done;
     auto* result = done.mutable_result();
     result->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
-    if (r.output() == v1::LATENTS || r.include_latents()) {
-      ASSIGN_OR_RETURN(*result->mutable_latents(), ToWire(latents));
-    }
-    if (r.output() != v1::LATENTS) {
-      RETURN_IF_ERROR(ctx->Check("vae_decode"));
-      const absl::Time t1 = absl::Now();
-      at::Tensor image = vae_->DecodeNormalized(latents);
-      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image)[0].cpu().contiguous();  // [H, W, 3]
-      if (r.output() == v1::RGB8) {
-        ASSIGN_OR_RETURN(*result->mutable_tensor(), ToWire(pixels));
-      } else {
-        ASSIGN_OR_RETURN(*result->mutable_png(),
-                         EncodePng(pixels.data_ptr<uint8_t>(), static_cast<int>(pixels.size(1)),
-                                   static_cast<int>(pixels.size(0))));
-      }
+    const absl::Time t1 = absl::Now();
+    RETURN_IF_ERROR(EmitOutput(r.output(), latents, *ctx, on_event));
+    if (r.output().format() != v1::OUTPUT_FORMAT_LATENTS) {
       result->set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - t1));
     }
     on_event(done);
     return absl::OkStatus();
+  }
+
+  // Rank 0: the request's output from the final latents, in chunks.
+  absl::Status EmitOutput(const v1::OutputOptions& output, const at::Tensor& latents,
+                          CallContext& ctx,
+                          const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    v1::OutputInfo info;
+    std::string data;
+    if (output.format() == v1::OUTPUT_FORMAT_LATENTS) {
+      ASSIGN_OR_RETURN(v1::Tensor t, ToWire(latents));
+      SetTensorInfo("latents", t, info);
+      data = std::move(*t.mutable_data());
+    } else {
+      RETURN_IF_ERROR(ctx.Check("vae_decode"));
+      at::Tensor image = vae_->DecodeNormalized(latents);
+      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image).cpu().contiguous();  // [1, H, W, 3]
+      info.set_width(static_cast<int>(pixels.size(2)));
+      info.set_height(static_cast<int>(pixels.size(1)));
+      info.set_frames(1);
+      if (output.format() == v1::OUTPUT_FORMAT_RAW) {
+        ASSIGN_OR_RETURN(v1::Tensor t, ToWire(pixels));
+        SetTensorInfo("frames", t, info);
+        data = std::move(*t.mutable_data());
+      } else {
+        info.set_name("image");
+        info.set_kind(v1::OUTPUT_KIND_IMAGE);
+        info.set_mime_type("image/png");
+        ASSIGN_OR_RETURN(data, EncodePng(pixels.data_ptr<uint8_t>(), info.width(), info.height()));
+      }
+    }
+    ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {
+      v1::DenoiseEvent e;
+      *e.mutable_output() = std::move(chunk);
+      on_event(e);
+    });
+    return absl::OkStatus();
+  }
+
+  static void SetTensorInfo(const char* name, const v1::Tensor& t, v1::OutputInfo& info) {
+    info.set_name(name);
+    info.set_kind(v1::OUTPUT_KIND_TENSOR);
+    info.set_mime_type("application/octet-stream");
+    info.set_tensor_dtype(t.dtype());
+    *info.mutable_tensor_shape() = t.shape();
   }
 
   const Options options_;
@@ -409,12 +494,16 @@ class DenoiseCore::Impl {
   std::unique_ptr<DenoiseGroup> group_;
   std::unique_ptr<GlmImageDit> dit_;
   std::unique_ptr<AutoencoderKl> vae_;  // rank 0 only
+  // Pixels per latent, and per prior token (a multiple of every valid image side).
+  const int vae_scale_;
+  const int granularity_;
 };
 
 absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& options) {
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto dit_config, models::glm_image::DitConfig::FromJson(spec.transformer));
+  ASSIGN_OR_RETURN(auto vae_config, models::glm_image::VaeConfig::FromJson(spec.vae));
   Options resolved = options;
   if (resolved.max_image_size <= 0) resolved.max_image_size = spec.max_image_size;
   DenoiseGroupOptions group_options;
@@ -431,7 +520,8 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
     ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec, at::kFloat, group->device()));
   }
   return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::make_unique<Impl>(
-      resolved, std::move(spec), std::move(group), std::move(dit), std::move(vae))));
+      resolved, std::move(spec), std::move(group), std::move(dit), std::move(vae),
+      static_cast<int>(vae_config.ScaleFactor()))));
 }
 
 DenoiseCore::DenoiseCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -7,6 +7,7 @@
 #include "common/tensor/wire_tensor.h"
 #include "common/tensor/testing/random_tensor.h"
 #include "gtest/gtest.h"
+#include "services/denoise/testing/denoise_outputs.h"
 #include "services/denoise/testing/streamed_inputs.h"
 
 namespace diffmesh {
@@ -19,7 +20,8 @@ v1::DenoiseRequest Request(int size, uint64_t seed) {
   r.set_height(size);
   r.set_width(size);
   r.set_steps(3);
-  r.set_guidance_scale(1.5f);
+  r.mutable_guidance()->mutable_main()->set_cfg_scale(1.5f);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_PNG);
   r.set_seed(seed);
   const int g = size / 32;
   std::vector<int64_t> grid(g * g);
@@ -33,7 +35,14 @@ v1::DenoiseRequest Request(int size, uint64_t seed) {
 struct Outcome {
   absl::Status status;
   int steps = 0;
-  v1::DenoiseEvent::Result result;
+  testing::DenoiseOutputs events;
+  // The bytes of the output named `name` ("" when there is none).
+  std::string Data(const std::string& name) const {
+    const v1::Output* out = events.Find(name);
+    return out != nullptr ? out->data() : "";
+  }
+  std::string png() const { return Data("image"); }
+  std::string latents() const { return Data("latents"); }
 };
 
 class DenoiseCoreTest : public ::testing::Test {
@@ -49,11 +58,11 @@ class DenoiseCoreTest : public ::testing::Test {
     Outcome o;
     CallContext local;
     o.status = core_->Denoise(ctx ? *ctx : local, r, [&](const v1::DenoiseEvent& e) {
-      if (e.has_step()) {
-        EXPECT_EQ(e.step().step(), ++o.steps);
-        EXPECT_EQ(e.step().total_steps(), r.steps());
+      if (e.has_progress()) {
+        EXPECT_EQ(e.progress().done(), ++o.steps);
+        EXPECT_EQ(e.progress().total(), r.steps());
       }
-      if (e.has_result()) o.result = e.result();
+      o.events.Add(e);
     });
     return o;
   }
@@ -69,31 +78,60 @@ TEST_F(DenoiseCoreTest, ProducesAPngOfTheRequestedSizeDeterministically) {
   Outcome a = Run(r), b = Run(r);
   ASSERT_TRUE(a.status.ok()) << a.status;
   EXPECT_EQ(a.steps, 3);
-  auto img = DecodePng(a.result.png());
+  auto img = DecodePng(a.png());
   ASSERT_TRUE(img.ok());
   EXPECT_EQ(img->height, 128);
   EXPECT_EQ(img->width, 192);
-  EXPECT_EQ(a.result.png(), b.result.png());
+  const v1::Output* image = a.events.Find("image");
+  ASSERT_NE(image, nullptr);
+  EXPECT_EQ(image->info().kind(), v1::OUTPUT_KIND_IMAGE);
+  EXPECT_EQ(image->info().width(), 192);
+  EXPECT_EQ(image->info().mime_type(), "image/png");
+  EXPECT_EQ(a.png(), b.png());
   r.set_seed(12);
-  EXPECT_NE(Run(r).result.png(), a.result.png());
+  EXPECT_NE(Run(r).png(), a.png());
+}
+
+TEST_F(DenoiseCoreTest, RawOutputIsTheDecodedPngsPixels) {
+  v1::DenoiseRequest r = Request(64, 13);
+  Outcome png = Run(r);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_RAW);
+  Outcome raw = Run(r);
+  ASSERT_TRUE(raw.status.ok()) << raw.status;
+  const v1::Output* frames = raw.events.Find("frames");
+  ASSERT_NE(frames, nullptr);
+  EXPECT_EQ(frames->info().tensor_dtype(), v1::UINT8);
+  EXPECT_EQ(std::vector<int64_t>(frames->info().tensor_shape().begin(),
+                                 frames->info().tensor_shape().end()),
+            (std::vector<int64_t>{1, 64, 64, 3}));
+  auto img = DecodePng(png.png());
+  ASSERT_TRUE(img.ok());
+  EXPECT_EQ(frames->data(), std::string(img->pixels.begin(), img->pixels.end()));
 }
 
 TEST_F(DenoiseCoreTest, GuidanceAndPriorTokensChangeTheLatents) {
   v1::DenoiseRequest r = Request(64, 5);
-  r.set_output(v1::LATENTS);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
   Outcome base = Run(r);
   ASSERT_TRUE(base.status.ok()) << base.status;
-  ASSERT_TRUE(ValidateTensor(base.result.latents(), "latents", DType::kFloat32, 4).ok());
-  EXPECT_EQ(base.result.latents().shape(1), 16);
-  EXPECT_EQ(base.result.latents().shape(2), 8);
-  EXPECT_TRUE(base.result.png().empty());
+  const v1::Output* latents = base.events.Find("latents");
+  ASSERT_NE(latents, nullptr);
+  ASSERT_EQ(latents->info().tensor_shape_size(), 4);
+  EXPECT_EQ(latents->info().tensor_dtype(), v1::FLOAT32);
+  EXPECT_EQ(latents->info().tensor_shape(1), 16);
+  EXPECT_EQ(latents->info().tensor_shape(2), 8);
+  EXPECT_TRUE(base.png().empty());
   v1::DenoiseRequest no_cfg = r;
-  no_cfg.set_guidance_scale(1.0f);
-  EXPECT_NE(Run(no_cfg).result.latents().data(), base.result.latents().data());
+  no_cfg.mutable_guidance()->mutable_main()->set_cfg_scale(1.0f);
+  EXPECT_NE(Run(no_cfg).latents(), base.latents());
+  // Unset guidance fields are off: a request without any guidance is plain conditional.
+  v1::DenoiseRequest unset = r;
+  unset.clear_guidance();
+  EXPECT_EQ(Run(unset).latents(), Run(no_cfg).latents());
   v1::DenoiseRequest other_prior = r;
   std::vector<int64_t> grid(4, 200);
   *other_prior.mutable_prior_tokens() = MakeTensor(DType::kInt64, {2, 2}, grid.data(), 32);
-  EXPECT_NE(Run(other_prior).result.latents().data(), base.result.latents().data());
+  EXPECT_NE(Run(other_prior).latents(), base.latents());
 }
 
 TEST_F(DenoiseCoreTest, BadInputsAreRejectedNamingTheField) {
@@ -107,7 +145,16 @@ TEST_F(DenoiseCoreTest, BadInputsAreRejectedNamingTheField) {
       {[](auto& r) { r.set_height(100); }, absl::StatusCode::kInvalidArgument, "height"},
       {[](auto& r) { r.set_width(4096); }, absl::StatusCode::kInvalidArgument, "width"},
       {[](auto& r) { r.set_steps(0); }, absl::StatusCode::kInvalidArgument, "steps"},
-      {[](auto& r) { r.set_guidance_scale(INFINITY); }, absl::StatusCode::kInvalidArgument, "guidance_scale"},
+      {[](auto& r) { r.mutable_guidance()->mutable_main()->set_cfg_scale(INFINITY); },
+       absl::StatusCode::kInvalidArgument, "guidance"},
+      {[](auto& r) { r.mutable_guidance()->mutable_audio()->set_cfg_scale(2); },
+       absl::StatusCode::kInvalidArgument, "guidance.audio"},
+      {[](auto& r) { r.mutable_guidance()->mutable_stg_blocks()->add_blocks(99); },
+       absl::StatusCode::kInvalidArgument, "guidance.stg_blocks"},
+      {[](auto& r) { r.mutable_output()->set_format(v1::OUTPUT_FORMAT_UNSPECIFIED); },
+       absl::StatusCode::kInvalidArgument, "output.format"},
+      {[](auto& r) { r.mutable_output()->set_format(v1::OUTPUT_FORMAT_MP4); },
+       absl::StatusCode::kInvalidArgument, "output.format"},
       {[](auto& r) { r.mutable_prior_tokens()->mutable_data()->pop_back(); }, absl::StatusCode::kInvalidArgument, "prior_tokens"},
       {[](auto& r) { r.mutable_prior_tokens()->set_shape(0, 1); r.mutable_prior_tokens()->set_shape(1, 4); }, absl::StatusCode::kInvalidArgument, "prior_tokens"},
       {[](auto& r) {
@@ -133,7 +180,7 @@ TEST_F(DenoiseCoreTest, CancelStopsBetweenSteps) {
   CallContext ctx;
   int steps = 0;
   absl::Status s = core_->Denoise(ctx, r, [&](const v1::DenoiseEvent& e) {
-    if (e.has_step() && ++steps == 2) ctx.Cancel();
+    if (e.has_progress() && ++steps == 2) ctx.Cancel();
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(steps, 2);
@@ -153,8 +200,8 @@ Outcome RunStreamed(DenoiseCore& core, std::vector<v1::DenoiseInput> inputs,
   Outcome o;
   CallContext local;
   o.status = core.DenoiseStreamed(ctx ? *ctx : local, queue, [&](const v1::DenoiseEvent& e) {
-    if (e.has_step()) ++o.steps;
-    if (e.has_result()) o.result = e.result();
+    if (e.has_progress()) ++o.steps;
+    o.events.Add(e);
   });
   producer.join();
   return o;
@@ -168,7 +215,7 @@ TEST_F(DenoiseCoreTest, StreamedInputsGiveTheWholeRequestsImage) {
     Outcome got = RunStreamed(*core_, testing::StreamedInputsOf(whole, chunk));
     ASSERT_TRUE(got.status.ok()) << "chunk " << chunk << ": " << got.status;
     EXPECT_EQ(got.steps, 3);
-    EXPECT_EQ(got.result.png(), expected.result.png()) << "chunk " << chunk;
+    EXPECT_EQ(got.png(), expected.png()) << "chunk " << chunk;
   }
 }
 
@@ -232,19 +279,18 @@ TEST_F(DenoiseCoreTest, ConcurrentRequestsTakeTurnsWithTheGroup) {
       for (int k = 0; k < 3; ++k) {
         Outcome o = (i + k) % 2 == 0 ? Run(whole)
                                      : RunStreamed(*core_, testing::StreamedInputsOf(whole, 64));
-        if (!o.status.ok() || o.result.png() != expected.result.png()) {
+        if (!o.status.ok() || o.png() != expected.png()) {
           outcomes[i] = o;
           return;
         }
       }
-      outcomes[i].status = absl::OkStatus();
-      outcomes[i].result = expected.result;
+      outcomes[i] = expected;
     });
   }
   for (auto& t : callers) t.join();
   for (int i = 0; i < 8; ++i) {
     EXPECT_TRUE(outcomes[i].status.ok()) << "caller " << i << ": " << outcomes[i].status;
-    EXPECT_EQ(outcomes[i].result.png(), expected.result.png()) << "caller " << i;
+    EXPECT_EQ(outcomes[i].png(), expected.png()) << "caller " << i;
   }
 }
 

@@ -33,8 +33,8 @@ class StepTimer {
 
   void OnEvent(const v1::DenoiseEvent& e) {
     const absl::Time now = absl::Now();
-    if (e.has_step()) {
-      if (e.step().step() == 1) {
+    if (e.has_progress()) {
+      if (e.progress().done() == 1) {
         first_step_ = now;
       } else if (last_step_ != absl::InfinitePast()) {
         steps_.Observe(absl::ToDoubleSeconds(now - last_step_));

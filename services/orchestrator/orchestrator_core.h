@@ -1,6 +1,6 @@
-// The orchestrator: validates a GenerateRequest against the pipeline config, runs its stages
-// in order (the encoder beside the AR stage), and emits progress and the result. gRPC-free and
-// LibTorch-free; tensors pass through as bytes.
+// The orchestrator: validates a GenerateRequest against the pipeline config, runs its model's
+// stage graph (PipelineRun), and emits progress, the outputs and the result. gRPC-free and
+// LibTorch-free; tensors and media pass through as bytes.
 #ifndef DIFFMESH_SERVICES_ORCHESTRATOR_ORCHESTRATOR_CORE_H_
 #define DIFFMESH_SERVICES_ORCHESTRATOR_ORCHESTRATOR_CORE_H_
 
@@ -12,32 +12,29 @@
 #include "common/config/pipeline_config.h"
 #include "diffmesh/v1/generation.pb.h"
 #include "services/orchestrator/request_observer.h"
+#include "services/orchestrator/request_validator.h"
 #include "services/orchestrator/stage_client.h"
 
 namespace diffmesh {
 
-// Fills defaults and checks limits; INVALID_ARGUMENT / NOT_FOUND name the field. The seed and
-// request id are drawn when the request leaves them empty.
-absl::StatusOr<v1::Accepted> ValidateRequest(const PipelineConfig& pipeline,
-                                             const v1::GenerateRequest& request);
-
-// The models of `pipeline` as ListModels reports them.
-v1::ListModelsResponse DescribeModels(const PipelineConfig& pipeline);
+// INVALID_ARGUMENT naming the model and stage when a graph joins stages whose kinds do not fit
+// (a consumer that cannot take its producer's output, or no stage making the outputs).
+absl::Status CheckStageGraphs(const PipelineConfig& pipeline);
 
 class OrchestratorCore {
  public:
   struct Options {
-    // Models, limits, and the service each stage runs on.
+    // Models, limits, and each model's stage graph.
     PipelineConfig pipeline;
     // Stage transport (gRPC or in-process); not owned, must outlive the core.
     StageClientFactory* stages = nullptr;
     // Metrics; optional, not owned, must outlive the core.
     RequestObserver* observer = nullptr;
   };
+  // Checks every stage graph (CheckStageGraphs).
   static absl::StatusOr<std::unique_ptr<OrchestratorCore>> Create(Options options);
 
-  // Called from several threads at once (AR progress and encoder run concurrently), but
-  // never concurrently with itself: the core serialises calls.
+  // Never called concurrently with itself for one request: the run serialises calls.
   using Emit = std::function<void(const v1::GenerateEvent&)>;
 
   // Runs one request to completion. Emits Accepted first and GenerateResult last on success.
@@ -46,10 +43,7 @@ class OrchestratorCore {
   v1::ListModelsResponse ListModels() const { return DescribeModels(options_.pipeline); }
 
  private:
-  class Trace;
   explicit OrchestratorCore(Options options) : options_(std::move(options)) {}
-  absl::Status Run(CallContext& ctx, const v1::GenerateRequest& request, const Emit& emit,
-                   Trace& trace);
   Options options_;
 };
 

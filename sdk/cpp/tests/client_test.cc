@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/output/output_chunks.h"
 #include "diffmesh/v1/generation.grpc.pb.h"
 #include "gtest/gtest.h"
 
@@ -34,7 +35,7 @@ class FakeGenerationService final : public v1::GenerationService::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "steps: 999 is outside 1..200");
     }
     v1::GenerateEvent accepted;
-    accepted.mutable_accepted()->set_seed(request->seed());
+    *accepted.mutable_accepted()->mutable_request() = *request;
     writer->Write(accepted);
     if (request->prompt() == "block") {
       while (!ctx->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
@@ -43,13 +44,29 @@ class FakeGenerationService final : public v1::GenerationService::Service {
     }
     for (int i = 1; i <= kSteps; ++i) {
       v1::GenerateEvent e;
-      e.mutable_denoise_progress()->set_step(i);
-      e.mutable_denoise_progress()->set_total_steps(kSteps);
+      e.mutable_progress()->set_stage("denoise");
+      e.mutable_progress()->set_unit("step");
+      e.mutable_progress()->set_done(i);
+      e.mutable_progress()->set_total(kSteps);
       writer->Write(e);
     }
+    // The image in two chunks ("gap": the second chunk's offset skips a byte).
     v1::GenerateEvent result;
-    result.mutable_result()->set_png("\x89PNG fake");
-    result.mutable_result()->mutable_metadata()->set_seed(request->seed());
+    v1::OutputInfo info;
+    info.set_name("image");
+    info.set_kind(v1::OUTPUT_KIND_IMAGE);
+    std::vector<v1::OutputChunk> chunks;
+    ForEachOutputChunk(info, "\x89PNG fake", [&](v1::OutputChunk&& c) {
+      chunks.push_back(std::move(c));
+    }, /*max_chunk_bytes=*/5);
+    if (request->prompt() == "gap") chunks[1].set_offset(chunks[1].offset() + 1);
+    for (auto& c : chunks) {
+      v1::GenerateEvent e;
+      *e.mutable_output() = c;
+      if (!c.has_info()) (*result.mutable_result()->add_outputs()->mutable_info()) = chunks[0].info();
+      writer->Write(e);
+    }
+    result.mutable_result()->mutable_metadata()->mutable_request()->set_seed(request->seed());
     writer->Write(result);
     return grpc::Status::OK;
   }
@@ -147,10 +164,13 @@ TEST_F(ClientTest, AsyncSeesEveryEventInOrderThenTheResult) {
       });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(result->png(), "\x89PNG fake");
-  EXPECT_EQ(result->metadata().seed(), 7u);
+  ASSERT_EQ(result->outputs_size(), 1);
+  EXPECT_EQ(result->outputs(0).data(), "\x89PNG fake");
+  EXPECT_EQ(result->metadata().request().seed(), 7u);
   std::vector<v1::GenerateEvent::EventCase> expected = {v1::GenerateEvent::kAccepted};
-  for (int i = 0; i < kSteps; ++i) expected.push_back(v1::GenerateEvent::kDenoiseProgress);
+  for (int i = 0; i < kSteps; ++i) expected.push_back(v1::GenerateEvent::kProgress);
+  expected.push_back(v1::GenerateEvent::kOutput);
+  expected.push_back(v1::GenerateEvent::kOutput);
   expected.push_back(v1::GenerateEvent::kResult);
   EXPECT_EQ(cases, expected);
 }
@@ -318,6 +338,19 @@ TEST(ClientTokenTest, EveryCallCarriesTheBearerToken) {
   ASSERT_TRUE((*plain)->ListModels().ok());
   EXPECT_EQ(service.authorization().back(), "<none>");
   server->Shutdown();
+}
+
+TEST_F(ClientTest, AnOutputWhoseChunksDoNotJoinIsDataLoss) {
+  auto blocking = client_->Generate(Request("gap"));
+  EXPECT_EQ(blocking.status().code(), absl::StatusCode::kDataLoss) << blocking.status();
+  absl::StatusOr<v1::GenerateResult> async_result;
+  absl::Notification done;
+  client_->GenerateAsync(Request("gap"), nullptr, [&](absl::StatusOr<v1::GenerateResult> r) {
+    async_result = std::move(r);
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(async_result.status().code(), absl::StatusCode::kDataLoss) << async_result.status();
 }
 
 }  // namespace

@@ -6,7 +6,8 @@ from typing import List, Optional, Tuple, Union
 
 import grpc
 
-# Matches the servers' limit: a result carries a whole PNG (and optionally latents).
+# Matches the servers' limit. A request carries its input images whole; outputs arrive in
+# chunks of at most 1 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 _Pem = Union[bytes, str, os.PathLike, None]

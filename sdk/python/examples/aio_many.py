@@ -16,7 +16,7 @@ import diffmesh.aio
 async def one(client: diffmesh.aio.Client, seed: int, steps: int, size: int):
     start = time.monotonic()
     result = await client.generate(f"image {seed}", seed=seed, steps=steps, height=size, width=size)
-    return seed, time.monotonic() - start, len(result.png)
+    return seed, time.monotonic() - start, result.outputs[0]
 
 
 async def main() -> None:
@@ -32,8 +32,8 @@ async def main() -> None:
         print("models:", ", ".join(m.name + (" (default)" if m.default else "") for m in models))
         start = time.monotonic()
         done = await asyncio.gather(*[one(client, s, args.steps, args.size) for s in range(args.count)])
-        for seed, seconds, png_bytes in done:
-            print(f"seed {seed}: {seconds:.2f} s, {png_bytes} PNG bytes")
+        for seed, seconds, output in done:
+            print(f"seed {seed}: {seconds:.2f} s, {output.size_bytes} bytes of {output.mime_type}")
         print(f"{args.count} images in {time.monotonic() - start:.2f} s")
 
 

@@ -92,7 +92,8 @@ class SecureSyncClientTest(unittest.TestCase):
     def test_generate_with_token_and_client_certificate(self):
         with diffmesh.Client(mesh.target, token=TOKEN, tls=mtls(), timeout=120) as client:
             result = client.generate(PROMPT, **REQUEST)
-            self.assertTrue(result.png.startswith(b"\x89PNG"))
+            self.assertTrue(result.image.data.startswith(b"\x89PNG"))
+            self.assertEqual(result.image.size_bytes, len(result.image.data))
             self.assertEqual(result.metadata.seed, 9)
             self.assertTrue(any(m.default for m in client.list_models()))
 
@@ -143,7 +144,7 @@ class SecureAioClientTest(unittest.TestCase):
         async def main():
             async with diffmesh.aio.Client(mesh.target, token=TOKEN, tls=mtls()) as client:
                 result = await client.generate(PROMPT, **REQUEST)
-                self.assertTrue(result.png.startswith(b"\x89PNG"))
+                self.assertTrue(result.image.data.startswith(b"\x89PNG"))
             async with diffmesh.aio.Client(mesh.target, tls=mtls()) as client:
                 with self.assertRaises(diffmesh.DiffmeshError) as cm:
                     await client.generate(PROMPT, **REQUEST)
@@ -163,7 +164,7 @@ class SameBytesEverywhereTest(unittest.TestCase):
 
     def test_python_sdk_cpp_sdk_and_embedded_cli_agree(self):
         with diffmesh.Client(mesh.target, token=TOKEN, tls=mtls(), timeout=120) as client:
-            python_png = client.generate(PROMPT, **REQUEST).png
+            python_png = client.generate(PROMPT, **REQUEST).image.data
         cli = os.path.join(binary_dir(), "services", "cli", "diffmesh")
         shape = ["--prompt", PROMPT, "--seed", "9", "--height", "64", "--width", "64",
                  "--steps", "2"]

@@ -31,6 +31,11 @@ inline std::vector<v1::DenoiseInput> StreamedInputsOf(const v1::DenoiseRequest& 
     v1::ArTokenChunk* c = in.mutable_ar_tokens();
     c->set_offset(offset);
     c->set_total(static_cast<int32_t>(tokens.size()));
+    if (offset == 0) {  // where the AR stage says its grid lies
+      c->mutable_grid()->set_height(static_cast<int32_t>(whole.prior_tokens().shape(0)));
+      c->mutable_grid()->set_width(static_cast<int32_t>(whole.prior_tokens().shape(1)));
+      c->mutable_grid()->set_offset(256);
+    }
     for (int i = offset; i < std::min<int>(offset + chunk, tokens.size()); ++i) c->add_tokens(tokens[i]);
     out.push_back(in);
     if (offset == 0) {

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/output/output_chunks.h"
 #include "services/orchestrator/stage_client.h"
 
 namespace diffmesh::testing {
@@ -23,9 +24,13 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
   bool ar_block_until_cancel = false;
   absl::Status encoder_error;
   absl::Status denoise_error;
+  // The image the denoise stage returns (as OUTPUT_FORMAT_PNG, in chunks).
   std::string png = std::string("\x89PNG fake image bytes", 21);
+  // The prior grid's side (square): the last grid_side² tokens before the end token.
+  int grid_side = 2;
 
   std::atomic<bool> ar_saw_cancel{false};
+  std::atomic<int> ar_calls{0};
   // The last denoise request: whole, or assembled from a stream's inputs.
   v1::DenoiseRequest last_denoise;
   // The inputs of the last streamed call, in the order they were sent, and how it ended.
@@ -39,6 +44,7 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
 
   absl::Status Generate(CallContext& ctx, const v1::ArRequest& request,
                         const std::function<void(const v1::ArTokenChunk&)>& on_chunk) override {
+    ++ar_calls;
     for (int off = 0; off < ar_tokens; off += ar_chunk) {
       if (absl::Status s = ctx.Check("ar"); !s.ok()) {
         ar_saw_cancel = true;
@@ -49,6 +55,11 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
       c.set_total(ar_tokens);
       for (int i = off; i < std::min(off + ar_chunk, ar_tokens); ++i) c.add_tokens(i);
       c.set_done(off + ar_chunk >= ar_tokens);
+      if (off == 0) {
+        c.mutable_grid()->set_height(grid_side);
+        c.mutable_grid()->set_width(grid_side);
+        c.mutable_grid()->set_offset(ar_tokens - 1 - grid_side * grid_side);
+      }
       if (c.done()) {
         int64_t grid[4] = {1, 2, 3, static_cast<int64_t>(request.seed() % 7)};
         c.mutable_prior_tokens()->set_dtype(v1::INT64);
@@ -105,9 +116,11 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
       if (!stages_->stream_close_status.ok()) return absl::CancelledError("inputs failed");
       v1::DenoiseRequest r;
       std::vector<int32_t> tokens;
+      v1::TokenGrid g;
       for (const auto& in : stages_->streamed) {
         if (in.has_request()) r = in.request();
         if (in.has_ar_tokens()) {
+          if (in.ar_tokens().has_grid()) g = in.ar_tokens().grid();
           tokens.insert(tokens.end(), in.ar_tokens().tokens().begin(), in.ar_tokens().tokens().end());
         }
         if (in.has_embeddings()) {
@@ -115,10 +128,10 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
           *r.mutable_negative_prompt_embeds() = in.embeddings().negative_prompt_embeds();
         }
       }
-      const int64_t gh = r.height() / 32, gw = r.width() / 32, n = gh * gw;
+      const int64_t gh = g.height(), gw = g.width(), n = gh * gw;
       std::vector<int64_t> grid;
-      for (int64_t i = static_cast<int64_t>(tokens.size()) - 1 - n;
-           i >= 0 && i < static_cast<int64_t>(tokens.size()) - 1; ++i) {
+      for (int64_t i = g.offset(); i < g.offset() + n && i < static_cast<int64_t>(tokens.size());
+           ++i) {
         grid.push_back(tokens[i]);
       }
       r.mutable_prior_tokens()->set_dtype(v1::INT64);
@@ -144,12 +157,23 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
     for (int i = 1; i <= r.steps(); ++i) {
       if (absl::Status s = ctx.Check("denoise"); !s.ok()) return s;
       v1::DenoiseEvent e;
-      e.mutable_step()->set_step(i);
-      e.mutable_step()->set_total_steps(r.steps());
+      e.mutable_progress()->set_unit("step");
+      e.mutable_progress()->set_done(i);
+      e.mutable_progress()->set_total(r.steps());
       on_event(e);
     }
+    v1::OutputInfo info;
+    info.set_name("image");
+    info.set_kind(v1::OUTPUT_KIND_IMAGE);
+    info.set_mime_type("image/png");
+    info.set_width(r.width());
+    info.set_height(r.height());
+    ForEachOutputChunk(info, png, [&](v1::OutputChunk&& chunk) {
+      v1::DenoiseEvent e;
+      *e.mutable_output() = std::move(chunk);
+      on_event(e);
+    });
     v1::DenoiseEvent e;
-    e.mutable_result()->set_png(png);
     e.mutable_result()->set_denoise_seconds(0.5);
     e.mutable_result()->set_vae_decode_seconds(0.25);
     on_event(e);

@@ -1,0 +1,300 @@
+#include "services/orchestrator/stage_nodes.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status/status_macros.h"
+
+namespace diffmesh {
+namespace {
+
+double Since(absl::Time t) { return absl::ToDoubleSeconds(absl::Now() - t); }
+
+// The outcome of a call that runs on the transport's threads: Set once when it ends, Wait (or
+// the destructor) before what the call uses dies.
+class CallOutcome {
+ public:
+  CallOutcome() = default;
+  CallOutcome(const CallOutcome&) = delete;
+  CallOutcome& operator=(const CallOutcome&) = delete;
+  ~CallOutcome() { Wait(); }
+
+  void Arm() { running_ = true; }
+  void Set(absl::Status status) {
+    // Notified under the lock: once Wait() sees the end, nothing here touches *this.
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = std::move(status);
+    running_ = false;
+    done_.notify_all();
+  }
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return !running_; });
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable done_;
+  bool running_ = false;
+  absl::Status status_;
+};
+
+// "ar": the prior-token stage. Streams token chunks to its consumers as they come.
+class ArNode final : public StageNode {
+ public:
+  ArNode(PipelineRun& run, const StageSpec& spec, ArStageClient* client)
+      : StageNode(run, spec), client_(client) {}
+
+  absl::Status Start() override {
+    const v1::GenerateRequest& a = run_.accepted();
+    request_.set_request_id(a.request_id());
+    request_.set_model(a.model());
+    request_.set_prompt(a.prompt());
+    request_.set_height(a.height());
+    request_.set_width(a.width());
+    request_.set_seed(a.seed());
+    run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
+    run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
+    start_ = absl::Now();
+    outcome_.Arm();
+    client_->GenerateAsync(
+        run_.ctx(), request_, [this](const v1::ArTokenChunk& chunk) { OnChunk(chunk); },
+        [this](absl::Status status) { OnDone(std::move(status)); });
+    return absl::OkStatus();
+  }
+
+  absl::Status Wait() override { return outcome_.Wait(); }
+
+ private:
+  // On the transport's thread, in order; nothing here blocks.
+  void OnChunk(const v1::ArTokenChunk& chunk) {
+    run_.trace().Bytes(spec_.name, /*sent=*/false, chunk);
+    tokens_ = chunk.offset() + chunk.tokens_size();
+    run_.EmitProgress(spec_, "token", tokens_, chunk.total());
+    saw_end_ |= chunk.done();
+    StageOutput piece;
+    piece.ar_chunk = &chunk;
+    run_.Publish(*this, piece);
+  }
+
+  void OnDone(absl::Status status) {
+    if (status.ok() && !saw_end_) {
+      status = absl::InternalError(
+          absl::StrCat("stage '", spec_.name, "' ended its stream without a final chunk"));
+    }
+    if (status.ok()) {
+      const double seconds = Since(start_);
+      run_.AddTiming(spec_.name, seconds);
+      run_.trace().StageFinished(spec_.name, seconds);
+      run_.CountPriorTokens(tokens_);
+      run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
+    }
+    run_.Finished(*this, status);
+    outcome_.Set(std::move(status));
+  }
+
+  ArStageClient* const client_;
+  v1::ArRequest request_;
+  absl::Time start_;
+  int tokens_ = 0;
+  bool saw_end_ = false;
+  CallOutcome outcome_;
+};
+
+// "encoder": the text encoders. Hands its whole output to its consumers.
+class EncoderNode final : public StageNode {
+ public:
+  EncoderNode(PipelineRun& run, const StageSpec& spec, EncoderStageClient* client)
+      : StageNode(run, spec), client_(client) {}
+
+  absl::Status Start() override {
+    const v1::GenerateRequest& a = run_.accepted();
+    request_.set_request_id(a.request_id());
+    request_.set_model(a.model());
+    request_.set_prompt(a.prompt());
+    request_.set_negative_prompt(a.negative_prompt());
+    run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
+    run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
+    start_ = absl::Now();
+    outcome_.Arm();
+    client_->EncodeAsync(run_.ctx(), request_, [this](absl::StatusOr<v1::EncodeResponse> out) {
+      OnDone(std::move(out));
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status Wait() override { return outcome_.Wait(); }
+
+ private:
+  void OnDone(absl::StatusOr<v1::EncodeResponse> out) {
+    if (out.ok()) {
+      const double seconds = Since(start_);
+      run_.trace().Bytes(spec_.name, /*sent=*/false, *out);
+      StageOutput piece;
+      piece.embeddings = &*out;
+      run_.Publish(*this, piece);
+      run_.AddTiming(spec_.name, seconds);
+      run_.trace().StageFinished(spec_.name, seconds);
+      run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
+    }
+    run_.Finished(*this, out.status());
+    outcome_.Set(out.status());
+  }
+
+  EncoderStageClient* const client_;
+  v1::EncodeRequest request_;
+  absl::Time start_;
+  CallOutcome outcome_;
+};
+
+// "denoise": the denoise group (and, beside its rank 0, the decode). Its outputs are the
+// request's. Streamed (stream_inputs): the call opens at Start and takes each producer's piece
+// as it comes; else it runs once every producer has finished, with their outputs in one
+// request.
+class DenoiseNode final : public StageNode {
+ public:
+  DenoiseNode(PipelineRun& run, const StageSpec& spec, DenoiseStageClient* client)
+      : StageNode(run, spec), client_(client) {
+    const v1::GenerateRequest& a = run_.accepted();
+    request_.set_request_id(a.request_id());
+    request_.set_model(a.model());
+    request_.set_height(a.height());
+    request_.set_width(a.width());
+    request_.set_steps(a.steps());
+    request_.set_seed(a.seed());
+    *request_.mutable_guidance() = a.guidance();
+    *request_.mutable_output() = a.output();
+  }
+
+  absl::Status Start() override {
+    run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
+    start_ = absl::Now();
+    if (!spec_.stream_inputs) return absl::OkStatus();  // Wait makes the call
+    ASSIGN_OR_RETURN(stream_, client_->OpenStream(run_.ctx()));
+    v1::DenoiseInput head;
+    *head.mutable_request() = request_;
+    Send(head);
+    return absl::OkStatus();
+  }
+
+  void Take(const StageOutput& piece) override {
+    if (stream_ != nullptr) {
+      v1::DenoiseInput in;
+      if (piece.ar_chunk != nullptr) {
+        *in.mutable_ar_tokens() = *piece.ar_chunk;
+        in.mutable_ar_tokens()->clear_prior_tokens();  // the tokens say it all
+      } else if (piece.embeddings != nullptr) {
+        *in.mutable_embeddings() = *piece.embeddings;
+      }
+      Send(in);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);  // producers publish from their own threads
+    if (piece.ar_chunk != nullptr && piece.ar_chunk->done()) {
+      *request_.mutable_prior_tokens() = piece.ar_chunk->prior_tokens();
+    } else if (piece.embeddings != nullptr) {
+      *request_.mutable_prompt_embeds() = piece.embeddings->prompt_embeds();
+      *request_.mutable_negative_prompt_embeds() = piece.embeddings->negative_prompt_embeds();
+    }
+  }
+
+  void InputsDone(const absl::Status& status) override {
+    if (stream_ != nullptr) stream_->CloseInputs(status);
+  }
+
+  absl::Status Wait() override {
+    const auto on_event = [this](const v1::DenoiseEvent& e) { OnEvent(e); };
+    absl::Status status;
+    if (stream_ != nullptr) {
+      status = stream_->Finish(on_event);
+      stream_.reset();
+    } else {
+      run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
+      status = client_->Denoise(run_.ctx(), request_, on_event);
+    }
+    RETURN_IF_ERROR(status);
+    if (!have_result_ || outputs_ == 0) {
+      return absl::InternalError(absl::StrCat("stage '", spec_.name, "' returned no output"));
+    }
+    Report();
+    return absl::OkStatus();
+  }
+
+ private:
+  // A failed hand-over means the call has ended: the other stages stop, and Wait tells why.
+  void Send(const v1::DenoiseInput& in) {
+    run_.trace().Bytes(spec_.name, /*sent=*/true, in);
+    if (!stream_->Send(in).ok()) run_.ctx().Cancel();
+  }
+
+  void OnEvent(const v1::DenoiseEvent& e) {
+    run_.trace().Bytes(spec_.name, /*sent=*/false, e);
+    if (e.has_progress()) {
+      run_.EmitProgress(spec_, "step", e.progress().done(), e.progress().total());
+    } else if (e.has_output()) {
+      if (e.output().has_info()) ++outputs_;
+      run_.EmitOutput(*this, e.output());
+    } else if (e.has_result()) {
+      result_ = e.result();
+      have_result_ = true;
+    }
+  }
+
+  void Report() {
+    const double seconds = Since(start_);
+    run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
+    run_.AddTiming(spec_.name, result_.denoise_seconds());
+    run_.AddTiming("vae_decode", result_.vae_decode_seconds());
+    RequestTrace& trace = run_.trace();
+    if (!trace.on()) return;
+    trace.StageFinished(spec_.name, result_.denoise_seconds());
+    trace.StageFinished("vae_decode", result_.vae_decode_seconds());
+    // Wire, (de)serialisation and waiting for the denoise group: what the stage did not
+    // report as its own compute. Left out when the stage reported no times.
+    if (result_.denoise_seconds() > 0) {
+      trace.StageFinished("transfer", std::max(0.0, seconds - result_.denoise_seconds() -
+                                                        result_.vae_decode_seconds()));
+    }
+  }
+
+  DenoiseStageClient* const client_;
+  std::mutex mu_;
+  v1::DenoiseRequest request_;
+  std::unique_ptr<DenoiseStream> stream_;
+  absl::Time start_;
+  v1::DenoiseEvent::Result result_;
+  bool have_result_ = false;
+  int outputs_ = 0;
+};
+
+}  // namespace
+
+bool StageKindAccepts(const std::string& consumer, const std::string& producer) {
+  return consumer == "denoise" && (producer == "ar" || producer == "encoder");
+}
+
+bool StageKindMakesOutputs(const std::string& kind) { return kind == "denoise"; }
+
+absl::StatusOr<std::unique_ptr<StageNode>> MakeStageNode(PipelineRun& run, const StageSpec& spec) {
+  StageClientFactory& stages = run.stages();
+  if (spec.kind == "ar") {
+    ASSIGN_OR_RETURN(ArStageClient * client, stages.Ar(spec.service));
+    return std::make_unique<ArNode>(run, spec, client);
+  }
+  if (spec.kind == "encoder") {
+    ASSIGN_OR_RETURN(EncoderStageClient * client, stages.Encoder(spec.service));
+    return std::make_unique<EncoderNode>(run, spec, client);
+  }
+  if (spec.kind == "denoise") {
+    ASSIGN_OR_RETURN(DenoiseStageClient * client, stages.Denoise(spec.service));
+    return std::make_unique<DenoiseNode>(run, spec, client);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("stage '", spec.name, "': unknown kind '",
+                                                 spec.kind, "'"));
+}
+
+}  // namespace diffmesh
