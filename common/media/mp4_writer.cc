@@ -24,6 +24,9 @@ namespace {
 constexpr int kIoBufferBytes = 1 << 16;
 constexpr int kMaxSide = 16384;
 constexpr int kAacFallbackRate = 48000;
+// The encoders' per-file statistics are INFO messages; a server writes many files, so their
+// messages are demoted one level (INFO becomes VERBOSE, hidden at FFmpeg's default level).
+constexpr int kLogDemotion = AV_LOG_VERBOSE - AV_LOG_INFO;
 
 absl::Status FfmpegError(absl::string_view what, int rc) {
   char text[AV_ERROR_MAX_STRING_SIZE] = {};
@@ -169,6 +172,21 @@ int EvenSide(int side, OddSizePolicy policy) {
   return policy == OddSizePolicy::kCrop ? side - 1 : side + 1;
 }
 
+// The configured encoder (when it is an H.264 one), then every other H.264 encoder FFmpeg
+// has, libx264 first; hardware encoders whose device is missing fail to open and are skipped.
+std::vector<const AVCodec*> H264Encoders(const std::string& preferred) {
+  std::vector<const AVCodec*> encoders;
+  const AVCodec* first = avcodec_find_encoder_by_name(preferred.c_str());
+  if (first != nullptr && first->id == AV_CODEC_ID_H264) encoders.push_back(first);
+  void* iterator = nullptr;
+  while (const AVCodec* codec = av_codec_iterate(&iterator)) {
+    if (codec->id == AV_CODEC_ID_H264 && av_codec_is_encoder(codec) && codec != first) {
+      encoders.push_back(codec);
+    }
+  }
+  return encoders;
+}
+
 // The input rate when the AAC encoder takes it, else 48 kHz (resampled).
 int AacSampleRate(const AVCodec* codec, int input_rate) {
   for (const int* r = codec->supported_samplerates; r != nullptr && *r != 0; ++r) {
@@ -212,6 +230,7 @@ struct Mp4Writer::Impl {
 
   ~Impl();
   absl::Status OpenContainer();
+  AVCodecContext* OpenVideoEncoder(const AVCodec* codec, std::string* error);
   absl::Status OpenVideo();
   absl::Status OpenAudio();
   absl::Status OpenConverters();
@@ -250,36 +269,55 @@ absl::Status Mp4Writer::Impl::OpenContainer() {
                            : absl::ResourceExhaustedError("MP4: av_packet_alloc failed");
 }
 
-absl::Status Mp4Writer::Impl::OpenVideo() {
-  const AVCodec* codec = avcodec_find_encoder_by_name(options.video_encoder.c_str());
-  const bool x264 = codec != nullptr && std::strcmp(codec->name, "libx264") == 0;
-  if (codec == nullptr) codec = avcodec_find_encoder(AV_CODEC_ID_H264);
-  if (codec == nullptr) return absl::FailedPreconditionError("MP4: FFmpeg has no H.264 encoder");
-  video = avcodec_alloc_context3(codec);
-  if (video == nullptr) return absl::ResourceExhaustedError("MP4: no video codec context");
-  video->width = out_width;
-  video->height = out_height;
-  video->pix_fmt = AV_PIX_FMT_YUV420P;
-  video->time_base = AVRational{options.fps.den, options.fps.num};
-  video->framerate = AVRational{options.fps.num, options.fps.den};
-  video->color_range = AVCOL_RANGE_MPEG;
-  video->colorspace = AVCOL_SPC_BT709;
-  video->color_primaries = AVCOL_PRI_BT709;
-  video->color_trc = AVCOL_TRC_BT709;
-  video->thread_count = options.threads;
-  video->flags |= AV_CODEC_FLAG_BITEXACT;
-  if (format->oformat->flags & AVFMT_GLOBALHEADER) video->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
-  if (x264) {
-    av_opt_set(video->priv_data, "preset", options.preset.c_str(), 0);
-    av_opt_set_double(video->priv_data, "crf", options.crf, 0);
-  } else {
-    video->bit_rate = options.fallback_bit_rate;
+// A configured, opened `codec` context, or null with the reason in `error`.
+AVCodecContext* Mp4Writer::Impl::OpenVideoEncoder(const AVCodec* codec, std::string* error) {
+  AVCodecContext* ctx = avcodec_alloc_context3(codec);
+  if (ctx == nullptr) {
+    *error = "out of memory";
+    return nullptr;
   }
-  int rc = avcodec_open2(video, codec, nullptr);
-  if (rc < 0) return FfmpegError(absl::StrCat("cannot open the ", codec->name, " encoder"), rc);
+  ctx->width = out_width;
+  ctx->height = out_height;
+  ctx->pix_fmt = AV_PIX_FMT_YUV420P;
+  ctx->time_base = AVRational{options.fps.den, options.fps.num};
+  ctx->framerate = AVRational{options.fps.num, options.fps.den};
+  ctx->color_range = AVCOL_RANGE_MPEG;
+  ctx->colorspace = AVCOL_SPC_BT709;
+  ctx->color_primaries = AVCOL_PRI_BT709;
+  ctx->color_trc = AVCOL_TRC_BT709;
+  ctx->thread_count = options.threads;
+  ctx->flags |= AV_CODEC_FLAG_BITEXACT;
+  ctx->log_level_offset = kLogDemotion;
+  if (format->oformat->flags & AVFMT_GLOBALHEADER) ctx->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
+  if (std::strcmp(codec->name, "libx264") == 0) {
+    av_opt_set(ctx->priv_data, "preset", options.preset.c_str(), 0);
+    av_opt_set_double(ctx->priv_data, "crf", options.crf, 0);
+  } else {
+    ctx->bit_rate = options.fallback_bit_rate;
+  }
+  const int rc = avcodec_open2(ctx, codec, nullptr);
+  if (rc < 0) {
+    *error = std::string(FfmpegError(codec->name, rc).message());
+    avcodec_free_context(&ctx);
+  }
+  return ctx;
+}
+
+absl::Status Mp4Writer::Impl::OpenVideo() {
+  std::string errors;
+  for (const AVCodec* codec : H264Encoders(options.video_encoder)) {
+    std::string error;
+    video = OpenVideoEncoder(codec, &error);
+    if (video != nullptr) break;
+    absl::StrAppend(&errors, errors.empty() ? "" : "; ", error);
+  }
+  if (video == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("MP4: no H.264 encoder could be opened", errors.empty() ? "" : ": ", errors));
+  }
   video_stream = avformat_new_stream(format, nullptr);
   if (video_stream == nullptr) return absl::ResourceExhaustedError("MP4: no video stream");
-  rc = avcodec_parameters_from_context(video_stream->codecpar, video);
+  const int rc = avcodec_parameters_from_context(video_stream->codecpar, video);
   if (rc < 0) return FfmpegError("video parameters", rc);
   video_stream->time_base = video->time_base;
   video_stream->avg_frame_rate = video->framerate;
@@ -298,6 +336,7 @@ absl::Status Mp4Writer::Impl::OpenAudio() {
   audio->time_base = AVRational{1, audio->sample_rate};
   audio->thread_count = 1;
   audio->flags |= AV_CODEC_FLAG_BITEXACT;
+  audio->log_level_offset = kLogDemotion;
   if (format->oformat->flags & AVFMT_GLOBALHEADER) audio->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
   int rc = avcodec_open2(audio, codec, nullptr);
   if (rc < 0) return FfmpegError("cannot open the aac encoder", rc);
@@ -380,8 +419,9 @@ const uint8_t* Mp4Writer::Impl::EvenFrame(const uint8_t* rgb) {
 
 absl::Status Mp4Writer::Impl::QueueAudio(float** planes, int samples) {
   const int written = av_audio_fifo_write(fifo, reinterpret_cast<void**>(planes), samples);
-  if (written < samples)
+  if (written < samples) {
     return FfmpegError("audio buffer", written < 0 ? written : AVERROR(ENOMEM));
+  }
   return EncodeAudioFrames(/*final=*/false);
 }
 
@@ -395,8 +435,9 @@ absl::Status Mp4Writer::Impl::EncodeAudioFrames(bool final) {
     frame->sample_rate = audio->sample_rate;
     av_channel_layout_copy(&frame->ch_layout, &audio->ch_layout);
     int rc = av_frame_get_buffer(frame, 0);
-    if (rc >= 0)
+    if (rc >= 0) {
       rc = av_audio_fifo_read(fifo, reinterpret_cast<void**>(frame->data), frame->nb_samples);
+    }
     frame->pts = next_audio_pts;
     next_audio_pts += frame->nb_samples;
     absl::Status status =
@@ -427,6 +468,7 @@ absl::StatusOr<std::unique_ptr<Mp4Writer>> Mp4Writer::Create(const Mp4Options& o
 absl::Status Mp4Writer::AddFrame(const uint8_t* rgb) {
   Impl& m = *impl_;
   if (m.finished) return absl::FailedPreconditionError("MP4: AddFrame after Finish");
+  if (rgb == nullptr) return absl::InvalidArgumentError("MP4: null frame");
   int rc = av_frame_make_writable(m.yuv);
   if (rc < 0) return FfmpegError("frame buffer", rc);
   const uint8_t* even = m.EvenFrame(rgb);
@@ -440,7 +482,7 @@ absl::Status Mp4Writer::AddAudio(const float* planar, int64_t samples) {
   Impl& m = *impl_;
   if (m.audio == nullptr) return absl::FailedPreconditionError("MP4: the writer has no audio");
   if (m.finished) return absl::FailedPreconditionError("MP4: AddAudio after Finish");
-  if (samples <= 0 || samples > (1 << 30)) {
+  if (planar == nullptr || samples <= 0 || samples > (1 << 30)) {
     return absl::InvalidArgumentError(absl::StrCat("MP4: bad audio sample count ", samples));
   }
   const int n = static_cast<int>(samples);
@@ -494,6 +536,9 @@ absl::StatusOr<std::string> EncodeMp4(const uint8_t* frames, int num_frames,
   }
   if (options.audio_sample_rate > 0 && (audio == nullptr || audio_samples <= 0)) {
     return absl::InvalidArgumentError("MP4: audio_sample_rate is set but no audio was given");
+  }
+  if (options.audio_sample_rate == 0 && audio != nullptr && audio_samples > 0) {
+    return absl::InvalidArgumentError("MP4: audio was given but audio_sample_rate is 0");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Mp4Writer> writer, Mp4Writer::Create(options));
   if (options.audio_sample_rate > 0) RETURN_IF_ERROR(writer->AddAudio(audio, audio_samples));

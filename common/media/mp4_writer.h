@@ -2,13 +2,15 @@
 // LibTorch-free; FFmpeg headers stay in mp4_writer.cc (pImpl).
 //
 // Output contract:
-//  - Video: H.264 (libx264 when FFmpeg has it, else FFmpeg's default H.264 encoder), yuv420p,
-//    BT.709 limited range (tagged), constant frame rate; frame i has pts i / fps.
+//  - Video: H.264 (Mp4Options::video_encoder, libx264 by default; when that is missing or fails
+//    to open, the first other H.264 encoder FFmpeg has that opens), yuv420p, BT.709 limited
+//    range (tagged), constant frame rate; frame i has pts i / fps.
 //  - yuv420p needs even sides. Odd widths/heights follow Mp4Options::odd_size: by default the
 //    last column/row is repeated to pad to even (the video is 1 pixel wider/taller).
 //  - Audio: AAC-LC stereo, FFmpeg's native "aac" encoder (fltp). Mono input is copied to both
 //    channels; input at a rate AAC lacks is resampled (libswresample).
 //  - "Fast start": the moov box precedes mdat, so the file plays while it downloads.
+//  - The encoders' INFO messages (x264's per-file statistics) are logged at VERBOSE.
 //  - Deterministic: with threads = 1 (the default) identical input gives identical bytes on a
 //    given FFmpeg/x264 build (bitexact muxer and encoders, no creation time).
 #ifndef DIFFMESH_COMMON_MEDIA_MP4_WRITER_H_
@@ -55,7 +57,7 @@ struct Mp4Options {
 // Streams frames and audio into an in-memory MP4. Not thread-safe; one writer per file.
 class Mp4Writer {
  public:
-  // INVALID_ARGUMENT for bad options; FAILED_PRECONDITION when FFmpeg lacks an encoder.
+  // INVALID_ARGUMENT for bad options; FAILED_PRECONDITION when no H.264 or AAC encoder opens.
   static absl::StatusOr<std::unique_ptr<Mp4Writer>> Create(const Mp4Options& options);
   ~Mp4Writer();
   Mp4Writer(const Mp4Writer&) = delete;
@@ -76,7 +78,7 @@ class Mp4Writer {
 };
 
 // Whole-clip convenience: `frames` uint8 [num_frames, height, width, 3]; `audio` float
-// [audio_channels, audio_samples] planar (may be null when options.audio_sample_rate is 0).
+// [audio_channels, audio_samples] planar, given exactly when options.audio_sample_rate > 0.
 absl::StatusOr<std::string> EncodeMp4(const uint8_t* frames, int num_frames,
                                       const Mp4Options& options, const float* audio = nullptr,
                                       int64_t audio_samples = 0);

@@ -152,6 +152,21 @@ TEST(Mp4WriterTest, MisuseIsRejected) {
   EXPECT_EQ(writer->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(EncodeMp4(frame.data(), 1, SmallOptions(16, 16, 48000)).status().code(),
             absl::StatusCode::kInvalidArgument);  // audio rate without audio
+  const std::vector<float> stray = RandomAudio(2, 64, rng);
+  EXPECT_EQ(EncodeMp4(frame.data(), 1, SmallOptions(16, 16, 0), stray.data(), 64).status().code(),
+            absl::StatusCode::kInvalidArgument);  // audio without a rate
+}
+
+TEST(Mp4WriterTest, UnknownOrNonH264EncoderFallsBackToAnH264One) {
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<uint8_t> frames = RandomFrames(2, 16, 16, rng);
+  for (const char* name : {"no_such_encoder", "aac"}) {
+    Mp4Options options = SmallOptions(16, 16, 0);
+    options.video_encoder = name;
+    absl::StatusOr<std::string> mp4 = EncodeMp4(frames.data(), 2, options);
+    ASSERT_TRUE(mp4.ok()) << name << ": " << mp4.status();
+    EXPECT_NE(mp4->find("avc1"), std::string::npos) << name;
+  }
 }
 
 TEST(Mp4WriterTest, AbandonedWriterFreesCleanly) {

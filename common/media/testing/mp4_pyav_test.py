@@ -8,6 +8,7 @@ the input) and the audio stream (codec, rate, channels, length, samples against 
 """
 import fractions
 import os
+import shutil
 import subprocess
 import struct
 import sys
@@ -41,8 +42,7 @@ class Mp4PyavTest(unittest.TestCase):
     def write(self, frames, width, height, fps, odd_size="pad", sample_rate=0, channels=2,
               audio_seconds=-1.0):
         out = tempfile.mkdtemp(prefix="mp4_pyav_")
-        self.addCleanup(lambda: [os.remove(os.path.join(out, f)) for f in os.listdir(out)]
-                        and None or os.rmdir(out))
+        self.addCleanup(shutil.rmtree, out)
         subprocess.run([TOOL, f"--out={out}", f"--frames={frames}", f"--width={width}",
                         f"--height={height}", f"--fps_num={fps.numerator}",
                         f"--fps_den={fps.denominator}", f"--odd_size={odd_size}",

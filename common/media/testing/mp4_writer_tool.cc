@@ -3,6 +3,7 @@
 //   <out>/video.mp4
 //   <out>/frames.rgb   uint8 [frames, height, width, 3]
 //   <out>/audio.f32    float32 [channels, samples] planar (only with --sample_rate)
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -97,12 +98,16 @@ int main(int argc, char** argv) {
   if (options.audio_sample_rate > 0) {
     audio = MakeAudio(options.audio_channels, samples, options.audio_sample_rate, rng);
   }
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<std::string> mp4 = diffmesh::media::EncodeMp4(
       video.data(), frames, options, audio.empty() ? nullptr : audio.data(), samples);
   if (!mp4.ok()) {
     std::fprintf(stderr, "%s\n", mp4.status().ToString().c_str());
     return 1;
   }
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+  std::printf("encoded %d frames of %dx%d in %.3f s: %zu bytes\n", frames, options.width,
+              options.height, took.count(), mp4->size());
   const bool ok =
       WriteFile(out + "/video.mp4", mp4->data(), mp4->size()) &&
       WriteFile(out + "/frames.rgb", video.data(), video.size()) &&
