@@ -1,7 +1,6 @@
 #include "common/media/image_codec.h"
 
 #include <spng.h>
-#include <webp/encode.h>
 
 #include <algorithm>
 #include <cmath>
