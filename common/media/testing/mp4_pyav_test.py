@@ -55,7 +55,7 @@ class Mp4PyavTest(unittest.TestCase):
             audio = np.fromfile(os.path.join(out, "audio.f32"), np.float32).reshape(channels, -1)
         return os.path.join(out, "video.mp4"), raw.reshape(frames, height, width, 3), audio
 
-    def check_video(self, path, source, fps, out_w, out_h, min_psnr=30.0):
+    def check_video(self, path, source, fps, out_w, out_h, min_psnr=29.0):
         frames = source.shape[0]
         with open(path, "rb") as f:
             boxes = top_level_boxes(f.read())
@@ -83,6 +83,8 @@ class Mp4PyavTest(unittest.TestCase):
                 rgb = frame.reformat(format="rgb24", src_colorspace="ITU709")
                 decoded.append(rgb.to_ndarray())
         self.assertEqual(len(decoded), frames)
+        # crf 19 on this noisy content measures 31-37 dB; decoding with the BT.601 matrix
+        # instead of the tagged BT.709 one drops it to about 26 dB.
         quality = psnr(np.stack(decoded), expected)
         print(f"  video {out_w}x{out_h} {frames} frames @ {fps}: PSNR {quality:.2f} dB")
         self.assertGreater(quality, min_psnr)
