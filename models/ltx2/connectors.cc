@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -288,8 +289,10 @@ std::pair<at::Tensor, at::Tensor> TextConnectors::Tower(const std::string& prefi
 
   auto [cos, sin] = Rope1d(config_, dim, heads, t, x.device());
   const bool split = config_.rope_type == "split";
-  // Additive key mask for the attention: [B, 1, 1, T] broadcasts over heads and queries.
-  const at::Tensor attn_mask = additive_mask.reshape({b, 1, 1, t});
+  // Additive key mask [B, 1, 1, T] (broadcast over heads and queries); with registers it is all
+  // zeros and left out, which lets the attention use its unmasked kernels.
+  std::optional<at::Tensor> attn_mask;
+  if (regs == 0) attn_mask = additive_mask.reshape({b, 1, 1, t}).to(x.scalar_type());
 
   for (int64_t i = 0; i < tower.num_layers; ++i) {
     const std::string blk = absl::StrCat(prefix, ".transformer_blocks.", i, ".");
@@ -310,7 +313,7 @@ std::pair<at::Tensor, at::Tensor> TextConnectors::Tower(const std::string& prefi
     auto to_heads = [&](const at::Tensor& y) {  // [B, T, H·hd] → [B, H, T, hd]
       return y.view({b, t, heads, hd}).transpose(1, 2);
     };
-    at::Tensor o = Attention(to_heads(q), to_heads(k), to_heads(v), attn_mask.to(q.scalar_type()));
+    at::Tensor o = Attention(to_heads(q), to_heads(k), to_heads(v), attn_mask);
     o = o.transpose(1, 2);  // [B, T, H, hd]
     if (tower.gated_attn) {
       // Per-head gates 2·sigmoid(logits) from the attention's input.

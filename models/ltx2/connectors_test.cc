@@ -72,23 +72,59 @@ TEST_P(ConnectorsFixtureTest, ForwardMatchesReference) {
   EXPECT_TRUE(at::equal(out4.audio_text_embedding, out.audio_text_embedding));
 }
 
-// With registers the padded positions are replaced: what a padded position held must not
-// matter, and shifting the padding from one side to the other is the same call when the mask
-// follows (valid tokens are front-aligned either way).
-TEST_P(ConnectorsFixtureTest, PaddedPositionsDoNotLeak) {
+// With registers the valid tokens are front-aligned and the tail is registers: moving the
+// padding to the right (same valid tokens, same order) gives the same output.
+TEST_P(ConnectorsFixtureTest, RegistersMakeThePaddingSideIrrelevant) {
   auto connectors = TextConnectors::Load(FixturePath(Dir()));
   ASSERT_TRUE(connectors.ok()) << connectors.status();
   if ((*connectors)->config().video.num_learnable_registers == 0) GTEST_SKIP();
   at::Tensor hidden = FixtureTensor(Io(), "in.text_encoder_hidden_states");
   at::Tensor mask = FixtureTensor(Io(), "in.attention_mask");
   TextConnectors::Output base = (*connectors)->Forward(hidden, mask);
+  // Each row right-padded instead: its valid tokens first, random values after them.
   auto gen = at::detail::createCPUGenerator(17);
-  at::Tensor noise = at::randn(hidden.sizes(), gen) * 5.0;
-  at::Tensor pad = (mask == 0).unsqueeze(-1);
-  at::Tensor scrambled = at::where(pad, noise, hidden);
-  TextConnectors::Output other = (*connectors)->Forward(scrambled, mask);
+  at::Tensor right = at::randn(hidden.sizes(), gen) * 5.0;
+  at::Tensor right_mask = at::zeros_like(mask);
+  const int64_t t = hidden.size(1);
+  for (int64_t row = 0; row < hidden.size(0); ++row) {
+    const int64_t n = mask[row].sum().item<int64_t>();
+    right[row].narrow(0, 0, n).copy_(hidden[row].narrow(0, t - n, n));
+    right_mask[row].narrow(0, 0, n).fill_(1);
+  }
+  TextConnectors::Output other = (*connectors)->Forward(right, right_mask, PaddingSide::kRight);
   EXPECT_LE(RelativeError(other.video_text_embedding, base.video_text_embedding), 1e-6);
   EXPECT_LE(RelativeError(other.audio_text_embedding, base.audio_text_embedding), 1e-6);
+}
+
+// Without registers the padding stays in the sequence and must be masked as keys: a right-padded
+// row (valid tokens keep positions 0..n−1) equals the same tokens run unpadded. (Scrambling the
+// padded inputs would prove nothing: both normalisations zero them before the projections.)
+TEST_P(ConnectorsFixtureTest, WithoutRegistersPaddingIsMasked) {
+  auto config = ConnectorsConfig::FromFile(FixturePath(Dir()) + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  config->video.num_learnable_registers = 0;
+  config->audio.num_learnable_registers = 0;
+  auto connectors = TextConnectors::CreateSeeded(*config, 21);
+  ASSERT_TRUE(connectors.ok()) << connectors.status();
+  at::Tensor hidden = FixtureTensor(Io(), "in.text_encoder_hidden_states");
+  at::Tensor mask = FixtureTensor(Io(), "in.attention_mask");
+  const int64_t t = hidden.size(1);
+  const int64_t n = mask[0].sum().item<int64_t>();  // row 0 is left-padded in the fixture
+  ASSERT_LT(n, t);
+  at::Tensor tokens = hidden[0].narrow(0, t - n, n).unsqueeze(0);  // [1, n, C·L]
+  auto gen = at::detail::createCPUGenerator(23);
+  at::Tensor padded = at::cat({tokens, at::randn({1, t - n, hidden.size(2)}, gen)}, 1);
+  at::Tensor padded_mask = at::cat({at::ones({1, n}, at::kLong), at::zeros({1, t - n}, at::kLong)}, 1);
+  TextConnectors::Output alone =
+      (*connectors)->Forward(tokens, at::ones({1, n}, at::kLong), PaddingSide::kRight);
+  TextConnectors::Output with_pad =
+      (*connectors)->Forward(padded, padded_mask, PaddingSide::kRight);
+  EXPECT_LE(RelativeError(with_pad.video_text_embedding.narrow(1, 0, n),
+                          alone.video_text_embedding),
+            1e-5);
+  EXPECT_LE(RelativeError(with_pad.audio_text_embedding.narrow(1, 0, n),
+                          alone.audio_text_embedding),
+            1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ConnectorsFixtureTest, ::testing::Values("v20", "v23"));
