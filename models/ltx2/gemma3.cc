@@ -339,6 +339,19 @@ std::vector<at::Tensor> Gemma3TextModel::Forward(const at::Tensor& input_ids,
   return hidden_states;
 }
 
+Gemma3TextModel::PromptEmbeds Gemma3TextModel::EncodePrompts(const PromptTokens& tokens) const {
+  TORCH_CHECK(static_cast<int64_t>(tokens.input_ids.size()) == tokens.num_prompts * tokens.max_length &&
+                  tokens.attention_mask.size() == tokens.input_ids.size(),
+              "PromptTokens sizes do not match num_prompts x max_length");
+  const auto device = Get(weights_, "embed_tokens.weight").device();
+  const std::vector<int64_t> shape = {tokens.num_prompts, tokens.max_length};
+  at::Tensor ids = at::tensor(at::ArrayRef<int64_t>(tokens.input_ids), at::kLong).view(shape);
+  at::Tensor mask = at::tensor(at::ArrayRef<int64_t>(tokens.attention_mask), at::kLong).view(shape);
+  ids = ids.to(device);
+  mask = mask.to(device);
+  return {PackHiddenStates(Forward(ids, mask)), mask};
+}
+
 at::Tensor Gemma3TextModel::PackHiddenStates(const std::vector<at::Tensor>& hidden_states) {
   TORCH_CHECK(!hidden_states.empty(), "no hidden states to pack");
   return at::stack(hidden_states, -1).flatten(2, 3);

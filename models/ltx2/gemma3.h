@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/core/weights.h"
+#include "models/ltx2/gemma_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh::models::ltx2 {
@@ -95,6 +96,15 @@ class Gemma3TextModel {
   // torch.stack(hidden_states, -1).flatten(2, 3): [B, T, hidden·(L+1)] with the layer index
   // fastest (index d·(L+1) + l), the connectors' input layout.
   static at::Tensor PackHiddenStates(const std::vector<at::Tensor>& hidden_states);
+
+  // LTX2Pipeline._get_gemma_prompt_embeds after tokenisation: Forward on the tokens, then
+  // PackHiddenStates. Returns prompt_embeds [B, T, hidden·(L+1)] in the weights' dtype and the
+  // int64 attention mask [B, T], both on the weights' device.
+  struct PromptEmbeds {
+    at::Tensor prompt_embeds;
+    at::Tensor attention_mask;
+  };
+  PromptEmbeds EncodePrompts(const PromptTokens& tokens) const;
 
   const Gemma3Config& config() const { return config_; }
   const WeightMap& weights() const { return weights_; }

@@ -136,6 +136,24 @@ TEST_P(Gemma3FixtureTest, HiddenStatesMatchReference) {
   EXPECT_LE(v23_err, 1e-4);
 }
 
+TEST_P(Gemma3FixtureTest, EncodePromptsPacksLikeThePipeline) {
+  auto model = Gemma3TextModel::Load(FixturePath(kSet + GetParam()));
+  ASSERT_TRUE(model.ok()) << model.status();
+  at::Tensor ids = IoTensor("in.input_ids").contiguous();
+  at::Tensor mask = IoTensor("in.attention_mask").to(at::kLong).contiguous();
+  PromptTokens tokens;
+  tokens.num_prompts = ids.size(0);
+  tokens.max_length = ids.size(1);
+  tokens.input_ids.assign(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
+  tokens.attention_mask.assign(mask.data_ptr<int64_t>(), mask.data_ptr<int64_t>() + mask.numel());
+  Gemma3TextModel::PromptEmbeds out = (*model)->EncodePrompts(tokens);
+  EXPECT_TRUE(at::equal(out.attention_mask, mask));
+  const double err =
+      RelativeError(Valid(out.prompt_embeds, mask), Valid(IoTensor("ltx2.prompt_embeds"), mask));
+  std::cout << GetParam() << " EncodePrompts prompt_embeds rel err " << err << "\n";
+  EXPECT_LE(err, 1e-4);
+}
+
 INSTANTIATE_TEST_SUITE_P(Layouts, Gemma3FixtureTest,
                          ::testing::Values("gemma3_text_model",
                                            "gemma3_for_conditional_generation"));
