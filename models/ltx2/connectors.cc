@@ -15,6 +15,7 @@ namespace diffmesh::models::ltx2 {
 namespace {
 
 constexpr double kNormEps = 1e-6;  // every RMSNorm of the connector towers
+constexpr double kPi = 3.141592653589793;  // Python's math.pi / torch.pi
 
 template <typename T>
 absl::Status ReadField(const nlohmann::json& json, const char* key, T& out) {
@@ -65,7 +66,7 @@ std::pair<at::Tensor, at::Tensor> Rope1d(const ConnectorsConfig& c, int64_t dim,
       at::pow(c.rope_theta, at::linspace(0.0, 1.0, n,
                                          f32.dtype(c.rope_double_precision ? at::kDouble
                                                                            : at::kFloat)));
-  at::Tensor freqs = (pow_indices * M_PI / 2.0).to(at::kFloat);       // [n]
+  at::Tensor freqs = (pow_indices * kPi / 2.0).to(at::kFloat);       // [n]
   freqs = (grid.unsqueeze(-1) * 2 - 1) * freqs;                        // [T, n]
   at::Tensor cos = freqs.cos(), sin = freqs.sin();
   if (c.rope_type == "split") {
