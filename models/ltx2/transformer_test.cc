@@ -437,6 +437,38 @@ TEST(Ltx2TransformerTest, ForwardRejectsBadInputs) {
   EXPECT_EQ(model->Forward(in).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// With a CUDA device (GPU builds): every fixture call on the GPU, in fp32 against the reference
+// tolerance and in bf16 against a coarse one (bf16 keeps ~3 significant digits).
+TEST(Ltx2TransformerTest, MatchesReferenceOnCuda) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (const char* variant : kVariants) {
+    const std::string dir = FixturePath(std::string(variant) + "/transformer");
+    auto config = Ltx2TransformerConfig::FromFile(dir + "/config.json");
+    auto ckpt = Checkpoint::Open(dir);
+    IoFile io(FixturePath(std::string(variant) + "/transformer_io.safetensors"));
+    ASSERT_TRUE(config.ok() && ckpt.ok() && io.ok());
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      auto weights = LoadWeights(**ckpt, Ltx2Transformer::Params(*config), dtype);
+      ASSERT_TRUE(weights.ok()) << weights.status();
+      for (auto& [name, t] : *weights) t = t.to(at::kCUDA);
+      auto model = Ltx2Transformer::Create(*config, std::move(weights).value());
+      ASSERT_TRUE(model.ok()) << model.status();
+      const double tolerance = dtype == at::kFloat ? 1e-4 : 5e-2;
+      for (const Call& call : FixtureCalls(io)) {
+        auto out = (*model)->Forward(call.in, call.options);
+        ASSERT_TRUE(out.ok()) << out.status();
+        ASSERT_TRUE(out->video.is_cuda());
+        const double ev = RelativeError(out->video.cpu(), io["out." + call.name + ".video"]);
+        const double ea = RelativeError(out->audio.cpu(), io["out." + call.name + ".audio"]);
+        std::printf("cuda %s %s %-16s video rel err %.3g  audio rel err %.3g\n",
+                    dtype == at::kFloat ? "fp32" : "bf16", variant, call.name.c_str(), ev, ea);
+        EXPECT_LE(ev, tolerance) << variant << " " << call.name;
+        EXPECT_LE(ea, tolerance) << variant << " " << call.name;
+      }
+    }
+  }
+}
+
 // The built-in seeded model: deterministic, finite, and sensitive to its inputs.
 TEST(Ltx2TransformerTest, SeededTinyModel) {
   auto config =
