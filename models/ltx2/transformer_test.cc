@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -247,6 +248,49 @@ TEST(Ltx2TransformerTest, MatchesReferenceCalls) {
       EXPECT_LE(ev, 1e-4) << variant << " " << call.name;
       EXPECT_LE(ea, 1e-4) << variant << " " << call.name;
     }
+  }
+}
+
+// Every transformer call of the recorded 3-step pipeline run (CFG batch, STG and modality
+// branches per step; kwargs in the metadata `transformer_calls`).
+TEST(Ltx2TransformerTest, MatchesPipelineTransformerCalls) {
+  for (const char* variant : kVariants) {
+    auto model = LoadModel(FixturePath(std::string(variant) + "/transformer"));
+    IoFile io(FixturePath(std::string(variant) + "/pipeline_io.safetensors"));
+    ASSERT_TRUE(model && io.ok());
+    const nlohmann::json calls = nlohmann::json::parse(io.Meta("transformer_calls"));
+    ASSERT_FALSE(calls.empty());
+    double worst = 0;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const std::string p = absl::StrCat("call", i, ".");
+      Ltx2TransformerInputs in;
+      in.hidden_states = io[p + "in.hidden_states"];
+      in.audio_hidden_states = io[p + "in.audio_hidden_states"];
+      in.encoder_hidden_states = io[p + "in.encoder_hidden_states"];
+      in.audio_encoder_hidden_states = io[p + "in.audio_encoder_hidden_states"];
+      in.encoder_attention_mask = io[p + "in.encoder_attention_mask"];
+      in.audio_encoder_attention_mask = in.encoder_attention_mask;
+      in.timestep = io[p + "in.timestep"];
+      in.sigma = in.timestep;  // the pipeline passes sigma = timestep
+      in.video_coords = io[p + "in.video_coords"];
+      in.audio_coords = io[p + "in.audio_coords"];
+      Ltx2ForwardOptions options;
+      options.isolate_modalities = calls[i].value("isolate_modalities", false);
+      options.use_cross_timestep = calls[i].value("use_cross_timestep", false);
+      if (calls[i]["spatio_temporal_guidance_blocks"].is_array()) {
+        options.stg_blocks =
+            calls[i]["spatio_temporal_guidance_blocks"].get<std::vector<int64_t>>();
+      }
+      auto out = model->Forward(in, options);
+      ASSERT_TRUE(out.ok()) << out.status();
+      const double ev = RelativeError(out->video, io[p + "out.video"]);
+      const double ea = RelativeError(out->audio, io[p + "out.audio"]);
+      worst = std::max({worst, ev, ea});
+      EXPECT_LE(ev, 1e-4) << variant << " " << p;
+      EXPECT_LE(ea, 1e-4) << variant << " " << p;
+    }
+    std::printf("%s pipeline: %zu transformer calls, worst rel err %.3g\n", variant, calls.size(),
+                worst);
   }
 }
 
