@@ -1,0 +1,340 @@
+#include "models/ltx2/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors/safetensors.h"
+#include "common/status/status_macros.h"
+#include "models/core/ops.h"
+#include "models/ltx2/transformer_block.h"
+
+namespace diffmesh::models::ltx2 {
+namespace {
+
+constexpr int64_t kTimestepChannels = 256;  // sinusoidal width of every AdaLN-single embedder
+constexpr double kMaxPeriod = 10000.0;
+constexpr double kOutputNormEps = 1e-6;  // norm_out / audio_norm_out (fixed in the reference)
+constexpr double kMaskBias = -10000.0;   // additive bias of masked text tokens
+
+// Parameters of an LTX2AdaLayerNormSingle with `rows` modulation rows of width `dim`.
+void AddAdaLnSingle(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t dim,
+                    int64_t rows) {
+  AddLinear(specs, prefix + ".emb.timestep_embedder.linear_1", kTimestepChannels, dim);
+  AddLinear(specs, prefix + ".emb.timestep_embedder.linear_2", dim, dim);
+  AddLinear(specs, prefix + ".linear", dim, rows * dim);
+}
+
+// diffusers get_timestep_embedding(flip_sin_to_cos=True, downscale_freq_shift=0): [M] → [M, 256]
+// fp32 laid out [cos | sin].
+at::Tensor TimestepSinusoid(const at::Tensor& t) {
+  const int64_t half = kTimestepChannels / 2;
+  at::Tensor exponent =
+      at::arange(0, half, t.options().dtype(at::kFloat)) * (-std::log(kMaxPeriod)) / half;
+  at::Tensor args = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
+  return at::cat({at::cos(args), at::sin(args)}, -1);
+}
+
+struct AdaLnOut {
+  at::Tensor mod;       // [B, T, rows·D]
+  at::Tensor embedded;  // [B, T, D], the embedding before SiLU + linear
+};
+
+// LTX2AdaLayerNormSingle on timesteps `t` (numel B or B·T).
+AdaLnOut AdaLnSingle(const WeightMap& w, const std::string& prefix, const at::Tensor& t,
+                     int64_t batch, at::ScalarType dtype) {
+  at::Tensor proj = TimestepSinusoid(t.flatten()).to(dtype);
+  at::Tensor emb = Linear(proj, w, prefix + ".emb.timestep_embedder.linear_1");
+  emb = Linear(at::silu(emb), w, prefix + ".emb.timestep_embedder.linear_2");
+  at::Tensor mod = Linear(at::silu(emb), w, prefix + ".linear");
+  return {mod.view({batch, -1, mod.size(-1)}), emb.view({batch, -1, emb.size(-1)})};
+}
+
+// (1 − mask)·−10000 as [B, 1, 1, T] (or [B, 1, Nv, Nv] for a 3-D mask).
+at::Tensor AdditiveMask(const at::Tensor& mask, at::ScalarType dtype, const at::Device& device) {
+  if (!mask.defined()) return {};
+  at::Tensor bias = (1 - mask.to(device, dtype)) * kMaskBias;
+  return mask.dim() == 2 ? bias.view({bias.size(0), 1, 1, bias.size(1)}) : bias.unsqueeze(1);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Parameters and construction
+
+namespace {
+
+void AddBlockParams(std::vector<ParamSpec>& specs, const Ltx2TransformerConfig& c, int64_t i) {
+  const std::string b = absl::StrCat("transformer_blocks.", i, ".");
+  const int64_t d = c.inner_dim(), ad = c.audio_inner_dim();
+  const int64_t h = c.num_attention_heads, hd = c.attention_head_dim;
+  const int64_t ah = c.audio_num_attention_heads, ahd = c.audio_attention_head_dim;
+  const bool bias = c.attention_bias, out_bias = c.attention_out_bias;
+  AddAttentionParams(specs, b + "attn1", d, d, h, hd, bias, out_bias, c.gated_attn);
+  AddAttentionParams(specs, b + "audio_attn1", ad, ad, ah, ahd, bias, out_bias, c.audio_gated_attn);
+  AddAttentionParams(specs, b + "attn2", d, c.cross_attention_dim, h, hd, bias, out_bias,
+                     c.gated_attn);
+  AddAttentionParams(specs, b + "audio_attn2", ad, c.audio_cross_attention_dim, ah, ahd, bias,
+                     out_bias, c.audio_gated_attn);
+  AddAttentionParams(specs, b + "audio_to_video_attn", d, ad, ah, ahd, bias, out_bias,
+                     c.gated_attn);
+  AddAttentionParams(specs, b + "video_to_audio_attn", ad, d, ah, ahd, bias, out_bias,
+                     c.audio_gated_attn);
+  AddLinear(specs, b + "ff.net.0.proj", d, 4 * d, c.ff_bias);
+  AddLinear(specs, b + "ff.net.2", 4 * d, d, c.ff_bias);
+  AddLinear(specs, b + "audio_ff.net.0.proj", ad, 4 * ad, c.audio_ff_bias);
+  AddLinear(specs, b + "audio_ff.net.2", 4 * ad, ad, c.audio_ff_bias);
+  specs.push_back({b + "scale_shift_table", {c.cross_attn_mod ? 9 : 6, d}});
+  specs.push_back({b + "audio_scale_shift_table", {c.audio_cross_attn_mod ? 9 : 6, ad}});
+  if (c.prompt_modulation()) {
+    specs.push_back({b + "prompt_scale_shift_table", {2, d}});
+    specs.push_back({b + "audio_prompt_scale_shift_table", {2, ad}});
+  }
+  specs.push_back({b + "video_a2v_cross_attn_scale_shift_table", {5, d}});
+  specs.push_back({b + "audio_a2v_cross_attn_scale_shift_table", {5, ad}});
+  if (c.norm_elementwise_affine) {
+    for (const char* n : {"norm1", "norm2", "norm3", "audio_to_video_norm"}) {
+      specs.push_back({b + n + ".weight", {d}, Init::kOnes});
+    }
+    for (const char* n : {"audio_norm1", "audio_norm2", "audio_norm3", "video_to_audio_norm"}) {
+      specs.push_back({b + n + ".weight", {ad}, Init::kOnes});
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<ParamSpec> Ltx2Transformer::Params(const Ltx2TransformerConfig& c) {
+  const int64_t d = c.inner_dim(), ad = c.audio_inner_dim();
+  std::vector<ParamSpec> specs;
+  AddLinear(specs, "proj_in", c.in_channels, d);
+  AddLinear(specs, "audio_proj_in", c.audio_in_channels, ad);
+  if (c.use_keyframes_abs_pos_embedding) {
+    specs.push_back({"keyframes_abs_pos_embedding", {1, d}, Init::kZeros});
+  }
+  if (c.use_prompt_embeddings) {
+    AddLinear(specs, "caption_projection.linear_1", c.caption_channels, d);
+    AddLinear(specs, "caption_projection.linear_2", d, d);
+    AddLinear(specs, "audio_caption_projection.linear_1", c.caption_channels, ad);
+    AddLinear(specs, "audio_caption_projection.linear_2", ad, ad);
+  }
+  AddAdaLnSingle(specs, "time_embed", d, c.cross_attn_mod ? 9 : 6);
+  AddAdaLnSingle(specs, "audio_time_embed", ad, c.audio_cross_attn_mod ? 9 : 6);
+  AddAdaLnSingle(specs, "av_cross_attn_video_scale_shift", d, 4);
+  AddAdaLnSingle(specs, "av_cross_attn_audio_scale_shift", ad, 4);
+  AddAdaLnSingle(specs, "av_cross_attn_video_a2v_gate", d, 1);
+  AddAdaLnSingle(specs, "av_cross_attn_audio_v2a_gate", ad, 1);
+  specs.push_back({"scale_shift_table", {2, d}});
+  specs.push_back({"audio_scale_shift_table", {2, ad}});
+  if (c.prompt_modulation() && c.use_prompt_adaln_single) {
+    AddAdaLnSingle(specs, "prompt_adaln", d, 2);
+    AddAdaLnSingle(specs, "audio_prompt_adaln", ad, 2);
+  }
+  for (int64_t i = 0; i < c.num_layers; ++i) AddBlockParams(specs, c, i);
+  AddLinear(specs, "proj_out", d, c.out_channels);
+  AddLinear(specs, "audio_proj_out", ad, c.audio_out_channels);
+  return specs;
+}
+
+Ltx2Transformer::Ltx2Transformer(const Ltx2TransformerConfig& config, WeightMap weights)
+    : config_(config), weights_(std::move(weights)) {
+  dtype_ = Get(weights_, "proj_in.weight").scalar_type();
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    blocks_.push_back(std::make_unique<Ltx2Block>(weights_, config_, i));
+  }
+}
+
+Ltx2Transformer::~Ltx2Transformer() = default;
+
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::Create(
+    const Ltx2TransformerConfig& config, WeightMap weights) {
+  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+  return std::unique_ptr<Ltx2Transformer>(new Ltx2Transformer(config, std::move(weights)));
+}
+
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::FromConfig(const std::string& dir,
+                                                                             at::ScalarType dtype) {
+  ASSIGN_OR_RETURN(Ltx2TransformerConfig config,
+                   Ltx2TransformerConfig::FromFile(dir + "/config.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  ASSIGN_OR_RETURN(WeightMap weights, LoadWeights(*checkpoint, Params(config), dtype));
+  return Create(config, std::move(weights));
+}
+
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::InitSeeded(
+    const Ltx2TransformerConfig& config, uint64_t seed) {
+  return Create(config, models::InitSeeded(Params(config), seed));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary modules
+
+RopeSpec Ltx2Transformer::VideoRopeSpec() const {
+  const auto& c = config_;
+  return {c.inner_dim(),
+          {static_cast<double>(c.pos_embed_max_pos), static_cast<double>(c.base_height),
+           static_cast<double>(c.base_width)},
+          c.rope_theta,
+          c.rope_double_precision,
+          c.rope_type,
+          c.num_attention_heads};
+}
+
+RopeSpec Ltx2Transformer::AudioRopeSpec() const {
+  const auto& c = config_;
+  return {c.audio_inner_dim(), {static_cast<double>(c.audio_pos_embed_max_pos)},
+          c.rope_theta,        c.rope_double_precision,
+          c.rope_type,         c.audio_num_attention_heads};
+}
+
+// The cross-modal modules see only the time axis, normalised by the larger of the two maxima;
+// the video one cuts its split table by VIDEO heads although a2v attention runs audio heads.
+RopeSpec Ltx2Transformer::CrossVideoRopeSpec() const {
+  const auto& c = config_;
+  const double max_t =
+      static_cast<double>(std::max(c.pos_embed_max_pos, c.audio_pos_embed_max_pos));
+  return {c.audio_cross_attention_dim, {max_t},     c.rope_theta,
+          c.rope_double_precision,     c.rope_type, c.num_attention_heads};
+}
+
+RopeSpec Ltx2Transformer::CrossAudioRopeSpec() const {
+  RopeSpec spec = CrossVideoRopeSpec();
+  spec.num_heads = config_.audio_num_attention_heads;
+  return spec;
+}
+
+VideoCoordSpec Ltx2Transformer::VideoCoords() const {
+  return {config_.patch_size, config_.patch_size_t, config_.vae_scale_factors,
+          config_.causal_offset};
+}
+
+AudioCoordSpec Ltx2Transformer::AudioCoords() const {
+  return {config_.audio_patch_size_t, config_.audio_scale_factor, config_.causal_offset,
+          config_.audio_hop_length, config_.audio_sampling_rate};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+void Ltx2Transformer::BuildRope(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const {
+  const at::Device device = Get(weights_, "proj_in.weight").device();
+  const int64_t batch = in.hidden_states.size(0);
+  at::Tensor video = in.video_coords.defined()
+                         ? in.video_coords.to(device, at::kFloat)
+                         : PrepareVideoCoords(batch, in.num_frames, in.height, in.width, in.fps,
+                                              VideoCoords(), device);
+  const int64_t audio_frames = in.audio_num_frames > 0
+                                   ? in.audio_num_frames
+                                   : in.audio_hidden_states.size(1) * config_.audio_patch_size_t;
+  at::Tensor audio = in.audio_coords.defined()
+                         ? in.audio_coords.to(device, at::kFloat)
+                         : PrepareAudioCoords(batch, audio_frames, AudioCoords(), device);
+  ctx.video_rope = ComputeRope(VideoRopeSpec(), video);
+  ctx.audio_rope = ComputeRope(AudioRopeSpec(), audio);
+  ctx.ca_video_rope = ComputeRope(CrossVideoRopeSpec(), video.narrow(1, 0, 1));
+  ctx.ca_audio_rope = ComputeRope(CrossAudioRopeSpec(), audio.narrow(1, 0, 1));
+}
+
+void Ltx2Transformer::EmbedTimesteps(const Ltx2TransformerInputs& in,
+                                     const Ltx2ForwardOptions& options,
+                                     Ltx2BlockContext& ctx) const {
+  const at::Device device = Get(weights_, "proj_in.weight").device();
+  const int64_t batch = in.hidden_states.size(0);
+  auto dev = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  const at::Tensor timestep = dev(in.timestep);
+  const at::Tensor audio_timestep = in.audio_timestep.defined() ? dev(in.audio_timestep) : timestep;
+  const at::Tensor sigma = dev(in.sigma);
+  const at::Tensor audio_sigma = in.audio_sigma.defined() ? dev(in.audio_sigma) : sigma;
+
+  AdaLnOut video = AdaLnSingle(weights_, "time_embed", timestep, batch, dtype_);
+  AdaLnOut audio = AdaLnSingle(weights_, "audio_time_embed", audio_timestep, batch, dtype_);
+  ctx.temb = video.mod;
+  ctx.embedded_timestep = video.embedded;
+  ctx.temb_audio = audio.mod;
+  ctx.audio_embedded_timestep = audio.embedded;
+  if (config_.prompt_modulation() && config_.use_prompt_adaln_single) {
+    ctx.temb_prompt = AdaLnSingle(weights_, "prompt_adaln", sigma, batch, dtype_).mod;
+    ctx.temb_prompt_audio =
+        AdaLnSingle(weights_, "audio_prompt_adaln", audio_sigma, batch, dtype_).mod;
+  }
+  // Cross-modal modulation follows the other stream's sigma (2.3) or the stream's own timestep.
+  const double gate_scale =
+      config_.cross_attn_timestep_scale_multiplier / config_.timestep_scale_multiplier;
+  const at::Tensor video_ca_t = options.use_cross_timestep ? audio_sigma : timestep;
+  const at::Tensor audio_ca_t = options.use_cross_timestep ? sigma : audio_timestep;
+  ctx.temb_ca_video =
+      AdaLnSingle(weights_, "av_cross_attn_video_scale_shift", video_ca_t, batch, dtype_).mod;
+  ctx.temb_ca_video_gate = AdaLnSingle(weights_, "av_cross_attn_video_a2v_gate",
+                                       video_ca_t.flatten() * gate_scale, batch, dtype_)
+                               .mod;
+  ctx.temb_ca_audio =
+      AdaLnSingle(weights_, "av_cross_attn_audio_scale_shift", audio_ca_t, batch, dtype_).mod;
+  ctx.temb_ca_audio_gate = AdaLnSingle(weights_, "av_cross_attn_audio_v2a_gate",
+                                       audio_ca_t.flatten() * gate_scale, batch, dtype_)
+                               .mod;
+}
+
+void Ltx2Transformer::PrepareContext(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const {
+  const at::Device device = Get(weights_, "proj_in.weight").device();
+  at::Tensor video = in.encoder_hidden_states.to(device, dtype_);
+  at::Tensor audio = in.audio_encoder_hidden_states.to(device, dtype_);
+  if (config_.use_prompt_embeddings) {  // LTX-2.0: PixArt-style caption projection
+    auto project = [&](const at::Tensor& x, const std::string& p) {
+      at::Tensor h = at::gelu(Linear(x, weights_, p + ".linear_1"), "tanh");
+      return Linear(h, weights_, p + ".linear_2");
+    };
+    video = project(video, "caption_projection");
+    audio = project(audio, "audio_caption_projection");
+  }
+  ctx.context = video;
+  ctx.audio_context = audio;
+  ctx.context_mask = AdditiveMask(in.encoder_attention_mask, dtype_, device);
+  ctx.audio_context_mask = AdditiveMask(in.audio_encoder_attention_mask, dtype_, device);
+  ctx.video_self_mask = AdditiveMask(in.video_self_attention_mask, dtype_, device);
+}
+
+at::Tensor Ltx2Transformer::Output(const at::Tensor& hidden, const at::Tensor& embedded,
+                                   const std::string& prefix) const {
+  const at::Tensor& table = Get(weights_, prefix + "scale_shift_table");  // [2, D]
+  // [1, 1, 2, D] + [B, T, 1, D]: row 0 shift, row 1 scale.
+  at::Tensor values = table.view({1, 1, 2, table.size(1)}) + embedded.unsqueeze(2);
+  at::Tensor shift = values.select(2, 0), scale = values.select(2, 1);
+  at::Tensor x = at::layer_norm(hidden, {hidden.size(-1)}, {}, {}, kOutputNormEps);
+  x = x * (1 + scale) + shift;
+  return Linear(x, weights_, prefix + "proj_out");
+}
+
+absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
+    const Ltx2TransformerInputs& in, const Ltx2ForwardOptions& options) const {
+  RETURN_IF_ERROR(ValidateInputs(in, options));
+  const at::Device device = Get(weights_, "proj_in.weight").device();
+  const int64_t batch = in.hidden_states.size(0);
+  Ltx2BlockContext ctx;
+  BuildRope(in, ctx);
+  at::Tensor video = Linear(in.hidden_states.to(device, dtype_), weights_, "proj_in");
+  at::Tensor audio = Linear(in.audio_hidden_states.to(device, dtype_), weights_, "audio_proj_in");
+  EmbedTimesteps(in, options, ctx);
+  PrepareContext(in, ctx);
+  ctx.isolate_modalities = options.isolate_modalities;
+
+  // STG acts only where the config enables the perturbed processor (as diffusers does).
+  const std::set<int64_t> stg_blocks(options.stg_blocks.begin(), options.stg_blocks.end());
+  const bool stg = config_.perturbed_attn && !stg_blocks.empty();
+  if (stg) {
+    ctx.stg.active = true;
+    ctx.stg.mask = options.perturbation_mask.defined()
+                       ? options.perturbation_mask.to(device, dtype_).view({batch, 1, 1})
+                       : at::zeros({batch, 1, 1}, video.options());
+    ctx.stg.all_perturbed = ctx.stg.mask.eq(0).all().item<bool>();
+  }
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    blocks_[i]->Forward(video, audio, ctx, stg && stg_blocks.count(i) > 0);
+    if (options.block_observer) options.block_observer(i, video, audio);
+  }
+  return Ltx2TransformerOutputs{Output(video, ctx.embedded_timestep, ""),
+                                Output(audio, ctx.audio_embedded_timestep, "audio_")};
+}
+
+}  // namespace diffmesh::models::ltx2

@@ -1,0 +1,253 @@
+#include "models/ltx2/transformer_block.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "models/core/ops.h"
+
+namespace diffmesh::models::ltx2 {
+
+at::Tensor LinearWeights::operator()(const at::Tensor& x) const {
+  return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+}
+
+LinearWeights GetLinear(const WeightMap& weights, const std::string& prefix) {
+  LinearWeights l;
+  l.weight = Get(weights, prefix + ".weight");
+  auto it = weights.find(prefix + ".bias");
+  if (it != weights.end()) l.bias = it->second;
+  return l;
+}
+
+void AddAttentionParams(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t query_dim,
+                        int64_t context_dim, int64_t heads, int64_t head_dim, bool bias,
+                        bool out_bias, bool gated) {
+  const int64_t inner = heads * head_dim;
+  specs.push_back({prefix + ".norm_q.weight", {inner}, Init::kOnes});
+  specs.push_back({prefix + ".norm_k.weight", {inner}, Init::kOnes});
+  AddLinear(specs, prefix + ".to_q", query_dim, inner, bias);
+  AddLinear(specs, prefix + ".to_k", context_dim, inner, bias);
+  AddLinear(specs, prefix + ".to_v", context_dim, inner, bias);
+  AddLinear(specs, prefix + ".to_out.0", inner, query_dim, out_bias);
+  if (gated) AddLinear(specs, prefix + ".to_gate_logits", query_dim, heads, /*bias=*/true);
+}
+
+at::Tensor RmsNormOptionalWeight(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor normed = (xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps));
+  normed = normed.to(x.scalar_type());
+  return weight.defined() ? normed * weight : normed;
+}
+
+std::vector<at::Tensor> ModulationRows(const at::Tensor& table, const at::Tensor& temb) {
+  const int64_t n = table.size(0), dim = table.size(1);
+  if (!temb.defined()) return table.view({1, 1, n, dim}).unbind(2);
+  at::Tensor rows = table.view({1, 1, n, dim}) + temb.view({temb.size(0), temb.size(1), n, dim});
+  return rows.unbind(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ltx2Attention
+
+Ltx2Attention::Ltx2Attention(const WeightMap& weights, const std::string& prefix, int64_t heads,
+                             int64_t head_dim, bool gated, RopeType rope_type, double eps)
+    : to_q_(GetLinear(weights, prefix + ".to_q")),
+      to_k_(GetLinear(weights, prefix + ".to_k")),
+      to_v_(GetLinear(weights, prefix + ".to_v")),
+      to_out_(GetLinear(weights, prefix + ".to_out.0")),
+      norm_q_(Get(weights, prefix + ".norm_q.weight")),
+      norm_k_(Get(weights, prefix + ".norm_k.weight")),
+      heads_(heads),
+      head_dim_(head_dim),
+      gated_(gated),
+      rope_type_(rope_type),
+      eps_(eps) {
+  if (gated_) to_gate_logits_ = GetLinear(weights, prefix + ".to_gate_logits");
+}
+
+at::Tensor Ltx2Attention::GateLogits(const at::Tensor& x) const { return to_gate_logits_(x); }
+at::Tensor Ltx2Attention::ProjectQuery(const at::Tensor& x) const { return to_q_(x); }
+at::Tensor Ltx2Attention::ProjectKey(const at::Tensor& context) const { return to_k_(context); }
+at::Tensor Ltx2Attention::ProjectValue(const at::Tensor& context) const { return to_v_(context); }
+at::Tensor Ltx2Attention::NormQuery(const at::Tensor& q) const { return RmsNorm(q, norm_q_, eps_); }
+at::Tensor Ltx2Attention::NormKey(const at::Tensor& k) const { return RmsNorm(k, norm_k_, eps_); }
+
+at::Tensor Ltx2Attention::Rotate(const at::Tensor& x, const RopeTables& tables) const {
+  return ApplyRope(x, tables, rope_type_);
+}
+
+at::Tensor Ltx2Attention::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& mask) const {
+  auto heads_first = [&](const at::Tensor& t) {  // [B, S, H·Dh] → [B, H, S, Dh]
+    return t.view({t.size(0), t.size(1), heads_, head_dim_}).transpose(1, 2);
+  };
+  std::optional<at::Tensor> m;
+  if (mask.defined()) m = mask.to(q.scalar_type());
+  at::Tensor out = Attention(heads_first(q), heads_first(k), heads_first(v), m);
+  return out.transpose(1, 2).reshape({q.size(0), q.size(1), heads_ * head_dim_});
+}
+
+at::Tensor Ltx2Attention::ApplyGates(const at::Tensor& out, const at::Tensor& gate_logits) const {
+  // 2·sigmoid: zero logits leave the heads unchanged.
+  at::Tensor gates = 2.0 * at::sigmoid(gate_logits);  // [B, S, H]
+  at::Tensor per_head = out.view({out.size(0), out.size(1), heads_, head_dim_});
+  return (per_head * gates.unsqueeze(-1)).flatten(2, 3);
+}
+
+at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out) const { return to_out_(out); }
+
+at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context,
+                                  const at::Tensor& mask, const RopeTables* q_rope,
+                                  const RopeTables* k_rope,
+                                  const Perturbation& perturbation) const {
+  const at::Tensor& kv_in = context.defined() ? context : x;
+  at::Tensor gate_logits = gated_ ? GateLogits(x) : at::Tensor();
+  at::Tensor value = ProjectValue(kv_in);
+  at::Tensor out;
+  if (perturbation.active && perturbation.all_perturbed) {
+    out = value;  // STG: the values pass straight through
+  } else {
+    at::Tensor q = NormQuery(ProjectQuery(x));
+    at::Tensor k = NormKey(ProjectKey(kv_in));
+    if (q_rope != nullptr) {
+      q = Rotate(q, *q_rope);
+      k = Rotate(k, k_rope != nullptr ? *k_rope : *q_rope);
+    }
+    out = Attend(q, k, value, mask);
+    if (perturbation.active && perturbation.mask.defined()) {
+      out = at::lerp(value, out, perturbation.mask.to(out.scalar_type()));
+    }
+  }
+  if (gated_) out = ApplyGates(out, gate_logits);
+  return ProjectOut(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ltx2Block
+
+namespace {
+
+at::Tensor OptionalWeight(const WeightMap& weights, const std::string& name) {
+  auto it = weights.find(name);
+  return it == weights.end() ? at::Tensor() : it->second;
+}
+
+}  // namespace
+
+Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t index)
+    : attn1_(w, absl::StrCat("transformer_blocks.", index, ".attn1"), c.num_attention_heads,
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+      audio_attn1_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn1"),
+                   c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
+                   c.rope_type, c.norm_eps),
+      attn2_(w, absl::StrCat("transformer_blocks.", index, ".attn2"), c.num_attention_heads,
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+      audio_attn2_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn2"),
+                   c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
+                   c.rope_type, c.norm_eps),
+      // Both directions run at the audio width; the gate follows the query stream's flag.
+      a2v_(w, absl::StrCat("transformer_blocks.", index, ".audio_to_video_attn"),
+           c.audio_num_attention_heads, c.audio_attention_head_dim, c.gated_attn, c.rope_type,
+           c.norm_eps),
+      v2a_(w, absl::StrCat("transformer_blocks.", index, ".video_to_audio_attn"),
+           c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn, c.rope_type,
+           c.norm_eps),
+      prompt_modulation_(c.prompt_modulation()),
+      gelu_tanh_(c.activation_fn == "gelu-approximate"),
+      eps_(c.norm_eps) {
+  const std::string b = absl::StrCat("transformer_blocks.", index, ".");
+  auto stream = [&](const std::string& p, const char* norm_prefix, const char* ca_norm,
+                    bool adaln) {
+    Stream s;
+    s.table = Get(w, b + p + "scale_shift_table");
+    s.prompt_table = OptionalWeight(w, b + p + "prompt_scale_shift_table");
+    s.ca_table =
+        Get(w, b + (p.empty() ? std::string("video_") : p) + "a2v_cross_attn_scale_shift_table");
+    s.norm1 = OptionalWeight(w, b + norm_prefix + "norm1.weight");
+    s.norm2 = OptionalWeight(w, b + norm_prefix + "norm2.weight");
+    s.norm3 = OptionalWeight(w, b + norm_prefix + "norm3.weight");
+    s.ca_norm = OptionalWeight(w, b + ca_norm + ".weight");
+    s.ff_in = GetLinear(w, b + norm_prefix + "ff.net.0.proj");
+    s.ff_out = GetLinear(w, b + norm_prefix + "ff.net.2");
+    s.cross_attn_adaln = adaln;
+    return s;
+  };
+  video_ = stream("", "", "audio_to_video_norm", c.cross_attn_mod);
+  audio_ = stream("audio_", "audio_", "video_to_audio_norm", c.audio_cross_attn_mod);
+}
+
+at::Tensor Ltx2Block::Norm(const at::Tensor& x, const at::Tensor& weight) const {
+  return RmsNormOptionalWeight(x, weight, eps_);
+}
+
+void Ltx2Block::SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
+                              const Ltx2Attention& attn, const RopeTables& rope,
+                              const at::Tensor& mask, const Perturbation& stg) const {
+  // rows: 0 shift, 1 scale, 2 gate (msa).
+  at::Tensor normed = Norm(x, s.norm1) * (1 + rows[1]) + rows[0];
+  x = x + attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg) * rows[2];
+}
+
+void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
+                                   const std::vector<at::Tensor>& rows, const Ltx2Attention& attn,
+                                   const at::Tensor& context, const at::Tensor& temb_prompt,
+                                   const at::Tensor& mask) const {
+  at::Tensor kv = context;
+  if (prompt_modulation_) {  // prompt rows: 0 shift, 1 scale
+    std::vector<at::Tensor> prompt = ModulationRows(s.prompt_table, temb_prompt);
+    kv = context * (1 + prompt[1]) + prompt[0];
+  }
+  at::Tensor normed = Norm(x, s.norm2);
+  // rows 6..8: shift, scale, gate of the query (2.3).
+  if (s.cross_attn_adaln) normed = normed * (1 + rows[7]) + rows[6];
+  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr);
+  if (s.cross_attn_adaln) out = out * rows[8];
+  x = x + out;
+}
+
+void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
+                                         const Ltx2BlockContext& ctx) const {
+  if (ctx.isolate_modalities) return;
+  // Both directions read the streams as they were before either update.
+  at::Tensor nv = Norm(video, video_.ca_norm);
+  at::Tensor na = Norm(audio, audio_.ca_norm);
+  // Rows: 0 a2v scale, 1 a2v shift, 2 v2a scale, 3 v2a shift; row 4 is the gate.
+  std::vector<at::Tensor> v = ModulationRows(video_.ca_table.narrow(0, 0, 4), ctx.temb_ca_video);
+  std::vector<at::Tensor> a = ModulationRows(audio_.ca_table.narrow(0, 0, 4), ctx.temb_ca_audio);
+  at::Tensor a2v_gate = ModulationRows(video_.ca_table.narrow(0, 4, 1), ctx.temb_ca_video_gate)[0];
+  at::Tensor v2a_gate = ModulationRows(audio_.ca_table.narrow(0, 4, 1), ctx.temb_ca_audio_gate)[0];
+
+  at::Tensor a2v = a2v_.Forward(nv * (1 + v[0]) + v[1], na * (1 + a[0]) + a[1], at::Tensor(),
+                                &ctx.ca_video_rope, &ctx.ca_audio_rope);
+  at::Tensor v2a = v2a_.Forward(na * (1 + a[2]) + a[3], nv * (1 + v[2]) + v[3], at::Tensor(),
+                                &ctx.ca_audio_rope, &ctx.ca_video_rope);
+  video = video + a2v_gate * a2v;
+  audio = audio + v2a_gate * v2a;
+}
+
+void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s,
+                            const std::vector<at::Tensor>& rows) const {
+  // rows: 3 shift, 4 scale, 5 gate (mlp).
+  at::Tensor normed = Norm(x, s.norm3) * (1 + rows[4]) + rows[3];
+  at::Tensor h = s.ff_in(normed);
+  h = gelu_tanh_ ? at::gelu(h, "tanh") : at::gelu(h);
+  x = x + s.ff_out(h) * rows[5];
+}
+
+void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
+                        bool stg_block) const {
+  const std::vector<at::Tensor> v = ModulationRows(video_.table, ctx.temb);
+  const std::vector<at::Tensor> a = ModulationRows(audio_.table, ctx.temb_audio);
+  const Perturbation none;
+  const Perturbation& stg = stg_block ? ctx.stg : none;
+  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg);
+  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg);
+  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask);
+  TextCrossAttention(audio, audio_, a, audio_attn2_, ctx.audio_context, ctx.temb_prompt_audio,
+                     ctx.audio_context_mask);
+  AudioVideoCrossAttention(video, audio, ctx);
+  FeedForward(video, video_, v);
+  FeedForward(audio, audio_, a);
+}
+
+}  // namespace diffmesh::models::ltx2

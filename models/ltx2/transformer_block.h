@@ -1,0 +1,148 @@
+// Internals of Ltx2Transformer: one attention module (LTX2Attention) and one transformer block
+// (LTX2VideoTransformerBlock), over weights resolved once at construction. Each attention step
+// is its own method so that sequence-parallel (Ulysses: Attend) and tensor-parallel versions
+// (column-parallel projections, row-parallel ProjectOut, q/k norm statistics summed over ranks)
+// can replace single steps.
+#ifndef DIFFMESH_MODELS_LTX2_TRANSFORMER_BLOCK_H_
+#define DIFFMESH_MODELS_LTX2_TRANSFORMER_BLOCK_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/core/weights.h"
+#include "models/ltx2/rope.h"
+#include "models/ltx2/transformer.h"
+
+namespace diffmesh::models::ltx2 {
+
+// A linear layer's tensors; bias undefined when the layer has none.
+struct LinearWeights {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out]
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+LinearWeights GetLinear(const WeightMap& weights, const std::string& prefix);
+
+// Appends the parameters of an LTX2Attention named `prefix`.
+void AddAttentionParams(std::vector<ParamSpec>& specs, const std::string& prefix, int64_t query_dim,
+                        int64_t context_dim, int64_t heads, int64_t head_dim, bool bias,
+                        bool out_bias, bool gated);
+
+// x·rsqrt(mean(x²) + eps) in fp32 over the last dim, returned in x's dtype, then × weight when
+// defined (diffusers RMSNorm).
+at::Tensor RmsNormOptionalWeight(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// AdaLN rows: table [n, D] + temb [B, T, n·D] → n tensors [B, T, D]; an undefined temb gives
+// the table rows alone, [1, 1, D].
+std::vector<at::Tensor> ModulationRows(const at::Tensor& table, const at::Tensor& temb);
+
+// Spatio-temporal guidance of one self-attention call.
+struct Perturbation {
+  bool active = false;         // this block is an STG block
+  bool all_perturbed = false;  // every row perturbed: skip attention altogether
+  at::Tensor mask;             // [B, 1, 1]: 0 = value passthrough, 1 = attention
+};
+
+class Ltx2Attention {
+ public:
+  Ltx2Attention(const WeightMap& weights, const std::string& prefix, int64_t heads,
+                int64_t head_dim, bool gated, RopeType rope_type, double eps);
+
+  // x [B, Sq, Dq]; context [B, Sk, Dk] or undefined for self-attention; additive mask
+  // broadcastable to [B, heads, Sq, Sk] or undefined; q_rope/k_rope may be null (k_rope null
+  // → q_rope). Returns [B, Sq, Dq].
+  at::Tensor Forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& mask,
+                     const RopeTables* q_rope, const RopeTables* k_rope,
+                     const Perturbation& perturbation = {}) const;
+
+  // Steps. Rows are [B, S, heads·head_dim] unless stated.
+  at::Tensor GateLogits(const at::Tensor& x) const;  // [B, Sq, heads], from the query input
+  at::Tensor ProjectQuery(const at::Tensor& x) const;
+  at::Tensor ProjectKey(const at::Tensor& context) const;
+  at::Tensor ProjectValue(const at::Tensor& context) const;
+  at::Tensor NormQuery(const at::Tensor& q) const;  // RMSNorm across all heads
+  at::Tensor NormKey(const at::Tensor& k) const;
+  at::Tensor Rotate(const at::Tensor& x, const RopeTables& tables) const;
+  // Scaled dot-product attention per head, scale 1/sqrt(head_dim).
+  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& mask) const;
+  at::Tensor ApplyGates(const at::Tensor& out, const at::Tensor& gate_logits) const;
+  at::Tensor ProjectOut(const at::Tensor& out) const;  // [B, Sq, Dq]
+
+  int64_t heads() const { return heads_; }
+  int64_t head_dim() const { return head_dim_; }
+
+ private:
+  LinearWeights to_q_, to_k_, to_v_, to_out_, to_gate_logits_;
+  at::Tensor norm_q_, norm_k_;
+  int64_t heads_;
+  int64_t head_dim_;
+  bool gated_;
+  RopeType rope_type_;
+  double eps_;
+};
+
+// Everything the blocks share in one call; built by Ltx2Transformer::Forward.
+struct Ltx2BlockContext {
+  at::Tensor temb;               // [B, 1|Nv, (6|9)·D] video AdaLN
+  at::Tensor embedded_timestep;  // [B, 1|Nv, D] for the output modulation
+  at::Tensor temb_audio;         // [B, 1|Na, (6|9)·Da]
+  at::Tensor audio_embedded_timestep;
+  at::Tensor temb_ca_video;       // [B, *, 4·D] a2v/v2a scale/shift, video side
+  at::Tensor temb_ca_audio;       // [B, *, 4·Da]
+  at::Tensor temb_ca_video_gate;  // [B, *, D] a2v gate
+  at::Tensor temb_ca_audio_gate;  // [B, *, Da] v2a gate
+  at::Tensor temb_prompt;         // [B, 1, 2·D] or undefined (static table only)
+  at::Tensor temb_prompt_audio;   // [B, 1, 2·Da] or undefined
+  RopeTables video_rope, audio_rope, ca_video_rope, ca_audio_rope;
+  at::Tensor context;             // [B, T, cross_attention_dim] text for attn2
+  at::Tensor audio_context;       // [B, Ta, audio_cross_attention_dim]
+  at::Tensor context_mask;        // additive [B, 1, 1, T] or undefined
+  at::Tensor audio_context_mask;  // additive [B, 1, 1, Ta] or undefined
+  at::Tensor video_self_mask;     // additive [B, 1, Nv, Nv] or undefined
+  Perturbation stg;               // applied in the STG blocks
+  bool isolate_modalities = false;
+};
+
+class Ltx2Block {
+ public:
+  Ltx2Block(const WeightMap& weights, const Ltx2TransformerConfig& config, int64_t index);
+
+  // Updates both streams: video [B, Nv, D], audio [B, Na, Da].
+  void Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
+               bool stg_block) const;
+
+ private:
+  // One stream's weights and switches.
+  struct Stream {
+    at::Tensor table;         // [6|9, D]
+    at::Tensor prompt_table;  // [2, D] or undefined
+    at::Tensor ca_table;      // [5, D]: a2v scale, a2v shift, v2a scale, v2a shift, gate
+    at::Tensor norm1, norm2, norm3, ca_norm;  // RMSNorm weights or undefined
+    LinearWeights ff_in, ff_out;
+    bool cross_attn_adaln = false;
+  };
+  void SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
+                     const Ltx2Attention& attn, const RopeTables& rope, const at::Tensor& mask,
+                     const Perturbation& stg) const;
+  void TextCrossAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
+                          const Ltx2Attention& attn, const at::Tensor& context,
+                          const at::Tensor& temb_prompt, const at::Tensor& mask) const;
+  void AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
+                                const Ltx2BlockContext& ctx) const;
+  void FeedForward(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows) const;
+  at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight) const;
+
+  Stream video_, audio_;
+  Ltx2Attention attn1_, audio_attn1_, attn2_, audio_attn2_, a2v_, v2a_;
+  bool prompt_modulation_;
+  bool gelu_tanh_;
+  double eps_;
+};
+
+}  // namespace diffmesh::models::ltx2
+
+#endif  // DIFFMESH_MODELS_LTX2_TRANSFORMER_BLOCK_H_
