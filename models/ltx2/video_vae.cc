@@ -509,6 +509,38 @@ at::Tensor Ltx2VideoDecoder::TemporalTiled(const at::Tensor& z, const at::Tensor
   return at::cat(pieces, 2).slice(2, 0, sample_frames);
 }
 
+at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb,
+                                                  bool causal) const {
+  const VideoVaeTiling& t = tiling_;
+  const int64_t rt = config_.temporal_compression_ratio;
+  const int64_t frames = z.size(2);
+  const int64_t tile_f = t.tile_sample_min_num_frames / rt;
+  const int64_t stride_f = t.tile_sample_stride_num_frames / rt;
+  const int64_t blend = t.tile_sample_min_num_frames - t.tile_sample_stride_num_frames;
+  // Latent frame s starts at output frame s·rt; a tile of latents [s, e) gives frames
+  // [s·rt, (e−1)·rt] and overwrites what earlier tiles wrote there, ramping in over its first
+  // `blend` frames. Only the output and one tile are alive at a time.
+  at::Tensor out;
+  int64_t written = 0;  // frames [0, written) hold earlier tiles
+  for (int64_t s = 0; s < frames; s += stride_f) {
+    at::Tensor tile = SpatialOrWhole(z.slice(2, s, s + tile_f + 1), temb, causal);
+    if (!out.defined()) {
+      std::vector<int64_t> shape = tile.sizes().vec();
+      shape[2] = (frames - 1) * rt + 1;
+      out = at::empty(shape, tile.options());
+    }
+    const int64_t start = s * rt;
+    // Tile frame y pairs with output frame start + y over the ramp.
+    const int64_t ramp = std::min<int64_t>({blend, std::max<int64_t>(0, written - start),
+                                            tile.size(2)});
+    Blend(out.narrow(2, start, ramp), tile, 2, ramp);
+    out.narrow(2, start, tile.size(2)).copy_(tile);
+    written = start + tile.size(2);
+    if (s + tile_f + 1 >= frames) break;  // this tile reached the last latent frame
+  }
+  return out;
+}
+
 at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
                                     const std::optional<at::Tensor>& timestep,
                                     std::optional<bool> causal) const {
@@ -531,7 +563,10 @@ at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
   }
   const bool is_causal = causal.value_or(false) || config_.decoder_causal;
   const int64_t tile_f = tiling_.tile_sample_min_num_frames / config_.temporal_compression_ratio;
-  if (tiling_.temporal && z.size(2) > tile_f) return TemporalTiled(z, temb, is_causal);
+  if (tiling_.temporal && z.size(2) > tile_f) {
+    return tiling_.align_temporal_tiles ? TemporalTiledAligned(z, temb, is_causal)
+                                        : TemporalTiled(z, temb, is_causal);
+  }
   return SpatialOrWhole(z, temb, is_causal);
 }
 

@@ -77,6 +77,12 @@ struct VideoVaeTiling {
   int64_t tile_sample_stride_height = 448;
   int64_t tile_sample_stride_width = 448;
   int64_t tile_sample_stride_num_frames = 8;
+  // false: the reference's temporal bookkeeping, bit for bit. It blends the second tile one
+  // frame off against the first (the first tile keeps its extra frame), so from the second tile
+  // on every frame is one frame late and the clip's last frame is lost. true: every tile is
+  // placed at its own frame offset and blended over the same ramp, so a decoder without
+  // temporal context would give exactly the untiled frames.
+  bool align_temporal_tiles = false;
 };
 
 class Ltx2VideoDecoder {
@@ -127,6 +133,7 @@ class Ltx2VideoDecoder {
   at::Tensor Network(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
   at::Tensor SpatialTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
   at::Tensor TemporalTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
+  at::Tensor TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
   // Spatial tiling when enabled and the tile is larger than one spatial tile, else Network.
   at::Tensor SpatialOrWhole(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
 

@@ -204,10 +204,73 @@ TEST(VideoVaeTest, TemporalTilingShapesAndCoverage) {
   EXPECT_TRUE(tiled.isfinite().all().item<bool>());
   EXPECT_FALSE(at::equal(tiled, whole));
   std::cout << "seeded tiled vs untiled relative error " << RelativeError(tiled, whole) << "\n";
+  tiling.align_temporal_tiles = true;
+  (*vae)->set_tiling(tiling);
+  at::Tensor aligned = (*vae)->Decode(z);
+  ASSERT_EQ(aligned.sizes(), whole.sizes());
+  std::cout << "seeded aligned tiled vs untiled relative error " << RelativeError(aligned, whole)
+            << "\n";
+  // Frames before the first seam come from the first tile only, in both modes.
+  EXPECT_TRUE(at::equal(aligned.slice(2, 0, tiling.tile_sample_stride_num_frames),
+                        tiled.slice(2, 0, tiling.tile_sample_stride_num_frames)));
   // A tiling that covers the whole clip is the untiled decode.
   tiling.tile_sample_min_num_frames = 8 * 16;
+  for (bool align : {false, true}) {
+    tiling.align_temporal_tiles = align;
+    (*vae)->set_tiling(tiling);
+    EXPECT_TRUE(at::equal((*vae)->Decode(z), whole)) << align;
+  }
+}
+
+// With every convolution's outer temporal taps zeroed the decoder has no temporal context, so
+// tiling can only move frames, not change them. The reference's bookkeeping: the first tile's
+// S+1 frames exact, then S frames blending frame n with n−1, then every frame one late.
+// The aligned mode reproduces the untiled decode.
+TEST(VideoVaeTest, TemporalTileBookkeepingWithoutTemporalContext) {
+  auto config = VideoVaeConfig::FromFile(FixturePath("ltx2-ref-a/v23/vae/config.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  WeightMap w = InitSeeded(Ltx2VideoDecoder::Params(*config), 21);
+  for (auto& [name, t] : w) {
+    if (t.dim() == 5 && t.size(2) == 3) {
+      t.select(2, 0).zero_();
+      t.select(2, 2).zero_();
+    }
+  }
+  // Equal frames up to float round-off (convolutions over different lengths).
+  constexpr double kSameFrames = 1e-5;
+  auto vae = Ltx2VideoDecoder::Create(*config, w);
+  ASSERT_TRUE(vae.ok()) << vae.status();
+  VideoVaeTiling tiling;
+  tiling.temporal = true;
+  const int64_t rt = config->temporal_compression_ratio;
+  const int64_t tile_latents = tiling.tile_sample_min_num_frames / rt;
+  const int64_t s = tiling.tile_sample_stride_num_frames;
+  auto gen = at::detail::createCPUGenerator(8);
+  // Enough latent frames for at least four tiles.
+  at::Tensor z = at::normal(0.0, 1.0, {1, config->latent_channels, tile_latents * 4 + 1, 2, 3},
+                            gen, at::TensorOptions());
+  at::Tensor whole = (*vae)->Decode(z);
   (*vae)->set_tiling(tiling);
-  EXPECT_TRUE(at::equal((*vae)->Decode(z), whole));
+  at::Tensor tiled = (*vae)->Decode(z);
+  ASSERT_EQ(tiled.sizes(), whole.sizes());
+  const int64_t n = whole.size(2);
+  EXPECT_LE(RelativeError(tiled.slice(2, 0, s + 1), whole.slice(2, 0, s + 1)), kSameFrames);
+  for (int64_t x = 0; x < s; ++x) {
+    const double wb = static_cast<double>(x) / s;
+    at::Tensor expected = whole.select(2, s + 1 + x) * (1 - wb) + whole.select(2, s + x) * wb;
+    EXPECT_LE(RelativeError(tiled.select(2, s + 1 + x), expected), kSameFrames) << x;
+  }
+  EXPECT_LE(RelativeError(tiled.slice(2, 2 * s + 1), whole.slice(2, 2 * s, n - 1)), kSameFrames);
+  const double late = RelativeError(tiled.slice(2, 2 * s + 1), whole.slice(2, 2 * s + 1));
+  std::cout << "reference tiling vs untiled, same frame indices after the second tile: " << late
+            << "\n";
+  EXPECT_GT(late, 1e-2);
+
+  tiling.align_temporal_tiles = true;
+  (*vae)->set_tiling(tiling);
+  const double aligned = RelativeError((*vae)->Decode(z), whole);
+  std::cout << "aligned temporal tiling vs untiled " << aligned << "\n";
+  EXPECT_LE(aligned, kSameFrames);
 }
 
 TEST(VideoVaeTest, ConfigRejectsUnsupported) {
