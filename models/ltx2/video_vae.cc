@@ -582,4 +582,15 @@ at::Tensor Ltx2VideoDecoder::NormalizeLatents(const at::Tensor& latents) const {
   return (latents - mean) * config_.scaling_factor / std;
 }
 
+at::Tensor VideoToUnitFrames(const at::Tensor& video) {
+  TORCH_CHECK(video.dim() == 5, "VideoToUnitFrames: expected [B, C, F, H, W], got ", video.sizes());
+  return (video * 0.5 + 0.5).clamp(0, 1).permute({0, 2, 1, 3, 4});
+}
+
+at::Tensor VideoToUint8Frames(const at::Tensor& video) {
+  // "np" output is float32 [B, F, H, W, C]; numpy's round is half to even like at::round.
+  at::Tensor x = VideoToUnitFrames(video).to(at::kCPU, at::kFloat).permute({0, 1, 3, 4, 2});
+  return (x * 255).round().to(at::kByte).contiguous();
+}
+
 }  // namespace diffmesh::models::ltx2

@@ -153,6 +153,14 @@ class Ltx2VideoDecoder {
   VideoVaeTiling tiling_;
 };
 
+// VideoProcessor.postprocess_video(output_type="pt"): (x·0.5 + 0.5).clamp(0, 1) with frames
+// first. video [B, C, F, H, W] (any float dtype and device) → [B, F, C, H, W], same dtype.
+at::Tensor VideoToUnitFrames(const at::Tensor& video);
+
+// What diffusers' export (encode_video) writes: the "np" frames ×255, rounded half to even.
+// video [B, C, F, H, W] → uint8 [B, F, H, W, C] on the CPU.
+at::Tensor VideoToUint8Frames(const at::Tensor& video);
+
 }  // namespace diffmesh::models::ltx2
 
 #endif  // DIFFMESH_MODELS_LTX2_VIDEO_VAE_H_

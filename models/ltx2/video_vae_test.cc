@@ -95,9 +95,23 @@ TEST_P(VideoVaeFixtureTest, DenormalizeAndDecodeMatchPipeline) {
   IoFile io = OpenIo(Dir() + "/pipeline_io.safetensors");
   at::Tensor z = io.Get("vae_decode.in.z");
   at::Tensor expected = io.Get("vae_decode.out");
-  const double err = RelativeError((*vae)->Decode(z), expected);
+  at::Tensor video = (*vae)->Decode(z);
+  const double err = RelativeError(video, expected);
   std::cout << GetParam() << " pipeline vae decode relative error " << err << "\n";
   EXPECT_LE(err, kTolerance);
+  // The pipeline's frames [B, F, 3, H, W] in [0, 1] (the fixture allows 1e-3 end to end).
+  at::Tensor frames = VideoToUnitFrames(video);
+  at::Tensor expected_frames = io.Get("out.video");
+  ASSERT_EQ(frames.sizes(), expected_frames.sizes());
+  const double frames_err = RelativeError(frames, expected_frames);
+  std::cout << GetParam() << " pipeline out.video relative error " << frames_err << "\n";
+  EXPECT_LE(frames_err, kTolerance);
+  at::Tensor bytes = VideoToUint8Frames(video);
+  EXPECT_EQ(bytes.sizes(), (std::vector<int64_t>{frames.size(0), frames.size(1), frames.size(3),
+                                                 frames.size(4), frames.size(2)}));
+  EXPECT_LE((bytes.to(at::kFloat) - expected_frames.permute({0, 1, 3, 4, 2}) * 255).abs().max()
+                .item<float>(),
+            0.5f + 1e-3f);
   // Normalise ∘ denormalise is the identity and uses the scaling factor.
   at::Tensor x = at::randn(z.sizes());
   EXPECT_LE(RelativeError((*vae)->NormalizeLatents((*vae)->DenormalizeLatents(x)), x), 1e-6);
