@@ -46,9 +46,7 @@ at::Tensor BinomialKernel() {
 }
 
 // [B, C, F, H, W] ↔ [B·F, C, H, W].
-at::Tensor FramesToBatch(const at::Tensor& x) {
-  return x.permute({0, 2, 1, 3, 4}).flatten(0, 1);
-}
+at::Tensor FramesToBatch(const at::Tensor& x) { return x.permute({0, 2, 1, 3, 4}).flatten(0, 1); }
 at::Tensor BatchToFrames(const at::Tensor& x, int64_t batch) {
   return x.unflatten(0, {batch, -1}).permute({0, 2, 1, 3, 4});
 }
@@ -132,8 +130,8 @@ std::vector<ParamSpec> Ltx2LatentUpsampler::Params(const LatentUpsamplerConfig& 
       } else if (c.use_rational_resampler) {
         const int64_t num = c.Rational().first;
         AddConv(specs, "upsampler.conv", mid, num * num * mid, 2);
-        specs.push_back({"upsampler.blur_down.kernel", {1, 1, kBlurKernel, kBlurKernel},
-                         Init::kOnes, 0.0f});
+        specs.push_back(
+            {"upsampler.blur_down.kernel", {1, 1, kBlurKernel, kBlurKernel}, Init::kOnes, 0.0f});
       } else {
         AddConv(specs, "upsampler.0", mid, 4 * mid, 2);
       }
@@ -146,16 +144,18 @@ std::vector<ParamSpec> Ltx2LatentUpsampler::Params(const LatentUpsamplerConfig& 
 absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> Ltx2LatentUpsampler::Create(
     const LatentUpsamplerConfig& config, WeightMap weights) {
   RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
-  return std::unique_ptr<Ltx2LatentUpsampler>(
-      new Ltx2LatentUpsampler(config, std::move(weights)));
+  return std::unique_ptr<Ltx2LatentUpsampler>(new Ltx2LatentUpsampler(config, std::move(weights)));
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> Ltx2LatentUpsampler::Load(
-    const std::string& component_dir, at::ScalarType dtype) {
+    const std::string& component_dir, at::ScalarType dtype, at::Device device) {
   ASSIGN_OR_RETURN(LatentUpsamplerConfig config,
                    LatentUpsamplerConfig::FromFile(component_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(component_dir));
   ASSIGN_OR_RETURN(WeightMap weights, LoadWeights(*checkpoint, Params(config), dtype));
+  if (device != at::Device(at::kCPU)) {
+    for (auto& [name, t] : weights) t = t.to(device);
+  }
   return Create(config, std::move(weights));
 }
 
@@ -251,9 +251,8 @@ absl::StatusOr<VideoLatentStatistics> VideoLatentStatistics::Load(const std::str
     *out = ToTensor(*v).to(at::kFloat);
   }
   if (s.mean.numel() != s.std.numel()) {
-    return absl::InvalidArgumentError(absl::StrCat(vae_dir, ": latents_mean has ",
-                                                   s.mean.numel(), " entries, latents_std ",
-                                                   s.std.numel()));
+    return absl::InvalidArgumentError(absl::StrCat(vae_dir, ": latents_mean has ", s.mean.numel(),
+                                                   " entries, latents_std ", s.std.numel()));
   }
   return s;
 }

@@ -56,9 +56,11 @@ class Ltx2LatentUpsampler {
   static std::vector<ParamSpec> Params(const LatentUpsamplerConfig& config);
   static absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> Create(
       const LatentUpsamplerConfig& config, WeightMap weights);
-  // `component_dir`/config.json + the checkpoint beside it, weights converted to `dtype`.
+  // `component_dir`/config.json + the checkpoint beside it, weights converted to `dtype` and
+  // placed on `device`.
   static absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> Load(
-      const std::string& component_dir, at::ScalarType dtype = at::kFloat);
+      const std::string& component_dir, at::ScalarType dtype = at::kFloat,
+      at::Device device = at::kCPU);
   static absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> CreateSeeded(
       const LatentUpsamplerConfig& config, uint64_t seed);
 

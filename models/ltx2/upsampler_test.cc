@@ -83,6 +83,14 @@ TEST_P(UpsamplerFixtureTest, ForwardMatchesReferenceStageByStage) {
     std::cout << GetParam() << " " << name << " relative error " << err << "\n";
     EXPECT_LE(err, kTolerance) << name;
   }
+  // The serving dtype stays near the fp32 reference.
+  auto bf16 = Ltx2LatentUpsampler::Load(ModelDir(), at::kBFloat16);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  at::Tensor low = (*bf16)->Forward(io.Get("latents_raw"));
+  EXPECT_EQ(low.scalar_type(), at::kBFloat16);
+  const double low_err = RelativeError(low, io.Get("forward.out"));
+  std::cout << GetParam() << " forward.out relative error in bf16 " << low_err << "\n";
+  EXPECT_LE(low_err, 5e-2);
 }
 
 TEST_P(UpsamplerFixtureTest, PipelineMatchesReference) {
@@ -105,20 +113,20 @@ TEST_P(UpsamplerFixtureTest, PipelineMatchesReference) {
   at::Tensor upsampled = (*model)->Forward(denormalized);
   at::Tensor adain = AdainFilterLatents(upsampled, denormalized, options.adain_factor);
   at::Tensor out = UpsampleVideoLatents(**model, *stats, in, options);
-  for (const auto& [name, got] : std::vector<std::pair<std::string, at::Tensor>>{
-           {"pipeline.denormalized", denormalized},
-           {"pipeline.upsampled", upsampled},
-           {"pipeline.after_adain", adain},
-           {"pipeline.out_latent", out}}) {
+  for (const auto& [name, got] :
+       std::vector<std::pair<std::string, at::Tensor>>{{"pipeline.denormalized", denormalized},
+                                                       {"pipeline.upsampled", upsampled},
+                                                       {"pipeline.after_adain", adain},
+                                                       {"pipeline.out_latent", out}}) {
     at::Tensor expected = io.Get(name);
     ASSERT_EQ(got.sizes(), expected.sizes()) << name;
     const double err = RelativeError(got, expected);
     std::cout << GetParam() << " " << name << " relative error " << err << "\n";
     EXPECT_LE(err, kTolerance) << name;
   }
-  EXPECT_LE(RelativeError(ToneMapLatents(io.Get("pipeline.after_adain"),
-                                         options.tone_map_compression_ratio),
-                          io.Get("pipeline.out_latent")),
+  EXPECT_LE(RelativeError(
+                ToneMapLatents(io.Get("pipeline.after_adain"), options.tone_map_compression_ratio),
+                io.Get("pipeline.out_latent")),
             kTolerance);
   // Raw latents without AdaIN / tone mapping are the plain forward.
   LatentUpsampleOptions raw;
@@ -142,7 +150,8 @@ TEST(UpsamplerTest, PipelineVideoMatchesReference) {
   options.adain_factor = io.CallArgument("call_pipeline", "adain_factor");
   options.tone_map_compression_ratio =
       io.CallArgument("call_pipeline", "tone_map_compression_ratio");
-  at::Tensor latents = UpsampleVideoLatents(**model, *stats, io.Get("pipeline.latents_in"), options);
+  at::Tensor latents =
+      UpsampleVideoLatents(**model, *stats, io.Get("pipeline.latents_in"), options);
   at::Tensor video = ((*vae)->Decode(latents) / 2 + 0.5).clamp(0, 1).permute({0, 2, 1, 3, 4});
   at::Tensor expected = io.Get("pipeline.video_pt");
   ASSERT_EQ(video.sizes(), expected.sizes());

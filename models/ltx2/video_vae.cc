@@ -30,9 +30,8 @@ absl::Status ReadBoolOrList(const nlohmann::json& json, const char* key, size_t 
     out.assign(count, it->get<bool>());
     return absl::OkStatus();
   }
-  if (it->is_array() && std::all_of(it->begin(), it->end(), [](const auto& v) {
-        return v.is_boolean();
-      })) {
+  if (it->is_array() &&
+      std::all_of(it->begin(), it->end(), [](const auto& v) { return v.is_boolean(); })) {
     out.clear();
     for (const auto& v : *it) out.push_back(v.get<bool>());
     return absl::OkStatus();
@@ -190,7 +189,11 @@ absl::StatusOr<VideoVaeConfig> VideoVaeConfig::FromJson(const nlohmann::json& js
   c.temporal_compression_ratio = c.patch_size_t << scalings;
   RETURN_IF_ERROR(ReadField(json, "spatial_compression_ratio", c.spatial_compression_ratio));
   RETURN_IF_ERROR(ReadField(json, "temporal_compression_ratio", c.temporal_compression_ratio));
+  RETURN_IF_ERROR(Validate(c));
+  return c;
+}
 
+absl::Status VideoVaeConfig::Validate(const VideoVaeConfig& c) {
   const size_t n = c.decoder_block_out_channels.size();
   auto bad = [](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat("video vae config: ", what));
@@ -257,7 +260,7 @@ absl::StatusOr<VideoVaeConfig> VideoVaeConfig::FromJson(const nlohmann::json& js
       }
     }
   }
-  return c;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<VideoVaeConfig> VideoVaeConfig::FromFile(const std::string& path) {
@@ -321,11 +324,14 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> Ltx2VideoDecoder::Create(
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> Ltx2VideoDecoder::Load(
-    const std::string& component_dir, at::ScalarType dtype) {
+    const std::string& component_dir, at::ScalarType dtype, at::Device device) {
   ASSIGN_OR_RETURN(VideoVaeConfig config, VideoVaeConfig::FromFile(component_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(component_dir));
   ASSIGN_OR_RETURN(WeightMap weights,
                    LoadWeights(*checkpoint, Params(config), dtype, {"encoder."}));
+  if (device != at::Device(at::kCPU)) {
+    for (auto& [name, t] : weights) t = t.to(device);
+  }
   return Create(config, std::move(weights));
 }
 
@@ -376,9 +382,10 @@ at::Tensor Ltx2VideoDecoder::Resnet(const at::Tensor& x, const std::string& pref
   at::Tensor shortcut = x;
   if (weights_.count(prefix + ".conv_shortcut.weight") != 0) {
     // LayerNorm over channels, then a plain 1×1×1 Conv3d.
-    shortcut = at::layer_norm(x.movedim(1, -1), {x.size(1)}, Get(weights_, prefix + ".norm3.weight"),
-                              Get(weights_, prefix + ".norm3.bias"), config_.resnet_norm_eps)
-                   .movedim(-1, 1);
+    shortcut =
+        at::layer_norm(x.movedim(1, -1), {x.size(1)}, Get(weights_, prefix + ".norm3.weight"),
+                       Get(weights_, prefix + ".norm3.bias"), config_.resnet_norm_eps)
+            .movedim(-1, 1);
     shortcut = at::conv3d(shortcut, Get(weights_, prefix + ".conv_shortcut.weight"),
                           Get(weights_, prefix + ".conv_shortcut.bias"));
   }
@@ -459,8 +466,8 @@ at::Tensor Ltx2VideoDecoder::SpatialTiled(const at::Tensor& z, const at::Tensor&
       at::Tensor tile = Network(z.slice(3, i, i + tile_h).slice(4, j, j + tile_w), temb, causal);
       if (!above.empty()) Blend(above[col], tile, 3, blend_h);
       if (!row.empty()) Blend(row.back(), tile, 4, blend_w);
-      crops.push_back(tile.slice(3, 0, t.tile_sample_stride_height)
-                          .slice(4, 0, t.tile_sample_stride_width));
+      crops.push_back(
+          tile.slice(3, 0, t.tile_sample_stride_height).slice(4, 0, t.tile_sample_stride_width));
       row.push_back(tile);
     }
     rows.push_back(at::cat(crops, 4));
@@ -531,8 +538,8 @@ at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at:
     }
     const int64_t start = s * rt;
     // Tile frame y pairs with output frame start + y over the ramp.
-    const int64_t ramp = std::min<int64_t>({blend, std::max<int64_t>(0, written - start),
-                                            tile.size(2)});
+    const int64_t ramp =
+        std::min<int64_t>({blend, std::max<int64_t>(0, written - start), tile.size(2)});
     Blend(out.narrow(2, start, ramp), tile, 2, ramp);
     out.narrow(2, start, tile.size(2)).copy_(tile);
     written = start + tile.size(2);
@@ -571,13 +578,15 @@ at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
 }
 
 at::Tensor Ltx2VideoDecoder::DenormalizeLatents(const at::Tensor& latents) const {
-  at::Tensor mean = latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  at::Tensor mean =
+      latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
   at::Tensor std = latents_std_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
   return latents * std / config_.scaling_factor + mean;
 }
 
 at::Tensor Ltx2VideoDecoder::NormalizeLatents(const at::Tensor& latents) const {
-  at::Tensor mean = latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  at::Tensor mean =
+      latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
   at::Tensor std = latents_std_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
   return (latents - mean) * config_.scaling_factor / std;
 }

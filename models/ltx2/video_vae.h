@@ -59,6 +59,8 @@ struct VideoVaeConfig {
   // are errors naming the field.
   static absl::StatusOr<VideoVaeConfig> FromJson(const nlohmann::json& json);
   static absl::StatusOr<VideoVaeConfig> FromFile(const std::string& path);
+  // The checks FromJson applies, for configs built in code.
+  static absl::Status Validate(const VideoVaeConfig& config);
 
   // Number of up blocks (= decoder_block_out_channels.size()).
   int64_t NumUpBlocks() const { return static_cast<int64_t>(decoder_block_out_channels.size()); }
@@ -95,9 +97,10 @@ class Ltx2VideoDecoder {
   static absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> Create(const VideoVaeConfig& config,
                                                                   WeightMap weights);
   // Reads `component_dir`/config.json and the checkpoint beside it; floating-point weights are
-  // converted to `dtype`.
+  // converted to `dtype` and placed on `device`.
   static absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> Load(const std::string& component_dir,
-                                                                at::ScalarType dtype = at::kFloat);
+                                                                at::ScalarType dtype = at::kFloat,
+                                                                at::Device device = at::kCPU);
   // Seeded weights (InitSeeded) for tests and benchmarks; latents_mean 0, latents_std 1.
   static absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> CreateSeeded(
       const VideoVaeConfig& config, uint64_t seed);

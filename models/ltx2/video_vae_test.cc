@@ -85,6 +85,15 @@ TEST_P(VideoVaeFixtureTest, DecodeMatchesReference) {
   const double err = RelativeError(video, expected);
   std::cout << GetParam() << " video vae decode relative error " << err << "\n";
   EXPECT_LE(err, kTolerance);
+
+  // The serving dtype: bf16 weights and activations stay near the fp32 reference.
+  auto bf16 = Ltx2VideoDecoder::Load(Dir() + "/vae", at::kBFloat16);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  at::Tensor low = (*bf16)->Decode(z);
+  EXPECT_EQ(low.scalar_type(), at::kBFloat16);
+  const double low_err = RelativeError(low, expected);
+  std::cout << GetParam() << " video vae decode relative error in bf16 " << low_err << "\n";
+  EXPECT_LE(low_err, 5e-2);
 }
 
 // The pipeline's final step: its recorded final latents are denormalised with the VAE buffers,
@@ -109,7 +118,9 @@ TEST_P(VideoVaeFixtureTest, DenormalizeAndDecodeMatchPipeline) {
   at::Tensor bytes = VideoToUint8Frames(video);
   EXPECT_EQ(bytes.sizes(), (std::vector<int64_t>{frames.size(0), frames.size(1), frames.size(3),
                                                  frames.size(4), frames.size(2)}));
-  EXPECT_LE((bytes.to(at::kFloat) - expected_frames.permute({0, 1, 3, 4, 2}) * 255).abs().max()
+  EXPECT_LE((bytes.to(at::kFloat) - expected_frames.permute({0, 1, 3, 4, 2}) * 255)
+                .abs()
+                .max()
                 .item<float>(),
             0.5f + 1e-3f);
   // Normalise ∘ denormalise is the identity and uses the scaling factor.
@@ -117,10 +128,10 @@ TEST_P(VideoVaeFixtureTest, DenormalizeAndDecodeMatchPipeline) {
   EXPECT_LE(RelativeError((*vae)->NormalizeLatents((*vae)->DenormalizeLatents(x)), x), 1e-6);
   at::Tensor d = (*vae)->DenormalizeLatents(x);
   const double s = (*vae)->config().scaling_factor;
-  EXPECT_LE(RelativeError(d.select(1, 0),
-                          x.select(1, 0) * (*vae)->latents_std()[0].item<double>() / s +
-                              (*vae)->latents_mean()[0].item<double>()),
-            1e-6);
+  EXPECT_LE(
+      RelativeError(d.select(1, 0), x.select(1, 0) * (*vae)->latents_std()[0].item<double>() / s +
+                                        (*vae)->latents_mean()[0].item<double>()),
+      1e-6);
 }
 
 // Tiled decoding against the reference's own tiled decodes of a latent longer than one
@@ -159,8 +170,8 @@ TEST_P(VideoVaeFixtureTest, TiledDecodeMatchesReference) {
     const double err = RelativeError(video, expected);
     const double gap = RelativeError(video, untiled);
     std::cout << GetParam() << " " << name << ": relative error vs reference tiled " << err
-              << "; tiled vs untiled " << gap << " (reference's own: "
-              << reference_gap.at(name).get<double>() << ")\n";
+              << "; tiled vs untiled " << gap
+              << " (reference's own: " << reference_gap.at(name).get<double>() << ")\n";
     EXPECT_LE(err, kTolerance) << name;
     EXPECT_NEAR(gap, reference_gap.at(name).get<double>(), 1e-3) << name;
   }
@@ -175,9 +186,8 @@ TEST(VideoVaeTest, TimestepConditionedDecodeMatchesReference) {
   IoFile io = OpenIo(TestdataPath("vae_tcond_io.safetensors"));
   at::Tensor z = io.Get("in.z");
   at::Tensor temb = io.Get("in.temb");
-  for (const auto& [name, causal] :
-       std::vector<std::pair<std::string, bool>>{{"out.sample", false},
-                                                 {"out.sample_causal", true}}) {
+  for (const auto& [name, causal] : std::vector<std::pair<std::string, bool>>{
+           {"out.sample", false}, {"out.sample_causal", true}}) {
     at::Tensor expected = io.Get(name);
     at::Tensor video = (*vae)->Decode(z, temb, causal);
     ASSERT_EQ(video.sizes(), expected.sizes());
@@ -261,8 +271,8 @@ TEST(VideoVaeTest, TemporalTileBookkeepingWithoutTemporalContext) {
   const int64_t s = tiling.tile_sample_stride_num_frames;
   auto gen = at::detail::createCPUGenerator(8);
   // Enough latent frames for at least four tiles.
-  at::Tensor z = at::normal(0.0, 1.0, {1, config->latent_channels, tile_latents * 4 + 1, 2, 3},
-                            gen, at::TensorOptions());
+  at::Tensor z = at::normal(0.0, 1.0, {1, config->latent_channels, tile_latents * 4 + 1, 2, 3}, gen,
+                            at::TensorOptions());
   at::Tensor whole = (*vae)->Decode(z);
   (*vae)->set_tiling(tiling);
   at::Tensor tiled = (*vae)->Decode(z);
@@ -290,7 +300,8 @@ TEST(VideoVaeTest, TemporalTileBookkeepingWithoutTemporalContext) {
 TEST(VideoVaeTest, ConfigRejectsUnsupported) {
   auto noise = nlohmann::json::parse(R"({"decoder_inject_noise": true})");
   EXPECT_EQ(VideoVaeConfig::FromJson(noise).status().code(), absl::StatusCode::kUnimplemented);
-  auto type = nlohmann::json::parse(R"({"upsample_type": ["spatiotemporal", "sideways", "spatial"]})");
+  auto type =
+      nlohmann::json::parse(R"({"upsample_type": ["spatiotemporal", "sideways", "spatial"]})");
   EXPECT_EQ(VideoVaeConfig::FromJson(type).status().code(), absl::StatusCode::kUnimplemented);
   auto pad = nlohmann::json::parse(R"({"decoder_spatial_padding_mode": "mirror"})");
   EXPECT_EQ(VideoVaeConfig::FromJson(pad).status().code(), absl::StatusCode::kInvalidArgument);
