@@ -454,6 +454,10 @@ at::Tensor Ltx2VideoDecoder::SpatialTiled(const at::Tensor& z, const at::Tensor&
   const int64_t tile_h = t.tile_sample_min_height / r, tile_w = t.tile_sample_min_width / r;
   const int64_t stride_h = t.tile_sample_stride_height / r;
   const int64_t stride_w = t.tile_sample_stride_width / r;
+  TORCH_CHECK(stride_h >= 1 && stride_w >= 1 && tile_h >= stride_h && tile_w >= stride_w,
+              "spatial tiling: tiles of ", t.tile_sample_min_height, "x", t.tile_sample_min_width,
+              " px every ", t.tile_sample_stride_height, "x", t.tile_sample_stride_width,
+              " px must step at least one latent (", r, " px) and overlap");
   const int64_t blend_h = t.tile_sample_min_height - t.tile_sample_stride_height;
   const int64_t blend_w = t.tile_sample_min_width - t.tile_sample_stride_width;
   // Tiles are decoded and blended row by row with the already blended tile above and to the
@@ -495,25 +499,41 @@ at::Tensor Ltx2VideoDecoder::TemporalTiled(const at::Tensor& z, const at::Tensor
   const int64_t tile_f = t.tile_sample_min_num_frames / rt;
   const int64_t stride_f = t.tile_sample_stride_num_frames / rt;
   const int64_t blend = t.tile_sample_min_num_frames - t.tile_sample_stride_num_frames;
+  TORCH_CHECK(stride_f >= 1 && tile_f >= stride_f, "temporal tiling: tiles of ",
+              t.tile_sample_min_num_frames, " frames every ", t.tile_sample_stride_num_frames,
+              " must step at least one latent frame (", rt, ") and overlap");
   // Each tile reads tile_f + 1 latent frames; later tiles lose their last decoded frame and are
   // blended over the previous (already blended) tile, whose first tile keeps all its frames.
   // This is the reference's bookkeeping exactly, including that the second tile is blended one
   // frame off against the first (the first tile is not trimmed), so its output is a frame
   // behind the untiled decode from the second tile on.
-  std::vector<at::Tensor> pieces;
+  // Pieces are copied into the output as they come, so only the output, the previous tile and
+  // the current one are alive.
+  at::Tensor out;
+  int64_t written = 0;
   at::Tensor previous;
-  for (int64_t i = 0; i < frames; i += stride_f) {
+  for (int64_t i = 0; i < frames && written < sample_frames; i += stride_f) {
     at::Tensor tile = SpatialOrWhole(z.slice(2, i, i + tile_f + 1), temb, causal);
+    int64_t keep = t.tile_sample_stride_num_frames + 1;
     if (i > 0) {
       tile = tile.slice(2, 0, tile.size(2) - 1);
       Blend(previous, tile, 2, blend);
-      pieces.push_back(tile.slice(2, 0, t.tile_sample_stride_num_frames));
-    } else {
-      pieces.push_back(tile.slice(2, 0, t.tile_sample_stride_num_frames + 1));
+      keep = t.tile_sample_stride_num_frames;
     }
+    if (!out.defined()) {
+      std::vector<int64_t> shape = tile.sizes().vec();
+      shape[2] = sample_frames;
+      out = at::empty(shape, tile.options());
+    }
+    keep = std::min({keep, tile.size(2), sample_frames - written});
+    out.narrow(2, written, keep).copy_(tile.narrow(2, 0, keep));
+    written += keep;
     previous = tile;
   }
-  return at::cat(pieces, 2).slice(2, 0, sample_frames);
+  // The reference's tiles always cover (F−1)·r_t + 1 frames (the first alone has r_t + 1).
+  TORCH_CHECK(written == sample_frames, "temporal tiling produced ", written, " of ", sample_frames,
+              " frames");
+  return out;
 }
 
 at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb,
@@ -524,6 +544,9 @@ at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at:
   const int64_t tile_f = t.tile_sample_min_num_frames / rt;
   const int64_t stride_f = t.tile_sample_stride_num_frames / rt;
   const int64_t blend = t.tile_sample_min_num_frames - t.tile_sample_stride_num_frames;
+  TORCH_CHECK(stride_f >= 1 && tile_f >= stride_f, "temporal tiling: tiles of ",
+              t.tile_sample_min_num_frames, " frames every ", t.tile_sample_stride_num_frames,
+              " must step at least one latent frame (", rt, ") and overlap");
   // Latent frame s starts at output frame s·rt; a tile of latents [s, e) gives frames
   // [s·rt, (e−1)·rt] and overwrites what earlier tiles wrote there, ramping in over its first
   // `blend` frames. Only the output and one tile are alive at a time.

@@ -238,6 +238,11 @@ TEST(VideoVaeTest, TemporalTilingShapesAndCoverage) {
   EXPECT_TRUE(at::equal(aligned.slice(2, 0, tiling.tile_sample_stride_num_frames),
                         tiled.slice(2, 0, tiling.tile_sample_stride_num_frames)));
   // A tiling that covers the whole clip is the untiled decode.
+  // A stride under one latent frame is refused rather than looping.
+  tiling.tile_sample_stride_num_frames = 4;
+  (*vae)->set_tiling(tiling);
+  EXPECT_THROW((*vae)->Decode(z), c10::Error);
+  tiling.tile_sample_stride_num_frames = 8;
   tiling.tile_sample_min_num_frames = 8 * 16;
   for (bool align : {false, true}) {
     tiling.align_temporal_tiles = align;
