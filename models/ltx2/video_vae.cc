@@ -395,8 +395,9 @@ at::Tensor Ltx2VideoDecoder::Resnet(const at::Tensor& x, const std::string& pref
 at::Tensor Ltx2VideoDecoder::Upsampler(const at::Tensor& x, const std::string& prefix,
                                        const std::array<int64_t, 3>& s, bool residual,
                                        int64_t factor, bool causal) const {
-  // [B, C, F, H, W] → [B, C·s³/factor / s³ ..., F·st − (st−1), H·sh, W·sw]; the first st−1
-  // frames are dropped so that F latent frames give (F−1)·st + 1.
+  // [B, C, F, H, W] → [B, C/factor, (F−1)·st + 1, H·sh, W·sw]: conv to C·st·sh·sw/factor
+  // channels, depth-to-space, then the first st−1 frames are dropped. The residual is the input's
+  // own depth-to-space, its channels tiled back up to C/factor.
   at::Tensor h = DepthToSpace3d(Conv(x, prefix + ".conv", causal), s);
   h = h.narrow(2, s[0] - 1, h.size(2) - (s[0] - 1));
   if (residual) {

@@ -67,9 +67,12 @@ struct VideoVaeConfig {
 };
 
 // diffusers' tiled decoding. Sizes are in output pixels / frames as in enable_tiling(); the
-// defaults are the reference's (512 px tiles every 448 px, 16-frame tiles every 8 frames).
-// Tiling changes the output slightly (each tile sees replicated / padded borders); with the same
-// settings it reproduces the reference's tiled output.
+// defaults are the reference's (512 px tiles every 448 px, 16-frame tiles every 8 frames, i.e.
+// 16/r_t + 1 latent frames every 8/r_t). Tiles are decoded one at a time and blended with linear
+// ramps, so the decoder's activations are those of one tile; the result holds the output plus
+// one or two decoded tiles (spatial: one row of tiles). Tiling changes the output near the seams
+// (each tile sees padded borders); with the same settings it reproduces the reference's tiled
+// output.
 struct VideoVaeTiling {
   bool spatial = false;   // enable_tiling(): split height/width when larger than one tile
   bool temporal = false;  // use_framewise_decoding: split time when longer than one tile
@@ -131,8 +134,8 @@ class Ltx2VideoDecoder {
  private:
   Ltx2VideoDecoder(VideoVaeConfig config, WeightMap weights);
 
-  // The network on one tile (LTX2VideoDecoder3d.forward); `temb` is the scaled timestep or
-  // undefined.
+  // The network on one tile (LTX2VideoDecoder3d.forward); `temb` [B] is the timestep as given
+  // (scaled by the checkpoint's timestep_scale_multiplier inside) or undefined.
   at::Tensor Network(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
   at::Tensor SpatialTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
   at::Tensor TemporalTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
