@@ -325,6 +325,48 @@ TEST(VideoVaeTest, ConfigRejectsUnsupported) {
   EXPECT_EQ(defaults->temporal_compression_ratio, 16);
 }
 
+// The released decoders' layouts (diffusers scripts/convert_ltx2_to_diffusers.py): they parse,
+// their channels chain, and their upsamplers multiply to the configured compression ratios.
+TEST(VideoVaeTest, ReleasedLayoutsChainToTheirRatios) {
+  const auto v20 = nlohmann::json::parse(R"({
+      "latent_channels": 128, "patch_size": 4, "decoder_block_out_channels": [256, 512, 1024],
+      "decoder_layers_per_block": [5, 5, 5, 5], "decoder_spatio_temporal_scaling": [true, true, true],
+      "decoder_inject_noise": [false, false, false, false], "upsample_residual": [true, true, true],
+      "upsample_factor": [2, 2, 2], "decoder_causal": false,
+      "decoder_spatial_padding_mode": "reflect", "spatial_compression_ratio": 32,
+      "temporal_compression_ratio": 8})");
+  const auto v23 = nlohmann::json::parse(R"({
+      "latent_channels": 128, "patch_size": 4, "decoder_block_out_channels": [256, 512, 512, 1024],
+      "decoder_layers_per_block": [4, 6, 4, 2, 2],
+      "decoder_spatio_temporal_scaling": [true, true, true, true],
+      "decoder_inject_noise": [false, false, false, false, false],
+      "upsample_type": ["spatiotemporal", "spatiotemporal", "temporal", "spatial"],
+      "upsample_residual": [false, false, false, false], "upsample_factor": [2, 2, 1, 2],
+      "decoder_causal": false, "decoder_spatial_padding_mode": "zeros",
+      "spatial_compression_ratio": 32, "temporal_compression_ratio": 8})");
+  for (const auto& json : {v20, v23}) {
+    auto config = VideoVaeConfig::FromJson(json);
+    ASSERT_TRUE(config.ok()) << config.status();
+    int64_t spatial = config->patch_size, temporal = config->patch_size_t, count = 0;
+    for (size_t i = 0; i < config->upsample_type.size(); ++i) {
+      const std::string& type = config->upsample_type[i];
+      spatial *= type == "temporal" ? 1 : 2;
+      temporal *= type == "spatial" ? 1 : 2;
+    }
+    EXPECT_EQ(spatial, config->spatial_compression_ratio);
+    EXPECT_EQ(temporal, config->temporal_compression_ratio);
+    for (const ParamSpec& p : Ltx2VideoDecoder::Params(*config)) {
+      int64_t n = 1;
+      for (int64_t d : p.shape) n *= d;
+      count += n;
+    }
+    // Hundreds of millions of parameters: the whole decoder is declared.
+    std::cout << "released decoder layout: " << count << " parameters\n";
+    EXPECT_GT(count, 100'000'000);
+    EXPECT_EQ(Ltx2VideoDecoder::Params(*config).back().name, "latents_std");
+  }
+}
+
 TEST(VideoVaeTest, LoadRejectsWrongWeights) {
   auto config = VideoVaeConfig::FromFile(FixturePath("ltx2-ref-a/v23/vae/config.json"));
   ASSERT_TRUE(config.ok()) << config.status();
