@@ -1,7 +1,8 @@
 """Extra reference outputs for the LTX-2 video VAE decoder that the shared fixtures do not cover:
 temporal tiling (framewise decoding), spatial tiling, both together, and timestep conditioning.
 
-Run on the CPU with Debian's torch 1.13 (see shared/reference/README.md):
+Run on the CPU with Debian's torch 1.13 and the python3-* packages listed in
+shared/fixtures/ltx2-ref-a/README.md (see shared/reference/README.md):
   REFERENCE_DIFFUSERS_SRC=<diffusers 58eb52c>/src REFERENCE_HFHUB_SRC=<huggingface_hub>/src \
   PYTHONPATH=/work/shared/reference /usr/bin/python3 make_vae_refs.py <fixtures root> <out dir>
 
@@ -52,7 +53,7 @@ for variant in ("v20", "v23"):
     vae.use_framewise_decoding = False
     out["out.spatial"] = decode(vae, z)
     rel = {k: float((out[k] - untiled).norm() / untiled.norm()) for k in list(out)[1:]}
-    meta = {"rel_vs_untiled": json.dumps(rel),"diffusers": "58eb52c0803ea9af3abec60841c2a093bdf1f951",
+    meta = {"rel_vs_untiled": json.dumps(rel), "diffusers": "58eb52c0803ea9af3abec60841c2a093bdf1f951",
             "calls": "vae.decode(in.z): out.temporal with use_framewise_decoding=True "
                      "(tile_sample_min_num_frames=16, stride 8); out.spatial with enable_tiling(**spatial); "
                      "out.temporal_spatial with both",
