@@ -109,9 +109,9 @@ absl::StatusOr<AudioVaeConfig> AudioVaeConfig::FromJson(const nlohmann::json& js
     return absl::InvalidArgumentError(absl::StrCat(
         "audio_vae config: norm_type 'group' with causality_axis '", c.causality_axis, "'"));
   }
-  if (c.ch_mult.empty() || c.base_channels < 1 || c.latent_channels < 1 ||
-      c.output_channels < 1 || c.num_res_blocks < 0 || c.sample_rate < 1 ||
-      c.mel_hop_length < 1 || (c.mel_bins && *c.mel_bins < 1)) {
+  if (c.ch_mult.empty() || c.base_channels < 1 || c.latent_channels < 1 || c.output_channels < 1 ||
+      c.num_res_blocks < 0 || c.sample_rate < 1 || c.mel_hop_length < 1 ||
+      (c.mel_bins && *c.mel_bins < 1)) {
     return absl::InvalidArgumentError(
         "audio_vae config: ch_mult must be non-empty and channel counts, rates and mel_bins "
         "positive");
@@ -119,9 +119,9 @@ absl::StatusOr<AudioVaeConfig> AudioVaeConfig::FromJson(const nlohmann::json& js
   for (int64_t m : c.ch_mult) {
     const int64_t ch = c.base_channels * m;
     if (m < 1 || (c.norm_type == "group" && ch % kGroups != 0)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "audio_vae config: level channels ", ch, " (ch_mult ", m, ") invalid for norm_type ",
-          c.norm_type));
+      return absl::InvalidArgumentError(absl::StrCat("audio_vae config: level channels ", ch,
+                                                     " (ch_mult ", m, ") invalid for norm_type ",
+                                                     c.norm_type));
     }
   }
   return c;
@@ -263,9 +263,8 @@ at::Tensor AudioVaeDecoder::Decode(const at::Tensor& latents) const {
   const at::Tensor& ref = Get(weights_, "decoder.conv_in.conv.weight");
   const int64_t frames = latents.size(2), bins = latents.size(3);
   // The reference's targets: every causality_axis value counts the causal frame total.
-  const int64_t target_frames =
-      std::max<int64_t>(frames * AudioVaeConfig::kCompression - (AudioVaeConfig::kCompression - 1),
-                        1);
+  const int64_t target_frames = std::max<int64_t>(
+      frames * AudioVaeConfig::kCompression - (AudioVaeConfig::kCompression - 1), 1);
   const int64_t target_bins = config_.mel_bins.value_or(bins);
 
   at::Tensor h = CausalConv(latents.to(ref.device(), ref.scalar_type()), "decoder.conv_in.conv");
@@ -312,8 +311,8 @@ at::Tensor AudioVaeDecoder::DecodePacked(const at::Tensor& tokens) const {
   TORCH_CHECK(tokens.dim() == 3 && tokens.size(2) % config_.latent_channels == 0,
               "DecodePacked expects tokens [B, L, ", config_.latent_channels, "·M'], got ",
               tokens.sizes());
-  return Decode(UnpackAudioLatents(DenormalizePacked(tokens),
-                                   tokens.size(2) / config_.latent_channels));
+  return Decode(
+      UnpackAudioLatents(DenormalizePacked(tokens), tokens.size(2) / config_.latent_channels));
 }
 
 }  // namespace diffmesh::models::ltx2

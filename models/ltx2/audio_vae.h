@@ -74,8 +74,8 @@ class AudioVaeDecoder {
   static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> Load(const std::string& component_dir,
                                                                at::ScalarType dtype = at::kFloat);
   // Seeded weights (InitSeeded; latents_std = 1 + small noise) for tests of other shapes.
-  static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> CreateSeeded(
-      const AudioVaeConfig& config, uint64_t seed);
+  static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> CreateSeeded(const AudioVaeConfig& config,
+                                                                       uint64_t seed);
 
   // diffusers `audio_vae.decode(z).sample`.
   // latents [B, latent_channels, L, M'] (any float dtype/device; computed in the weights' dtype on

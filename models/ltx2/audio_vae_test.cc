@@ -78,8 +78,8 @@ TEST_P(AudioVaeFixtureTest, DecodeIsCausalAlongTime) {
   const int64_t k = frames / 2;
   at::Tensor changed = z.clone();
   auto gen = at::detail::createCPUGenerator(11);
-  changed.select(2, k).copy_(at::normal(0.0, 1.0, changed.select(2, k).sizes(), gen,
-                                        at::TensorOptions()));
+  changed.select(2, k).copy_(
+      at::normal(0.0, 1.0, changed.select(2, k).sizes(), gen, at::TensorOptions()));
   const at::Tensor a = (*vae)->Decode(z), b = (*vae)->Decode(changed);
   // Frame t sees latent frames ≤ ⌊(t + s − 1)/s⌋, so frames t < k·s − s + 1 do not see frame k.
   const int64_t unaffected = k * s - s + 1;
@@ -144,10 +144,9 @@ TEST(AudioVaeConfigTest, ParsesAndValidates) {
   EXPECT_EQ(c->causality_axis, "height");
   EXPECT_DOUBLE_EQ(c->LatentsPerSecond(), 25.0);
   // The reference refuses group norm in causal resnets and unknown axes.
-  EXPECT_EQ(AudioVaeConfig::FromJson(nlohmann::json::parse(R"({"norm_type": "group"})"))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      AudioVaeConfig::FromJson(nlohmann::json::parse(R"({"norm_type": "group"})")).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(AudioVaeConfig::FromJson(nlohmann::json::parse(R"({"causality_axis": "time"})"))
                 .status()
                 .code(),

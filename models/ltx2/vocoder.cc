@@ -56,9 +56,9 @@ absl::Status ReadGenerator(const nlohmann::json& json, const std::string& prefix
   const std::string name = prefix.empty() ? "vocoder" : "bwe generator";
   const size_t stages = g.upsample_factors.size();
   if (stages == 0 || g.upsample_kernel_sizes.size() != stages) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocoder config: ", name, " has ", g.upsample_kernel_sizes.size(),
-        " upsample kernel sizes for ", stages, " upsample factors"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocoder config: ", name, " has ", g.upsample_kernel_sizes.size(),
+                     " upsample kernel sizes for ", stages, " upsample factors"));
   }
   if (g.resnet_kernel_sizes.empty() || g.resnet_dilations.size() != g.resnet_kernel_sizes.size()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -81,15 +81,15 @@ absl::Status ReadGenerator(const nlohmann::json& json, const std::string& prefix
   }
   if (g.in_channels < 1 || g.out_channels < 1 || g.hidden_channels % (int64_t{1} << stages) != 0 ||
       g.hidden_channels < (int64_t{1} << stages)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocoder config: ", name, " hidden_channels ", g.hidden_channels,
-        " must halve evenly over ", stages, " stages"));
+    return absl::InvalidArgumentError(absl::StrCat("vocoder config: ", name, " hidden_channels ",
+                                                   g.hidden_channels, " must halve evenly over ",
+                                                   stages, " stages"));
   }
   for (size_t i = 0; i < stages; ++i) {
     if (g.upsample_factors[i] < 1 || g.upsample_kernel_sizes[i] < g.upsample_factors[i]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "vocoder config: ", name, " upsampler ", i, " kernel ", g.upsample_kernel_sizes[i],
-          " factor ", g.upsample_factors[i]));
+      return absl::InvalidArgumentError(absl::StrCat("vocoder config: ", name, " upsampler ", i,
+                                                     " kernel ", g.upsample_kernel_sizes[i],
+                                                     " factor ", g.upsample_factors[i]));
     }
   }
   for (size_t r = 0; r < g.resnet_kernel_sizes.size(); ++r) {
@@ -158,7 +158,9 @@ void AddGenerator(std::vector<ParamSpec>& specs, const VocoderGeneratorConfig& c
     // ConvTranspose1d weights are [in, out, k].
     const std::string up = absl::StrCat(p, "upsamplers.", i);
     const int64_t k = c.upsample_kernel_sizes[i];
-    specs.push_back({up + ".weight", {ch, out, k}, Init::kNormal,
+    specs.push_back({up + ".weight",
+                     {ch, out, k},
+                     Init::kNormal,
                      1.0f / std::sqrt(static_cast<float>(ch * k) / c.upsample_factors[i])});
     specs.push_back({up + ".bias", {out}, Init::kZeros, 0.0f});
     for (size_t r = 0; r < per_stage; ++r) {
@@ -238,16 +240,16 @@ absl::StatusOr<VocoderConfig> VocoderConfig::FromJson(const nlohmann::json& json
         "vocoder config: STFT sizes and sampling rates must be positive, output rate ≥ input");
   }
   if (c.bwe.in_channels != c.vocoder.out_channels * c.num_mel_channels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocoder config: bwe_in_channels ", c.bwe.in_channels, " != out_channels ",
-        c.vocoder.out_channels, " x num_mel_channels ", c.num_mel_channels));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocoder config: bwe_in_channels ", c.bwe.in_channels, " != out_channels ",
+                     c.vocoder.out_channels, " x num_mel_channels ", c.num_mel_channels));
   }
   // The residual (one mel frame per hop, upsampled by the BWE generator) and the resampled skip
   // path must have the same length.
   if (c.bwe.UpsampleFactor() != c.hop_length * c.ResampleRatio()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vocoder config: bwe upsampling x", c.bwe.UpsampleFactor(), " != hop_length ",
-        c.hop_length, " x resample ratio ", c.ResampleRatio()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocoder config: bwe upsampling x", c.bwe.UpsampleFactor(), " != hop_length ",
+                     c.hop_length, " x resample ratio ", c.ResampleRatio()));
   }
   return c;
 }
@@ -265,8 +267,10 @@ std::vector<ParamSpec> Vocoder::Params(const VocoderConfig& c) {
     const int64_t freqs = c.filter_length / 2 + 1;
     specs.push_back({"mel_stft.mel_basis", {c.num_mel_channels, freqs}, Init::kNormal, 0.1f});
     // Rows: the real (cos) then imaginary (−sin) parts of the windowed DFT.
-    specs.push_back({"mel_stft.stft_fn.forward_basis", {2 * freqs, 1, c.filter_length},
-                     Init::kNormal, 1.0f / std::sqrt(static_cast<float>(c.filter_length))});
+    specs.push_back({"mel_stft.stft_fn.forward_basis",
+                     {2 * freqs, 1, c.filter_length},
+                     Init::kNormal,
+                     1.0f / std::sqrt(static_cast<float>(c.filter_length))});
   }
   return specs;
 }
@@ -298,7 +302,8 @@ absl::StatusOr<std::unique_ptr<Vocoder>> Vocoder::CreateSeeded(const VocoderConf
   const std::vector<ParamSpec> specs = Params(config);
   WeightMap weights = InitSeeded(specs, seed);
   for (const ParamSpec& s : specs) {
-    if (absl::EndsWith(s.name, ".upsample.filter") || absl::EndsWith(s.name, ".downsample.filter")) {
+    if (absl::EndsWith(s.name, ".upsample.filter") ||
+        absl::EndsWith(s.name, ".downsample.filter")) {
       const VocoderGeneratorConfig& g =
           absl::StartsWith(s.name, kBwePrefix) ? config.bwe : config.vocoder;
       weights[s.name] = AntiAliasFilter(g.antialias_ratio, g.antialias_kernel_size);
@@ -411,15 +416,13 @@ at::Tensor Vocoder::Run(const at::Tensor& mel, at::Tensor* stage1_waveform) cons
   const int64_t rem = samples % config_.hop_length;
   if (rem != 0) wave = at::constant_pad_nd(wave, {0, config_.hop_length - rem}, 0);
   const at::Tensor log_mel = LogMel(wave.flatten(0, 1));  // [B·C, mels, frames]
-  const at::Tensor features =
-      log_mel.reshape({batch, channels * log_mel.size(1), log_mel.size(2)});
+  const at::Tensor features = log_mel.reshape({batch, channels * log_mel.size(1), log_mel.size(2)});
   const at::Tensor residual = Generate(config_.bwe, kBwePrefix, features);
   const at::Tensor skip = resampler_(wave);
   TORCH_CHECK(residual.sizes() == skip.sizes(), "vocoder: BWE residual ", residual.sizes(),
               " and resampled waveform ", skip.sizes(),
               " differ (filter_length/window_length/hop_length in config.json)");
-  const int64_t out_samples =
-      samples * config_.output_sampling_rate / config_.input_sampling_rate;
+  const int64_t out_samples = samples * config_.output_sampling_rate / config_.input_sampling_rate;
   return at::clamp(residual + skip, -1, 1).narrow(-1, 0, out_samples);
 }
 

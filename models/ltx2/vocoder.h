@@ -25,7 +25,7 @@ namespace diffmesh::models::ltx2 {
 
 // One generator (an LTX2Vocoder module). Defaults are LTX2Vocoder's constructor defaults.
 struct VocoderGeneratorConfig {
-  int64_t in_channels = 128;  // audio channels × mel bins of the input spectrogram
+  int64_t in_channels = 128;       // audio channels × mel bins of the input spectrogram
   int64_t hidden_channels = 1024;  // halved by every upsampling stage
   int64_t out_channels = 2;
   std::vector<int64_t> upsample_kernel_sizes = {16, 15, 8, 4, 4};
@@ -53,7 +53,7 @@ struct VocoderConfig {
   // The only generator (LTX2Vocoder) or the stage-1 generator (`vocoder.*`).
   VocoderGeneratorConfig vocoder;
   // The following are LTX2VocoderWithBWE's only.
-  VocoderGeneratorConfig bwe;  // `bwe_generator.*`, the bwe_-prefixed fields
+  VocoderGeneratorConfig bwe;   // `bwe_generator.*`, the bwe_-prefixed fields
   int64_t filter_length = 512;  // STFT size (forward_basis taps)
   int64_t hop_length = 80;      // STFT hop at the stage-1 rate
   int64_t window_length = 512;  // the causal STFT pads window − hop samples on the left
@@ -98,7 +98,8 @@ class Vocoder {
   int64_t sample_rate() const { return config_.output_sampling_rate; }
   const VocoderConfig& config() const { return config_; }
   const WeightMap& weights() const { return weights_; }
-  // The BWE skip path's Hann-sinc resampler (constructed, not loaded); undefined filter without BWE.
+  // The BWE skip path's Hann-sinc resampler (constructed, not loaded); undefined filter without
+  // BWE.
   const SincUpsampler& resampler() const { return resampler_; }
 
  private:

@@ -18,8 +18,9 @@ at::Tensor KaiserSincFilter(double cutoff, double half_width, int64_t kernel_siz
   }
   const at::Tensor window = at::kaiser_window(kernel_size, /*periodic=*/false, beta, at::kFloat);
   // Even kernels sample between taps (±0.5, ±1.5, …); odd ones on them.
-  at::Tensor time = kernel_size % 2 == 0 ? at::arange(-half, half, at::kLong) + 0.5
-                                         : (at::arange(kernel_size, at::kLong) - half).to(at::kFloat);
+  at::Tensor time = kernel_size % 2 == 0
+                        ? at::arange(-half, half, at::kLong) + 0.5
+                        : (at::arange(kernel_size, at::kLong) - half).to(at::kFloat);
   at::Tensor filter;
   if (cutoff == 0.0) {
     filter = at::zeros_like(time);
@@ -70,7 +71,8 @@ SincUpsampler SincUpsampler::Hann(int64_t ratio) {
 
 at::Tensor SincUpsampler::operator()(const at::Tensor& x) const {
   const int64_t channels = x.size(1);
-  const at::Tensor f = filter.to(x.device(), x.scalar_type()).expand({channels, 1, filter.size(-1)});
+  const at::Tensor f =
+      filter.to(x.device(), x.scalar_type()).expand({channels, 1, filter.size(-1)});
   at::Tensor y = at::replication_pad1d(x, {pad, pad});
   y = at::conv_transpose1d(y, f, /*bias=*/{}, /*stride=*/ratio, /*padding=*/0,
                            /*output_padding=*/0, /*groups=*/channels) *

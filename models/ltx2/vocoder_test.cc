@@ -51,8 +51,7 @@ TEST_P(VocoderFixtureTest, ConfigMatchesJson) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->with_bwe, json["_class_name"] == "LTX2VocoderWithBWE");
   EXPECT_EQ(config->output_sampling_rate, json["output_sampling_rate"].get<int64_t>());
-  EXPECT_EQ(config->vocoder.upsample_factors,
-            json["upsample_factors"].get<std::vector<int64_t>>());
+  EXPECT_EQ(config->vocoder.upsample_factors, json["upsample_factors"].get<std::vector<int64_t>>());
   if (config->with_bwe) {
     EXPECT_EQ(config->hop_length, json["hop_length"].get<int64_t>());
     EXPECT_EQ(config->bwe.hidden_channels, json["bwe_hidden_channels"].get<int64_t>());
@@ -137,9 +136,9 @@ TEST_P(VocoderFixtureTest, CheckpointKaiserFiltersMatchConstruction) {
     if (!absl::EndsWith(name, "sample.filter")) continue;
     const VocoderGeneratorConfig& g =
         absl::StartsWith(name, "bwe_generator.") ? config->bwe : config->vocoder;
-    EXPECT_LE(RelativeError(AntiAliasFilter(g.antialias_ratio, g.antialias_kernel_size),
-                            ToTensor(*view)),
-              1e-6)
+    EXPECT_LE(
+        RelativeError(AntiAliasFilter(g.antialias_ratio, g.antialias_kernel_size), ToTensor(*view)),
+        1e-6)
         << name;
     ++filters;
   }
@@ -194,7 +193,7 @@ TEST(VocoderSeededTest, BweWithPartialHop) {
   auto json = ReadJsonFile(FixturePath("ltx2-ref-a/v23/vocoder/config.json"));
   ASSERT_TRUE(json.ok()) << json.status();
   (*json)["hop_length"] = 3;
-  (*json)["bwe_upsample_factors"] = {3, 3};  // = hop · ratio (48 kHz / 16 kHz)
+  (*json)["bwe_upsample_factors"] = {3, 3};       // = hop · ratio (48 kHz / 16 kHz)
   (*json)["bwe_upsample_kernel_sizes"] = {5, 5};  // kernel − factor even: exact lengths
   auto config = VocoderConfig::FromJson(*json);
   ASSERT_TRUE(config.ok()) << config.status();
@@ -255,7 +254,8 @@ TEST(VocoderConfigTest, RejectsWhatTheReferenceCannotRun) {
   // Residual and skip path lengths would differ.
   EXPECT_EQ(parse(R"({"_class_name": "LTX2VocoderWithBWE", "hop_length": 160})"),
             absl::StatusCode::kInvalidArgument);
-  auto bwe = VocoderConfig::FromJson(nlohmann::json::parse(R"({"_class_name": "LTX2VocoderWithBWE"})"));
+  auto bwe =
+      VocoderConfig::FromJson(nlohmann::json::parse(R"({"_class_name": "LTX2VocoderWithBWE"})"));
   ASSERT_TRUE(bwe.ok()) << bwe.status();
   EXPECT_EQ(bwe->output_sampling_rate, 48000);
   EXPECT_EQ(bwe->vocoder.UpsampleFactor(), 160);
