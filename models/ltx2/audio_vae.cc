@@ -187,11 +187,12 @@ absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> AudioVaeDecoder::Create(
 }
 
 absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> AudioVaeDecoder::Load(
-    const std::string& component_dir, at::ScalarType dtype) {
+    const std::string& component_dir, at::ScalarType dtype, at::Device device) {
   ASSIGN_OR_RETURN(AudioVaeConfig config, AudioVaeConfig::FromFile(component_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(component_dir));
   ASSIGN_OR_RETURN(WeightMap weights,
                    LoadWeights(*checkpoint, Params(config), dtype, {"encoder."}));
+  for (auto& [name, t] : weights) t = t.to(device);
   return Create(config, std::move(weights));
 }
 

@@ -69,10 +69,11 @@ class AudioVaeDecoder {
   // Takes weights already checked against Params(config).
   static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> Create(const AudioVaeConfig& config,
                                                                  WeightMap weights);
-  // Reads `component_dir`/config.json and the checkpoint beside it; floating-point weights are
-  // converted to `dtype`.
+  // Reads `component_dir`/config.json and the checkpoint beside it onto `device`; floating-point
+  // weights are converted to `dtype`.
   static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> Load(const std::string& component_dir,
-                                                               at::ScalarType dtype = at::kFloat);
+                                                               at::ScalarType dtype = at::kFloat,
+                                                               at::Device device = at::kCPU);
   // Seeded weights (InitSeeded; latents_std = 1 + small noise) for tests of other shapes.
   static absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> CreateSeeded(const AudioVaeConfig& config,
                                                                        uint64_t seed);

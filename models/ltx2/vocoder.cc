@@ -283,17 +283,21 @@ Vocoder::Vocoder(VocoderConfig config, WeightMap weights)
 absl::StatusOr<std::unique_ptr<Vocoder>> Vocoder::Create(const VocoderConfig& config,
                                                          WeightMap weights) {
   RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+  if (config.with_bwe) {
+    for (auto& [name, t] : weights) t = t.to(at::kFloat);
+  }
   return std::unique_ptr<Vocoder>(new Vocoder(config, std::move(weights)));
 }
 
 absl::StatusOr<std::unique_ptr<Vocoder>> Vocoder::Load(const std::string& component_dir,
-                                                       at::ScalarType dtype) {
+                                                       at::ScalarType dtype, at::Device device) {
   ASSIGN_OR_RETURN(VocoderConfig config, VocoderConfig::FromFile(component_dir + "/config.json"));
   ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(component_dir));
   // Only the STFT's forward half is used.
   ASSIGN_OR_RETURN(WeightMap weights,
                    LoadWeights(*checkpoint, Params(config), config.with_bwe ? at::kFloat : dtype,
                                {"mel_stft.stft_fn.inverse_basis"}));
+  for (auto& [name, t] : weights) t = t.to(device);
   return Create(config, std::move(weights));
 }
 

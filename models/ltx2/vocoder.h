@@ -75,15 +75,16 @@ class Vocoder {
   // bases), except the unused mel_stft.stft_fn.inverse_basis, which loading skips.
   static std::vector<ParamSpec> Params(const VocoderConfig& config);
 
-  // Takes weights already checked against Params(config); builds the non-persistent resampler
-  // filter from the config.
+  // Takes weights (any device) already checked against Params(config); builds the non-persistent
+  // resampler filter from the config. LTX2VocoderWithBWE always computes in float32 (in bf16 its
+  // audio drifts far from the reference), so its weights are converted to float32 here.
   static absl::StatusOr<std::unique_ptr<Vocoder>> Create(const VocoderConfig& config,
                                                          WeightMap weights);
-  // Reads `component_dir`/config.json and the checkpoint beside it. LTX2Vocoder weights are
-  // converted to `dtype`; LTX2VocoderWithBWE always computes in float32 (in bf16 its audio
-  // drifts far from the reference), so `dtype` is ignored for it.
+  // Reads `component_dir`/config.json and the checkpoint beside it onto `device`. LTX2Vocoder
+  // weights are converted to `dtype`; LTX2VocoderWithBWE ignores it (float32).
   static absl::StatusOr<std::unique_ptr<Vocoder>> Load(const std::string& component_dir,
-                                                       at::ScalarType dtype = at::kFloat);
+                                                       at::ScalarType dtype = at::kFloat,
+                                                       at::Device device = at::kCPU);
   // Seeded weights with the reference's constructed Kaiser filters, for tests of other shapes.
   static absl::StatusOr<std::unique_ptr<Vocoder>> CreateSeeded(const VocoderConfig& config,
                                                                uint64_t seed);

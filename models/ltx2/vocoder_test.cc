@@ -179,6 +179,12 @@ TEST_P(VocoderFixtureTest, Bf16LoadKeepsBweInFloat32) {
   const std::string conv_in = bwe ? "vocoder.conv_in.weight" : "conv_in.weight";
   EXPECT_EQ(Get((*bf16)->weights(), conv_in).scalar_type(), bwe ? at::kFloat : at::kBFloat16);
   if (!bwe) return;  // LibTorch 1.13's CPU bf16 transposed conv (mkldnn) mis-reads its weight
+  // Weights handed over in bf16 are kept in float32 too.
+  WeightMap weights = (*f32)->weights();
+  for (auto& [name, t] : weights) t = t.to(at::kBFloat16);
+  auto created = Vocoder::Create((*f32)->config(), std::move(weights));
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(Get((*created)->weights(), conv_in).scalar_type(), at::kFloat);
   const at::Tensor wave = (*bf16)->Run(mel.to(at::kBFloat16));
   EXPECT_EQ(wave.scalar_type(), at::kFloat);
   // The only difference is the bf16 rounding of the input mel.
