@@ -279,7 +279,9 @@ TEST(VocoderFiltersTest, LowPassProperties) {
   const at::Tensor ones = at::ones({1, 2, 40});
   const at::Tensor up = hann(ones);
   EXPECT_EQ(up.sizes(), (std::vector<int64_t>{1, 2, 120}));
-  EXPECT_LE((up - 1).abs().max().item<float>(), 2e-2);
+  const float ripple = (up - 1).abs().max().item<float>();
+  std::cout << "hann resampler DC ripple " << ripple << "\n";
+  EXPECT_LE(ripple, 2e-3);  // 6.8e-4 measured (6 zero crossings, rolloff 0.99)
   const at::Tensor down = SincDownsample(ones, AntiAliasFilter(2, 12), 2);
   EXPECT_EQ(down.sizes(), (std::vector<int64_t>{1, 2, 20}));
   EXPECT_LE((down - 1).abs().max().item<float>(), 1e-5);
