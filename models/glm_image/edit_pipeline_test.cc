@@ -16,6 +16,10 @@
 #include "models/core/fixtures.h"
 #include "models/core/ops.h"
 #include "models/core/weights.h"
+#include "models/glm_image/ar_prompt.h"
+#include "models/glm_image/condition_image.h"
+#include "models/glm_image/glm_image_spec.h"
+#include "models/glm_image/vision_tokenizer.h"
 
 namespace diffmesh::models::glm_image {
 namespace {
@@ -184,6 +188,78 @@ TEST(EditPipelineTest, DenoiseLoopMatchesPipeline) {
   const at::Tensor decoded = (*vae)->DecodeNormalized(*final_latents);
   Check("decoded", decoded, Fixture(*io, "decoded"), 1e-4);
   Check("image", (decoded / 2 + 0.5).clamp(0, 1), Fixture(*io, "image"), 1e-4);
+}
+
+// The built-in tiny model composes the whole edit path from RGB pixels: AR preprocessing and VQ
+// tokens (in the codebook, as many as the grid), the edit prompt, VAE encoding, the write pass
+// and a guided loop whose result depends on the condition.
+TEST(EditPipelineTest, BuiltinTinyModelRunsAnEdit) {
+  auto spec = BuiltinSpec("glm-image-tiny");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto processor = BuildArImageProcessorConfig(*spec);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  auto tokenizer = BuildVisionTokenizer(*spec);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto vae = BuildVae(*spec);
+  ASSERT_TRUE(vae.ok()) << vae.status();
+  auto dit = BuildDit(*spec);
+  ASSERT_TRUE(dit.ok()) << dit.status();
+  auto ar_config = ArConfig::FromJson(spec->vision_language_encoder);
+  ASSERT_TRUE(ar_config.ok());
+
+  // A random 128 × 192 (h × w) condition image.
+  const int w = 192, h = 128;
+  at::Tensor rgb = at::randint(0, 256, {h, w, 3}, at::kByte).contiguous();
+  auto ar_image = PreprocessArConditionImage(*processor, rgb.data_ptr<uint8_t>(), w, h);
+  ASSERT_TRUE(ar_image.ok()) << ar_image.status();
+  EXPECT_EQ(ar_image->grid.height, h / 32);
+  EXPECT_EQ(ar_image->grid.width, w / 32);
+  auto tokens = (*tokenizer)->ImageTokens(ar_image->pixel_values, {ar_image->grid});
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  ASSERT_EQ(tokens->numel(), ar_image->grid.height * ar_image->grid.width);
+  EXPECT_GE(tokens->min().item<int64_t>(), 0);
+  EXPECT_LT(tokens->max().item<int64_t>(), (*dit)->config().prior_vq_quantizer_codebook_size);
+  auto prompt = BuildImageToImagePrompt(spec->tokenizer, *ar_config, "make it blue",
+                                        {ar_image->grid}, 64, 96);
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  std::vector<int64_t> vq(tokens->data_ptr<int64_t>(), tokens->data_ptr<int64_t>() + tokens->numel());
+  EXPECT_TRUE(PlaceImageTokens(prompt->ids, ar_config->image_token_id, vq).ok());
+
+  auto pixels = PreprocessVaeConditionImage(rgb.data_ptr<uint8_t>(), w, h, 16);
+  ASSERT_TRUE(pixels.ok()) << pixels.status();
+  auto latents = EncodeConditionLatents(**vae, *pixels);
+  ASSERT_TRUE(latents.ok()) << latents.status();
+  DitKvCache cache;
+  ASSERT_TRUE(WriteConditionKv(**dit, *latents, UpsampleTokenIds(*tokens, ar_image->grid), h, w,
+                               cache)
+                  .ok());
+  EXPECT_EQ(cache.num_tokens(), 4 * tokens->numel());
+
+  auto scheduler = BuildScheduler(*spec);
+  ASSERT_TRUE(scheduler.ok());
+  const int64_t out_h = 64, out_w = 96;  // target pixels
+  ASSERT_TRUE((*scheduler)->SetTimesteps(2, CalculateShift((out_h / 16) * (out_w / 16),
+                                                           (*scheduler)->config())).ok());
+  const auto& dc = (*dit)->config();
+  EditDenoiseInputs in;
+  in.latents = at::randn({1, dc.in_channels, out_h / 8, out_w / 8});
+  in.prompt_embeds = at::randn({1, 3, dc.text_embed_dim});
+  in.negative_prompt_embeds = at::randn({1, 3, dc.text_embed_dim});
+  in.prior_token_ids = at::randint(0, dc.prior_vq_quantizer_codebook_size,
+                                   {1, (out_h / 16) * (out_w / 16)}, at::kLong);
+  in.height = out_h;
+  in.width = out_w;
+  auto with = RunEditDenoiseLoop(**dit, **scheduler, cache, in);
+  ASSERT_TRUE(with.ok()) << with.status();
+  auto without = RunEditDenoiseLoop(**dit, **scheduler, DitKvCache{}, in);
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_EQ(with->sizes(), in.latents.sizes());
+  // Tiny seeded weights (std 0.02) make the condition a small but real effect.
+  EXPECT_GT(RelativeError(*with, *without), 1e-6);
+
+  EditDenoiseInputs missing = in;
+  missing.negative_prompt_embeds = at::Tensor();
+  EXPECT_FALSE(RunEditDenoiseLoop(**dit, **scheduler, cache, missing).ok());
 }
 
 }  // namespace
