@@ -110,6 +110,32 @@ TEST(EditPipelineTest, KvCacheWriteAndReadPasses) {
   // The cache must matter (the fixture records how much).
   EXPECT_GT(RelativeError(with, without), 1e-3);
 
+  // Two condition images: the second write pass appends after the first (and does not attend
+  // to it), so writing the same image twice gives the one-image cache twice along N.
+  DitKvCache twice;
+  for (int r = 0; r < 2; ++r) {
+    const at::Tensor ts = Fixture(*io, "write_0.target_size");
+    ASSERT_TRUE(WriteConditionKv(**dit, Fixture(*io, "write_0.hidden_states"),
+                                 Fixture(*io, "write_0.prior_token_id"), ts[0][0].item<int64_t>(),
+                                 ts[0][1].item<int64_t>(), twice)
+                    .ok());
+  }
+  DitKvCache once;
+  const at::Tensor ts0 = Fixture(*io, "write_0.target_size");
+  ASSERT_TRUE(WriteConditionKv(**dit, Fixture(*io, "write_0.hidden_states"),
+                               Fixture(*io, "write_0.prior_token_id"), ts0[0][0].item<int64_t>(),
+                               ts0[0][1].item<int64_t>(), once)
+                  .ok());
+  EXPECT_EQ(twice.num_tokens(), 2 * once.num_tokens());
+  for (int64_t l = 0; l < layers; ++l) {
+    EXPECT_TRUE(at::equal(twice.keys[l], at::cat({once.keys[l], once.keys[l]}, 1)));
+    EXPECT_TRUE(at::equal(twice.values[l], at::cat({once.values[l], once.values[l]}, 1)));
+  }
+  // An empty cache reads as no cache, bit for bit (the text-to-image path).
+  DitKvCache empty;
+  in.kv_read = &empty;
+  EXPECT_TRUE(at::equal((*dit)->Forward(in), without));
+
   // A prior-token count that does not fit the latent grid is an error.
   DitKvCache other;
   EXPECT_FALSE(WriteConditionKv(**dit, Fixture(*io, "write_0.hidden_states"),
