@@ -372,7 +372,8 @@ std::pair<at::Tensor, at::Tensor> ArModel::Rotary(const at::Tensor& positions) c
 }
 
 at::Tensor ArModel::Decoder(const at::Tensor& input_ids, const at::Tensor& positions,
-                            const AttendFn& attend) const {
+                            const AttendFn& attend,
+                            std::vector<at::Tensor>* hidden_states) const {
   const int64_t b = input_ids.size(0), s = input_ids.size(1);
   const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim, inter = config_.intermediate_size;
@@ -381,6 +382,7 @@ at::Tensor ArModel::Decoder(const at::Tensor& input_ids, const at::Tensor& posit
   at::Tensor hidden = at::embedding(embed_tokens_, input_ids);  // [B, S, hidden]
   const auto [cos, sin] = Rotary(positions);                    // [B, S, 1, rd]
   for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
+    if (hidden_states != nullptr) hidden_states->push_back(hidden);
     const Layer& w = layers_[l];
     at::Tensor x = RmsNorm(hidden, w.input_layernorm, eps);
     at::Tensor qkv = at::linear(x, w.qkv_weight, w.qkv_bias);  // [B, S, (H + 2 Hkv) D]
@@ -400,7 +402,9 @@ at::Tensor ArModel::Decoder(const at::Tensor& input_ids, const at::Tensor& posit
     mlp = at::linear(mlp, w.down_proj);
     hidden = hidden + RmsNorm(mlp, w.post_mlp_layernorm, eps);
   }
-  return RmsNorm(hidden, norm_, eps);
+  at::Tensor out = RmsNorm(hidden, norm_, eps);
+  if (hidden_states != nullptr) hidden_states->push_back(out);
+  return out;
 }
 
 absl::StatusOr<at::Tensor> ArModel::NormalizePositions(const at::Tensor& positions,
@@ -454,6 +458,18 @@ absl::Status ArModel::CheckCache(const KvCache& cache) const {
 
 absl::StatusOr<at::Tensor> ArModel::Forward(const at::Tensor& input_ids,
                                             const std::optional<at::Tensor>& positions) const {
+  ASSIGN_OR_RETURN(ForwardOutput out, ForwardImpl(input_ids, positions, /*keep_hidden=*/false));
+  return out.logits;
+}
+
+absl::StatusOr<ArModel::ForwardOutput> ArModel::ForwardWithHiddenStates(
+    const at::Tensor& input_ids, const std::optional<at::Tensor>& positions) const {
+  return ForwardImpl(input_ids, positions, /*keep_hidden=*/true);
+}
+
+absl::StatusOr<ArModel::ForwardOutput> ArModel::ForwardImpl(
+    const at::Tensor& input_ids, const std::optional<at::Tensor>& positions,
+    bool keep_hidden) const {
   RETURN_IF_ERROR(CheckIds(input_ids));
   if (input_ids.dim() != 2 || input_ids.size(1) == 0) {
     return absl::InvalidArgumentError(
@@ -466,12 +482,15 @@ absl::StatusOr<at::Tensor> ArModel::Forward(const at::Tensor& input_ids,
     pos_in = at::arange(input_ids.size(1), at::kLong).unsqueeze(0).expand(input_ids.sizes());
   }
   ASSIGN_OR_RETURN(at::Tensor pos, NormalizePositions(pos_in, input_ids.sizes()));
-  return GuardAten([&]() -> absl::StatusOr<at::Tensor> {
+  return GuardAten([&]() -> absl::StatusOr<ForwardOutput> {
     AttendFn attend = [](int64_t, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
       return Attention(q, k, v, std::nullopt, /*causal=*/true);
     };
-    at::Tensor hidden = Decoder(input_ids.to(options_.device, at::kLong), pos, attend);
-    return at::linear(hidden, lm_head_);  // [B, S, vision_vocab_size]
+    ForwardOutput out;
+    at::Tensor hidden = Decoder(input_ids.to(options_.device, at::kLong), pos, attend,
+                                keep_hidden ? &out.hidden_states : nullptr);
+    out.logits = at::linear(hidden, lm_head_);  // [B, S, vision_vocab_size]
+    return out;
   });
 }
 

@@ -4,7 +4,7 @@
 // gate_up_proj, and GLM-4's extra post-attention / post-MLP RMSNorms), written functionally over
 // a WeightMap whose names are those of the checkpoint (vision_language_encoder/model.safetensors).
 // The vision tower and VQ model of that checkpoint serve image-to-image prompts only and are not
-// part of this model.
+// part of this model (see vision_tokenizer.h).
 //
 // The lm_head has `vision_vocab_size` rows, not `vocab_size`: the AR stage only ever generates
 // image tokens (VQ codes, then the image-end marker), whose ids are the first
@@ -159,6 +159,17 @@ class ArModel {
   absl::StatusOr<at::Tensor> Forward(
       const at::Tensor& input_ids, const std::optional<at::Tensor>& positions = std::nullopt) const;
 
+  // Forward plus every layer's hidden states, as transformers' output_hidden_states gives them:
+  // hidden_states[0] is the embedding output, hidden_states[i] the output of layer i − 1, and the
+  // last entry (index num_hidden_layers) the last layer's output after the final RMSNorm (the
+  // lm_head input), each [B, S, hidden_size]. Same arguments and logits as Forward.
+  struct ForwardOutput {
+    at::Tensor logits;                       // [B, S, vision_vocab_size]
+    std::vector<at::Tensor> hidden_states;   // num_hidden_layers + 1 entries
+  };
+  absl::StatusOr<ForwardOutput> ForwardWithHiddenStates(
+      const at::Tensor& input_ids, const std::optional<at::Tensor>& positions = std::nullopt) const;
+
   // Appends S tokens to `slot` (which may already hold a prefix, e.g. chunked prefill) and
   // returns the logits of the last one [vision_vocab_size]. input_ids [S]; positions [3, S] or
   // [S]. OutOfRange if the slot would exceed the cache capacity.
@@ -203,6 +214,9 @@ class ArModel {
                                             const at::Tensor& v)>;
 
   ArModel(const ArConfig& config, const Options& options);
+  absl::StatusOr<ForwardOutput> ForwardImpl(const at::Tensor& input_ids,
+                                            const std::optional<at::Tensor>& positions,
+                                            bool keep_hidden) const;
   // Static inputs and output of one bucketed step (and its CUDA graph, once captured).
   struct StepBuffers;
   // The bucketed step over `s`'s buffers; capture-safe (no host syncs, fixed shapes).
@@ -215,8 +229,11 @@ class ArModel {
   // positions [3, B, S] int64 → cos, sin [B, S, 1, rotary_dim] in the model's dtype.
   std::pair<at::Tensor, at::Tensor> Rotary(const at::Tensor& positions) const;
   // Embedding → layers → final norm: ids [B, S] → hidden [B, S, hidden_size].
+  // With `hidden_states`, appends the embedding output and each layer's output (the last one
+  // after the final norm, which replaces it).
   at::Tensor Decoder(const at::Tensor& input_ids, const at::Tensor& positions,
-                     const AttendFn& attend) const;
+                     const AttendFn& attend,
+                     std::vector<at::Tensor>* hidden_states = nullptr) const;
   // Checks shape/dtype/range of positions ([3, N...] or [N...]) and returns [3, N...] int64 on
   // the model's device.
   absl::StatusOr<at::Tensor> NormalizePositions(const at::Tensor& positions,

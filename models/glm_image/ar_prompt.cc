@@ -1,5 +1,6 @@
 #include "models/glm_image/ar_prompt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -118,6 +119,65 @@ absl::StatusOr<ArPrompt> BuildTextToImagePrompt(const ArTextTokenizer& tokenizer
   ASSIGN_OR_RETURN(p.ids, tokenizer.bpe->Encode(text, /*add_special_tokens=*/true));
   RETURN_IF_ERROR(CheckLength(p, tokenizer.max_prompt_tokens));
   return p;
+}
+
+absl::StatusOr<ArImageToImagePrompt> BuildImageToImagePrompt(const ArTokenizerSpec& tokenizer,
+                                                             const ArConfig& config,
+                                                             const std::string& prompt,
+                                                             const std::vector<ImageGrid>& sources,
+                                                             int height, int width) {
+  constexpr int kFactor = 32;
+  if (height < kFactor || width < kFactor || height % kFactor != 0 || width % kFactor != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("height/width: ", height, "x", width, " is not a positive multiple of 32"));
+  }
+  ArImageToImagePrompt p;
+  p.sources = sources;
+  p.target = {height / kFactor, width / kFactor};
+  p.max_new_tokens = p.target.height * p.target.width + 1;
+  for (const ImageGrid& g : sources) {
+    if (g.height <= 0 || g.width <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("condition image grid ", g.height, "x", g.width, " is empty"));
+    }
+    p.ids.push_back(config.image_start_token_id);
+    p.ids.insert(p.ids.end(), g.height * g.width, config.image_token_id);
+    p.ids.push_back(config.image_end_token_id);
+  }
+  for (int64_t id : EncodeBytes(tokenizer, prompt)) p.ids.push_back(id);
+  p.ids.push_back(tokenizer.grid_bos_id);
+  for (int64_t id : EncodeBytes(tokenizer, absl::StrCat(p.target.height, " ", p.target.width)))
+    p.ids.push_back(id);
+  p.ids.push_back(tokenizer.grid_eos_id);
+  p.ids.push_back(tokenizer.bos_id);
+  if (static_cast<int64_t>(p.ids.size()) > tokenizer.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", p.ids.size(),
+                                                   " tokens, the limit is ",
+                                                   tokenizer.max_prompt_tokens));
+  }
+  return p;
+}
+
+absl::StatusOr<std::vector<int64_t>> PlaceImageTokens(const std::vector<int64_t>& ids,
+                                                      int64_t image_token_id,
+                                                      const std::vector<int64_t>& image_tokens) {
+  std::vector<int64_t> out = ids;
+  size_t next = 0;
+  for (int64_t& id : out) {
+    if (id != image_token_id) continue;
+    if (next == image_tokens.size()) {
+      next = image_tokens.size() + 1;  // more placeholders than tokens
+      break;
+    }
+    id = image_tokens[next++];
+  }
+  if (next != image_tokens.size()) {
+    const auto placeholders = std::count(ids.begin(), ids.end(), image_token_id);
+    return absl::InvalidArgumentError(absl::StrCat("prompt has ", placeholders,
+                                                   " image placeholders for ",
+                                                   image_tokens.size(), " image tokens"));
+  }
+  return out;
 }
 
 }  // namespace diffmesh::models::glm_image

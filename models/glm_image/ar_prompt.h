@@ -70,6 +70,39 @@ absl::StatusOr<ArTextTokenizer> LoadArTextTokenizer(const std::string& processor
 absl::StatusOr<ArPrompt> BuildTextToImagePrompt(const ArTextTokenizer& tokenizer,
                                                 const std::string& prompt, int height, int width);
 
+// ---- Image-to-image (editing) prompts.
+
+// The AR prompt of an edit request as transformers' GlmImageProcessor builds it from a chat
+// template that renders each condition image as <image_start><|image|><image_end> before the
+// text: every <|image|> expanded to gh·gw placeholders (`image_token_id`), then
+//   {prompt}<grid_bos>{H/32} {W/32}<grid_eos><bos>
+// with ONE target grid (no preview grid in image-to-image mode). The model generates the target
+// grid and the image-end token.
+struct ArImageToImagePrompt {
+  std::vector<int64_t> ids;         // with placeholders; see PlaceImageTokens
+  std::vector<ImageGrid> sources;   // the condition images' AR grids, in prompt order
+  ImageGrid target;                 // (H/32) × (W/32)
+  int64_t max_new_tokens = 0;       // target h·w + the end token
+};
+
+// `sources` are the condition images' patch grids (PreprocessArConditionImage). Byte tokens, as
+// the built-in models and the reference fixtures' character-level tokenizer use; the special ids
+// come from `config` (image start/end/placeholder) and `tokenizer` (grid markers, bos).
+// INVALID_ARGUMENT when the size is not a positive multiple of 32, a grid is empty or the prompt
+// is too long.
+absl::StatusOr<ArImageToImagePrompt> BuildImageToImagePrompt(const ArTokenizerSpec& tokenizer,
+                                                             const ArConfig& config,
+                                                             const std::string& prompt,
+                                                             const std::vector<ImageGrid>& sources,
+                                                             int height, int width);
+
+// The model's placeholder replacement (get_placeholder_mask + masked_scatter): the k-th
+// `image_token_id` in `ids` becomes image_tokens[k] (VQ ids, images concatenated in prompt
+// order). INVALID_ARGUMENT when the counts differ.
+absl::StatusOr<std::vector<int64_t>> PlaceImageTokens(const std::vector<int64_t>& ids,
+                                                      int64_t image_token_id,
+                                                      const std::vector<int64_t>& image_tokens);
+
 }  // namespace diffmesh::models::glm_image
 
 #endif  // DIFFMESH_MODELS_GLM_IMAGE_AR_PROMPT_H_

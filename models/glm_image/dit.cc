@@ -345,7 +345,8 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
                         const at::Tensor& temb, const at::Tensor& rope_cos,
                         const at::Tensor& rope_sin, bool skip_attention,
                         const DitCollectives* collectives,
-                        const JointAttentionShape& shape) const {
+                        const JointAttentionShape& shape, const DitKvCache* kv_read,
+                        DitKvCache* kv_write) const {
   const std::string b = absl::StrCat("transformer_blocks.", index, ".");
   const int64_t batch = hidden.size(0);
   const int64_t text_len = context.size(1);
@@ -371,9 +372,25 @@ void GlmImageDit::Block(int64_t index, at::Tensor& hidden, at::Tensor& context,
   auto [q, k] = NormRotateQk(qkv, text_len, rope_cos, rope_sin);
   at::Tensor v = qkv.select(2, 2);
 
+  if (kv_write != nullptr) {
+    // Appended as the reference's cache stores them: after QK-norm and RoPE, [1, S, heads, D].
+    at::Tensor& ck = kv_write->keys[index];
+    at::Tensor& cv = kv_write->values[index];
+    ck = ck.defined() ? at::cat({ck, k}, 1) : k.clone();
+    cv = cv.defined() ? at::cat({cv, v}, 1) : v.clone();
+  }
+
   at::Tensor attn;
   if (skip_attention) {
     attn = v;  // identity attention: each token keeps its own value
+  } else if (kv_read != nullptr && kv_read->num_tokens() > 0) {
+    // Condition keys/values first, shared by every batch row; no mask.
+    const at::Tensor& ck = kv_read->keys[index];
+    const at::Tensor& cv = kv_read->values[index];
+    at::Tensor keys = at::cat({ck.to(k.scalar_type()).expand({batch, -1, -1, -1}), k}, 1);
+    at::Tensor values = at::cat({cv.to(v.scalar_type()).expand({batch, -1, -1, -1}), v}, 1);
+    attn = attention_fn_(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
+               .transpose(1, 2);
   } else if (collectives != nullptr && collectives->sp_size > 1) {
     attn = collectives->attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), shape)
                .transpose(1, 2);
@@ -488,8 +505,33 @@ at::Tensor GlmImageDit::Forward(const DitInputs& in, const DitCollectives* colle
     TORCH_CHECK(layer >= 0 && layer < c.num_layers, "skip_attention_layers: no block ", layer);
     skip[layer] = true;
   }
+  const bool reads_kv = in.kv_read != nullptr && in.kv_read->num_tokens() > 0;
+  if (reads_kv) {
+    TORCH_CHECK(sp == 1, "condition KV cache with sequence parallelism is not supported");
+    TORCH_CHECK(static_cast<int64_t>(in.kv_read->keys.size()) == c.num_layers &&
+                    in.kv_read->values.size() == in.kv_read->keys.size(),
+                "kv_read holds ", in.kv_read->keys.size(), " blocks, the model has ",
+                c.num_layers);
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const at::Tensor& ck = in.kv_read->keys[i];
+      const at::Tensor& cv = in.kv_read->values[i];
+      TORCH_CHECK(ck.defined() && cv.defined() && ck.dim() == 4 && ck.size(0) == 1 &&
+                      ck.size(2) == c.num_attention_heads / tp_.size &&
+                      ck.size(3) == c.attention_head_dim && cv.sizes() == ck.sizes() &&
+                      ck.size(1) == in.kv_read->num_tokens(),
+                  "kv_read block ", i, ": expected [1, ", in.kv_read->num_tokens(), ", ",
+                  c.num_attention_heads / tp_.size, ", ", c.attention_head_dim, "] keys and values");
+    }
+  }
+  if (in.kv_write != nullptr) {
+    TORCH_CHECK(sp == 1, "condition KV cache with sequence parallelism is not supported");
+    TORCH_CHECK(batch == 1, "the KV-cache write pass takes one image (batch 1)");
+    in.kv_write->keys.resize(c.num_layers);
+    in.kv_write->values.resize(c.num_layers);
+  }
   for (int64_t i = 0; i < c.num_layers; ++i) {
-    Block(i, hidden, context, temb, rope_cos, rope_sin, skip[i], collectives, shape);
+    Block(i, hidden, context, temb, rope_cos, rope_sin, skip[i], collectives, shape,
+          reads_kv ? in.kv_read : nullptr, in.kv_write);
   }
 
   // Final AdaLN (no activation on temb here: it already went through SiLU), chunked

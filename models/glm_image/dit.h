@@ -39,6 +39,21 @@ struct DitConfig {
   static absl::StatusOr<DitConfig> FromFile(const std::string& path);
 };
 
+// Keys and values of condition images for image-to-image (editing), as diffusers'
+// GlmImageKVCache holds them for one sample: per block, K after the QK LayerNorm and the image's
+// own 2-D RoPE (positions from 0), and V, of every condition token, images concatenated along
+// the sequence in the order they were written. Each tensor [1, N_cond, heads, head_dim] in the
+// model's dtype (this rank's heads under tensor parallelism).
+struct DitKvCache {
+  std::vector<at::Tensor> keys;    // one per block; undefined until written
+  std::vector<at::Tensor> values;  // one per block
+
+  // Condition tokens held (0 when empty).
+  int64_t num_tokens() const {
+    return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(1);
+  }
+};
+
 // One transformer call. Floating inputs are cast to the model's dtype where the reference does
 // so; integer/bool inputs may have any integral dtype.
 struct DitInputs {
@@ -52,6 +67,14 @@ struct DitInputs {
   // Blocks whose attention is skipped (output = the values, as skip-layer / spatio-temporal
   // guidance perturbs a branch); empty for an ordinary call.
   std::vector<int64_t> skip_attention_layers;
+  // Image-to-image. `kv_read` ("read" mode, the conditional branch): each block's attention also
+  // attends to the cached condition keys/values, placed before the current [text; image] ones,
+  // for every query; the output keeps the query length. Null or empty: no condition (text-to-
+  // image, or the unconditional branch: "skip" mode). Batch rows share the one cache.
+  const DitKvCache* kv_read = nullptr;
+  // "write" mode (the condition image's own pass): each block appends its [text; image] keys and
+  // values to this cache (attention itself sees only the current tokens). Batch 1.
+  DitKvCache* kv_write = nullptr;
 };
 
 // Joint attention core: q/k/v [B, heads, S, head_dim] over S = T text + N image tokens (text
@@ -151,7 +174,8 @@ class GlmImageDit {
   // One GlmImageTransformerBlock; updates both streams in place of the arguments.
   void Block(int64_t index, at::Tensor& hidden, at::Tensor& context, const at::Tensor& temb,
              const at::Tensor& rope_cos, const at::Tensor& rope_sin, bool skip_attention,
-             const DitCollectives* collectives, const JointAttentionShape& shape) const;
+             const DitCollectives* collectives, const JointAttentionShape& shape,
+             const DitKvCache* kv_read, DitKvCache* kv_write) const;
   // A row-parallel projection: local partial product, summed over the tp group, then the bias.
   at::Tensor RowParallelLinear(const at::Tensor& x, const std::string& prefix,
                                const DitCollectives* collectives) const;

@@ -44,7 +44,18 @@ GlmImageSpec Tiny() {
       "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 2,
       "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vision_vocab_size": 320, "vocab_size": 640,
       "bos_token_id": 578, "eos_token_id": 257, "pad_token_id": 0,
-      "rope_parameters": {"mrope_section": [4, 6, 6], "rope_theta": 10000.0, "rope_type": "default"}}})");
+      "rope_parameters": {"mrope_section": [4, 6, 6], "rope_theta": 10000.0, "rope_type": "default"}},
+    "vision_config": {
+      "attention_bias": true, "depth": 2, "hidden_act": "gelu", "hidden_size": 64,
+      "image_size": 256, "in_channels": 3, "intermediate_size": 128, "layer_norm_eps": 1e-6,
+      "num_heads": 2, "patch_size": 16, "spatial_merge_size": 1},
+    "vq_config": {"embed_dim": 32, "in_channels": 3, "latent_channels": 64, "num_embeddings": 256}})");
+  s.image_processor = json::parse(R"({
+    "do_convert_rgb": true, "do_normalize": true, "do_rescale": true, "do_resize": true,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "merge_size": 1, "patch_size": 16,
+    "resample": 3, "rescale_factor": 0.00392156862745098,
+    "size": {"longest_edge": 262144, "shortest_edge": 4096}, "temporal_patch_size": 1})");
   s.scheduler = json::parse(R"({
     "_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.25,
     "invert_sigmas": false, "max_image_seq_len": 4096, "max_shift": 0.75,
@@ -163,6 +174,62 @@ absl::StatusOr<std::unique_ptr<ArModel>> BuildArModel(const GlmImageSpec& spec,
 absl::StatusOr<std::unique_ptr<FlowMatchEulerScheduler>> BuildScheduler(const GlmImageSpec& spec) {
   ASSIGN_OR_RETURN(SchedulerConfig config, SchedulerConfig::FromJson(spec.scheduler));
   return FlowMatchEulerScheduler::Create(config);
+}
+
+absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVae(const GlmImageSpec& spec,
+                                                        at::ScalarType dtype, at::Device device) {
+  ASSIGN_OR_RETURN(VaeConfig config, VaeConfig::FromJson(spec.vae));
+  const auto params = AutoencoderKl::Params(config, VaeParts::kAll);
+  WeightMap w;
+  if (!spec.dir.empty()) {
+    WeightLoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    ASSIGN_OR_RETURN(
+        w, LoadComponentWeights(SnapshotComponentDir(spec, Component::kVae), params, load));
+  } else {
+    // Per-name seeding: the decoder's weights equal BuildVaeDecoder's.
+    w = InitSeeded(params, ComponentSeed(spec, Component::kVae));
+    for (auto& [name, t] : w) t = t.to(device, dtype);
+  }
+  return AutoencoderKl::Create(config, std::move(w), VaeParts::kAll);
+}
+
+absl::StatusOr<std::unique_ptr<GlmImageVisionTokenizer>> BuildVisionTokenizer(
+    const GlmImageSpec& spec, at::ScalarType dtype, at::Device device) {
+  if (!spec.vision_language_encoder.contains("vision_config")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", spec.name, "': vision_language_encoder has no vision_config"));
+  }
+  ASSIGN_OR_RETURN(VisionTokenizerConfig config,
+                   VisionTokenizerConfig::FromJson(spec.vision_language_encoder));
+  const auto params = GlmImageVisionTokenizer::Params(config);
+  WeightMap w;
+  if (!spec.dir.empty()) {
+    WeightLoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    load.ignored_prefixes = GlmImageVisionTokenizer::IgnoredPrefixes();  // the text decoder
+    ASSIGN_OR_RETURN(w, LoadComponentWeights(
+                            SnapshotComponentDir(spec, Component::kVisionLanguageEncoder), params,
+                            load));
+  } else {
+    // Per-name seeding: the text decoder's weights (BuildArModel) are unaffected.
+    w = InitSeeded(params, ComponentSeed(spec, Component::kVisionLanguageEncoder));
+    for (auto& [name, t] : w) t = t.to(device, dtype);
+  }
+  return GlmImageVisionTokenizer::Create(config, std::move(w));
+}
+
+absl::StatusOr<ArImageProcessorConfig> BuildArImageProcessorConfig(const GlmImageSpec& spec) {
+  if (!spec.image_processor.is_null() && !spec.image_processor.empty()) {
+    return ArImageProcessorConfig::FromJson(spec.image_processor);
+  }
+  if (spec.dir.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", spec.name, "' has no image processor config"));
+  }
+  return ArImageProcessorConfig::FromFile(spec.dir + "/processor/preprocessor_config.json");
 }
 
 }  // namespace diffmesh::models::glm_image

@@ -14,10 +14,12 @@
 #include "absl/status/statusor.h"
 #include "models/glm_image/ar_model.h"
 #include "models/glm_image/ar_prompt.h"
+#include "models/glm_image/condition_image.h"
 #include "models/glm_image/dit.h"
 #include "models/glm_image/scheduler.h"
 #include "models/glm_image/t5_encoder.h"
 #include "models/glm_image/vae.h"
+#include "models/glm_image/vision_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh::models::glm_image {
@@ -40,6 +42,9 @@ struct GlmImageSpec {
   // merges); false for a real BPE vocabulary, which prompts must be encoded with.
   std::string ar_tokenizer_json;
   bool byte_tokens = true;
+  // The AR image processor's preprocessor_config.json for built-in models (condition images of
+  // edit requests); empty for snapshots, which hold it as processor/preprocessor_config.json.
+  nlohmann::json image_processor;
   // Largest image side the stages serve unless told otherwise (the AR stage sizes its KV cache
   // for it): 512 for the small built-ins, the released pipeline's limit for snapshots.
   int max_image_size = 512;
@@ -80,6 +85,20 @@ absl::StatusOr<std::unique_ptr<T5Encoder>> BuildTextEncoder(const GlmImageSpec& 
 absl::StatusOr<std::unique_ptr<ArModel>> BuildArModel(const GlmImageSpec& spec,
                                                       const ArModelOptions& options = {});
 absl::StatusOr<std::unique_ptr<FlowMatchEulerScheduler>> BuildScheduler(const GlmImageSpec& spec);
+
+// ---- Image-to-image (editing) components.
+
+// The whole autoencoder (encoder for condition images, decoder for the output).
+absl::StatusOr<std::unique_ptr<AutoencoderKl>> BuildVae(const GlmImageSpec& spec,
+                                                        at::ScalarType dtype = at::kFloat,
+                                                        at::Device device = at::kCPU);
+// The AR checkpoint's vision tower and VQ model (vision_language_encoder's `vision_config` /
+// `vq_config`); FailedPrecondition when the spec's config has no vision_config.
+absl::StatusOr<std::unique_ptr<GlmImageVisionTokenizer>> BuildVisionTokenizer(
+    const GlmImageSpec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+// The AR image processor settings: spec.image_processor, or the snapshot's
+// processor/preprocessor_config.json.
+absl::StatusOr<ArImageProcessorConfig> BuildArImageProcessorConfig(const GlmImageSpec& spec);
 
 }  // namespace diffmesh::models::glm_image
 
