@@ -23,10 +23,14 @@ run() {  # $1 name, $2 denoise flags (comma-separated)
   "$bin/orchestrator/diffmesh-orchestrator" --port $port --ar-address 127.0.0.1:$((port + 1)) \
     --encoder-address 127.0.0.1:$((port + 2)) --denoise-address 127.0.0.1:$((port + 3)) >/dev/null 2>&1 & pids+=($!)
   local ok=0
+  # The latents and the image of the same request (one output per request).
+  gen() {
+    "$bin/cli/diffmesh" generate --server 127.0.0.1:$port --prompt 'a lighthouse, "parity"' \
+      --seed 11 --height 512 --width 512 --steps 8 --timeout 120 --output "$1"
+  }
   for attempt in $(seq 20); do  # the services need a few seconds to start
-    if "$bin/cli/diffmesh" generate --server 127.0.0.1:$port --prompt 'a lighthouse, "parity"' \
-        --seed 11 --height 512 --width 512 --steps 8 --timeout 120 --output "$out/$name.png" \
-        --save-latents "$out/$name.safetensors" >"$out/$name.log" 2>&1; then ok=1; break; fi
+    if gen "$out/$name.safetensors" >"$out/$name.log" 2>&1 &&
+       gen "$out/$name.png" >>"$out/$name.log" 2>&1; then ok=1; break; fi
     grep -q UNAVAILABLE "$out/$name.log" || break
     sleep 2
   done

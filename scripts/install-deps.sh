@@ -10,7 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libspng-dev zlib1g-dev libicu-dev
   python3 python3-grpcio python3-protobuf prometheus
   golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev python3-kubernetes python3-yaml
-  libsentencepiece-dev libjpeg62-turbo-dev libwebp-dev
+  libjpeg62-turbo-dev libwebp-dev
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev python3-av ffmpeg
   libcpp-httplib-dev
 )

@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/image/png.h"
+#include "common/media/image_codec.h"
+#include "common/media/media_format.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
@@ -302,14 +304,26 @@ class DenoiseCore::Impl {
     RETURN_IF_ERROR(GuidanceOf(r).status());
     switch (r.output().format()) {
       case v1::OUTPUT_FORMAT_PNG:
+      case v1::OUTPUT_FORMAT_JPEG:
+      case v1::OUTPUT_FORMAT_WEBP:
       case v1::OUTPUT_FORMAT_RAW:
       case v1::OUTPUT_FORMAT_LATENTS:
-        return absl::OkStatus();
+        break;
       default:
         return absl::InvalidArgumentError(absl::StrCat(
             "output.format: ", v1::OutputFormat_Name(r.output().format()),
-            " is not made by this stage (PNG, RAW, LATENTS)"));
+            " is not made by this stage (PNG, JPEG, WEBP, RAW, LATENTS)"));
     }
+    if (r.output().has_quality()) {
+      const int q = r.output().quality();
+      const bool jpeg = r.output().format() == v1::OUTPUT_FORMAT_JPEG;
+      const bool webp = r.output().format() == v1::OUTPUT_FORMAT_WEBP;
+      if ((!jpeg && !webp) || q < (jpeg ? 1 : 0) || q > 100) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("output.quality: ", q, " (JPEG 1..100, WEBP 0..100, no other format)"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   // The request's guidance as this model runs it: two-branch CFG, or the four-branch policy
@@ -467,10 +481,18 @@ class DenoiseCore::Impl {
         SetTensorInfo("frames", t, info);
         data = std::move(*t.mutable_data());
       } else {
+        const media::MediaFormat format = output.format() == v1::OUTPUT_FORMAT_JPEG
+                                              ? media::MediaFormat::kJpeg
+                                          : output.format() == v1::OUTPUT_FORMAT_WEBP
+                                              ? media::MediaFormat::kWebp
+                                              : media::MediaFormat::kPng;
         info.set_name("image");
         info.set_kind(v1::OUTPUT_KIND_IMAGE);
-        info.set_mime_type("image/png");
-        ASSIGN_OR_RETURN(data, EncodePng(pixels.data_ptr<uint8_t>(), info.width(), info.height()));
+        info.set_mime_type(std::string(media::MimeType(format)));
+        ASSIGN_OR_RETURN(data, media::EncodeImage(pixels.data_ptr<uint8_t>(), info.width(),
+                                                  info.height(), format,
+                                                  output.has_quality() ? output.quality()
+                                                                       : media::kDefaultQuality));
       }
     }
     ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "common/image/png.h"
+#include "common/media/image_codec.h"
 #include "common/tensor/wire_tensor.h"
 #include "common/tensor/testing/random_tensor.h"
 #include "gtest/gtest.h"
@@ -107,6 +108,30 @@ TEST_F(DenoiseCoreTest, RawOutputIsTheDecodedPngsPixels) {
   auto img = DecodePng(png.png());
   ASSERT_TRUE(img.ok());
   EXPECT_EQ(frames->data(), std::string(img->pixels.begin(), img->pixels.end()));
+}
+
+TEST_F(DenoiseCoreTest, JpegAndWebpOutputsDecodeToTheImage) {
+  v1::DenoiseRequest r = Request(64, 14);
+  auto png = DecodePng(Run(r).png());
+  ASSERT_TRUE(png.ok());
+  for (auto [format, mime] : {std::pair{v1::OUTPUT_FORMAT_JPEG, "image/jpeg"},
+                              std::pair{v1::OUTPUT_FORMAT_WEBP, "image/webp"}}) {
+    r.mutable_output()->set_format(format);
+    r.mutable_output()->set_quality(100);
+    Outcome o = Run(r);
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    ASSERT_EQ(o.events.outputs.size(), 1u);
+    EXPECT_EQ(o.events.outputs[0].info().mime_type(), mime);
+    auto img = media::DecodeImage(o.events.outputs[0].data());
+    ASSERT_TRUE(img.ok()) << img.status();
+    ASSERT_EQ(img->pixels.size(), png->pixels.size());
+    int worst = 0;
+    for (size_t i = 0; i < img->pixels.size(); ++i) {
+      worst = std::max(worst, std::abs(int{img->pixels[i]} - int{png->pixels[i]}));
+    }
+    // WebP at quality 100 is lossless; JPEG at 100 stays within a few levels.
+    EXPECT_LE(worst, format == v1::OUTPUT_FORMAT_WEBP ? 0 : 16) << mime;
+  }
 }
 
 TEST_F(DenoiseCoreTest, GuidanceAndPriorTokensChangeTheLatents) {
