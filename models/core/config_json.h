@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,9 +26,15 @@ inline std::string DescribeConfigValue(const nlohmann::json& value) {
   return text;
 }
 
+template <typename T>
+struct IsConfigList : std::false_type {};
+template <typename E, typename A>
+struct IsConfigList<std::vector<E, A>> : std::true_type {};
+
 // `value` converted to T, or INVALID_ARGUMENT naming `component` and `key`: a non-integer for an
 // integer field, an integer outside T's range, a non-number or a non-finite or out-of-range
-// number for a float, a non-string for a string, an unconvertible value for anything else.
+// number for a float, a non-string for a string, a non-list (or a bad element) for a
+// std::vector, an unconvertible value for anything else.
 // Never a float-to-integer or out-of-range float conversion (both undefined behaviour).
 template <typename T>
 absl::StatusOr<T> ConfigValue(const nlohmann::json& value, const char* component, const char* key) {
@@ -58,6 +65,18 @@ absl::StatusOr<T> ConfigValue(const nlohmann::json& value, const char* component
       return bad("out of range");
     }
     return static_cast<T>(v);
+  } else if constexpr (IsConfigList<T>::value) {
+    // Element by element, so that list elements get the same range checks.
+    if (!value.is_array()) return bad("not a list");
+    T out;
+    out.reserve(value.size());
+    for (const nlohmann::json& element : value) {
+      absl::StatusOr<typename T::value_type> v =
+          ConfigValue<typename T::value_type>(element, component, key);
+      if (!v.ok()) return v.status();
+      out.push_back(*std::move(v));
+    }
+    return out;
   } else {
     if constexpr (std::is_same_v<T, std::string>) {
       if (!value.is_string()) return bad("not a string");

@@ -78,6 +78,21 @@ TEST(ReadConfigFieldTest, FloatOutOfRangeOrNonFiniteIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Regression: lists were converted by nlohmann (a float element into int64 was undefined).
+TEST(ReadConfigFieldTest, ListElementsAreRangeChecked) {
+  std::vector<int64_t> channels = {64};
+  ASSERT_TRUE(Read("{\"num_layers\": [128, 256]}", channels).ok());
+  EXPECT_EQ(channels, (std::vector<int64_t>{128, 256}));
+  ExpectRejectedNamingKey<std::vector<int64_t>>("{\"num_layers\": [1, 1e300]}");
+  ExpectRejectedNamingKey<std::vector<int64_t>>("{\"num_layers\": [1, 2.5]}");
+  ExpectRejectedNamingKey<std::vector<int>>("{\"num_layers\": [4294967296]}");
+  ExpectRejectedNamingKey<std::vector<float>>("{\"num_layers\": [1e300]}");
+  ExpectRejectedNamingKey<std::vector<double>>("{\"num_layers\": 3}");
+  std::vector<double> means;
+  ASSERT_TRUE(Read("{\"num_layers\": [0.5, -1, 2e10]}", means).ok());
+  EXPECT_EQ(means, (std::vector<double>{0.5, -1, 2e10}));
+}
+
 TEST(ReadConfigFieldTest, WrongKindIsInvalidArgument) {
   ExpectRejectedNamingKey<bool>("{\"num_layers\": 1}");
   ExpectRejectedNamingKey<double>("{\"num_layers\": \"3\"}");
