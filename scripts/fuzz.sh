@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (fuzz/) with clang, ASan and UBSan in build-fuzz/, then runs
-# each for SECONDS (default 15) on its committed seed corpus (fuzz/corpus/<harness>/). Exits
+# each for SECONDS (default 15) on its committed seed corpus (fuzz/corpus/<harness>/) and the
+# inputs of past findings (fuzz/regressions/<harness>/), with fuzz/json.dict for the harnesses
+# that read JSON. Exits
 # non-zero if any harness finds a crash, a sanitizer report, a timeout or a broken invariant;
 # the input is kept in build-fuzz/artifacts/<harness>/. Usage:
 #   scripts/fuzz.sh [SECONDS] [HARNESS...]
@@ -39,11 +41,18 @@ for h in "${harnesses[@]}"; do
   artifacts=$build/artifacts/$h/
   mkdir -p "$work" "$artifacts"
   log=$build/$h.log
+  flags=()
+  case $h in
+    safetensors_header_fuzzer|shard_index_fuzzer|pipeline_config_fuzzer|config_json_fuzzer)
+      flags+=(-dict=fuzz/json.dict) ;;
+  esac
+  inputs=("$work" "$seeds")
+  [ -d "fuzz/regressions/$h" ] && inputs+=("fuzz/regressions/$h")
   echo "fuzz.sh: $h for ${seconds} s"
   # shellcheck disable=SC2086
   if "$build/fuzz/$h" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
        -print_final_stats=1 -artifact_prefix="$artifacts" ${DIFFMESH_FUZZ_ARGS:-} \
-       "$work" "$seeds" >"$log" 2>&1; then
+       "${flags[@]}" "${inputs[@]}" >"$log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
     echo "fuzz.sh: $h ok, $execs executions"
   else
