@@ -21,7 +21,8 @@ void ReadAs(const json& config, const std::string& key) {
   const json& value = config.at(key);
   if (!status.ok()) {
     Check(status.code() == absl::StatusCode::kInvalidArgument, "error is not INVALID_ARGUMENT");
-    Check(status.message().find(key) != std::string::npos || key.empty(), "error does not name the key");
+    Check(status.message().find(key) != std::string::npos || key.empty(),
+          "error does not name the key");
     return;
   }
   if (value.is_null()) return;

@@ -25,7 +25,8 @@ class MemoryFile {
     path_ = "/proc/self/fd/" + std::to_string(fd_);
   }
   const std::string& Set(const uint8_t* data, size_t size) {
-    if (ftruncate(fd_, 0) != 0 || (size > 0 && pwrite(fd_, data, size, 0) != static_cast<ssize_t>(size))) {
+    if (ftruncate(fd_, 0) != 0 ||
+        (size > 0 && pwrite(fd_, data, size, 0) != static_cast<ssize_t>(size))) {
       std::perror("memfd write");
       std::abort();
     }

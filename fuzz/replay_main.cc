@@ -1,13 +1,13 @@
 // Runs a harness's LLVMFuzzerTestOneInput over files and folders given as arguments, without
 // libFuzzer: the normal (gcc) test suite replays every seed and regression input through the
 // harnesses' invariant checks this way; the fuzz build (scripts/fuzz.sh) adds the sanitizers.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
-#include <algorithm>
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);

@@ -12,8 +12,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string TempPath(const std::string& name) {
-  return (fs::path(::testing::TempDir()) /
-          (name + "_" + std::to_string(std::random_device{}())))
+  return (fs::path(::testing::TempDir()) / (name + "_" + std::to_string(std::random_device{}())))
       .string();
 }
 

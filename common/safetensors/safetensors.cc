@@ -103,7 +103,6 @@ absl::Status CheckLayout(const std::string& path, std::vector<Extent>& extents, 
   return absl::OkStatus();
 }
 
-
 // Folders a shard of the index at `index_path` may resolve into: the index's own folder and,
 // inside a Hugging Face cache (<models--org--name>/snapshots/<revision>/...), the model's cache
 // folder, since the snapshot's files are symlinks to its blobs/.
@@ -114,7 +113,8 @@ std::vector<fs::path> ShardRoots(const fs::path& index_path) {
   fs::path root = fs::canonical(folder, ec);
   if (!ec) roots.push_back(root);
   for (fs::path p = folder; p.has_relative_path(); p = p.parent_path()) {
-    if (p.filename() == "snapshots" && absl::StartsWith(p.parent_path().filename().string(), "models--")) {
+    if (p.filename() == "snapshots" &&
+        absl::StartsWith(p.parent_path().filename().string(), "models--")) {
       root = fs::canonical(p.parent_path(), ec);
       if (!ec) roots.push_back(root);
       break;
@@ -123,6 +123,7 @@ std::vector<fs::path> ShardRoots(const fs::path& index_path) {
   return roots;
 }
 
+// Whether `path` lies strictly below `root` (both canonical).
 bool Inside(const fs::path& path, const fs::path& root) {
   auto p = path.begin();
   for (auto r = root.begin(); r != root.end(); ++r, ++p) {

@@ -37,7 +37,8 @@ absl::Status Supervisor::StartAll() {
   for (size_t i = 0; i < processes_.size(); ++i) {
     if (absl::Status s = Start(i, now); !s.ok()) {
       StopAll();
-      return absl::Status(s.code(), absl::StrCat("diffmesh-", processes_[i].name, ": ", s.message()));
+      return absl::Status(s.code(),
+                          absl::StrCat("diffmesh-", processes_[i].name, ": ", s.message()));
     }
   }
   return absl::OkStatus();
@@ -65,8 +66,9 @@ Supervisor::PollResult Supervisor::Poll(absl::Time now) {
     s.restart_at = now + s.next_backoff;
     s.next_backoff = std::min(s.next_backoff * 2, options_.max_backoff);
     Log(absl::StrCat("diffmesh up: diffmesh-", processes_[i].name, " ", DescribeExit(status),
-                     " after ", ran_text, "; restarting it in ", absl::FormatDuration(s.child.last_backoff),
-                     " (restart ", s.child.restarts + 1, ")"));
+                     " after ", ran_text, "; restarting it in ",
+                     absl::FormatDuration(s.child.last_backoff), " (restart ", s.child.restarts + 1,
+                     ")"));
   }
   for (size_t i = 0; i < state_.size(); ++i) {
     State& s = state_[i];
@@ -78,11 +80,12 @@ Supervisor::PollResult Supervisor::Poll(absl::Time now) {
       s.restart_at = now + s.next_backoff;
       s.next_backoff = std::min(s.next_backoff * 2, options_.max_backoff);
       Log(absl::StrCat("diffmesh up: cannot restart diffmesh-", processes_[i].name, ": ",
-                       st.message(), "; trying again in ", absl::FormatDuration(s.child.last_backoff)));
+                       st.message(), "; trying again in ",
+                       absl::FormatDuration(s.child.last_backoff)));
       continue;
     }
-    Log(absl::StrCat("diffmesh up: restarted diffmesh-", processes_[i].name, " (pid ",
-                     s.child.pid, ")"));
+    Log(absl::StrCat("diffmesh up: restarted diffmesh-", processes_[i].name, " (pid ", s.child.pid,
+                     ")"));
     result.restarted.push_back(i);
   }
   return result;

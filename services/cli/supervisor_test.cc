@@ -85,8 +85,7 @@ TEST(SupervisorTest, KilledChildIsRestartedAndServesAgainWhileTheOtherKeepsRunni
   ASSERT_EQ(AskUntilServing(port_b), absl::StrCat("ok ", b, "\n"));
 
   ASSERT_EQ(kill(a, SIGKILL), 0);
-  ASSERT_TRUE(PollUntil(s, [&] { return s.child(0).pid > 0 && s.child(0).pid != a; }))
-      << log.str();
+  ASSERT_TRUE(PollUntil(s, [&] { return s.child(0).pid > 0 && s.child(0).pid != a; })) << log.str();
   const pid_t a2 = s.child(0).pid;
   EXPECT_EQ(s.child(0).restarts, 1);
   EXPECT_EQ(s.child(0).last_backoff, absl::Milliseconds(100));
@@ -95,7 +94,8 @@ TEST(SupervisorTest, KilledChildIsRestartedAndServesAgainWhileTheOtherKeepsRunni
   EXPECT_EQ(s.child(1).pid, b);
   EXPECT_EQ(s.child(1).restarts, 0);
   EXPECT_EQ(Ask(port_b), absl::StrCat("ok ", b, "\n"));
-  EXPECT_NE(log.str().find("diffmesh-alpha was killed by signal 9"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("diffmesh-alpha was killed by signal 9"), std::string::npos)
+      << log.str();
   EXPECT_NE(log.str().find("restarted diffmesh-alpha"), std::string::npos) << log.str();
 
   s.StopAll();
