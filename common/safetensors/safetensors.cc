@@ -24,6 +24,9 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+// Headers list one small entry per tensor: megabytes for the largest checkpoints. The reference
+// implementation refuses more than 100 MB too.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // Indexes list one file name per tensor: megabytes for the largest models, not more.
 constexpr size_t kMaxIndexBytes = size_t{64} << 20;
 
@@ -209,6 +212,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];
   if (header_len > file->map_size_ - 8) return Corrupt(path, "header length past end of file");
+  if (header_len > kMaxHeaderBytes) {
+    return Invalid(path, absl::StrCat("header of ", header_len, " bytes is over the limit of ",
+                                      kMaxHeaderBytes, " (parsing it could exhaust memory)"));
+  }
   ASSIGN_OR_RETURN(json header, ParseHeader(path, base + 8, header_len));
   const uint8_t* data = base + 8 + header_len;
   const size_t data_size = file->map_size_ - 8 - header_len;

@@ -183,6 +183,28 @@ TEST(SafetensorsLayoutTest, DirectoryIsNotASafetensorsFile) {
   fs::remove_all(dir);
 }
 
+// A header length within the file but past 100 MB is refused before parsing (a sparse file,
+// so nothing is written).
+TEST(SafetensorsLayoutTest, HugeHeaderIsRefusedBeforeParsing) {
+  std::string dir = TempDir();
+  const std::string path = dir + "/huge.safetensors";
+  const uint64_t len = 200'000'000;
+  {
+    std::ofstream out(path, std::ios::binary);
+    char len_bytes[8];
+    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+    out.write(len_bytes, 8);
+    out << '{';
+  }
+  fs::resize_file(path, 8 + len);
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_FALSE(file.ok());
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << file.status();
+  EXPECT_NE(file.status().message().find(path), std::string::npos) << file.status();
+  EXPECT_NE(file.status().message().find("100000000"), std::string::npos) << file.status();
+  fs::remove_all(dir);
+}
+
 class ShardIndexTest : public ::testing::Test {
  protected:
   void SetUp() override {
