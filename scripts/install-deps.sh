@@ -13,6 +13,7 @@ PACKAGES=(
   libjpeg62-turbo-dev libwebp-dev
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev python3-av ffmpeg
   libcpp-httplib-dev
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

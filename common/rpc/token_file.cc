@@ -1,19 +1,17 @@
 #include "common/rpc/token_file.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file/file.h"
 
 namespace diffmesh {
 namespace {
 
 // Far above any real token; a longer "line" is the wrong file.
 constexpr size_t kMaxTokenBytes = 4096;
+// Room for thousands of tokens; a larger file (or /dev/zero) is the wrong file.
+constexpr size_t kMaxTokenFileBytes = 1 << 20;
 
 bool VisibleAscii(absl::string_view s) {
   for (char c : s) {
@@ -52,19 +50,11 @@ absl::StatusOr<std::vector<std::string>> ParseTokens(absl::string_view text,
 
 absl::StatusOr<std::vector<std::string>> ReadTokenFile(const std::string& path) {
   const std::string source = absl::StrCat("token file '", path, "'");
-  errno = 0;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    const std::string message = absl::StrCat(source, ": ", std::strerror(err != 0 ? err : EIO));
-    if (err == ENOENT) return absl::NotFoundError(message);
-    if (err == EACCES) return absl::PermissionDeniedError(message);
-    return absl::InvalidArgumentError(message);
+  auto text = ReadFileBounded(path, kMaxTokenFileBytes);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat("token file ", text.status().message()));
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return absl::InvalidArgumentError(absl::StrCat(source, ": cannot read it"));
-  return ParseTokens(text.str(), source);
+  return ParseTokens(*text, source);
 }
 
 absl::StatusOr<std::string> ReadClientToken(const std::string& path) {

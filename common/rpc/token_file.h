@@ -17,7 +17,8 @@ namespace diffmesh {
 absl::StatusOr<std::vector<std::string>> ParseTokens(absl::string_view text,
                                                      absl::string_view source);
 
-// ParseTokens over the file at `path` (NOT_FOUND / PERMISSION_DENIED / INVALID_ARGUMENT naming it).
+// ParseTokens over the file at `path` (NOT_FOUND / PERMISSION_DENIED / INVALID_ARGUMENT naming it;
+// a file over 1 MiB, a directory or an endless device such as /dev/zero is INVALID_ARGUMENT).
 absl::StatusOr<std::vector<std::string>> ReadTokenFile(const std::string& path);
 
 // A client's token file: exactly one token.

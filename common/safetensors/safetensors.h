@@ -62,6 +62,13 @@ class Checkpoint {
   std::map<std::string, const TensorView*> index_;
 };
 
+// The shard files of a sharded checkpoint's index (*.safetensors.index.json, its weight_map),
+// each once, in the order first named. Every shard name is a relative path inside the index's
+// folder: an absolute path, a ".." component or a symlink that resolves outside the folder (or,
+// in a Hugging Face cache, outside the model's cache folder) is INVALID_ARGUMENT naming the
+// index and the tensor; a missing shard is NOT_FOUND. The index itself is read with a size bound.
+absl::StatusOr<std::vector<std::string>> ReadShardIndex(const std::string& index_path);
+
 // Writes tensors to `path` in safetensors format (used by snapshot writers and tests).
 struct OwnedTensor {
   DType dtype;

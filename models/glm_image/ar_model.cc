@@ -14,6 +14,7 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <stdexcept>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -30,9 +31,11 @@ using json = nlohmann::json;
 
 template <typename T>
 T ValueOr(const json& j, const char* key, T fallback) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  return it->get<T>();
+  // Range-checked (config_json.h): 1e300 for an integer is an error, not an undefined
+  // float-to-integer conversion.
+  const absl::Status status = ReadConfigField(j, "AR", key, fallback);
+  if (!status.ok()) throw std::invalid_argument(std::string(status.message()));
+  return fallback;
 }
 
 // Turns an ATen exception (bad shapes that slipped past the checks, device out of memory) into a
@@ -91,7 +94,9 @@ absl::StatusOr<ArConfig> ArConfig::FromJson(const json& root) {
     c.num_attention_heads = ValueOr<int64_t>(t, "num_attention_heads", c.num_attention_heads);
     // Absent: the constructor default (2); null: one KV head per query head (as transformers).
     if (auto kv = t.find("num_key_value_heads"); kv != t.end()) {
-      c.num_key_value_heads = kv->is_null() ? c.num_attention_heads : kv->get<int64_t>();
+      c.num_key_value_heads = kv->is_null()
+                                  ? c.num_attention_heads
+                                  : ValueOr<int64_t>(t, "num_key_value_heads", 0);
     }
     c.head_dim = c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
     c.head_dim = ValueOr<int64_t>(t, "head_dim", c.head_dim);
@@ -128,7 +133,7 @@ absl::StatusOr<ArConfig> ArConfig::FromJson(const json& root) {
     c.partial_rotary_factor = ValueOr<double>(rope, "partial_rotary_factor",
                                               ValueOr<double>(t, "partial_rotary_factor", 1.0));
     if (rope.contains("mrope_section")) {
-      const auto sections = rope.at("mrope_section").get<std::vector<int64_t>>();
+      const auto sections = ValueOr<std::vector<int64_t>>(rope, "mrope_section", {});
       if (sections.size() != 3) {
         return absl::InvalidArgumentError("mrope_section must have 3 entries (t, h, w)");
       }
@@ -140,6 +145,8 @@ absl::StatusOr<ArConfig> ArConfig::FromJson(const json& root) {
     c.image_end_token_id = ValueOr<int64_t>(root, "image_end_token_id", c.image_end_token_id);
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("AR config: ", e.what()));
+  } catch (const std::invalid_argument& e) {
+    return absl::InvalidArgumentError(e.what());
   }
   RETURN_IF_ERROR(c.Validate());
   return c;

@@ -126,6 +126,30 @@ TEST(ArConfigTest, RejectsInconsistentSections) {
   EXPECT_EQ(ArConfig::FromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Regression: a float such as 1e300 for an integer field was converted (undefined behaviour,
+// flagged by UBSan) instead of being rejected.
+TEST(ArConfigTest, OutOfRangeNumbersAreInvalidArgumentNamingTheKey) {
+  const nlohmann::json valid = {
+      {"text_config",
+       {{"hidden_size", 64},
+        {"num_attention_heads", 4},
+        {"rope_parameters", {{"rope_type", "default"}, {"mrope_section", {2, 3, 3}}}}}}};
+  ASSERT_TRUE(ArConfig::FromJson(valid).ok());
+  for (const char* key : {"vocab_size", "hidden_size", "num_key_value_heads", "head_dim"}) {
+    nlohmann::json j = valid;
+    j["text_config"][key] = 1e300;
+    const absl::Status s = ArConfig::FromJson(j).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(s.message().find(key), std::string::npos) << s;
+  }
+  nlohmann::json j = valid;
+  j["text_config"]["rope_parameters"]["mrope_section"] = {2, 3, 1e300};
+  EXPECT_EQ(ArConfig::FromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+  j = valid;
+  j["image_token_id"] = -1e300;
+  EXPECT_EQ(ArConfig::FromJson(j).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ArModelTest, ParamsAreExactlyTheDecoderAndHeadOfTheCheckpoint) {
   auto config = ArConfig::FromFile(ArDir());
   ASSERT_TRUE(config.ok());

@@ -6,11 +6,14 @@
 
 #include <cstdio>
 #include <iostream>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/process/subprocess.h"
 #include "diffmesh/client.h"
+#include "services/cli/supervisor.h"
 
 namespace diffmesh::cli {
 namespace {
@@ -24,17 +27,6 @@ struct Child {
 
 // Each service's /metrics port sits 10 above its gRPC port.
 constexpr int kMetricsPortOffset = 10;
-
-// The name of a child that exited (reaped, its pid set to -1), or "".
-std::string ReapExited(const std::vector<Child>& children, std::vector<pid_t>& pids, int* status) {
-  for (size_t i = 0; i < pids.size(); ++i) {
-    if (Exited(pids[i], status)) {
-      pids[i] = -1;
-      return children[i].name;
-    }
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -112,68 +104,69 @@ int RunMesh(const MeshOptions& o) {
     return client.ok() && (*client)->WaitUntilServing(absl::Milliseconds(200)).ok();
   };
 
-  std::vector<pid_t> pids;
-  for (const auto& c : children) {
-    auto pid = Spawn(c.argv);
-    if (!pid.ok()) {
-      std::cerr << "diffmesh up: " << pid.status().message() << "\n";
-      StopAll(pids);
-      return 1;
-    }
-    pids.push_back(*pid);
+  std::vector<SupervisedProcess> processes;
+  for (const Child& c : children) processes.push_back({c.name, c.argv});
+  SupervisorOptions supervision;
+  supervision.log = &std::cerr;
+  Supervisor supervisor(std::move(processes), supervision);
+  // Until the mesh is first up, a death is a misconfiguration to report, not to retry.
+  supervisor.set_restarts(false);
+  if (absl::Status s = supervisor.StartAll(); !s.ok()) {
+    std::cerr << "diffmesh up: " << s.message() << "\n";
+    return 1;
   }
   // Wait for each service to report SERVING; a signal or a dead child aborts the start.
   for (size_t i = 0; i < children.size(); ++i) {
     const Child& c = children[i];
     const absl::Time end = absl::Now() + o.start_timeout;
     while (!serving(health[i])) {
-      int status = 0;
-      std::string dead = ReapExited(children, pids, &status);
-      if (!dead.empty()) {
-        std::cerr << "diffmesh up: diffmesh-" << dead << " " << DescribeExit(status) << " while starting\n";
-        StopAll(pids);
+      if (const auto poll = supervisor.Poll(); !poll.exited.empty()) {
+        std::cerr << "diffmesh up: diffmesh-" << children[poll.exited.front()].name
+                  << " died while starting; stopping the mesh\n";
+        supervisor.StopAll();
         return 1;
       }
       timespec zero = {0, 0};
       const int sig = sigtimedwait(&set, nullptr, &zero);
       if (sig == SIGINT || sig == SIGTERM) {
-        StopAll(pids);
+        supervisor.StopAll();
         return 0;
       }
       if (absl::Now() > end) {
         std::cerr << "diffmesh up: diffmesh-" << c.name << " did not report SERVING within "
                   << absl::FormatDuration(o.start_timeout) << "\n";
-        StopAll(pids);
+        supervisor.StopAll();
         return 1;
       }
     }
   }
   for (size_t i = 0; i < children.size(); ++i) {
     std::printf("%-13s %s (pid %d), metrics http://127.0.0.1:%d/metrics\n",
-                children[i].name.c_str(), children[i].address.c_str(), static_cast<int>(pids[i]),
-                children[i].metrics_port);
+                children[i].name.c_str(), children[i].address.c_str(),
+                static_cast<int>(supervisor.child(i).pid), children[i].metrics_port);
   }
   std::printf("diffmesh mesh is up: generate with --server %s; Ctrl-C stops it\n",
               children.back().address.c_str());
   std::fflush(stdout);
 
-  while (true) {
-    timespec tick = {1, 0};
-    const int sig = sigtimedwait(&set, nullptr, &tick);
-    if (sig == SIGINT || sig == SIGTERM) {
-      std::printf("diffmesh up: stopping\n");
-      std::fflush(stdout);
-      StopAll(pids);
-      return 0;
+  // From here a dead service is restarted (with backoff) and the others keep serving; a
+  // restarted one is reported once it serves again.
+  supervisor.set_restarts(true);
+  std::set<size_t> recovering;
+  supervisor.RunUntilSignal(set, [&](const Supervisor::PollResult& poll) {
+    recovering.insert(poll.restarted.begin(), poll.restarted.end());
+    for (auto it = recovering.begin(); it != recovering.end();) {
+      if (supervisor.child(*it).pid > 0 && serving(health[*it])) {
+        std::cerr << "diffmesh up: diffmesh-" << children[*it].name << " is serving again\n";
+        it = recovering.erase(it);
+      } else {
+        ++it;
+      }
     }
-    int status = 0;
-    std::string dead = ReapExited(children, pids, &status);
-    if (!dead.empty()) {
-      std::cerr << "diffmesh up: diffmesh-" << dead << " " << DescribeExit(status) << "; stopping the mesh\n";
-      StopAll(pids);
-      return 1;
-    }
-  }
+  });
+  std::printf("diffmesh up: stopped\n");
+  std::fflush(stdout);
+  return 0;
 }
 
 }  // namespace diffmesh::cli

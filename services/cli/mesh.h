@@ -1,5 +1,8 @@
-// `diffmesh up`: starts the four services as child processes on loopback, waits until each
-// reports SERVING, and stops them all on SIGINT/SIGTERM or when one of them dies.
+// `diffmesh up`: starts the four services as child processes on loopback and waits until each
+// reports SERVING (a service that dies before that fails the start). Then it supervises: a
+// service that dies is logged and restarted with exponential backoff (0.5 s doubling to 10 s,
+// back to 0.5 s after 30 s of stable running) while the others keep serving. SIGINT/SIGTERM
+// stop them all.
 #ifndef DIFFMESH_SERVICES_CLI_MESH_H_
 #define DIFFMESH_SERVICES_CLI_MESH_H_
 
@@ -47,7 +50,7 @@ struct MeshOptions {
   absl::Duration start_timeout = absl::Seconds(120);
 };
 
-// Runs until a termination signal (exit code 0) or a failure (non-zero). Expects SIGINT,
+// Runs until a termination signal (exit code 0) or a failure to start (non-zero). Expects SIGINT,
 // SIGTERM and SIGCHLD to be blocked in the calling thread.
 int RunMesh(const MeshOptions& options);
 
