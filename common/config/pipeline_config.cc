@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/file/file.h"
 #include "common/status/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
@@ -226,6 +227,7 @@ absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg
     model.description = absl::StrCat("GlmImagePipeline snapshot ", model.path);
     model.defaults = SnapshotDefaults();
     model.limits = SnapshotLimits();
+    model.input_roles = {v1::MEDIA_ROLE_EDIT_IMAGE};  // GlmImagePipeline edits images
   }
   RETURN_IF_ERROR(Read(m, "name", model.name, !snapshot, "model"));
   const std::string where = absl::StrCat("model '", model.name, "'");
@@ -271,11 +273,14 @@ absl::StatusOr<PipelineConfig> PipelineConfig::Parse(const std::string& json_tex
 }
 
 absl::StatusOr<PipelineConfig> PipelineConfig::Load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read pipeline config ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto cfg = Parse(ss.str());
+  // A pipeline config is a few kilobytes; the bound keeps /dev/zero or a wrong file an error.
+  constexpr size_t kMaxPipelineConfigBytes = 4 << 20;
+  auto text = ReadFileBounded(path, kMaxPipelineConfigBytes);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(),
+                        absl::StrCat("pipeline config: ", text.status().message()));
+  }
+  auto cfg = Parse(*text);
   if (!cfg.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", cfg.status().message()));
   return cfg;
 }

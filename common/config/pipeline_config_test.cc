@@ -100,6 +100,10 @@ TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
   }
   EXPECT_FALSE(PipelineConfig::Parse("{not json").ok());
   EXPECT_EQ(PipelineConfig::Load("/nonexistent/p.json").status().code(), absl::StatusCode::kNotFound);
+  // A device that never ends is refused at the size bound, naming the file.
+  auto zero = PipelineConfig::Load("/dev/zero");
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("/dev/zero"), std::string::npos) << zero.status();
 }
 
 class SnapshotEntryTest : public ::testing::Test {

@@ -14,7 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
 #include "common/tensor/wire_tensor.h"
+#include "common/media/image_codec.h"
+#include "models/glm_image/condition_image.h"
 #include "models/glm_image/glm_image_spec.h"
+#include "models/glm_image/vision_tokenizer.h"
 #include "services/ar/sampler.h"
 
 namespace diffmesh {
@@ -30,6 +33,12 @@ struct Sequence {
   CallContext* ctx = nullptr;
   const std::function<void(const v1::ArTokenChunk&)>* on_chunk = nullptr;
   ArPrompt prompt;
+  // The condition images' AR grids, in prompt order (edit requests), and the grids the model
+  // generates, in generation order (text-to-image: preview then target; edit: target).
+  std::vector<models::glm_image::ImageGrid> sources;
+  std::vector<models::glm_image::ImageGrid> generated_grids;
+  // Per condition image its prior-token grid, streamed with the first chunk.
+  std::vector<v1::Tensor> condition_grids;
   at::Generator generator;
   int64_t slot = -1;
   at::Tensor gen_positions;         // [3, max_new_tokens] int64
@@ -38,15 +47,25 @@ struct Sequence {
   std::promise<absl::Status> done;
 };
 
+// What image editing needs on the AR side: the vision tokenizer and the image processor of the
+// served model. A model without them (a snapshot written without vision weights) still serves
+// text-to-image; `why_not` says what was missing.
+struct EditSupport {
+  std::shared_ptr<models::glm_image::GlmImageVisionTokenizer> vision;
+  models::glm_image::ArImageProcessorConfig processor;
+  media::DecodeLimits limits;
+  std::string why_not;
+};
+
 }  // namespace
 
 class ArCore::Impl {
  public:
   Impl(const Options& options, GlmImageSpec spec,
        std::optional<models::glm_image::ArTextTokenizer> text_tokenizer,
-       std::unique_ptr<ArModel> model, std::unique_ptr<KvCache> cache)
+       std::unique_ptr<ArModel> model, std::unique_ptr<KvCache> cache, EditSupport edit)
       : options_(options), spec_(std::move(spec)), text_tokenizer_(std::move(text_tokenizer)),
-        model_(std::move(model)), cache_(std::move(cache)),
+        model_(std::move(model)), cache_(std::move(cache)), edit_(std::move(edit)),
         codebook_size_(model_->config().image_start_token_id) {
     scheduler_ = std::thread([this] { Loop(); });
   }
@@ -71,12 +90,17 @@ class ArCore::Impl {
                                                      options_.max_image_size, " pixels a side"));
     }
     auto seq = std::make_shared<Sequence>();
-    ASSIGN_OR_RETURN(seq->prompt,
-                     text_tokenizer_
-                         ? models::glm_image::BuildTextToImagePrompt(
-                               *text_tokenizer_, request.prompt(), request.height(), request.width())
-                         : models::glm_image::BuildTextToImagePrompt(
-                               spec_.tokenizer, request.prompt(), request.height(), request.width()));
+    if (request.inputs_size() > 0) {
+      RETURN_IF_ERROR(PrepareEdit(request, *seq));
+    } else {
+      ASSIGN_OR_RETURN(seq->prompt,
+                       text_tokenizer_
+                           ? models::glm_image::BuildTextToImagePrompt(
+                                 *text_tokenizer_, request.prompt(), request.height(), request.width())
+                           : models::glm_image::BuildTextToImagePrompt(
+                                 spec_.tokenizer, request.prompt(), request.height(), request.width()));
+      seq->generated_grids = {seq->prompt.preview, seq->prompt.target};
+    }
     if (static_cast<int64_t>(seq->prompt.ids.size()) + seq->prompt.max_new_tokens > cache_->capacity()) {
       return absl::InvalidArgumentError(absl::StrCat("prompt: ", seq->prompt.ids.size(),
                                                      " tokens do not fit the AR cache"));
@@ -99,6 +123,55 @@ class ArCore::Impl {
   }
 
   const std::string& model() const { return spec_.name; }
+
+  // An edit request's prompt: each image through the AR model's vision side (VQ tokens) into
+  // the image-to-image prompt, as GlmImagePipeline builds it; its grids for the DiT.
+  absl::Status PrepareEdit(const v1::ArRequest& request, Sequence& seq) {
+    if (edit_.vision == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "inputs: this AR service serves '", spec_.name, "' without its vision tokenizer (",
+          edit_.why_not, ")"));
+    }
+    if (text_tokenizer_) {
+      return absl::UnimplementedError(
+          "inputs: image editing with a BPE-vocabulary snapshot's prompt template is not "
+          "implemented (byte-vocabulary models only)");
+    }
+    std::vector<at::Tensor> pixel_values;
+    for (int i = 0; i < request.inputs_size(); ++i) {
+      const v1::InputMedia& in = request.inputs(i);
+      const std::string field = absl::StrCat("inputs[", i, "]");
+      if (in.role() != v1::MEDIA_ROLE_EDIT_IMAGE) {
+        return absl::InvalidArgumentError(field + ".role: this AR stage takes images to edit only");
+      }
+      auto rgb = media::DecodeImage(in.data(), edit_.limits);
+      if (!rgb.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ".data: ", rgb.status().message()));
+      ASSIGN_OR_RETURN(auto image, models::glm_image::PreprocessArConditionImage(
+                                       edit_.processor, rgb->pixels.data(), rgb->width, rgb->height));
+      pixel_values.push_back(image.pixel_values);
+      seq.sources.push_back(image.grid);
+    }
+    ASSIGN_OR_RETURN(at::Tensor tokens, edit_.vision->ImageTokens(at::cat(pixel_values, 0), seq.sources));
+    ASSIGN_OR_RETURN(auto prompt, models::glm_image::BuildImageToImagePrompt(
+                                      spec_.tokenizer, model_->config(), request.prompt(),
+                                      seq.sources, request.height(), request.width()));
+    tokens = tokens.to(at::kLong).contiguous();
+    const std::vector<int64_t> token_list(tokens.data_ptr<int64_t>(),
+                                          tokens.data_ptr<int64_t>() + tokens.numel());
+    ASSIGN_OR_RETURN(seq.prompt.ids, models::glm_image::PlaceImageTokens(
+                                         prompt.ids, model_->config().image_token_id, token_list));
+    seq.prompt.target = prompt.target;
+    seq.prompt.max_new_tokens = prompt.max_new_tokens;
+    seq.generated_grids = {prompt.target};
+    int64_t start = 0;
+    for (const auto& g : seq.sources) {
+      const int64_t n = g.height * g.width;
+      seq.condition_grids.push_back(MakeTensor(DType::kInt64, {g.height, g.width},
+                                               token_list.data() + start, n * sizeof(int64_t)));
+      start += n;
+    }
+    return absl::OkStatus();
+  }
 
   Stats stats() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -134,6 +207,7 @@ class ArCore::Impl {
       grid->set_height(static_cast<int32_t>(t.height));
       grid->set_width(static_cast<int32_t>(t.width));
       grid->set_offset(static_cast<int32_t>(total - 1 - t.height * t.width));
+      for (const v1::Tensor& g : seq.condition_grids) *chunk.add_condition_prior_tokens() = g;
     }
     for (size_t i = seq.emitted; i < seq.generated.size(); ++i) chunk.add_tokens(seq.generated[i]);
     seq.emitted = static_cast<int>(seq.generated.size());
@@ -175,9 +249,10 @@ class ArCore::Impl {
       ++running_;
     }
     at::Tensor ids = at::tensor(seq->prompt.ids, at::kLong);
-    ASSIGN_OR_RETURN(auto prompt_pos, models::glm_image::PromptPositions(model_->config(), ids, {}));
-    seq->gen_positions = models::glm_image::GenerationPositions(
-        prompt_pos.next_position, {seq->prompt.preview, seq->prompt.target});
+    ASSIGN_OR_RETURN(auto prompt_pos,
+                     models::glm_image::PromptPositions(model_->config(), ids, seq->sources));
+    seq->gen_positions =
+        models::glm_image::GenerationPositions(prompt_pos.next_position, seq->generated_grids);
     ASSIGN_OR_RETURN(at::Tensor logits, model_->Prefill(*cache_, seq->slot, ids, prompt_pos.positions));
     at::Tensor token = SampleTokens(logits.unsqueeze(0), codebook_size_, spec_.sampling,
                                     {&seq->generator});
@@ -265,6 +340,7 @@ class ArCore::Impl {
   const std::optional<models::glm_image::ArTextTokenizer> text_tokenizer_;
   std::unique_ptr<ArModel> model_;
   std::unique_ptr<KvCache> cache_;
+  const EditSupport edit_;
   const int64_t codebook_size_;
 
   mutable std::mutex mu_;
@@ -334,9 +410,19 @@ absl::StatusOr<std::unique_ptr<ArCore>> ArCore::Create(const Options& options) {
     cache_options.max_slots = std::min<int64_t>(slots, options.max_batch);
   }
   ASSIGN_OR_RETURN(auto cache, KvCache::Create(model->config(), cache_options));
+  EditSupport edit;
+  // fp32 on the CPU: the vision tower runs once per edit request, beside the decode loop.
+  auto vision = models::glm_image::BuildVisionTokenizer(spec);
+  auto processor = models::glm_image::BuildArImageProcessorConfig(spec);
+  if (vision.ok() && processor.ok()) {
+    edit.vision = std::move(*vision);
+    edit.processor = *processor;
+  } else {
+    edit.why_not = std::string(!vision.ok() ? vision.status().message() : processor.status().message());
+  }
   return std::unique_ptr<ArCore>(new ArCore(
       std::make_unique<Impl>(resolved, std::move(spec), std::move(text_tokenizer),
-                             std::move(model), std::move(cache))));
+                             std::move(model), std::move(cache), std::move(edit))));
 }
 
 ArCore::ArCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

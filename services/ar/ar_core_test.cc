@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "common/image/png.h"
 #include "gtest/gtest.h"
 
 namespace diffmesh {
@@ -179,6 +180,83 @@ TEST(ArCoreTest, RejectsUnknownModelAndBadSize) {
   EXPECT_EQ(Generate(*core, r).status.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Generate(*core, Request("x", 100, 1)).status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Generate(*core, Request("x", 1024, 1)).status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A random RGB image of `width` × `height` as PNG bytes.
+std::string RandomPng(int width, int height, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> rgb(static_cast<size_t>(width) * height * 3);
+  for (auto& v : rgb) v = static_cast<uint8_t>(rng());
+  auto png = EncodePng(rgb.data(), width, height);
+  EXPECT_TRUE(png.ok()) << png.status();
+  return png.ok() ? *png : "";
+}
+
+TEST(ArCoreTest, AnEditRequestConditionsOnItsImageAndReportsItsPriorGrid) {
+  auto core = MakeCore();
+  v1::ArRequest r = Request("make it blue", 128, 3);
+  v1::InputMedia* in = r.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+  in->set_data(RandomPng(64, 96, 1));
+  ArRun run = Generate(*core, r);
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  ASSERT_FALSE(run.chunks.empty());
+  const v1::ArTokenChunk& first = run.chunks.front();
+  // Editing generates the target grid only (no preview), then the end token.
+  EXPECT_EQ(first.total(), 4 * 4 + 1);
+  EXPECT_EQ(first.grid().offset(), 0);
+  EXPECT_EQ(first.grid().height(), 4);
+  ASSERT_EQ(first.condition_prior_tokens_size(), 1);
+  EXPECT_EQ(first.condition_prior_tokens(0).shape_size(), 2);
+  EXPECT_GT(first.condition_prior_tokens(0).shape(0), 0);
+  for (size_t i = 1; i < run.chunks.size(); ++i) {
+    EXPECT_EQ(run.chunks[i].condition_prior_tokens_size(), 0);
+  }
+  EXPECT_EQ(run.Tokens().size(), 17u);
+  // The image is in the prompt: another image gives other tokens, the same image the same.
+  ArRun again = Generate(*core, r);
+  EXPECT_EQ(again.Tokens(), run.Tokens());
+  r.mutable_inputs(0)->set_data(RandomPng(64, 96, 2));
+  EXPECT_NE(Generate(*core, r).Tokens(), run.Tokens());
+}
+
+// Edit requests batch with text-to-image ones (continuous batching, per-sequence positions);
+// each sequence's tokens equal its tokens alone.
+TEST(ArCoreTest, EditRequestsShareTheBatchWithTextRequests) {
+  auto core = MakeCore(/*max_batch=*/4);
+  v1::ArRequest edit = Request("make it blue", 128, 3);
+  v1::InputMedia* in = edit.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+  in->set_data(RandomPng(64, 64, 9));
+  const v1::ArRequest text = Request("a red fox", 128, 4);
+  const std::vector<int32_t> edit_alone = Generate(*core, edit).Tokens();
+  const std::vector<int32_t> text_alone = Generate(*core, text).Tokens();
+  std::vector<std::thread> threads;
+  std::vector<ArRun> runs(4);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] { runs[i] = Generate(*core, i % 2 == 0 ? edit : text); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(runs[i].status.ok()) << runs[i].status;
+    EXPECT_EQ(runs[i].Tokens(), i % 2 == 0 ? edit_alone : text_alone) << "request " << i;
+  }
+}
+
+TEST(ArCoreTest, EditInputsThatAreNotImagesAreRejectedNamingThem) {
+  auto core = MakeCore();
+  v1::ArRequest r = Request("make it blue", 128, 3);
+  v1::InputMedia* in = r.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+  in->set_data("not an image at all");
+  ArRun run = Generate(*core, r);
+  EXPECT_EQ(run.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run.status.message().substr(0, 14), "inputs[0].data") << run.status;
+  in->set_data(RandomPng(32, 32, 4));
+  in->set_role(v1::MEDIA_ROLE_FIRST_FRAME);
+  run = Generate(*core, r);
+  EXPECT_EQ(run.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run.status.message().substr(0, 14), "inputs[0].role") << run.status;
 }
 
 }  // namespace

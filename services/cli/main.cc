@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/pipeline_config.h"
+#include "common/file/file.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
 #include "common/rpc/server.h"
@@ -28,6 +29,10 @@
 namespace diffmesh::cli {
 namespace {
 
+// Largest input image file the CLI reads (--image, --first-frame); the model's own limit,
+// usually smaller, is the server's.
+constexpr size_t kMaxInputFileBytes = 64 << 20;
+
 const std::vector<FlagSpec> kGenerateFlags = {
     {"prompt", "TEXT", "what to draw (quoted text in it is rendered as glyphs)"},
     {"negative-prompt", "TEXT", "what to steer away from"},
@@ -37,6 +42,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"height", "PX", "image height in pixels (default: the model's)"},
     {"width", "PX", "image width in pixels (default: the model's)"},
     {"steps", "N", "denoising steps (default: the model's; `diffmesh models` lists the range)"},
+    {"image", "FILE", "a PNG, JPEG or WebP image to edit (models that edit images)"},
+    {"first-frame", "FILE", "video models: a PNG, JPEG or WebP image to start the video from"},
     {"num-frames", "N", "video models: frames (default: the model's)"},
     {"frame-rate", "FPS", "video models: frames per second (default: the model's)"},
     {"guidance-scale", "G", "classifier-free guidance scale, 0..100 (default: the model's)"},
@@ -152,6 +159,15 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
           absl::StrCat("seed: '", args.Get("seed"), "' is not an integer in 0..2^64-1"));
     }
     r.set_seed(seed);
+  }
+  for (auto [flag, role] : {std::pair{"image", v1::MEDIA_ROLE_EDIT_IMAGE},
+                            std::pair{"first-frame", v1::MEDIA_ROLE_FIRST_FRAME}}) {
+    if (!args.Has(flag)) continue;
+    auto bytes = ReadFileBounded(args.Get(flag), kMaxInputFileBytes);
+    if (!bytes.ok()) return bytes.status();
+    v1::InputMedia* in = r.add_inputs();
+    in->set_role(role);
+    in->set_data(std::move(*bytes));
   }
   auto format = OutputFormatOf(args.Get("output-format"), args.Get("output"));
   if (!format.ok()) return format.status();

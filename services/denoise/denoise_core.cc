@@ -8,6 +8,8 @@
 #include "absl/time/clock.h"
 #include "common/image/png.h"
 #include "common/media/image_codec.h"
+#include "models/glm_image/condition_image.h"
+#include "models/glm_image/edit_pipeline.h"
 #include "common/media/media_format.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
@@ -57,6 +59,8 @@ class StreamedInputs {
       }
       *piece.mutable_grid() = g;
       RETURN_IF_ERROR(SetGrid(g));
+      *piece.mutable_condition_prior_tokens() = chunk.condition_prior_tokens();
+      *condition_.mutable_condition_prior_tokens() = chunk.condition_prior_tokens();
     }
     if (!have_grid()) return absl::InvalidArgumentError("ar_tokens: the first chunk lacks its grid");
     const int64_t n = static_cast<int64_t>(grid_.size());
@@ -72,7 +76,10 @@ class StreamedInputs {
   }
 
   absl::Status Apply(const v1::ArTokenChunk& piece) {
-    if (piece.has_grid() && !have_grid()) RETURN_IF_ERROR(SetGrid(piece.grid()));
+    if (piece.has_grid() && !have_grid()) {
+      RETURN_IF_ERROR(SetGrid(piece.grid()));
+      *condition_.mutable_condition_prior_tokens() = piece.condition_prior_tokens();
+    }
     if (!have_grid()) return absl::InvalidArgumentError("ar_tokens: a piece before the grid");
     if (piece.offset() < 0 || piece.offset() + piece.tokens_size() > static_cast<int64_t>(grid_.size())) {
       return absl::InvalidArgumentError("ar_tokens: piece outside the grid");
@@ -102,6 +109,7 @@ class StreamedInputs {
                                            grid_.size() * sizeof(int64_t));
     *r.mutable_prompt_embeds() = embeddings_.prompt_embeds();
     *r.mutable_negative_prompt_embeds() = embeddings_.negative_prompt_embeds();
+    *r.mutable_condition_prior_tokens() = condition_.condition_prior_tokens();
     return r;
   }
 
@@ -120,6 +128,7 @@ class StreamedInputs {
 
   int64_t grid_h_ = 0, grid_w_ = 0, grid_offset_ = 0;
   std::vector<int64_t> grid_;
+  v1::ArTokenChunk condition_;  // the first chunk's condition_prior_tokens
   int64_t filled_ = 0;
   int64_t next_ar_offset_ = 0;
   v1::EncodeResponse embeddings_;
@@ -134,6 +143,9 @@ struct Prepared {
   at::Tensor prior_ids;  // [1, N] int64, the AR grid upsampled 2× to the patch grid
   at::Tensor prompt;     // [1, T, text_embed_dim]
   at::Tensor negative;   // [1, T', text_embed_dim]
+  // Edit requests: the condition images' keys and values, written once by this rank's DiT and
+  // read by every branch but the negative one (as GlmImagePipeline's conditional branch).
+  models::glm_image::DitKvCache condition;
 };
 
 }  // namespace
@@ -384,7 +396,54 @@ class DenoiseCore::Impl {
     p.prior_ids = grid.repeat_interleave(kPriorUpsample, 0)
                       .repeat_interleave(kPriorUpsample, 1)
                       .reshape({1, -1});
+    if (r.inputs_size() > 0) RETURN_IF_ERROR(PrepareCondition(r, p));
     return p;
+  }
+
+  // Edit requests: each condition image VAE-encoded and run through the DiT's write pass with
+  // its prior tokens, filling p.condition (GlmImagePipeline's image-to-image path).
+  absl::Status PrepareCondition(const v1::DenoiseRequest& r, Prepared& p) const {
+    if (options_.parallel.ulysses > 1 || options_.parallel.ring > 1) {
+      return absl::InvalidArgumentError(
+          "inputs: image editing runs on groups of Ulysses and ring degree 1 (the condition "
+          "keys and values are not sequence-parallel)");
+    }
+    if (r.condition_prior_tokens_size() != r.inputs_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "condition_prior_tokens: ", r.condition_prior_tokens_size(), " grids for ",
+          r.inputs_size(), " input images"));
+    }
+    const int64_t codebook = dit_->config().prior_vq_quantizer_codebook_size;
+    for (int i = 0; i < r.inputs_size(); ++i) {
+      const std::string field = absl::StrCat("inputs[", i, "]");
+      if (r.inputs(i).role() != v1::MEDIA_ROLE_EDIT_IMAGE) {
+        return absl::InvalidArgumentError(field + ".role: this stage takes images to edit only");
+      }
+      auto rgb = media::DecodeImage(r.inputs(i).data());
+      if (!rgb.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ".data: ", rgb.status().message()));
+      ASSIGN_OR_RETURN(at::Tensor image,
+                       models::glm_image::PreprocessVaeConditionImage(
+                           rgb->pixels.data(), rgb->width, rgb->height,
+                           vae_scale_ * dit_->config().patch_size));
+      ASSIGN_OR_RETURN(at::Tensor latents, models::glm_image::EncodeConditionLatents(
+                                               *vae_, image.to(group_->device())));
+      ASSIGN_OR_RETURN(at::Tensor grid, FromWire(r.condition_prior_tokens(i),
+                                                 absl::StrCat("condition_prior_tokens[", i, "]"),
+                                                 DType::kInt64, 2));
+      if (grid.numel() > 0 && (grid.min().item<int64_t>() < 0 || grid.max().item<int64_t>() >= codebook)) {
+        return absl::InvalidArgumentError(absl::StrCat("condition_prior_tokens[", i,
+                                                       "]: ids must lie in 0..", codebook - 1));
+      }
+      const at::Tensor ids = grid.repeat_interleave(kPriorUpsample, 0)
+                                 .repeat_interleave(kPriorUpsample, 1)
+                                 .reshape({1, -1})
+                                 .to(group_->device());
+      RETURN_IF_ERROR(models::glm_image::WriteConditionKv(*dit_, latents.to(dit_->dtype()), ids,
+                                                          image.size(2), image.size(3),
+                                                          p.condition)
+                          .status());
+    }
+    return absl::OkStatus();
   }
 
   // The step loop, run by every rank in lockstep. `ctx` and `on_event` only on rank 0.
@@ -429,6 +488,9 @@ class DenoiseCore::Impl {
                          branch.encoder_hidden_states = b.encoder_hidden_states.to(dit_->dtype());
                          branch.prior_token_drop = b.prior_token_drop;
                          branch.skip_attention_layers = b.skip_layers;
+                         if (b.kind != BranchKind::kNegative && !p.condition.keys.empty()) {
+                           branch.kv_read = &p.condition;
+                         }
                          return dit_->Forward(branch, collectives).to(at::kFloat);
                        }, latents));
       latents = scheduler->Step(policy->Combine(predictions, i), i, latents);
@@ -515,7 +577,8 @@ class DenoiseCore::Impl {
   const GlmImageSpec spec_;
   std::unique_ptr<DenoiseGroup> group_;
   std::unique_ptr<GlmImageDit> dit_;
-  std::unique_ptr<AutoencoderKl> vae_;  // rank 0 only
+  // Every rank: its encoder takes edit requests' condition images; rank 0 also decodes.
+  std::unique_ptr<AutoencoderKl> vae_;
   // Pixels per latent, and per prior token (a multiple of every valid image side).
   const int vae_scale_;
   const int granularity_;
@@ -537,10 +600,7 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   models::glm_image::TensorParallelShard tp{group->layout().tp_rank(), options.parallel.tp};
   const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;
   ASSIGN_OR_RETURN(auto dit, models::glm_image::BuildDit(spec, dtype, tp, group->device()));
-  std::unique_ptr<AutoencoderKl> vae;
-  if (group->is_main()) {
-    ASSIGN_OR_RETURN(vae, models::glm_image::BuildVaeDecoder(spec, at::kFloat, group->device()));
-  }
+  ASSIGN_OR_RETURN(auto vae, models::glm_image::BuildVae(spec, at::kFloat, group->device()));
   return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::make_unique<Impl>(
       resolved, std::move(spec), std::move(group), std::move(dit), std::move(vae),
       static_cast<int>(vae_config.ScaleFactor()))));

@@ -319,5 +319,54 @@ TEST_F(DenoiseCoreTest, ConcurrentRequestsTakeTurnsWithTheGroup) {
   }
 }
 
+// An edit request: `whole` plus a random condition image of size×size and its prior grid.
+v1::DenoiseRequest EditRequest(v1::DenoiseRequest whole, int size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> rgb(static_cast<size_t>(size) * size * 3);
+  for (auto& v : rgb) v = static_cast<uint8_t>(rng());
+  v1::InputMedia* in = whole.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+  in->set_data(*EncodePng(rgb.data(), size, size));
+  const int g = size / 32;  // the AR grid of the image: ×2 is its DiT patch grid
+  std::vector<int64_t> grid(g * g);
+  for (auto& t : grid) t = static_cast<int64_t>(rng() % 256);
+  *whole.add_condition_prior_tokens() = MakeTensor(DType::kInt64, {g, g}, grid.data(), grid.size() * 8);
+  return whole;
+}
+
+TEST_F(DenoiseCoreTest, AnEditRequestConditionsOnItsImage) {
+  const v1::DenoiseRequest text = Request(64, 41);
+  const v1::DenoiseRequest edit = EditRequest(text, 64, 5);
+  Outcome plain = Run(text), a = Run(edit), b = Run(edit);
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(a.png(), b.png());
+  EXPECT_NE(a.png(), plain.png());
+  EXPECT_NE(Run(EditRequest(text, 64, 6)).png(), a.png());  // another image, another result
+  // Streamed like the orchestrator does: the AR chunks carry the condition grid.
+  std::vector<v1::DenoiseInput> inputs = testing::StreamedInputsOf(edit, 7);
+  ASSERT_TRUE(inputs[0].request().inputs_size() == 1);
+  inputs[0].mutable_request()->clear_condition_prior_tokens();
+  *inputs[1].mutable_ar_tokens()->mutable_condition_prior_tokens() = edit.condition_prior_tokens();
+  Outcome streamed = RunStreamed(*core_, inputs);
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status;
+  EXPECT_EQ(streamed.png(), a.png());
+}
+
+TEST_F(DenoiseCoreTest, EditInputsThatDoNotFitAreRejected) {
+  const v1::DenoiseRequest edit = EditRequest(Request(64, 42), 64, 5);
+  v1::DenoiseRequest no_grid = edit;
+  no_grid.clear_condition_prior_tokens();
+  EXPECT_EQ(Run(no_grid).status.code(), absl::StatusCode::kInvalidArgument);
+  v1::DenoiseRequest garbage = edit;
+  garbage.mutable_inputs(0)->set_data("GIF89a");
+  Outcome o = Run(garbage);
+  EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(o.status.message().substr(0, 14), "inputs[0].data") << o.status;
+  v1::DenoiseRequest wrong_grid = edit;
+  std::vector<int64_t> grid(9, 1);
+  *wrong_grid.mutable_condition_prior_tokens(0) = MakeTensor(DType::kInt64, {3, 3}, grid.data(), 72);
+  EXPECT_EQ(Run(wrong_grid).status.code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace diffmesh

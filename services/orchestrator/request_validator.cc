@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/media/image_codec.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh {
@@ -77,6 +78,15 @@ absl::Status CheckInputs(const v1::GenerateRequest& r, const PipelineModel& m) {
         static_cast<int64_t>(in.data().size()) > m.limits.max_input_bytes()) {
       return Invalid(field + ".data", absl::StrCat(in.data().size(), " bytes, the limit is ",
                                                    m.limits.max_input_bytes()));
+    }
+    // Decoded here once, so that a stage never sees a file it cannot read: the header's size
+    // is checked against the limit before any pixel is allocated.
+    media::DecodeLimits limits;
+    if (m.limits.max_input_pixels() > 0) {
+      limits.max_pixels = m.limits.max_input_pixels();
+    }
+    if (auto image = media::DecodeImage(in.data(), limits); !image.ok()) {
+      return Invalid(field + ".data", std::string(image.status().message()));
     }
   }
   return absl::OkStatus();

@@ -57,6 +57,7 @@ class ArNode final : public StageNode {
     request_.set_height(a.height());
     request_.set_width(a.width());
     request_.set_seed(a.seed());
+    *request_.mutable_inputs() = a.inputs();
     run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
     start_ = absl::Now();
@@ -168,6 +169,7 @@ class DenoiseNode final : public StageNode {
     request_.set_seed(a.seed());
     *request_.mutable_guidance() = a.guidance();
     *request_.mutable_output() = a.output();
+    *request_.mutable_inputs() = a.inputs();
   }
 
   absl::Status Start() override {
@@ -194,6 +196,9 @@ class DenoiseNode final : public StageNode {
       return;
     }
     std::lock_guard<std::mutex> lock(mu_);  // producers publish from their own threads
+    if (piece.ar_chunk != nullptr && piece.ar_chunk->condition_prior_tokens_size() > 0) {
+      *request_.mutable_condition_prior_tokens() = piece.ar_chunk->condition_prior_tokens();
+    }
     if (piece.ar_chunk != nullptr && piece.ar_chunk->done()) {
       *request_.mutable_prior_tokens() = piece.ar_chunk->prior_tokens();
     } else if (piece.embeddings != nullptr) {
