@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <queue>
+#include <set>
 #include <thread>
 
 #include <httplib.h>
@@ -267,14 +268,17 @@ class HttpFrontDoor::Impl {
   void Stop() {
     if (server_ == nullptr) return;
     server_->stop();
-    if (thread_.joinable()) thread_.join();
-    // Running jobs end with CANCELLED; wait for every on_done before the Client may go.
+    // Running generations end with CANCELLED (their handlers answer and the workers free up);
+    // then every on_done has run before the Client may go.
     std::vector<std::function<void()>> cancels;
     {
       std::lock_guard<std::mutex> lock(cancel_mu_);
       for (auto& [id, c] : job_cancels_) cancels.push_back(c);
+      for (const auto& batch : batches_) cancels.push_back([batch] { batch->CancelAll(); });
+      stopping_ = true;
     }
     for (auto& c : cancels) c();
+    if (thread_.joinable()) thread_.join();
     std::unique_lock<std::mutex> lock(in_flight_mu_);
     in_flight_cv_.wait(lock, [&] { return in_flight_ == 0; });
     server_.reset();
@@ -491,6 +495,11 @@ class HttpFrontDoor::Impl {
     batch->results.resize(n);
     batch->remaining = n;
     for (int i = 0; i < n; ++i) batch->cancels.push_back(std::make_unique<sdk::CancelHandle>());
+    {
+      std::lock_guard<std::mutex> lock(cancel_mu_);
+      if (stopping_) batch->CancelAll();  // each call then ends at once with CANCELLED
+      batches_.insert(batch);
+    }
     for (int i = 0; i < n; ++i) {
       v1::GenerateRequest r = request;
       if (r.has_seed()) r.set_seed(r.seed() + static_cast<uint64_t>(i));
@@ -507,11 +516,16 @@ class HttpFrontDoor::Impl {
       client_->GenerateAsync(
           r, std::move(on_event),
           [this, batch, i](absl::StatusOr<v1::GenerateResult> result) {
+            bool last;
             {
               std::lock_guard<std::mutex> lock(batch->mu);
               batch->results[i] = std::move(result);
-              --batch->remaining;
+              last = --batch->remaining == 0;
               batch->cv.notify_all();
+            }
+            if (last) {
+              std::lock_guard<std::mutex> lock(cancel_mu_);
+              batches_.erase(batch);
             }
             EndCall();
           },
@@ -756,6 +770,7 @@ class HttpFrontDoor::Impl {
     {
       std::lock_guard<std::mutex> lock(cancel_mu_);
       job_cancels_[*id] = [cancel] { cancel->Cancel(); };
+      if (stopping_) cancel->Cancel();
     }
     auto tracker = std::make_shared<ProgressTracker>(model ? model->stages_size() : 0);
     BeginCall();
@@ -864,8 +879,11 @@ class HttpFrontDoor::Impl {
   std::optional<v1::ListModelsResponse> models_;
   absl::Time models_time_;
 
+  // What Stop() cancels: running video jobs and synchronous / streamed batches.
   std::mutex cancel_mu_;
   std::map<std::string, std::function<void()>> job_cancels_;
+  std::set<std::shared_ptr<Batch>> batches_;
+  bool stopping_ = false;
 
   std::mutex in_flight_mu_;
   std::condition_variable in_flight_cv_;

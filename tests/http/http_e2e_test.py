@@ -158,6 +158,31 @@ def raw_checks(port, dead_port):
     print("ok   raw HTTP checks (auth, 413, 431, 404, 400, 504, 503, disconnects, metrics)")
 
 
+def stop_checks(http_bin, orch_port):
+    """SIGTERM while a generation runs: it is cancelled and the process exits promptly."""
+    port = procs.free_base_port((0,))
+    door = procs.Child([http_bin, f"--port={port}", f"--orchestrator=127.0.0.1:{orch_port}"])
+    procs.wait_for_port(port, 30, door.process)
+    s = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"prompt": "x", "size": "64x64", "steps": SLOW_STEPS})
+    s.sendall((f"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               f"{body}").encode())
+    end = time.monotonic() + 3
+    while in_flight(port) < 1:
+        assert time.monotonic() < end, "the generation did not start"
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    door.process.terminate()
+    door.process.wait(timeout=5)
+    took = time.monotonic() - t0
+    s.close()
+    assert door.process.returncode == 0, door.log()
+    assert took < 2, f"SIGTERM took {took:.1f} s with a generation running"
+    door.stop()
+    print(f"ok   SIGTERM with a generation running: exited in {took:.2f} s")
+
+
 def tls_checks(http_bin, orch_port, certs):
     port = procs.free_base_port((0,))
     door = procs.Child([http_bin, f"--port={port}", f"--orchestrator=127.0.0.1:{orch_port}",
@@ -236,6 +261,7 @@ def main():
 
         if "raw" in suites:
             raw_checks(base + 2, base + 3)
+            stop_checks(http_bin, base)
             if args.certs and os.path.exists(os.path.join(args.certs, "server.pem")):
                 tls_checks(http_bin, base, args.certs)
             else:
