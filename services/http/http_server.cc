@@ -174,6 +174,9 @@ class ProgressTracker {
     } else {
       return -1;
     }
+    return Current();
+  }
+  int Current() const {
     double sum = 0;
     for (const auto& [stage, f] : fraction_) sum += f;
     const int n = std::max<int>(stages_, static_cast<int>(fraction_.size()));
@@ -617,7 +620,8 @@ class HttpFrontDoor::Impl {
                            {"height", e.accepted().request().height()},
                            {"steps", e.accepted().request().steps()}});
               } else {
-                const int pct = trackers[i].Add(e);
+                int pct = trackers[i].Add(e);
+                if (pct < 0) pct = trackers[i].Current();
                 if (e.has_stage()) {
                   ok = send("image_generation.stage",
                             {{"type", "image_generation.stage"}, {"index", i},

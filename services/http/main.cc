@@ -32,7 +32,8 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(int64_t, max_body_bytes, 32 << 20, "Largest request body (413 above).");
 ABSL_FLAG(int64_t, max_header_bytes, 16 << 10, "Largest request header section (431 above).");
 ABSL_FLAG(int, max_connections, 64,
-          "Connections served at once (one worker each); further ones wait to be accepted.");
+          "Connections served at once (one worker each); as many more wait accepted, the rest "
+          "in the kernel's listen backlog.");
 ABSL_FLAG(int, request_timeout_s, 600, "Deadline of a synchronous image generation (504 after).");
 ABSL_FLAG(int, video_timeout_s, 3600, "Deadline of a video job.");
 ABSL_FLAG(int, io_timeout_s, 30, "Socket read/write timeout.");

@@ -183,6 +183,35 @@ def stop_checks(http_bin, orch_port):
     print(f"ok   SIGTERM with a generation running: exited in {took:.2f} s")
 
 
+def connection_limit_checks(http_bin, orch_port):
+    """--max-connections 1: a second connection waits until the first one's request is done."""
+    port = procs.free_base_port((0,))
+    door = procs.Child([http_bin, f"--port={port}", f"--orchestrator=127.0.0.1:{orch_port}",
+                        "--max-connections=1", "--keep-alive-s=1"])
+    try:
+        procs.wait_for_port(port, 30, door.process)
+        steps = 50  # 50 * STEP_MS = 1.5 s
+        s = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"prompt": "x", "size": "64x64", "steps": steps})
+        t0 = time.monotonic()
+        s.sendall((f"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   f"{body}").encode())
+        time.sleep(0.2)
+        status, _, _ = request(port, "GET", "/v1/models", token=None)
+        waited = time.monotonic() - t0
+        first = b""
+        while chunk := s.recv(65536):
+            first += chunk
+        s.close()
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        assert status == 200
+        assert waited >= steps * STEP_MS / 1000 * 0.8, f"served after {waited:.2f} s: no limit"
+        print(f"ok   --max-connections 1: the second connection was served after {waited:.2f} s")
+    finally:
+        door.stop()
+
+
 def tls_checks(http_bin, orch_port, certs):
     port = procs.free_base_port((0,))
     door = procs.Child([http_bin, f"--port={port}", f"--orchestrator=127.0.0.1:{orch_port}",
@@ -221,8 +250,14 @@ def main():
     parser.add_argument("--suites", default="raw,openai,browser",
                         help="which checks: raw (HTTP + HTTPS), openai (the npm client), "
                              "browser (Chromium on the playground)")
+    parser.add_argument("--orchestrator", default="",
+                        help="use this running orchestrator (e.g. `diffmesh up`) instead of "
+                             "starting one over the stub stages; browser suite only")
+    parser.add_argument("--model", default=MODEL, help="the model the browser suite picks")
     args = parser.parse_args()
     suites = set(args.suites.split(","))
+    if args.orchestrator and suites != {"browser"}:
+        parser.error("--orchestrator goes with --suites browser (the other suites expect the stubs)")
     out_dir = args.out_dir or os.path.join(args.binary_dir, "tests", "http")
     os.makedirs(out_dir, exist_ok=True)
 
@@ -239,17 +274,19 @@ def main():
         f.write(f"# test tokens\n{TOKEN}\n")
     children = []
     try:
-        stub = procs.Child([stub_bin, f"--port={base + 1}", f"--denoise-step-ms={STEP_MS}"])
-        children.append(stub)
-        procs.wait_for_port(base + 1, 30, stub.process)
-        stub_addr = f"127.0.0.1:{base + 1}"
-        orch = procs.Child([orch_bin, "--host=127.0.0.1", f"--port={base}",
-                            f"--pipeline={os.path.join(ROOT, 'loadtest', 'trivial_pipeline.json')}",
-                            f"--ar-address={stub_addr}", f"--encoder-address={stub_addr}",
-                            f"--denoise-address={stub_addr}"])
-        children.append(orch)
-        procs.wait_for_port(base, 30, orch.process)
-        door = procs.Child([http_bin, f"--port={base + 2}", f"--orchestrator=127.0.0.1:{base}",
+        orch_addr = args.orchestrator or f"127.0.0.1:{base}"
+        if not args.orchestrator:
+            stub = procs.Child([stub_bin, f"--port={base + 1}", f"--denoise-step-ms={STEP_MS}"])
+            children.append(stub)
+            procs.wait_for_port(base + 1, 30, stub.process)
+            stub_addr = f"127.0.0.1:{base + 1}"
+            orch = procs.Child([orch_bin, "--host=127.0.0.1", f"--port={base}",
+                                f"--pipeline={os.path.join(ROOT, 'loadtest', 'trivial_pipeline.json')}",
+                                f"--ar-address={stub_addr}", f"--encoder-address={stub_addr}",
+                                f"--denoise-address={stub_addr}"])
+            children.append(orch)
+            procs.wait_for_port(base, 30, orch.process)
+        door = procs.Child([http_bin, f"--port={base + 2}", f"--orchestrator={orch_addr}",
                             f"--auth-token-file={tokens}", "--max-body-bytes=1048576",
                             f"--max-video-jobs={MAX_JOBS}", "--request-timeout-s=2"])
         children.append(door)
@@ -262,13 +299,14 @@ def main():
         if "raw" in suites:
             raw_checks(base + 2, base + 3)
             stop_checks(http_bin, base)
+            connection_limit_checks(http_bin, base)
             if args.certs and os.path.exists(os.path.join(args.certs, "server.pem")):
                 tls_checks(http_bin, base, args.certs)
             else:
                 print("skip HTTPS: no --certs / DIFFMESH_TEST_CERTS")
 
         env = dict(os.environ, DIFFMESH_HTTP_URL=f"http://127.0.0.1:{base + 2}",
-                   DIFFMESH_HTTP_KEY=TOKEN, DIFFMESH_MODEL=MODEL,
+                   DIFFMESH_HTTP_KEY=TOKEN, DIFFMESH_MODEL=args.model,
                    DIFFMESH_SLOW_STEPS=str(SLOW_STEPS), DIFFMESH_MAX_JOBS=str(MAX_JOBS),
                    DIFFMESH_SCREENSHOT=os.path.join(out_dir, "playground.png"))
         if "openai" in suites:

@@ -31,6 +31,7 @@ try {
                              { state: "attached" });
   await page.selectOption("#model", process.env.DIFFMESH_MODEL);
   await page.fill("#prompt", "a grey square from the playground");
+  // 128x96 is on the stub's grid (32); a real model (granularity 16/32) takes it too.
   await page.fill("#width", "128");
   await page.fill("#height", "96");
   await page.fill("#steps", "4");
