@@ -45,15 +45,17 @@ def grpc_round(loadtest, target, args):
     return e2e["p50"], e2e["p99"]
 
 
-def http_round(port, args):
+def http_round(port, args, method="POST", path="/v1/images/generations"):
+    """p50, p99 of `method path` over one keep-alive connection; the default is the generation,
+    GET /metrics (no generation, a small answer) the HTTP floor: client + server + loopback."""
     body = json.dumps({"prompt": "control plane", "size": f"{args.size}x{args.size}",
-                       "steps": 1, "seed": 1})
-    headers = {"Content-Type": "application/json"}
+                       "steps": 1, "seed": 1}) if method == "POST" else None
+    headers = {"Content-Type": "application/json"} if body else {}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     times = []
     for i in range(args.warmup + args.count):
         t0 = time.perf_counter()
-        conn.request("POST", "/v1/images/generations", body=body, headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         res = conn.getresponse()
         data = res.read()
         t1 = time.perf_counter()
@@ -98,8 +100,10 @@ def main():
         for r in range(args.rounds):
             g = grpc_round(loadtest, f"127.0.0.1:{base}", args)
             h = http_round(base + 2, args)
-            rows.append((g, h))
-            print(f"round {r + 1}: gRPC p50 {1e3 * g[0]:.3f} ms, HTTP p50 {1e3 * h[0]:.3f} ms",
+            floor = http_round(base + 2, args, "GET", "/metrics")
+            rows.append((g, h, floor))
+            print(f"round {r + 1}: gRPC p50 {1e3 * g[0]:.3f} ms, HTTP p50 {1e3 * h[0]:.3f} ms, "
+                  f"GET /metrics p50 {1e3 * floor[0]:.3f} ms",
                   file=sys.stderr)
     finally:
         for c in reversed(children):
@@ -110,14 +114,17 @@ def main():
           f"load average {load:.1f} at the end; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.size}x{args.size}, 1 step, "
           f"concurrency 1, {args.rounds} rounds x {args.count} requests (+{args.warmup} warm-up)")
-    print("| round | gRPC p50 ms | HTTP p50 ms | HTTP − gRPC p50 ms | gRPC p99 ms | HTTP p99 ms |")
-    print("|---|---|---|---|---|---|")
-    for i, (g, h) in enumerate(rows):
+    print("| round | gRPC p50 ms | HTTP p50 ms | HTTP − gRPC p50 ms | gRPC p99 ms | HTTP p99 ms "
+          "| HTTP GET /metrics p50 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (g, h, f) in enumerate(rows):
         print(f"| {i + 1} | {1e3 * g[0]:.3f} | {1e3 * h[0]:.3f} | {1e3 * (h[0] - g[0]):+.3f} | "
-              f"{1e3 * g[1]:.3f} | {1e3 * h[1]:.3f} |")
-    med_g = statistics.median(g[0] for g, _ in rows)
-    med_h = statistics.median(h[0] for _, h in rows)
-    print(f"| median | {1e3 * med_g:.3f} | {1e3 * med_h:.3f} | {1e3 * (med_h - med_g):+.3f} | | |")
+              f"{1e3 * g[1]:.3f} | {1e3 * h[1]:.3f} | {1e3 * f[0]:.3f} |")
+    med_g = statistics.median(r[0][0] for r in rows)
+    med_h = statistics.median(r[1][0] for r in rows)
+    med_f = statistics.median(r[2][0] for r in rows)
+    print(f"| median | {1e3 * med_g:.3f} | {1e3 * med_h:.3f} | {1e3 * (med_h - med_g):+.3f} | | "
+          f"| {1e3 * med_f:.3f} |")
     return 0
 
 
