@@ -212,6 +212,34 @@ def connection_limit_checks(http_bin, orch_port):
         door.stop()
 
 
+def orchestrator_token_checks(http_bin, orch_bin, stub_addr, tokens):
+    """An orchestrator with --auth-token-file: the door passes --orchestrator-token-file's token;
+    without it the orchestrator's UNAUTHENTICATED comes back as 401."""
+    port = procs.free_base_port((0, 1, 2))
+    orch = procs.Child([orch_bin, "--host=127.0.0.1", f"--port={port}",
+                        f"--pipeline={os.path.join(ROOT, 'loadtest', 'trivial_pipeline.json')}",
+                        f"--ar-address={stub_addr}", f"--encoder-address={stub_addr}",
+                        f"--denoise-address={stub_addr}", f"--auth-token-file={tokens}"])
+    client_token = tokens + ".client"
+    with open(client_token, "w") as f:
+        f.write(TOKEN + "\n")
+    with_token = procs.Child([http_bin, f"--port={port + 1}", f"--orchestrator=127.0.0.1:{port}",
+                              f"--orchestrator-token-file={client_token}"])
+    without = procs.Child([http_bin, f"--port={port + 2}", f"--orchestrator=127.0.0.1:{port}"])
+    try:
+        for p, c in ((port, orch), (port + 1, with_token), (port + 2, without)):
+            procs.wait_for_port(p, 30, c.process)
+        status, _, data = request(port + 1, "POST", "/v1/images/generations", token=None,
+                                  body={"prompt": "x", "size": "64x64"})
+        assert status == 200, data
+        expect_error(request(port + 2, "POST", "/v1/images/generations", token=None,
+                             body={"prompt": "x", "size": "64x64"}), 401)
+        print("ok   a secured orchestrator: its token from --orchestrator-token-file, else 401")
+    finally:
+        for c in (without, with_token, orch):
+            c.stop()
+
+
 def tls_checks(http_bin, orch_port, certs):
     port = procs.free_base_port((0,))
     door = procs.Child([http_bin, f"--port={port}", f"--orchestrator=127.0.0.1:{orch_port}",
@@ -300,6 +328,7 @@ def main():
             raw_checks(base + 2, base + 3)
             stop_checks(http_bin, base)
             connection_limit_checks(http_bin, base)
+            orchestrator_token_checks(http_bin, orch_bin, stub_addr, tokens)
             if args.certs and os.path.exists(os.path.join(args.certs, "server.pem")):
                 tls_checks(http_bin, base, args.certs)
             else:
