@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <httplib.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -15,8 +16,6 @@
 #include <queue>
 #include <set>
 #include <thread>
-
-#include <httplib.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -44,7 +43,9 @@ void SendError(httplib::Response& res, const ApiError& e) {
   res.status = e.http_status;
   res.set_content(ErrorJson(e).dump(), "application/json");
 }
-void SendStatus(httplib::Response& res, const absl::Status& s) { SendError(res, ErrorFromStatus(s)); }
+void SendStatus(httplib::Response& res, const absl::Status& s) {
+  SendError(res, ErrorFromStatus(s));
+}
 void SendJson(httplib::Response& res, const json& body) {
   res.status = 200;
   res.set_content(body.dump(), "application/json");
@@ -241,11 +242,12 @@ class HttpFrontDoor::Impl {
           options_.tls_cert_file.c_str(), options_.tls_key_file.c_str(),
           options_.tls_client_ca_file.empty() ? nullptr : options_.tls_client_ca_file.c_str());
       if (!ssl->is_valid()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "TLS: cannot use certificate '", options_.tls_cert_file, "' with key '",
-            options_.tls_key_file, "'",
-            options_.tls_client_ca_file.empty() ? "" : absl::StrCat(" and client CA '",
-                                                                    options_.tls_client_ca_file, "'")));
+        return absl::InvalidArgumentError(
+            absl::StrCat("TLS: cannot use certificate '", options_.tls_cert_file, "' with key '",
+                         options_.tls_key_file, "'",
+                         options_.tls_client_ca_file.empty()
+                             ? ""
+                             : absl::StrCat(" and client CA '", options_.tls_client_ca_file, "'")));
       }
       server_ = std::move(ssl);
     } else {
@@ -299,10 +301,10 @@ class HttpFrontDoor::Impl {
     const auto io = absl::ToChronoMicroseconds(options_.io_timeout);
     s.set_read_timeout(io);
     s.set_write_timeout(io);
-    s.set_keep_alive_timeout(std::max<time_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
-    s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      return PreRoute(req, res);
-    });
+    s.set_keep_alive_timeout(
+        std::max<time_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
+    s.set_pre_routing_handler(
+        [this](const httplib::Request& req, httplib::Response& res) { return PreRoute(req, res); });
     s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       std::string message;
@@ -324,17 +326,17 @@ class HttpFrontDoor::Impl {
       }
       SendError(res, ErrorForHttpStatus(res.status, message));
     });
-    s.set_exception_handler([](const httplib::Request&, httplib::Response& res,
-                               std::exception_ptr ep) {
-      std::string what = "internal error";
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        what = e.what();
-      } catch (...) {
-      }
-      SendError(res, ErrorForHttpStatus(500, what));
-    });
+    s.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+          std::string what = "internal error";
+          try {
+            std::rethrow_exception(ep);
+          } catch (const std::exception& e) {
+            what = e.what();
+          } catch (...) {
+          }
+          SendError(res, ErrorForHttpStatus(500, what));
+        });
     s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       const std::string route = RouteOf(req);
       requests_.Add({{"route", route}, {"code", std::to_string(res.status)}}).Increment();
@@ -344,25 +346,25 @@ class HttpFrontDoor::Impl {
     });
 
     s.Get("/", [this](const httplib::Request&, httplib::Response& res) { Playground(res); });
-    s.Get("/playground", [this](const httplib::Request&, httplib::Response& res) { Playground(res); });
+    s.Get("/playground",
+          [this](const httplib::Request&, httplib::Response& res) { Playground(res); });
     s.Get("/health", [this](const httplib::Request&, httplib::Response& res) { Health(res); });
     s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { Metrics(res); });
     s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { Models(res); });
     s.Post("/v1/images/generations", [this](const httplib::Request& req, httplib::Response& res) {
       ImagesGenerations(req, res);
     });
-    s.Post("/v1/images/edits", [this](const httplib::Request& req, httplib::Response& res) {
-      ImagesEdits(req, res);
-    });
-    s.Post("/v1/videos", [this](const httplib::Request& req, httplib::Response& res) {
-      CreateVideo(req, res);
-    });
-    s.Get(R"(/v1/videos/([A-Za-z0-9_]+))", [this](const httplib::Request& req,
-                                                 httplib::Response& res) { GetVideo(req, res); });
+    s.Post("/v1/images/edits",
+           [this](const httplib::Request& req, httplib::Response& res) { ImagesEdits(req, res); });
+    s.Post("/v1/videos",
+           [this](const httplib::Request& req, httplib::Response& res) { CreateVideo(req, res); });
+    s.Get(R"(/v1/videos/([A-Za-z0-9_]+))",
+          [this](const httplib::Request& req, httplib::Response& res) { GetVideo(req, res); });
     s.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)",
           [this](const httplib::Request& req, httplib::Response& res) { VideoContent(req, res); });
-    s.Delete(R"(/v1/videos/([A-Za-z0-9_]+))",
-             [this](const httplib::Request& req, httplib::Response& res) { DeleteVideo(req, res); });
+    s.Delete(
+        R"(/v1/videos/([A-Za-z0-9_]+))",
+        [this](const httplib::Request& req, httplib::Response& res) { DeleteVideo(req, res); });
   }
 
   static std::chrono::steady_clock::time_point& RequestStart() {
@@ -597,7 +599,8 @@ class HttpFrontDoor::Impl {
         [this, batch, fd, n = options.n, model = request.model(),
          trackers = std::vector<ProgressTracker>()](size_t, httplib::DataSink& sink) mutable {
           auto send = [&](const std::string& event, const json& data) {
-            const std::string text = absl::StrCat("event: ", event, "\ndata: ", data.dump(), "\n\n");
+            const std::string text =
+                absl::StrCat("event: ", event, "\ndata: ", data.dump(), "\n\n");
             return sink.write(text.data(), text.size());
           };
           const int stages = StageCount(model);
@@ -611,30 +614,35 @@ class HttpFrontDoor::Impl {
               lock.unlock();
               bool ok = true;
               if (e.has_accepted()) {
-                ok = send("image_generation.accepted",
-                          {{"type", "image_generation.accepted"}, {"index", i},
-                           {"request_id", e.accepted().request_id()},
-                           {"model", e.accepted().request().model()},
-                           {"seed", e.accepted().request().seed()},
-                           {"width", e.accepted().request().width()},
-                           {"height", e.accepted().request().height()},
-                           {"steps", e.accepted().request().steps()}});
+                ok = send("image_generation.accepted", {{"type", "image_generation.accepted"},
+                                                        {"index", i},
+                                                        {"request_id", e.accepted().request_id()},
+                                                        {"model", e.accepted().request().model()},
+                                                        {"seed", e.accepted().request().seed()},
+                                                        {"width", e.accepted().request().width()},
+                                                        {"height", e.accepted().request().height()},
+                                                        {"steps", e.accepted().request().steps()}});
               } else {
                 int pct = trackers[i].Add(e);
                 if (pct < 0) pct = trackers[i].Current();
                 if (e.has_stage()) {
-                  ok = send("image_generation.stage",
-                            {{"type", "image_generation.stage"}, {"index", i},
-                             {"stage", e.stage().stage()},
-                             {"kind", e.stage().kind() == v1::StageEvent::KIND_FINISHED ? "finished"
-                                                                                        : "started"},
-                             {"seconds", e.stage().duration_seconds()}, {"progress", pct}});
+                  ok =
+                      send("image_generation.stage",
+                           {{"type", "image_generation.stage"},
+                            {"index", i},
+                            {"stage", e.stage().stage()},
+                            {"kind", e.stage().kind() == v1::StageEvent::KIND_FINISHED ? "finished"
+                                                                                       : "started"},
+                            {"seconds", e.stage().duration_seconds()},
+                            {"progress", pct}});
                 } else {
-                  ok = send("image_generation.progress",
-                            {{"type", "image_generation.progress"}, {"index", i},
-                             {"stage", e.progress().stage()}, {"unit", e.progress().unit()},
-                             {"done", e.progress().done()}, {"total", e.progress().total()},
-                             {"progress", pct}});
+                  ok = send("image_generation.progress", {{"type", "image_generation.progress"},
+                                                          {"index", i},
+                                                          {"stage", e.progress().stage()},
+                                                          {"unit", e.progress().unit()},
+                                                          {"done", e.progress().done()},
+                                                          {"total", e.progress().total()},
+                                                          {"progress", pct}});
                 }
               }
               lock.lock();
@@ -651,7 +659,8 @@ class HttpFrontDoor::Impl {
           lock.unlock();
           auto results = Collect(*batch);
           if (!results.ok()) {
-            send("error", {{"type", "error"}, {"error", ErrorJson(ErrorFromStatus(results.status()))["error"]}});
+            send("error", {{"type", "error"},
+                           {"error", ErrorJson(ErrorFromStatus(results.status()))["error"]}});
           } else {
             for (size_t i = 0; i < results->size(); ++i) {
               json item = ImageDataJson((*results)[i]);
@@ -705,8 +714,9 @@ class HttpFrontDoor::Impl {
 
   void ImagesEdits(const httplib::Request& req, httplib::Response& res) {
     if (!req.is_multipart_form_data()) {
-      return SendStatus(res, FieldError("image", "send multipart/form-data with the image file(s) "
-                                                 "in 'image' or 'image[]'"));
+      return SendStatus(res, FieldError("image",
+                                        "send multipart/form-data with the image file(s) "
+                                        "in 'image' or 'image[]'"));
     }
     v1::GenerateRequest request;
     ImageOptions options;
@@ -720,10 +730,14 @@ class HttpFrontDoor::Impl {
         in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
         in->set_data(part.content);
       } else if (name == "mask" && !part.content.empty()) {
-        return SendStatus(res, FieldError("mask", absl::StrCat(
-            "masks are not supported by ", request.model().empty() ? "the default model"
-                                                                   : request.model(),
-            " (no diffmesh model takes an inpainting mask yet); send the image only")));
+        return SendStatus(
+            res,
+            FieldError(
+                "mask",
+                absl::StrCat(
+                    "masks are not supported by ",
+                    request.model().empty() ? "the default model" : request.model(),
+                    " (no diffmesh model takes an inpainting mask yet); send the image only")));
       }
     }
     if (request.inputs_size() == 0) {
@@ -737,9 +751,9 @@ class HttpFrontDoor::Impl {
     absl::StatusOr<json> body =
         req.is_multipart_form_data() ? absl::StatusOr<json>(FormFields(req)) : JsonBody(req);
     if (!body.ok()) return SendStatus(res, body.status());
-    const std::string model_name =
-        body->contains("model") && (*body)["model"].is_string() ? (*body)["model"].get<std::string>()
-                                                                : "";
+    const std::string model_name = body->contains("model") && (*body)["model"].is_string()
+                                       ? (*body)["model"].get<std::string>()
+                                       : "";
     const std::optional<v1::ModelInfo> model = FindModel(model_name);
     v1::GenerateRequest request;
     if (absl::Status s = ParseVideoFields(*body, model ? &*model : nullptr, &request); !s.ok()) {
@@ -761,11 +775,11 @@ class HttpFrontDoor::Impl {
     const int h = request.has_height() ? request.height() : model ? model->defaults().height() : 0;
     job.size = absl::StrCat(w, "x", h);
     const double fps = request.has_frame_rate() ? request.frame_rate()
-                       : model ? model->defaults().frame_rate()
-                               : 0;
+                       : model                  ? model->defaults().frame_rate()
+                                                : 0;
     const int frames = request.has_num_frames() ? request.num_frames()
-                       : model ? model->defaults().num_frames()
-                               : 0;
+                       : model                  ? model->defaults().num_frames()
+                                                : 0;
     job.seconds = fps > 0 && frames > 0 ? absl::StrFormat("%g", frames / fps) : "0";
     auto cancel = std::make_shared<sdk::CancelHandle>();
     job.cancel = [cancel] { cancel->Cancel(); };
@@ -846,8 +860,8 @@ class HttpFrontDoor::Impl {
     auto job = jobs_.Get(req.matches[1], absl::Now());
     if (!job) return SendError(res, VideoNotFound(req.matches[1]));
     if (job->status == VideoJob::Status::kFailed) {
-      return SendStatus(res, absl::FailedPreconditionError(
-                                 absl::StrCat("video '", job->id, "' failed: ", job->error.message())));
+      return SendStatus(res, absl::FailedPreconditionError(absl::StrCat(
+                                 "video '", job->id, "' failed: ", job->error.message())));
     }
     if (job->status != VideoJob::Status::kCompleted) {
       ApiError e = ErrorForHttpStatus(
@@ -857,8 +871,8 @@ class HttpFrontDoor::Impl {
       return SendError(res, e);
     }
     res.status = 200;
-    res.set_content(job->content, job->mime_type.empty() ? "application/octet-stream"
-                                                         : job->mime_type.c_str());
+    res.set_content(job->content,
+                    job->mime_type.empty() ? "application/octet-stream" : job->mime_type.c_str());
   }
 
   void DeleteVideo(const httplib::Request& req, httplib::Response& res) {
@@ -907,8 +921,10 @@ absl::StatusOr<std::unique_ptr<HttpFrontDoor>> HttpFrontDoor::Create(HttpOptions
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
-  if (options.max_connections < 1) return absl::InvalidArgumentError("--max-connections: must be >= 1");
-  if (options.max_video_jobs < 1) return absl::InvalidArgumentError("--max-video-jobs: must be >= 1");
+  if (options.max_connections < 1)
+    return absl::InvalidArgumentError("--max-connections: must be >= 1");
+  if (options.max_video_jobs < 1)
+    return absl::InvalidArgumentError("--max-video-jobs: must be >= 1");
   return std::unique_ptr<HttpFrontDoor>(
       new HttpFrontDoor(std::make_unique<Impl>(std::move(options), client)));
 }

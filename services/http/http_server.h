@@ -30,8 +30,8 @@ struct HttpOptions {
   // Accepted bearer tokens for /v1/* ("Authorization: Bearer <token>"); empty: no check.
   // /health, /metrics and the playground page stay open.
   std::vector<std::string> tokens;
-  size_t max_body_bytes = 32 << 20;     // larger bodies: 413
-  size_t max_header_bytes = 16 << 10;   // larger header sections: 431
+  size_t max_body_bytes = 32 << 20;    // larger bodies: 413
+  size_t max_header_bytes = 16 << 10;  // larger header sections: 431
   int max_connections = 64;  // connections served at once; as many more wait accepted, then backlog
   absl::Duration request_timeout = absl::Minutes(10);  // deadline of a synchronous generation
   absl::Duration video_timeout = absl::Minutes(60);    // deadline of a video job

@@ -26,7 +26,9 @@ namespace {
 using nlohmann::json;
 
 constexpr char kPng[] = "\x89PNG fake image";
-constexpr char kMp4[] = "\0\0\0\x18" "ftypisom fake mp4";
+constexpr char kMp4[] =
+    "\0\0\0\x18"
+    "ftypisom fake mp4";
 
 // Two models: "edit" (image; takes EDIT_IMAGE) and "video" (video with audio; takes FIRST_FRAME;
 // 8k+1 frames at 24 fps). Generate records the request; prompt "block" reports denoise step 1/4
@@ -191,9 +193,10 @@ TEST_F(HttpServerTest, EditImagesReachTheModelAsEditInputs) {
 }
 
 TEST_F(HttpServerTest, VideoJobFromSecondsReturnsTheMp4) {
-  auto res = http_->Post("/v1/videos",
-                         json{{"model", "video"}, {"prompt", "waves"}, {"seconds", "4"},
-                              {"size", "128x64"}}.dump(), "application/json");
+  auto res = http_->Post(
+      "/v1/videos",
+      json{{"model", "video"}, {"prompt", "waves"}, {"seconds", "4"}, {"size", "128x64"}}.dump(),
+      "application/json");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
   const std::string id = json::parse(res->body)["id"];
@@ -252,10 +255,10 @@ TEST_F(HttpServerTest, RunningJobReportsProgressAndDeleteCancelsIt) {
 }
 
 TEST_F(HttpServerTest, StreamedEventsInOrder) {
-  auto res = http_->Post("/v1/images/generations",
-                         json{{"model", "edit"}, {"prompt", "x"}, {"size", "32x32"},
-                              {"stream", true}}.dump(),
-                         "application/json");
+  auto res = http_->Post(
+      "/v1/images/generations",
+      json{{"model", "edit"}, {"prompt", "x"}, {"size", "32x32"}, {"stream", true}}.dump(),
+      "application/json");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200);
   EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");

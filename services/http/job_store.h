@@ -29,7 +29,7 @@ struct VideoJob {
   std::string size;     // "WxH" as requested or as run
   std::string seconds;  // clip length as OpenAI reports it (a string)
   Status status = Status::kQueued;
-  int progress = 0;     // 0..100
+  int progress = 0;  // 0..100
   absl::Time created_at;
   std::optional<absl::Time> completed_at;
   absl::Status error;   // kFailed: why

@@ -53,7 +53,8 @@ constexpr char kPlayground[] =
 }  // namespace
 
 int main(int argc, char** argv) {
-  diffmesh::ParseFlags(argc, argv,
+  diffmesh::ParseFlags(
+      argc, argv,
       "diffmesh-http [--port 8080] [--host 127.0.0.1] [--orchestrator H:P] [--tls-cert F\n"
       "    --tls-key F [--tls-client-ca F]] [--auth-token-file F] (dashes or underscores)\n"
       "Serves OpenAI's images / videos / models HTTP API and a playground page at /,\n"
@@ -83,7 +84,8 @@ int main(int argc, char** argv) {
   }
   if (const std::string f = absl::GetFlag(FLAGS_orchestrator_token_file); !f.empty()) {
     auto token = diffmesh::ReadClientToken(f);
-    if (!token.ok()) return fail(absl::StrCat("--orchestrator-token-file: ", token.status().message()));
+    if (!token.ok())
+      return fail(absl::StrCat("--orchestrator-token-file: ", token.status().message()));
     client_options.bearer_token = *token;
   }
   auto client = diffmesh::sdk::Client::Create(client_options);

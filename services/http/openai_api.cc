@@ -69,8 +69,8 @@ absl::StatusOr<bool> GetBool(const json& body, const char* name) {
   return FieldError(name, "must be a boolean");
 }
 
-#define DM_ASSIGN(lhs, expr)          \
-  auto lhs##_or = (expr);             \
+#define DM_ASSIGN(lhs, expr)                    \
+  auto lhs##_or = (expr);                       \
   if (!lhs##_or.ok()) return lhs##_or.status(); \
   auto lhs = *lhs##_or
 
@@ -83,7 +83,8 @@ absl::Status ParseSize(const json& body, v1::GenerateRequest* request) {
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) ||
       w <= 0 || h <= 0) {
     return FieldError("size", absl::StrCat("must be \"WIDTHxHEIGHT\" (e.g. \"1024x1024\") or "
-                                           "\"auto\", got \"", size, "\""));
+                                           "\"auto\", got \"",
+                                           size, "\""));
   }
   request->set_width(w);
   request->set_height(h);
@@ -139,7 +140,8 @@ absl::Status ParseGuidance(const json& body, v1::Guidance* g) {
     json blocks = body.at("stg_blocks");
     if (blocks.is_string()) {  // a form field: "1,2,3"
       json list = json::array();
-      for (absl::string_view b : absl::StrSplit(blocks.get<std::string>(), ',', absl::SkipEmpty())) {
+      for (absl::string_view b :
+           absl::StrSplit(blocks.get<std::string>(), ',', absl::SkipEmpty())) {
         int i;
         if (!absl::SimpleAtoi(b, &i)) return FieldError("stg_blocks", "must be a list of integers");
         list.push_back(i);
@@ -250,8 +252,7 @@ ApiError ErrorFromStatus(const absl::Status& status) {
   } else if (e.http_status == 400 || e.http_status == 404) {
     // The orchestrator's messages start with the field: "inputs[0].role: ...", "height: ...".
     const size_t colon = e.message.find(": ");
-    if (colon != std::string::npos && colon < 64 &&
-        e.message.find(' ') >= colon) {
+    if (colon != std::string::npos && colon < 64 && e.message.find(' ') >= colon) {
       e.param = e.message.substr(0, colon);
     }
   }
@@ -343,7 +344,8 @@ absl::Status ParseImageFields(const json& body, v1::GenerateRequest* request,
     if (!format.ok()) return format.status();
     if (*format != "b64_json") {
       return FieldError("response_format",
-                        absl::StrCat("\"", *format, "\" is not supported: diffmesh returns images "
+                        absl::StrCat("\"", *format,
+                                     "\" is not supported: diffmesh returns images "
                                      "inline only (use \"b64_json\")"));
     }
   }
@@ -394,7 +396,8 @@ absl::Status ParseVideoFields(const json& body, const v1::ModelInfo* model,
     request->set_frame_rate(*fps);
   }
   if (Has(body, "num_frames")) {
-    if (Has(body, "seconds")) return FieldError("num_frames", "give seconds or num_frames, not both");
+    if (Has(body, "seconds"))
+      return FieldError("num_frames", "give seconds or num_frames, not both");
     auto frames = GetInt32(body, "num_frames", 1, 1 << 20);
     if (!frames.ok()) return frames.status();
     request->set_num_frames(*frames);
@@ -403,7 +406,7 @@ absl::Status ParseVideoFields(const json& body, const v1::ModelInfo* model,
     if (!seconds.ok()) return seconds.status();
     if (*seconds <= 0 || *seconds > 3600) return FieldError("seconds", "must be in (0, 3600]");
     if (video) {
-      const double fps = request->has_frame_rate()         ? request->frame_rate()
+      const double fps = request->has_frame_rate()            ? request->frame_rate()
                          : model->defaults().frame_rate() > 0 ? model->defaults().frame_rate()
                                                               : 24.0;
       request->set_num_frames(FramesForSeconds(*seconds, fps, model->limits().frames()));
@@ -441,7 +444,8 @@ const v1::Output* PrimaryOutput(const v1::GenerateResult& result) {
 nlohmann::json ImageDataJson(const v1::GenerateResult& result) {
   const v1::Output* out = PrimaryOutput(result);
   json timings = json::object();
-  for (const v1::StageTiming& t : result.metadata().stage_timings()) timings[t.stage()] = t.seconds();
+  for (const v1::StageTiming& t : result.metadata().stage_timings())
+    timings[t.stage()] = t.seconds();
   json item = {{"b64_json", out != nullptr ? Base64Encode(out->data()) : std::string()}};
   item["diffmesh"] = {
       {"request_id", result.metadata().request_id()},
@@ -473,7 +477,8 @@ nlohmann::json ModelsJson(const v1::ListModelsResponse& models) {
   for (const v1::ModelInfo& m : models.models()) {
     const v1::GenerateRequest& d = m.defaults();
     json roles = json::array();
-    for (int r : m.input_roles()) roles.push_back(v1::MediaRole_Name(static_cast<v1::MediaRole>(r)));
+    for (int r : m.input_roles())
+      roles.push_back(v1::MediaRole_Name(static_cast<v1::MediaRole>(r)));
     json stages = json::array();
     for (const std::string& s : m.stages()) stages.push_back(s);
     data.push_back({

@@ -44,9 +44,9 @@ nlohmann::json ErrorJson(const ApiError& error);
 // Request fields. A body is a JSON object; multipart form fields arrive as strings, so every
 // number may also be given as a string holding one.
 struct ImageOptions {
-  int n = 1;                     // images, 1..10; one Generate each (seeds seed, seed+1, ...)
-  bool stream = false;           // server-sent events
-  std::string output_format;     // "png" / "jpeg" / "webp"; empty: the model's own
+  int n = 1;                  // images, 1..10; one Generate each (seeds seed, seed+1, ...)
+  bool stream = false;        // server-sent events
+  std::string output_format;  // "png" / "jpeg" / "webp"; empty: the model's own
 };
 
 // The fields shared by /v1/images/generations, /v1/images/edits and /v1/videos: model, prompt,

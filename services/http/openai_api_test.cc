@@ -11,11 +11,21 @@ using nlohmann::json;
 using ::testing::HasSubstr;
 
 TEST(ParseImageFields, MapsOpenAiAndDiffmeshFields) {
-  json body = {{"model", "m"}, {"prompt", "a fox"}, {"n", 2}, {"size", "640x480"},
-               {"response_format", "b64_json"}, {"output_format", "webp"},
-               {"output_compression", 80}, {"negative_prompt", "blur"}, {"seed", 7},
-               {"steps", 12}, {"cfg_scale", 3.5}, {"stg_scale", 1.0},
-               {"audio_cfg_scale", 7.0}, {"stg_blocks", {29, 30}}, {"skip_step", 1},
+  json body = {{"model", "m"},
+               {"prompt", "a fox"},
+               {"n", 2},
+               {"size", "640x480"},
+               {"response_format", "b64_json"},
+               {"output_format", "webp"},
+               {"output_compression", 80},
+               {"negative_prompt", "blur"},
+               {"seed", 7},
+               {"steps", 12},
+               {"cfg_scale", 3.5},
+               {"stg_scale", 1.0},
+               {"audio_cfg_scale", 7.0},
+               {"stg_blocks", {29, 30}},
+               {"skip_step", 1},
                {"stream", true}};
   v1::GenerateRequest r;
   ImageOptions o;
@@ -54,8 +64,11 @@ TEST(ParseImageFields, LeavesUnsetFieldsToTheModel) {
 }
 
 TEST(ParseImageFields, FormStringsAreNumbers) {
-  json body = FormFieldsToJson({{"prompt", "x"}, {"n", "3"}, {"seed", "42"},
-                                {"guidance_scale", "2.5"}, {"stream", "false"},
+  json body = FormFieldsToJson({{"prompt", "x"},
+                                {"n", "3"},
+                                {"seed", "42"},
+                                {"guidance_scale", "2.5"},
+                                {"stream", "false"},
                                 {"stg_blocks", "1,2"}});
   v1::GenerateRequest r;
   ImageOptions o;
@@ -108,8 +121,9 @@ TEST(ParseImageFields, ErrorsNameTheField) {
 TEST(ParseImageFields, JpegCompressionZeroBecomesQualityOne) {
   v1::GenerateRequest r;
   ImageOptions o;
-  ASSERT_TRUE(ParseImageFields({{"prompt", "x"}, {"output_format", "jpeg"},
-                                {"output_compression", 0}}, &r, &o).ok());
+  ASSERT_TRUE(ParseImageFields(
+                  {{"prompt", "x"}, {"output_format", "jpeg"}, {"output_compression", 0}}, &r, &o)
+                  .ok());
   EXPECT_EQ(r.output().quality(), 1);
 }
 
@@ -134,8 +148,8 @@ TEST(ParseVideoFields, SecondsBecomeAllowedFrames) {
   ASSERT_TRUE(ParseVideoFields({{"prompt", "x"}, {"seconds", 60}}, &m, &r).ok());
   EXPECT_EQ(r.num_frames(), 257);  // capped at max_frames
   r.Clear();
-  ASSERT_TRUE(ParseVideoFields({{"prompt", "x"}, {"num_frames", 33}, {"frame_rate", 25}}, &m, &r)
-                  .ok());
+  ASSERT_TRUE(
+      ParseVideoFields({{"prompt", "x"}, {"num_frames", 33}, {"frame_rate", 25}}, &m, &r).ok());
   EXPECT_EQ(r.num_frames(), 33);
   EXPECT_DOUBLE_EQ(r.frame_rate(), 25);
 }
@@ -153,8 +167,9 @@ TEST(ParseVideoFields, Errors) {
   v1::GenerateRequest r;
   EXPECT_EQ(ErrorFromStatus(ParseVideoFields({{"prompt", "x"}, {"seconds", -2}}, &m, &r)).param,
             "seconds");
-  EXPECT_EQ(ErrorFromStatus(ParseVideoFields({{"prompt", "x"}, {"seconds", 2}, {"num_frames", 9}},
-                                             &m, &r)).param,
+  EXPECT_EQ(ErrorFromStatus(
+                ParseVideoFields({{"prompt", "x"}, {"seconds", 2}, {"num_frames", 9}}, &m, &r))
+                .param,
             "num_frames");
 }
 
