@@ -755,6 +755,15 @@ class HttpFrontDoor::Impl {
                                        ? (*body)["model"].get<std::string>()
                                        : "";
     const std::optional<v1::ModelInfo> model = FindModel(model_name);
+    // An unknown model is refused now, as OpenAI does, rather than as a failed job later.
+    if (!model) {
+      if (auto models = ListModels(); models.ok()) {
+        return SendStatus(res,
+                          absl::NotFoundError(absl::StrCat(
+                              "model: '", model_name.empty() ? models->default_model() : model_name,
+                              "' is not served here (see GET /v1/models)")));
+      }
+    }
     v1::GenerateRequest request;
     if (absl::Status s = ParseVideoFields(*body, model ? &*model : nullptr, &request); !s.ok()) {
       return SendStatus(res, s);

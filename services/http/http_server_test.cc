@@ -215,6 +215,16 @@ TEST_F(HttpServerTest, VideoJobFromSecondsReturnsTheMp4) {
   EXPECT_EQ(content->body, std::string(kMp4, sizeof(kMp4) - 1));
 }
 
+TEST_F(HttpServerTest, VideoOfAnUnknownModelIs404) {
+  auto res = http_->Post("/v1/videos", json{{"model", "nope"}, {"prompt", "x"}}.dump(),
+                         "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  json error = json::parse(res->body)["error"];
+  EXPECT_EQ(error["param"], "model");
+  EXPECT_EQ(error["code"], "model_not_found");
+}
+
 TEST_F(HttpServerTest, InputReferenceIsTheFirstFrame) {
   httplib::MultipartFormDataItems form = {
       {"model", "video", "", ""},
