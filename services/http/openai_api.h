@@ -68,8 +68,8 @@ absl::Status ParseImageFields(const nlohmann::json& body, v1::GenerateRequest* r
 absl::Status ParseVideoFields(const nlohmann::json& body, const v1::ModelInfo* model,
                               v1::GenerateRequest* request);
 
-// The frame count for `seconds` at `frame_rate` under `rule`: the nearest allowed count
-// (multiple·k + offset, at least offset + multiple... capped at max_frames).
+// The frame count for `seconds` at `frame_rate` under `rule`: the count multiple·k + offset
+// (k >= 1) nearest to seconds·frame_rate, at most max_frames when that is set.
 int FramesForSeconds(double seconds, double frame_rate, const v1::FrameRule& rule);
 
 // Converts multipart text fields to a JSON object (values stay strings; repeated names keep the
