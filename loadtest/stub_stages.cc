@@ -23,6 +23,9 @@
 
 ABSL_FLAG(int, port, 50052, "Port of the three stage services.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
+ABSL_FLAG(int, denoise_step_ms, 0,
+          "Sleep this long before each denoise event after the first (tests of cancellation, "
+          "deadlines and progress need a generation that takes a while); 0: none.");
 
 namespace diffmesh::loadtest {
 namespace {
@@ -42,7 +45,9 @@ class MessageWriter : public Base {
   void OnDone() override { delete this; }
 
  protected:
-  void WriteMessages(std::vector<Message> messages, grpc::Status status = grpc::Status::OK) {
+  void WriteMessages(std::vector<Message> messages, grpc::Status status = grpc::Status::OK,
+                     absl::Duration delay = absl::ZeroDuration()) {
+    delay_ = delay;
     messages_ = std::move(messages);
     status_ = std::move(status);
     Next();
@@ -54,11 +59,14 @@ class MessageWriter : public Base {
       this->Finish(status_);
       return;
     }
+    // Blocks a gRPC callback thread: for test stubs only (the flag is off by default).
+    if (next_ > 0 && delay_ > absl::ZeroDuration()) absl::SleepFor(delay_);
     this->StartWrite(&messages_[next_++]);
   }
 
   std::vector<Message> messages_;
   grpc::Status status_;
+  absl::Duration delay_;
   size_t next_ = 0;
 };
 
@@ -66,8 +74,9 @@ class MessageWriter : public Base {
 template <typename Message>
 class WriteAll final : public MessageWriter<grpc::ServerWriteReactor<Message>, Message> {
  public:
-  explicit WriteAll(std::vector<Message> messages, grpc::Status status = grpc::Status::OK) {
-    this->WriteMessages(std::move(messages), std::move(status));
+  explicit WriteAll(std::vector<Message> messages, grpc::Status status = grpc::Status::OK,
+                    absl::Duration delay = absl::ZeroDuration()) {
+    this->WriteMessages(std::move(messages), std::move(status), delay);
   }
 };
 
@@ -118,7 +127,11 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
       return new WriteAll<v1::DenoiseEvent>(
           {}, grpc::Status(grpc::StatusCode::INTERNAL, std::string(events.status().message())));
     }
-    return new WriteAll<v1::DenoiseEvent>(std::move(*events));
+    return new WriteAll<v1::DenoiseEvent>(std::move(*events), grpc::Status::OK, StepDelay());
+  }
+
+  static absl::Duration StepDelay() {
+    return absl::Milliseconds(absl::GetFlag(FLAGS_denoise_step_ms));
   }
 
   // The streamed form: reads the inputs to their end (the request's size and steps are all it
@@ -140,7 +153,7 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
                                        std::string(events.status().message())));
         return;
       }
-      WriteMessages(std::move(*events));
+      WriteMessages(std::move(*events), grpc::Status::OK, StepDelay());
     }
 
    private:

@@ -14,14 +14,33 @@ PACKAGES=(
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libswresample-dev python3-av ffmpeg
   libcpp-httplib-dev
   clang libclang-rt-14-dev
+  chromium
 )
+# node/npm for the HTTP front door's client tests (tests/http): Debian's, unless a node is
+# already there (e.g. NodeSource's, which its npm comes with and Debian's npm would conflict with).
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# The npm packages tests/http pins (package-lock.json): the official openai client and
+# playwright-core (which drives the Debian chromium above; it downloads no browser).
+install_npm_packages() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/http"
+  if [ ! -d "$dir/node_modules/openai" ] || [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+}
+if [ ${#missing[@]} -eq 0 ]; then
+  install_npm_packages
+  exit 0
+fi
 cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then
   echo "diffmesh needs these Debian packages; run as root:" >&2
@@ -30,3 +49,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing: ${missing[*]}"
 sh -c "$cmd"
+install_npm_packages
