@@ -1,7 +1,9 @@
 #include "models/ltx2/pipeline.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -12,6 +14,7 @@
 #include "models/core/fixtures.h"
 #include "models/core/ops.h"
 #include "models/core/weights.h"
+#include "models/ltx2/ltx2_spec.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh::models::ltx2 {
@@ -281,6 +284,159 @@ TEST(Ltx2PipelineTest, PackUnpackRoundTrip) {
   const at::Tensor t = PackVideoLatents(x);
   EXPECT_TRUE(at::equal(t[1][(2 * 6 + 3) * 10 + 7], x.select(0, 1).select(1, 2).select(1, 3)
                                                          .select(1, 7)));
+}
+
+
+// ---- The built-in tiny model: image-to-video conditioning and skip-step guidance.
+
+GuidanceOptions FullGuidance() {
+  GuidanceOptions g;
+  g.video = {3.0, 1.0, 3.0, 0.7};
+  g.audio = {7.0, 1.0, 3.0, 0.7};
+  g.stg_blocks = {1};
+  return g;
+}
+
+struct Tiny {
+  Ltx2Spec spec;
+  Ltx2Models models;
+  std::unique_ptr<Ltx2Pipeline> pipeline;
+  Ltx2TextEmbeddings text;
+};
+
+bool MakeTiny(const GuidanceOptions& guidance, Tiny& t) {
+  auto spec = BuiltinSpec("ltx2-tiny");
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  if (!spec.ok()) return false;
+  t.spec = *spec;
+  auto models = BuildModels(t.spec);
+  EXPECT_TRUE(models.ok()) << models.status();
+  if (!models.ok()) return false;
+  t.models = std::move(models).value();
+  t.pipeline = Take(Ltx2Pipeline::Create(t.models.networks(), guidance));
+  if (t.pipeline == nullptr) return false;
+  const auto pos = EncodePrompts(t.models, t.spec, {"a red fox runs through snow, wind"});
+  const auto neg = EncodePrompts(t.models, t.spec, {"blurry, low quality"});
+  auto text = t.pipeline->EncodeText(pos.prompt_embeds, pos.attention_mask, neg.prompt_embeds,
+                                     neg.attention_mask);
+  EXPECT_TRUE(text.ok()) << text.status();
+  if (!text.ok()) return false;
+  t.text = *text;
+  return true;
+}
+
+Ltx2LatentInit TinyInit(int64_t steps) {
+  Ltx2LatentInit init;
+  init.num_frames = 9;
+  init.height = 64;
+  init.width = 64;
+  init.seed = 11;
+  init.num_inference_steps = steps;
+  return init;
+}
+
+TEST(Ltx2PipelineTinyTest, ImageToVideoHoldsTheFirstFrame) {
+  Tiny t;
+  ASSERT_TRUE(MakeTiny(FullGuidance(), t));
+  const auto& vc = t.models.video_vae->config();
+  Ltx2LatentInit init = TinyInit(3);
+  const int64_t h = init.height / vc.spatial_compression_ratio;
+  const int64_t w = init.width / vc.spatial_compression_ratio;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  init.first_frame_latent = at::randn({1, vc.latent_channels, 1, h, w}, gen);
+
+  auto state = t.pipeline->PrepareLatents(init);
+  ASSERT_TRUE(state.ok()) << state.status();
+  const at::Tensor start = state->video.clone();
+  const at::Tensor cond_tokens =
+      PackVideoLatents(t.models.video_vae->NormalizeLatents(init.first_frame_latent));
+  ASSERT_TRUE(at::equal(start.narrow(1, 0, h * w), cond_tokens));
+
+  // The conditioned tokens see timestep 0, the others the step's timestep.
+  auto call = t.pipeline->MakeBranchCall(*state, Branch::kCond, t.text);
+  ASSERT_TRUE(call.ok()) << call.status();
+  const at::Tensor ts = call->inputs.timestep;
+  ASSERT_EQ(ts.dim(), 2);
+  EXPECT_EQ(ts.narrow(1, 0, h * w).abs().max().item<float>(), 0.0f);
+  EXPECT_TRUE(at::allclose(ts.narrow(1, h * w, ts.size(1) - h * w),
+                           at::full({}, state->timesteps[0])));
+
+  ASSERT_TRUE(t.pipeline->Denoise(*state, t.text).ok());
+  // Held exactly, while every other frame moved.
+  EXPECT_TRUE(at::equal(state->video.narrow(1, 0, h * w), cond_tokens));
+  const at::Tensor rest_change =
+      (state->video.narrow(1, h * w, start.size(1) - h * w) -
+       start.narrow(1, h * w, start.size(1) - h * w)).abs().amax({0, 2});  // per token
+  EXPECT_GT(rest_change.min().item<float>(), 1e-3f);
+
+  auto out = t.pipeline->Decode(*state);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_LE(RelativeError(out->video_latents.narrow(2, 0, 1), init.first_frame_latent), 1e-6);
+  EXPECT_EQ(out->frames.size(1), init.num_frames);
+  EXPECT_EQ(out->frames.size(3), init.height);
+
+  // Text-to-video from the same seed does not keep that latent.
+  Ltx2LatentInit t2v = TinyInit(3);
+  auto free_state = t.pipeline->PrepareLatents(t2v);
+  ASSERT_TRUE(free_state.ok());
+  ASSERT_TRUE(t.pipeline->Denoise(*free_state, t.text).ok());
+  EXPECT_GT(RelativeError(free_state->video.narrow(1, 0, h * w), cond_tokens), 0.1);
+  // A first-frame latent of the wrong grid is rejected.
+  init.first_frame_latent = at::randn({1, vc.latent_channels, 1, h + 1, w});
+  EXPECT_EQ(t.pipeline->PrepareLatents(init).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Ltx2PipelineTinyTest, SkipStepReusesTheLastGuidedX0) {
+  GuidanceOptions g = FullGuidance();
+  g.skip_step = 1;
+  Tiny t;
+  ASSERT_TRUE(MakeTiny(g, t));
+  auto state = t.pipeline->PrepareLatents(TinyInit(4));
+  ASSERT_TRUE(state.ok());
+  int64_t transformer_steps = 0;
+  while (!state->done()) {
+    const std::vector<Branch> live = t.pipeline->LiveBranches(*state);
+    const bool skipped = live.empty();
+    EXPECT_EQ(skipped, state->step % 2 == 1) << "step " << state->step;
+    const Ltx2DenoiseState before = *state;
+    auto preds = t.pipeline->RunLiveBranches(*state, t.text);
+    ASSERT_TRUE(preds.ok());
+    EXPECT_EQ(preds->size(), live.size());
+    ASSERT_TRUE(t.pipeline->Step(*state, *preds).ok());
+    if (skipped) {
+      const float sigma = before.sigmas[before.step];
+      const float dt = before.sigmas[before.step + 1] - sigma;
+      const at::Tensor expect =
+          before.video + dt * ((before.video - before.last_video_x0) / sigma);
+      EXPECT_TRUE(at::allclose(state->video, expect, 1e-6, 1e-6));
+    } else {
+      ++transformer_steps;
+      EXPECT_EQ(live.size(), 4u);
+    }
+  }
+  EXPECT_EQ(transformer_steps, 2);
+}
+
+// The budget: a 3-step guided 9-frame 64x64 run with audio in seconds on 2 CPU cores.
+TEST(Ltx2PipelineTinyTest, EndToEndRunIsFast) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Tiny t;
+  ASSERT_TRUE(MakeTiny(FullGuidance(), t));
+  auto state = t.pipeline->PrepareLatents(TinyInit(3));
+  ASSERT_TRUE(state.ok());
+  ASSERT_TRUE(t.pipeline->Denoise(*state, t.text).ok());
+  auto out = t.pipeline->Decode(*state);
+  ASSERT_TRUE(out.ok());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(out->frames.sizes(), (std::vector<int64_t>{1, 9, 3, 64, 64}));
+  EXPECT_EQ(out->sample_rate, 48000);
+  EXPECT_GT(out->waveform.size(2), 0);
+  EXPECT_TRUE(at::isfinite(out->waveform).all().item<bool>());
+  EXPECT_GT(out->frames.std().item<float>(), 0.0f);
+  EXPECT_LT(seconds, 20.0);
+  std::printf("ltx2-tiny: build + 3 guided steps + decode in %.2f s, waveform %ld samples\n",
+              seconds, static_cast<long>(out->waveform.size(2)));
 }
 
 }  // namespace
