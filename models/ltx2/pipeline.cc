@@ -254,6 +254,12 @@ std::vector<Branch> Ltx2Pipeline::LiveBranches(const Ltx2DenoiseState& state) co
     return {};
   }
   std::vector<Branch> branches = {Branch::kCond};
+  if (g.reference_branch_gating) {
+    if (g.video.cfg > 1.0 || g.audio.cfg > 1.0) branches.push_back(Branch::kNegative);
+    if (g.video.stg > 0.0 || g.audio.stg > 0.0) branches.push_back(Branch::kPerturbed);
+    if (g.video.modality > 1.0 || g.audio.modality > 1.0) branches.push_back(Branch::kModality);
+    return branches;
+  }
   if (g.video.cfg != 1.0 || g.audio.cfg != 1.0) branches.push_back(Branch::kNegative);
   if ((g.video.stg != 0.0 || g.audio.stg != 0.0) && !g.stg_blocks.empty()) {
     branches.push_back(Branch::kPerturbed);
@@ -354,9 +360,15 @@ absl::StatusOr<std::map<Branch, BranchPrediction>> Ltx2Pipeline::RunLiveBranches
 
 absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::Combine(
     const Ltx2DenoiseState& state, const std::map<Branch, BranchPrediction>& predictions) const {
+  if (state.done()) return absl::FailedPreconditionError("all steps have run");
+  const std::vector<Branch> live = LiveBranches(state);
+  if (live.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("step ", state.step, " is skipped (skip_step): nothing to combine"));
+  }
   const float sigma = state.sigmas[state.step];
   std::map<Branch, std::pair<at::Tensor, at::Tensor>> x0;
-  for (Branch branch : LiveBranches(state)) {
+  for (Branch branch : live) {
     auto it = predictions.find(branch);
     if (it == predictions.end()) {
       return absl::InvalidArgumentError(absl::StrCat("no prediction of the live branch ",

@@ -18,9 +18,10 @@
 //                                                         m modality-isolated)
 //   rescale > 0: g = rescale·g·std(c)/std(g) + (1−rescale)·g   (unbiased std per batch row)
 //   v_guided = (x − g)/σ;  x ← x + (σ_{k+1} − σ)·v_guided
-// A branch whose term is zero for both streams is not run (cfg == 1, stg == 0, mod == 1).
-// Note: diffusers runs the negative branch only when a cfg scale is > 1 (and modality only when
-// a modality scale is > 1); a scale below 1 is honoured here, not dropped.
+// A branch whose term is zero for both streams is not run (cfg == 1, stg == 0 or no STG blocks,
+// mod == 1). diffusers gates differently — negative only when a cfg scale is > 1, perturbed when
+// an stg scale is > 0, modality when a modality scale is > 1 — so it drops, e.g., cfg 0.5;
+// GuidanceOptions::reference_branch_gating selects its rule.
 // Skip-step guidance (Lightricks' MultiModalGuider): with skip_step = s > 0, only steps with
 // k % (s+1) == 0 run the transformer; the others reuse the previous step's guided x0.
 //
@@ -75,6 +76,9 @@ struct GuidanceOptions {
   bool use_cross_timestep = true;
   // Run the transformer only on steps k with k % (skip_step + 1) == 0; 0 = every step.
   int64_t skip_step = 0;
+  // true: branches are live exactly when diffusers' LTX2Pipeline runs them (cfg > 1, stg > 0,
+  // modality > 1 for either stream); false: whenever their term is nonzero.
+  bool reference_branch_gating = false;
 };
 
 enum class Branch {

@@ -107,6 +107,7 @@ GuidanceOptions GuidanceFromKwargs(const nlohmann::json& kw) {
     g.stg_blocks = kw.at("spatio_temporal_guidance_blocks").get<std::vector<int64_t>>();
   }
   g.use_cross_timestep = kw.value("use_cross_timestep", false);
+  g.reference_branch_gating = true;  // the reference run decides which calls exist
   return g;
 }
 
@@ -171,7 +172,12 @@ TEST(Ltx2PipelineTest, ReproducesGuidedRun) {
 
       auto preds = pipeline->RunLiveBranches(*state, *text);
       ASSERT_TRUE(preds.ok()) << preds.status();
-      EXPECT_EQ(static_cast<int64_t>(preds->size()), calls_per_step + 1);  // CFG call = 2
+      int64_t recorded_branches = 0;  // the CFG call holds two branches
+      for (int64_t j = 0; j < calls_per_step; ++j) {
+        const std::string cn = "call" + std::to_string(call_index + j);
+        recorded_branches += io[cn + ".out.video"].size(0) / state->video.size(0);
+      }
+      EXPECT_EQ(static_cast<int64_t>(preds->size()), recorded_branches);
       for (int64_t j = 0; j < calls_per_step; ++j, ++call_index) {
         const std::string cn = "call" + std::to_string(call_index);
         const Branch branch = CallBranch(calls.at(call_index));
