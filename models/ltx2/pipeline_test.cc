@@ -276,6 +276,47 @@ TEST(Ltx2PipelineTest, DenoiseAndSplitBranchesAgree) {
   EXPECT_NE(std::string(bad.message()).find("cond"), std::string::npos) << bad;
 }
 
+// Image-to-video against diffusers' LTX2ImageToVideoPipeline (testdata/make_i2v_ref.py): frame 0
+// of the given latents is the conditioning latent, held clean at timestep 0.
+TEST(Ltx2PipelineTest, ImageToVideoMatchesReference) {
+  const std::string file = __FILE__;
+  const std::string testdata = file.substr(0, file.rfind('/')) + "/testdata";
+  for (const std::string variant : {"v20", "v23"}) {
+    SCOPED_TRACE(variant);
+    const std::string dir = FixturePath(std::string("ltx2-ref-a/") + variant);
+    Components c;
+    ASSERT_TRUE(LoadComponents(dir, c));
+    IoFile io(testdata + "/i2v_" + variant + "_io.safetensors");
+    IoFile prompts(dir + "/pipeline_io.safetensors");
+    ASSERT_TRUE(io.ok() && prompts.ok());
+    const nlohmann::json kw = io.Meta("pipeline_kwargs");
+    auto pipeline = Take(Ltx2Pipeline::Create(c.networks, GuidanceFromKwargs(kw)));
+    ASSERT_NE(pipeline, nullptr);
+    auto text = pipeline->EncodeText(prompts["in.prompt_embeds"],
+                                     prompts["in.prompt_attention_mask"],
+                                     prompts["in.negative_prompt_embeds"],
+                                     prompts["in.negative_prompt_attention_mask"]);
+    ASSERT_TRUE(text.ok());
+    Ltx2LatentInit init;
+    init.video_latents = io["in.latents"];
+    init.first_frame_latent = init.video_latents.narrow(2, 0, 1);
+    init.audio_latents = io["in.audio_latents"];
+    init.num_inference_steps = kw.at("num_inference_steps").get<int64_t>();
+    init.frame_rate = kw.at("frame_rate").get<double>();
+    auto state = pipeline->PrepareLatents(init);
+    ASSERT_TRUE(state.ok()) << state.status();
+    ASSERT_TRUE(pipeline->Denoise(*state, *text).ok());
+    auto out = pipeline->Decode(*state, {.decode_video = false, .decode_audio = false});
+    ASSERT_TRUE(out.ok());
+    const double ev = RelativeError(out->video_latents, io["out.video_latents"]);
+    const double ea = RelativeError(out->audio_latents, io["out.audio_latents"]);
+    EXPECT_LE(ev, kStepTol);
+    EXPECT_LE(ea, kStepTol);
+    EXPECT_LE(RelativeError(out->video_latents.narrow(2, 0, 1), init.first_frame_latent), 1e-6);
+    std::printf("i2v %s: video latents %.2e, audio latents %.2e\n", variant.c_str(), ev, ea);
+  }
+}
+
 TEST(Ltx2PipelineTest, PackUnpackRoundTrip) {
   const at::Tensor x = at::randn({2, 8, 4, 6, 10});
   for (int64_t p : {1, 2}) {
