@@ -110,10 +110,12 @@ struct Ltx2LatentInit {
   int64_t height = 512;      // pixels, multiples of the VAE's spatial ratio
   int64_t width = 768;
   double frame_rate = 24.0;
-  // Audio latent length; 0 = round(num_frames / frame_rate · latents per second).
+  // Audio latent length when no audio latents are given; 0 = round(n / frame_rate · latents per
+  // second) with n = num_frames, or (F − 1)·r_t + 1 when video latents are given.
   int64_t audio_num_frames = 0;
   uint64_t seed = 0;
-  // Given latents become noise_scale·noise + (1 − noise_scale)·latents (conditioned frame kept).
+  // Given latents become noise_scale·noise + (1 − noise_scale)·latents (conditioned frame kept);
+  // video noise is drawn from `seed`, audio noise from `seed + 1`.
   double noise_scale = 0.0;
   // Image-to-video: raw first-frame latent [B, C, 1, H, W] (the video VAE encoding of the image;
   // the encoder is not ported). Undefined = text-to-video.
