@@ -37,16 +37,30 @@ namespace ltx2 = diffmesh::models::ltx2;
 
 // The LTX-2.3 release transformer config (diffusers convert script, 2.3 flags).
 nlohmann::json ReleaseConfig() {
-  return {{"in_channels", 128}, {"out_channels", 128}, {"patch_size", 1}, {"patch_size_t", 1},
-          {"num_attention_heads", 32}, {"attention_head_dim", 128},
-          {"cross_attention_dim", 4096}, {"vae_scale_factors", {8, 32, 32}},
-          {"audio_in_channels", 128}, {"audio_out_channels", 128},
-          {"audio_num_attention_heads", 32}, {"audio_attention_head_dim", 64},
-          {"audio_cross_attention_dim", 2048}, {"num_layers", 48},
-          {"caption_channels", 3840}, {"gated_attn", true}, {"audio_gated_attn", true},
-          {"cross_attn_mod", true}, {"audio_cross_attn_mod", true},
-          {"use_prompt_embeddings", false}, {"perturbed_attn", true}, {"rope_type", "split"},
-          {"rope_double_precision", true}, {"norm_elementwise_affine", false}};
+  return {{"in_channels", 128},
+          {"out_channels", 128},
+          {"patch_size", 1},
+          {"patch_size_t", 1},
+          {"num_attention_heads", 32},
+          {"attention_head_dim", 128},
+          {"cross_attention_dim", 4096},
+          {"vae_scale_factors", {8, 32, 32}},
+          {"audio_in_channels", 128},
+          {"audio_out_channels", 128},
+          {"audio_num_attention_heads", 32},
+          {"audio_attention_head_dim", 64},
+          {"audio_cross_attention_dim", 2048},
+          {"num_layers", 48},
+          {"caption_channels", 3840},
+          {"gated_attn", true},
+          {"audio_gated_attn", true},
+          {"cross_attn_mod", true},
+          {"audio_cross_attn_mod", true},
+          {"use_prompt_embeddings", false},
+          {"perturbed_attn", true},
+          {"rope_type", "split"},
+          {"rope_double_precision", true},
+          {"norm_elementwise_affine", false}};
 }
 
 // Matmul + attention FLOPs of one forward (2 per multiply-add), per the block structure.

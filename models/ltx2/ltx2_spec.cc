@@ -134,13 +134,20 @@ void BytesField(std::string& out, uint32_t number, const std::string& bytes) {
 
 const char* ComponentFolder(Ltx2Component component) {
   switch (component) {
-    case Ltx2Component::kTransformer: return "transformer";
-    case Ltx2Component::kVae: return "vae";
-    case Ltx2Component::kAudioVae: return "audio_vae";
-    case Ltx2Component::kVocoder: return "vocoder";
-    case Ltx2Component::kConnectors: return "connectors";
-    case Ltx2Component::kTextEncoder: return "text_encoder";
-    case Ltx2Component::kLatentUpsampler: return "latent_upsampler";
+    case Ltx2Component::kTransformer:
+      return "transformer";
+    case Ltx2Component::kVae:
+      return "vae";
+    case Ltx2Component::kAudioVae:
+      return "audio_vae";
+    case Ltx2Component::kVocoder:
+      return "vocoder";
+    case Ltx2Component::kConnectors:
+      return "connectors";
+    case Ltx2Component::kTextEncoder:
+      return "text_encoder";
+    case Ltx2Component::kLatentUpsampler:
+      return "latent_upsampler";
   }
   return "";
 }
@@ -197,12 +204,12 @@ std::string BuiltinTokenizerProto() {
   }
   piece("\xE2\x96\x81", kNormal);  // "▁"
   std::string trainer;
-  VarintField(trainer, 3, 2);    // model_type BPE
-  VarintField(trainer, 35, 1);   // byte_fallback
-  VarintField(trainer, 40, 3);   // unk_id
-  VarintField(trainer, 41, 2);   // bos_id
-  VarintField(trainer, 42, 1);   // eos_id
-  VarintField(trainer, 43, 0);   // pad_id
+  VarintField(trainer, 3, 2);   // model_type BPE
+  VarintField(trainer, 35, 1);  // byte_fallback
+  VarintField(trainer, 40, 3);  // unk_id
+  VarintField(trainer, 41, 2);  // bos_id
+  VarintField(trainer, 42, 1);  // eos_id
+  VarintField(trainer, 43, 0);  // pad_id
   BytesField(proto, 2, trainer);
   std::string normalizer;
   BytesField(normalizer, 1, "identity");
@@ -215,10 +222,11 @@ std::string BuiltinTokenizerProto() {
 
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(const Ltx2Spec& spec,
                                                                   at::ScalarType dtype) {
-  if (!spec.dir.empty()) return Ltx2Transformer::FromConfig(Dir(spec, Ltx2Component::kTransformer), dtype);
+  if (!spec.dir.empty())
+    return Ltx2Transformer::FromConfig(Dir(spec, Ltx2Component::kTransformer), dtype);
   ASSIGN_OR_RETURN(auto config, Ltx2TransformerConfig::FromJson(spec.transformer));
-  WeightMap weights = InitSeeded(Ltx2Transformer::Params(config),
-                                 ComponentSeed(spec, Ltx2Component::kTransformer));
+  WeightMap weights =
+      InitSeeded(Ltx2Transformer::Params(config), ComponentSeed(spec, Ltx2Component::kTransformer));
   for (auto& [name, t] : weights) t = t.to(dtype);
   return Ltx2Transformer::Create(config, std::move(weights));
 }
@@ -238,7 +246,8 @@ absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& 
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(const Ltx2Spec& spec,
                                                                     at::ScalarType dtype,
                                                                     at::Device device) {
-  if (!spec.dir.empty()) return Ltx2VideoDecoder::Load(Dir(spec, Ltx2Component::kVae), dtype, device);
+  if (!spec.dir.empty())
+    return Ltx2VideoDecoder::Load(Dir(spec, Ltx2Component::kVae), dtype, device);
   ASSIGN_OR_RETURN(auto config, VideoVaeConfig::FromJson(spec.vae));
   ASSIGN_OR_RETURN(auto seeded, Ltx2VideoDecoder::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kVae)));
@@ -277,7 +286,8 @@ absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec, at::
 
 absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(const Ltx2Spec& spec,
                                                                   at::ScalarType dtype) {
-  if (!spec.dir.empty()) return Gemma3TextModel::Load(Dir(spec, Ltx2Component::kTextEncoder), dtype);
+  if (!spec.dir.empty())
+    return Gemma3TextModel::Load(Dir(spec, Ltx2Component::kTextEncoder), dtype);
   ASSIGN_OR_RETURN(auto config, Gemma3Config::FromJson(spec.text_encoder));
   ASSIGN_OR_RETURN(auto seeded, Gemma3TextModel::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kTextEncoder)));

@@ -106,8 +106,8 @@ struct Ltx2Models {
 
   // Non-owning view for Ltx2Pipeline::Create.
   Ltx2Networks networks() const {
-    return {transformer.get(), connectors.get(), video_vae.get(), audio_vae.get(), vocoder.get(),
-            scheduler};
+    return {transformer.get(), connectors.get(), video_vae.get(),
+            audio_vae.get(),   vocoder.get(),    scheduler};
   }
 };
 // `dtype` for the transformer, connectors and text encoder; the decoders stay float32.

@@ -43,16 +43,15 @@ at::Tensor GuideStream(const StreamGuidance& g, const at::Tensor& cond, const at
 }  // namespace
 
 at::Tensor PackVideoLatents(const at::Tensor& latents, int64_t p, int64_t pt) {
-  const int64_t b = latents.size(0), f = latents.size(2), h = latents.size(3),
-                w = latents.size(4);
+  const int64_t b = latents.size(0), f = latents.size(2), h = latents.size(3), w = latents.size(4);
   return latents.reshape({b, -1, f / pt, pt, h / p, p, w / p, p})
       .permute({0, 2, 4, 6, 1, 3, 5, 7})
       .flatten(4, 7)
       .flatten(1, 3);
 }
 
-at::Tensor UnpackVideoLatents(const at::Tensor& tokens, int64_t f, int64_t h, int64_t w,
-                              int64_t p, int64_t pt) {
+at::Tensor UnpackVideoLatents(const at::Tensor& tokens, int64_t f, int64_t h, int64_t w, int64_t p,
+                              int64_t pt) {
   const int64_t b = tokens.size(0);
   return tokens.reshape({b, f, h, w, -1, pt, p, p})
       .permute({0, 4, 1, 5, 2, 6, 3, 7})
@@ -63,10 +62,14 @@ at::Tensor UnpackVideoLatents(const at::Tensor& tokens, int64_t f, int64_t h, in
 
 const char* BranchName(Branch branch) {
   switch (branch) {
-    case Branch::kCond: return "cond";
-    case Branch::kNegative: return "negative";
-    case Branch::kPerturbed: return "perturbed";
-    case Branch::kModality: return "modality";
+    case Branch::kCond:
+      return "cond";
+    case Branch::kNegative:
+      return "negative";
+    case Branch::kPerturbed:
+      return "perturbed";
+    case Branch::kModality:
+      return "modality";
   }
   return "unknown";
 }
@@ -81,9 +84,9 @@ absl::StatusOr<std::unique_ptr<Ltx2Pipeline>> Ltx2Pipeline::Create(
   if (vc.latent_channels * networks.transformer->config().patch_size_t *
           networks.transformer->config().patch_size * networks.transformer->config().patch_size !=
       networks.transformer->config().in_channels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "vae latent_channels ", vc.latent_channels, " do not pack to transformer in_channels ",
-        networks.transformer->config().in_channels));
+    return absl::InvalidArgumentError(absl::StrCat("vae latent_channels ", vc.latent_channels,
+                                                   " do not pack to transformer in_channels ",
+                                                   networks.transformer->config().in_channels));
   }
   if (guidance.skip_step < 0) return absl::InvalidArgumentError("skip_step < 0");
   return std::unique_ptr<Ltx2Pipeline>(new Ltx2Pipeline(networks, guidance));
@@ -99,12 +102,11 @@ absl::StatusOr<Ltx2TextEmbeddings> Ltx2Pipeline::EncodeText(
     return absl::InvalidArgumentError(
         "negative prompt hidden states must match the prompt's shape and come with a mask");
   }
-  at::Tensor hidden = with_negative
-                          ? at::cat({negative_hidden_states, prompt_hidden_states}, 0)
-                          : prompt_hidden_states;
-  at::Tensor mask = with_negative ? at::cat({negative_mask.to(prompt_mask.scalar_type()),
-                                             prompt_mask}, 0)
-                                  : prompt_mask;
+  at::Tensor hidden = with_negative ? at::cat({negative_hidden_states, prompt_hidden_states}, 0)
+                                    : prompt_hidden_states;
+  at::Tensor mask = with_negative
+                        ? at::cat({negative_mask.to(prompt_mask.scalar_type()), prompt_mask}, 0)
+                        : prompt_mask;
   TextConnectors::Output out = networks_.connectors->Forward(hidden, mask, PaddingSide::kLeft);
   Ltx2TextEmbeddings text;
   if (with_negative) {
@@ -138,23 +140,23 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
   at::Tensor video;
   if (init.video_latents.defined()) {
     if (init.video_latents.dim() != 5 || init.video_latents.size(1) != vc.latent_channels) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "video_latents must be [B, ", vc.latent_channels, ", F, H, W], got ",
-          init.video_latents.dim(), " dims"));
+      return absl::InvalidArgumentError(absl::StrCat("video_latents must be [B, ",
+                                                     vc.latent_channels, ", F, H, W], got ",
+                                                     init.video_latents.dim(), " dims"));
     }
     video = networks_.video_vae->NormalizeLatents(init.video_latents.to(device, at::kFloat));
   } else {
     if (init.height % vc.spatial_compression_ratio != 0 ||
         init.width % vc.spatial_compression_ratio != 0 || init.num_frames < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "height/width must be multiples of ", vc.spatial_compression_ratio, ", got ",
-          init.height, "x", init.width));
+      return absl::InvalidArgumentError(absl::StrCat("height/width must be multiples of ",
+                                                     vc.spatial_compression_ratio, ", got ",
+                                                     init.height, "x", init.width));
     }
     const int64_t f = (init.num_frames - 1) / vc.temporal_compression_ratio + 1;
-    video = SeededNoise({init.batch_size, vc.latent_channels, f,
-                         init.height / vc.spatial_compression_ratio,
-                         init.width / vc.spatial_compression_ratio},
-                        init.seed, device);
+    video = SeededNoise(
+        {init.batch_size, vc.latent_channels, f, init.height / vc.spatial_compression_ratio,
+         init.width / vc.spatial_compression_ratio},
+        init.seed, device);
   }
   const int64_t batch = video.size(0);
   if (video.size(2) % pt != 0 || video.size(3) % p != 0 || video.size(4) % p != 0) {
@@ -170,15 +172,15 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
     const at::Tensor& ff = init.first_frame_latent;
     if (ff.dim() != 5 || ff.size(0) != batch || ff.size(1) != video.size(1) || ff.size(2) != 1 ||
         ff.size(3) != video.size(3) || ff.size(4) != video.size(4)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "first_frame_latent must be [", batch, ", ", video.size(1), ", 1, ", video.size(3), ", ",
-          video.size(4), "]"));
+      return absl::InvalidArgumentError(absl::StrCat("first_frame_latent must be [", batch, ", ",
+                                                     video.size(1), ", 1, ", video.size(3), ", ",
+                                                     video.size(4), "]"));
     }
     if (pt != 1) return absl::UnimplementedError("image conditioning with patch_size_t > 1");
     video = video.clone();
     video.narrow(2, 0, 1).copy_(networks_.video_vae->NormalizeLatents(ff.to(device, at::kFloat)));
-    frame_mask = at::zeros({batch, 1, video.size(2), video.size(3), video.size(4)},
-                           video.options());
+    frame_mask =
+        at::zeros({batch, 1, video.size(2), video.size(3), video.size(4)}, video.options());
     frame_mask.narrow(2, 0, 1).fill_(1.0);
   }
   if (init.noise_scale != 0.0 && init.video_latents.defined()) {
@@ -197,8 +199,8 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
   if (init.audio_latents.defined()) {
     if (init.audio_latents.dim() != 4 || init.audio_latents.size(0) != batch ||
         init.audio_latents.size(1) != ac.latent_channels) {
-      return absl::InvalidArgumentError(absl::StrCat("audio_latents must be [", batch, ", ",
-                                                     ac.latent_channels, ", L, M']"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("audio_latents must be [", batch, ", ", ac.latent_channels, ", L, M']"));
     }
     s.latent_mel_bins = init.audio_latents.size(3);
     audio = networks_.audio_vae->NormalizePacked(
@@ -210,15 +212,14 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
   } else {
     int64_t length = init.audio_num_frames;
     if (length <= 0) {
-      const int64_t pixel_frames =
-          init.video_latents.defined()
-              ? (video.size(2) - 1) * vc.temporal_compression_ratio + 1
-              : init.num_frames;
+      const int64_t pixel_frames = init.video_latents.defined()
+                                       ? (video.size(2) - 1) * vc.temporal_compression_ratio + 1
+                                       : init.num_frames;
       length = static_cast<int64_t>(
           std::nearbyint(pixel_frames / init.frame_rate * ac.LatentsPerSecond()));
     }
-    audio = PackAudioLatents(SeededNoise({batch, ac.latent_channels, length, s.latent_mel_bins},
-                                         init.seed + 1, device));
+    audio = PackAudioLatents(
+        SeededNoise({batch, ac.latent_channels, length, s.latent_mel_bins}, init.seed + 1, device));
   }
   if (audio.size(2) != tc.audio_in_channels) {
     return absl::InvalidArgumentError(absl::StrCat("audio tokens have ", audio.size(2),
@@ -234,15 +235,15 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
   if (init.sigmas.empty()) {
     RETURN_IF_ERROR(scheduler->SetPipelineSchedule(init.num_inference_steps, video_tokens));
   } else {
-    RETURN_IF_ERROR(scheduler->SetSigmas(
-        init.sigmas, CalculateShift(video_tokens, networks_.scheduler)));
+    RETURN_IF_ERROR(
+        scheduler->SetSigmas(init.sigmas, CalculateShift(video_tokens, networks_.scheduler)));
   }
   s.sigmas = scheduler->sigmas();
   s.timesteps = scheduler->timesteps();
 
-  s.video_coords = PrepareVideoCoords(batch, s.latent_frames, s.latent_height, s.latent_width,
-                                      init.frame_rate, networks_.transformer->VideoCoords(),
-                                      device);
+  s.video_coords =
+      PrepareVideoCoords(batch, s.latent_frames, s.latent_height, s.latent_width, init.frame_rate,
+                         networks_.transformer->VideoCoords(), device);
   s.audio_coords =
       PrepareAudioCoords(batch, s.audio_frames, networks_.transformer->AudioCoords(), device);
   return s;
@@ -320,8 +321,7 @@ absl::StatusOr<std::map<Branch, BranchPrediction>> Ltx2Pipeline::RunLiveBranches
     const Ltx2DenoiseState& state, const Ltx2TextEmbeddings& text) const {
   std::map<Branch, BranchPrediction> preds;
   const std::vector<Branch> live = LiveBranches(state);
-  const bool batched_cfg =
-      std::find(live.begin(), live.end(), Branch::kNegative) != live.end();
+  const bool batched_cfg = std::find(live.begin(), live.end(), Branch::kNegative) != live.end();
   for (Branch branch : live) {
     if (branch == Branch::kNegative) continue;
     if (branch == Branch::kCond && batched_cfg) {
@@ -372,8 +372,7 @@ absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::Combine(
     auto it = predictions.find(branch);
     if (it == predictions.end()) {
       return absl::InvalidArgumentError(absl::StrCat("no prediction of the live branch ",
-                                                     BranchName(branch), " at step ",
-                                                     state.step));
+                                                     BranchName(branch), " at step ", state.step));
     }
     x0[branch] = {ToX0(state.video, it->second.video, sigma),
                   ToX0(state.audio, it->second.audio, sigma)};
@@ -386,9 +385,8 @@ absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::Combine(
   Guided g;
   g.video_x0 = GuideStream(guidance_.video, x0[Branch::kCond].first, ptr(Branch::kNegative, true),
                            ptr(Branch::kPerturbed, true), ptr(Branch::kModality, true));
-  g.audio_x0 =
-      GuideStream(guidance_.audio, x0[Branch::kCond].second, ptr(Branch::kNegative, false),
-                  ptr(Branch::kPerturbed, false), ptr(Branch::kModality, false));
+  g.audio_x0 = GuideStream(guidance_.audio, x0[Branch::kCond].second, ptr(Branch::kNegative, false),
+                           ptr(Branch::kPerturbed, false), ptr(Branch::kModality, false));
   return g;
 }
 

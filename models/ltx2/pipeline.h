@@ -131,8 +131,8 @@ struct Ltx2DenoiseState {
   at::Tensor video;  // float32 [B, Nv, C·pt·p²] normalised packed latents
   at::Tensor audio;  // float32 [B, Na, C_a·M'] normalised packed latents
   int64_t latent_frames = 0, latent_height = 0, latent_width = 0;  // packed video grid
-  int64_t audio_frames = 0;     // Na
-  int64_t latent_mel_bins = 0;  // M'
+  int64_t audio_frames = 0;                                        // Na
+  int64_t latent_mel_bins = 0;                                     // M'
   double frame_rate = 24.0;
   at::Tensor video_coords;  // [B, 3, Nv, 2] RoPE bounds
   at::Tensor audio_coords;  // [B, 1, Na, 2]

@@ -79,8 +79,8 @@ bool LoadComponents(const std::string& dir, Components& c) {
       !sched.ok()) {
     return false;
   }
-  c.networks = {c.transformer.get(), c.connectors.get(), c.video_vae.get(), c.audio_vae.get(),
-                c.vocoder.get(), *sched};
+  c.networks = {c.transformer.get(), c.connectors.get(), c.video_vae.get(),
+                c.audio_vae.get(),   c.vocoder.get(),    *sched};
   return true;
 }
 
@@ -140,10 +140,10 @@ TEST(Ltx2PipelineTest, ReproducesGuidedRun) {
                                      io["in.negative_prompt_embeds"],
                                      io["in.negative_prompt_attention_mask"]);
     ASSERT_TRUE(text.ok()) << text.status();
-    const double text_err = RelativeError(
-        at::cat({text->negative_video, text->video}, 0), io["connectors.out.video_text_embedding"]);
-    const double text_err_a = RelativeError(
-        at::cat({text->negative_audio, text->audio}, 0), io["connectors.out.audio_text_embedding"]);
+    const double text_err = RelativeError(at::cat({text->negative_video, text->video}, 0),
+                                          io["connectors.out.video_text_embedding"]);
+    const double text_err_a = RelativeError(at::cat({text->negative_audio, text->audio}, 0),
+                                            io["connectors.out.audio_text_embedding"]);
     EXPECT_LE(text_err, kTextTol);
     EXPECT_LE(text_err_a, kTextTol);
 
@@ -292,10 +292,9 @@ TEST(Ltx2PipelineTest, ImageToVideoMatchesReference) {
     const nlohmann::json kw = io.Meta("pipeline_kwargs");
     auto pipeline = Take(Ltx2Pipeline::Create(c.networks, GuidanceFromKwargs(kw)));
     ASSERT_NE(pipeline, nullptr);
-    auto text = pipeline->EncodeText(prompts["in.prompt_embeds"],
-                                     prompts["in.prompt_attention_mask"],
-                                     prompts["in.negative_prompt_embeds"],
-                                     prompts["in.negative_prompt_attention_mask"]);
+    auto text = pipeline->EncodeText(
+        prompts["in.prompt_embeds"], prompts["in.prompt_attention_mask"],
+        prompts["in.negative_prompt_embeds"], prompts["in.negative_prompt_attention_mask"]);
     ASSERT_TRUE(text.ok());
     Ltx2LatentInit init;
     init.video_latents = io["in.latents"];
@@ -329,10 +328,9 @@ TEST(Ltx2PipelineTest, PackUnpackRoundTrip) {
   }
   // Token order is (f, h, w) with channels last for patch size 1.
   const at::Tensor t = PackVideoLatents(x);
-  EXPECT_TRUE(at::equal(t[1][(2 * 6 + 3) * 10 + 7], x.select(0, 1).select(1, 2).select(1, 3)
-                                                         .select(1, 7)));
+  EXPECT_TRUE(
+      at::equal(t[1][(2 * 6 + 3) * 10 + 7], x.select(0, 1).select(1, 2).select(1, 3).select(1, 7)));
 }
-
 
 // ---- The built-in tiny model: image-to-video conditioning and skip-step guidance.
 
@@ -405,15 +403,16 @@ TEST(Ltx2PipelineTinyTest, ImageToVideoHoldsTheFirstFrame) {
   const at::Tensor ts = call->inputs.timestep;
   ASSERT_EQ(ts.dim(), 2);
   EXPECT_EQ(ts.narrow(1, 0, h * w).abs().max().item<float>(), 0.0f);
-  EXPECT_TRUE(at::allclose(ts.narrow(1, h * w, ts.size(1) - h * w),
-                           at::full({}, state->timesteps[0])));
+  EXPECT_TRUE(
+      at::allclose(ts.narrow(1, h * w, ts.size(1) - h * w), at::full({}, state->timesteps[0])));
 
   ASSERT_TRUE(t.pipeline->Denoise(*state, t.text).ok());
   // Held exactly, while every other frame moved.
   EXPECT_TRUE(at::equal(state->video.narrow(1, 0, h * w), cond_tokens));
-  const at::Tensor rest_change =
-      (state->video.narrow(1, h * w, start.size(1) - h * w) -
-       start.narrow(1, h * w, start.size(1) - h * w)).abs().amax({0, 2});  // per token
+  const at::Tensor rest_change = (state->video.narrow(1, h * w, start.size(1) - h * w) -
+                                  start.narrow(1, h * w, start.size(1) - h * w))
+                                     .abs()
+                                     .amax({0, 2});  // per token
   EXPECT_GT(rest_change.min().item<float>(), 1e-3f);
 
   auto out = t.pipeline->Decode(*state);
@@ -453,8 +452,7 @@ TEST(Ltx2PipelineTinyTest, SkipStepReusesTheLastGuidedX0) {
     if (skipped) {
       const float sigma = before.sigmas[before.step];
       const float dt = before.sigmas[before.step + 1] - sigma;
-      const at::Tensor expect =
-          before.video + dt * ((before.video - before.last_video_x0) / sigma);
+      const at::Tensor expect = before.video + dt * ((before.video - before.last_video_x0) / sigma);
       EXPECT_TRUE(at::allclose(state->video, expect, 1e-6, 1e-6));
     } else {
       ++transformer_steps;

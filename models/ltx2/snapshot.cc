@@ -23,8 +23,8 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 struct ComponentEntry {
-  const char* key;          // model_index.json key and folder
-  const char* library;      // model_index.json [library, class]
+  const char* key;      // model_index.json key and folder
+  const char* library;  // model_index.json [library, class]
   const char* class_name;
 };
 
@@ -129,9 +129,8 @@ absl::Status WriteJson(const fs::path& path, const json& j) {
 
 // Writes `weights` (names prefixed with `prefix`) as `base`.safetensors, or as `shards` files
 // `base`-0000k-of-0000n.safetensors with `base`.safetensors.index.json.
-absl::Status WriteWeights(const fs::path& folder, const std::string& base,
-                          const WeightMap& weights, const std::string& prefix, DType dtype,
-                          int shards) {
+absl::Status WriteWeights(const fs::path& folder, const std::string& base, const WeightMap& weights,
+                          const std::string& prefix, DType dtype, int shards) {
   std::vector<std::string> names;
   for (const auto& [name, t] : weights) names.push_back(name);
   std::sort(names.begin(), names.end());
@@ -145,8 +144,7 @@ absl::Status WriteWeights(const fs::path& folder, const std::string& base,
   json weight_map = json::object();
   int64_t total = 0;
   for (int k = 0; k < shards; ++k) {
-    const std::string file =
-        absl::StrFormat("%s-%05d-of-%05d.safetensors", base, k + 1, shards);
+    const std::string file = absl::StrFormat("%s-%05d-of-%05d.safetensors", base, k + 1, shards);
     std::map<std::string, OwnedTensor> tensors;
     for (size_t i = k; i < names.size(); i += shards) {
       OwnedTensor t = ToOwned(weights.at(names[i]), dtype);
@@ -154,8 +152,7 @@ absl::Status WriteWeights(const fs::path& folder, const std::string& base,
       weight_map[prefix + names[i]] = file;
       tensors.emplace(prefix + names[i], std::move(t));
     }
-    RETURN_IF_ERROR(
-        WriteSafetensors((folder / file).string(), tensors, {{"format", "pt"}}));
+    RETURN_IF_ERROR(WriteSafetensors((folder / file).string(), tensors, {{"format", "pt"}}));
   }
   return WriteJson(folder / (base + ".safetensors.index.json"),
                    json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
@@ -185,8 +182,7 @@ absl::StatusOr<Ltx2Spec> SpecFromSnapshot(const std::string& dir) {
   }
   for (const ComponentEntry& e : kIndexEntries) {
     if (!index.contains(e.key) || index[e.key].is_null()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path, ": no component '", e.key, "'"));
+      return absl::InvalidArgumentError(absl::StrCat(index_path, ": no component '", e.key, "'"));
     }
   }
   Ltx2Spec spec;
@@ -257,9 +253,9 @@ absl::Status ValidateSnapshot(const Ltx2Spec& spec) {
   {
     auto c = VocoderConfig::FromJson(spec.vocoder);
     if (!c.ok()) return annotate(c.status(), where(Ltx2Component::kVocoder) + "/config.json");
-    RETURN_IF_ERROR(CheckHeaders(where(Ltx2Component::kVocoder),
-                                 {Vocoder::Params(*c), "", {"mel_stft.stft_fn.inverse_basis"},
-                                  false}));
+    RETURN_IF_ERROR(
+        CheckHeaders(where(Ltx2Component::kVocoder),
+                     {Vocoder::Params(*c), "", {"mel_stft.stft_fn.inverse_basis"}, false}));
   }
   {
     auto c = Gemma3Config::FromJson(spec.text_encoder);
@@ -311,14 +307,15 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   {
     // Drawn as BuildTransformer draws them (the network is not built).
     ASSIGN_OR_RETURN(auto c, Ltx2TransformerConfig::FromJson(spec.transformer));
-    const WeightMap w = InitSeeded(Ltx2Transformer::Params(c),
-                                   ComponentSeed(spec, Ltx2Component::kTransformer));
-    RETURN_IF_ERROR(WriteComponent(root, "transformer", spec.transformer, w, dpm, "", dt,
-                                   options.num_shards));
+    const WeightMap w =
+        InitSeeded(Ltx2Transformer::Params(c), ComponentSeed(spec, Ltx2Component::kTransformer));
+    RETURN_IF_ERROR(
+        WriteComponent(root, "transformer", spec.transformer, w, dpm, "", dt, options.num_shards));
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildConnectors(spec));
-    RETURN_IF_ERROR(WriteComponent(root, "connectors", spec.connectors, m->weights(), dpm, "", dt, 1));
+    RETURN_IF_ERROR(
+        WriteComponent(root, "connectors", spec.connectors, m->weights(), dpm, "", dt, 1));
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildVideoDecoder(spec));
@@ -326,7 +323,8 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildAudioDecoder(spec));
-    RETURN_IF_ERROR(WriteComponent(root, "audio_vae", spec.audio_vae, m->weights(), dpm, "", dt, 1));
+    RETURN_IF_ERROR(
+        WriteComponent(root, "audio_vae", spec.audio_vae, m->weights(), dpm, "", dt, 1));
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildVocoder(spec));
@@ -348,7 +346,8 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   {
     std::ofstream out(root / "tokenizer" / "tokenizer.model", std::ios::binary | std::ios::trunc);
     out << BuiltinTokenizerProto();
-    if (!out) return absl::InternalError(absl::StrCat(dir, "/tokenizer/tokenizer.model: write failed"));
+    if (!out)
+      return absl::InternalError(absl::StrCat(dir, "/tokenizer/tokenizer.model: write failed"));
   }
   RETURN_IF_ERROR(WriteJson(root / "tokenizer" / "tokenizer_config.json",
                             json{{"tokenizer_class", "GemmaTokenizer"},

@@ -6,10 +6,10 @@
 //                      "tokenizer" (GemmaTokenizerFast), "scheduler"}
 //   transformer/       config.json, diffusion_pytorch_model[-0000k-of-0000n].safetensors (+ index)
 //   connectors/ vae/ audio_vae/ vocoder/   config.json, diffusion_pytorch_model.safetensors
-//   text_encoder/      config.json, model[-0000k-of-0000n].safetensors (+ model.safetensors.index.json)
-//   tokenizer/         tokenizer.model (SentencePiece), tokenizer_config.json
-//   scheduler/         scheduler_config.json
-//   latent_upsampler/  config.json, diffusion_pytorch_model.safetensors   (optional; diffusers
+//   text_encoder/      config.json, model[-0000k-of-0000n].safetensors (+
+//   model.safetensors.index.json) tokenizer/         tokenizer.model (SentencePiece),
+//   tokenizer_config.json scheduler/         scheduler_config.json latent_upsampler/  config.json,
+//   diffusion_pytorch_model.safetensors   (optional; diffusers
 //                      loads it separately with LTX2LatentUpsamplePipeline)
 //
 // Reading checks every component's tensors against the parameters its config implies — names,

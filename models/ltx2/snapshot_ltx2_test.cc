@@ -1,5 +1,3 @@
-#include "models/ltx2/snapshot.h"
-
 #include <ATen/ATen.h>
 #include <unistd.h>
 
@@ -15,6 +13,7 @@
 #include "models/core/weights.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
+#include "models/ltx2/snapshot.h"
 
 namespace diffmesh::models::ltx2 {
 namespace {
@@ -72,7 +71,8 @@ TEST_F(Ltx2SnapshotTest, WrittenTinySnapshotLoadsToIdenticalOutputs) {
   EXPECT_EQ((*index)["text_encoder"][1], "Gemma3ForConditionalGeneration");
   EXPECT_EQ((*index)["vocoder"][1], "LTX2VocoderWithBWE");
   EXPECT_TRUE(fs::exists(dir_ / "transformer" / "diffusion_pytorch_model.safetensors.index.json"));
-  EXPECT_TRUE(fs::exists(dir_ / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors"));
+  EXPECT_TRUE(
+      fs::exists(dir_ / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors"));
   EXPECT_TRUE(fs::exists(dir_ / "text_encoder" / "model.safetensors.index.json"));
 
   auto read = SpecFromSnapshot(dir_.string());
@@ -93,7 +93,8 @@ TEST_F(Ltx2SnapshotTest, WrittenTinySnapshotLoadsToIdenticalOutputs) {
 TEST_F(Ltx2SnapshotTest, Bf16SnapshotLoads) {
   auto spec = BuiltinSpec("ltx2-tiny");
   ASSERT_TRUE(spec.ok());
-  ASSERT_TRUE(WriteSnapshot(*spec, dir_.string(), {.dtype = DType::kBFloat16, .num_shards = 1}).ok());
+  ASSERT_TRUE(
+      WriteSnapshot(*spec, dir_.string(), {.dtype = DType::kBFloat16, .num_shards = 1}).ok());
   auto ckpt = Checkpoint::Open((dir_ / "transformer").string());
   ASSERT_TRUE(ckpt.ok());
   EXPECT_EQ((*ckpt)->Find("proj_in.weight")->dtype, DType::kBFloat16);

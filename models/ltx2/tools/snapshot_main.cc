@@ -68,16 +68,17 @@ int Write(std::vector<std::string> args) {
   if (!patch.empty()) {
     std::ifstream in(patch);
     const nlohmann::json p = nlohmann::json::parse(in, nullptr, false);
-    if (p.is_discarded() || !p.is_object()) return Fail(absl::InvalidArgumentError(patch + ": not JSON"));
+    if (p.is_discarded() || !p.is_object())
+      return Fail(absl::InvalidArgumentError(patch + ": not JSON"));
     for (const auto& [key, value] : p.items()) {
-      nlohmann::json* target = key == "transformer"     ? &spec->transformer
-                               : key == "vae"           ? &spec->vae
-                               : key == "audio_vae"     ? &spec->audio_vae
-                               : key == "vocoder"       ? &spec->vocoder
-                               : key == "connectors"    ? &spec->connectors
-                               : key == "text_encoder"  ? &spec->text_encoder
-                               : key == "scheduler"     ? &spec->scheduler
-                                                        : nullptr;
+      nlohmann::json* target = key == "transformer"    ? &spec->transformer
+                               : key == "vae"          ? &spec->vae
+                               : key == "audio_vae"    ? &spec->audio_vae
+                               : key == "vocoder"      ? &spec->vocoder
+                               : key == "connectors"   ? &spec->connectors
+                               : key == "text_encoder" ? &spec->text_encoder
+                               : key == "scheduler"    ? &spec->scheduler
+                                                       : nullptr;
       if (target == nullptr) return Fail(absl::InvalidArgumentError("unknown component " + key));
       target->merge_patch(value);
     }
