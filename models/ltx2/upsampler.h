@@ -70,6 +70,8 @@ class Ltx2LatentUpsampler {
   at::Tensor Forward(const at::Tensor& latents, Intermediates* intermediates = nullptr) const;
 
   const LatentUpsamplerConfig& config() const { return config_; }
+  // The parameters by checkpoint name (the snapshot writer saves them).
+  const WeightMap& weights() const { return weights_; }
 
  private:
   Ltx2LatentUpsampler(LatentUpsamplerConfig config, WeightMap weights)

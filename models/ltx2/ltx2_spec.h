@@ -1,0 +1,124 @@
+// An LTX-2 model as the stages see it: the config.json of each component of an LTX2Pipeline
+// snapshot (transformer, vae, audio_vae, vocoder, connectors, text_encoder, scheduler and the
+// optional latent_upsampler) and where the weights come from — seeded random weights for the
+// built-in small configurations ("ltx2-tiny"), or a snapshot folder (models/ltx2/snapshot.h).
+// Each stage builds only the components it runs.
+#ifndef DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_
+#define DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/ltx2/audio_vae.h"
+#include "models/ltx2/connectors.h"
+#include "models/ltx2/gemma3.h"
+#include "models/ltx2/gemma_tokenizer.h"
+#include "models/ltx2/pipeline.h"
+#include "models/ltx2/scheduler.h"
+#include "models/ltx2/transformer.h"
+#include "models/ltx2/upsampler.h"
+#include "models/ltx2/video_vae.h"
+#include "models/ltx2/vocoder.h"
+#include "nlohmann/json.hpp"
+
+namespace diffmesh::models::ltx2 {
+
+struct Ltx2Spec {
+  std::string name;
+  // Component configs in the checkpoint's config.json format. `text_encoder` is a
+  // Gemma3ForConditionalGeneration config (text_config inside); `latent_upsampler` is null when
+  // the model has none.
+  nlohmann::json transformer, vae, audio_vae, vocoder, connectors, text_encoder, scheduler;
+  nlohmann::json latent_upsampler;
+  // Seed of the built-in weights; each component derives its own from it (ComponentSeed).
+  uint64_t seed = 0;
+  // Snapshot folder the weights and the tokenizer are read from; empty: seeded weights and the
+  // built-in byte tokenizer (BuiltinTokenizerProto).
+  std::string dir;
+  // Pipeline defaults of the model.
+  int64_t max_sequence_length = 1024;  // text tokens (a multiple of the connectors' registers)
+  double frame_rate = 24.0;
+};
+
+enum class Ltx2Component {
+  kTransformer = 1,
+  kVae = 2,
+  kAudioVae = 3,
+  kVocoder = 4,
+  kConnectors = 5,
+  kTextEncoder = 6,
+  kLatentUpsampler = 7,
+};
+// Folder name of a component in the snapshot layout ("transformer", "vae", ...).
+const char* ComponentFolder(Ltx2Component component);
+uint64_t ComponentSeed(const Ltx2Spec& spec, Ltx2Component component);
+
+// Names of the built-in models ("ltx2-tiny": LTX-2.3-style, 2 layers, Gemma-3 text encoder of
+// 4 layers, BWE vocoder at 48 kHz; a 3-step 9-frame 64x64 guided run with audio takes about a
+// second on 2 CPU cores).
+std::vector<std::string> BuiltinModelNames();
+// NOT_FOUND naming the model when unknown.
+absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name);
+// The snapshot in `model_dir` (SpecFromSnapshot) when set, else the built-in `model`.
+absl::StatusOr<Ltx2Spec> ResolveSpec(const std::string& model, const std::string& model_dir);
+
+// A SentencePiece ModelProto (byte fallback, no merges) for built-in models: ids 0..3 are
+// <pad>, <eos>, <bos>, <unk>, 4 + b is the byte b, then "▁". Written as tokenizer/tokenizer.model.
+std::string BuiltinTokenizerProto();
+
+// Builders, in `dtype` on `device` where the network allows (the BWE vocoder is float32 always).
+// With spec.dir set the weights are read from the snapshot (checked by name and shape, errors
+// naming tensor and file); else they are the seeded ones. The video VAE and audio VAE builders
+// return the decoders (the encoders are not ported).
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
+absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& spec,
+                                                                at::ScalarType dtype = at::kFloat);
+absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec,
+                                                      at::ScalarType dtype = at::kFloat,
+                                                      at::Device device = at::kCPU);
+absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
+absl::StatusOr<std::unique_ptr<GemmaTokenizer>> BuildTokenizer(const Ltx2Spec& spec);
+// FAILED_PRECONDITION when the spec has no latent upsampler.
+absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> BuildLatentUpsampler(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+absl::StatusOr<SchedulerConfig> BuildSchedulerConfig(const Ltx2Spec& spec);
+
+// Every network a text/image-to-video-with-audio run needs (no latent upsampler), owned.
+struct Ltx2Models {
+  std::unique_ptr<GemmaTokenizer> tokenizer;
+  std::unique_ptr<Gemma3TextModel> text_encoder;
+  std::unique_ptr<TextConnectors> connectors;
+  std::unique_ptr<Ltx2Transformer> transformer;
+  std::unique_ptr<Ltx2VideoDecoder> video_vae;
+  std::unique_ptr<AudioVaeDecoder> audio_vae;
+  std::unique_ptr<Vocoder> vocoder;
+  SchedulerConfig scheduler;
+
+  // Non-owning view for Ltx2Pipeline::Create.
+  Ltx2Networks networks() const {
+    return {transformer.get(), connectors.get(), video_vae.get(),
+            audio_vae.get(),   vocoder.get(),    scheduler};
+  }
+};
+// `dtype` for the transformer, connectors and text encoder; the decoders stay float32.
+absl::StatusOr<Ltx2Models> BuildModels(const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
+
+// Tokenises `prompts` (left-padded to spec.max_sequence_length) and runs the text encoder:
+// stacked hidden states [B, T, hidden·(layers+1)] and the int64 mask [B, T], the connectors'
+// input.
+Gemma3TextModel::PromptEmbeds EncodePrompts(const Ltx2Models& models, const Ltx2Spec& spec,
+                                            const std::vector<std::string>& prompts);
+
+}  // namespace diffmesh::models::ltx2
+
+#endif  // DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_
