@@ -5,6 +5,7 @@ extern "C" {
 #include <libavformat/avformat.h>
 #include <libavutil/audio_fifo.h>
 #include <libavutil/channel_layout.h>
+#include <libavutil/cpu.h>
 #include <libavutil/opt.h>
 #include <libswresample/swresample.h>
 #include <libswscale/swscale.h>
@@ -187,6 +188,22 @@ std::vector<const AVCodec*> H264Encoders(const std::string& preferred) {
   return encoders;
 }
 
+// The x264 "asm" capability list for this CPU, or "" to keep x264's own detection.
+// x264 (core 164) has an AVX-512 macroblock-tree kernel (mbtree_propagate_list) that handles 8
+// lookahead blocks per step and does not stop at the row's end. When the width in 16-pixel
+// units is not a multiple of 8, the extra lanes read past the row (at the last row, into heap
+// memory x264 never wrote) and add what they find into the tree's costs, so QPs (and frame
+// sizes in stsz) depend on what earlier allocations left behind: two encodes of the same
+// frames in one process can differ. The AVX2 version stops at the row's end. Every AVX-512 CPU has the whole set x264's "AVX2"
+// name stands for (AVX, FMA3, BMI1/2, LZCNT, SSE up to 4.2), so the cap drops exactly the
+// AVX-512 kernels and nothing else.
+std::string X264CpuCapabilities() {
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64) || defined(_M_IX86)
+  if (av_get_cpu_flags() & AV_CPU_FLAG_AVX512) return "AVX2";
+#endif
+  return "";
+}
+
 // The input rate when the AAC encoder takes it, else 48 kHz (resampled).
 int AacSampleRate(const AVCodec* codec, int input_rate) {
   for (const int* r = codec->supported_samplerates; r != nullptr && *r != 0; ++r) {
@@ -292,6 +309,10 @@ AVCodecContext* Mp4Writer::Impl::OpenVideoEncoder(const AVCodec* codec, std::str
   if (std::strcmp(codec->name, "libx264") == 0) {
     av_opt_set(ctx->priv_data, "preset", options.preset.c_str(), 0);
     av_opt_set_double(ctx->priv_data, "crf", options.crf, 0);
+    const std::string capabilities = X264CpuCapabilities();
+    if (!capabilities.empty()) {
+      av_opt_set(ctx->priv_data, "x264-params", ("asm=" + capabilities).c_str(), 0);
+    }
   } else {
     ctx->bit_rate = options.fallback_bit_rate;
   }

@@ -12,7 +12,8 @@
 //  - "Fast start": the moov box precedes mdat, so the file plays while it downloads.
 //  - The encoders' INFO messages (x264's per-file statistics) are logged at VERBOSE.
 //  - Deterministic: with threads = 1 (the default) identical input gives identical bytes on a
-//    given FFmpeg/x264 build (bitexact muxer and encoders, no creation time).
+//    given FFmpeg/x264 build (bitexact muxer and encoders, no creation time; x264 runs without
+//    its AVX-512 kernels, whose output depended on what the heap held before).
 #ifndef DIFFMESH_COMMON_MEDIA_MP4_WRITER_H_
 #define DIFFMESH_COMMON_MEDIA_MP4_WRITER_H_
 
