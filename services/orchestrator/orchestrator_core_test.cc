@@ -299,6 +299,12 @@ TEST_F(OrchestratorCoreTest, BadInputIsRejectedNamingTheField) {
          in->set_data("x");
        },
        absl::StatusCode::kInvalidArgument, "inputs[0].role"},
+      {[](auto& r) {
+         auto* in = r.add_inputs();
+         in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+         in->set_data("\x89PNG\r\n\x1a\n but no image after the signature");
+       },
+       absl::StatusCode::kInvalidArgument, "inputs[0].data"},
       {[](auto& r) { r.set_request_id(std::string(129, 'a')); },
        absl::StatusCode::kInvalidArgument, "request_id"},
       {[](auto& r) { r.set_request_id("two words"); }, absl::StatusCode::kInvalidArgument,
@@ -380,7 +386,8 @@ TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   EXPECT_EQ(m.stages_size(), 3);
   EXPECT_EQ(m.defaults().height(), 256);
   EXPECT_FLOAT_EQ(m.defaults().guidance().main().cfg_scale(), 1.5f);
-  EXPECT_EQ(m.input_roles_size(), 0);
+  ASSERT_EQ(m.input_roles_size(), 1);
+  EXPECT_EQ(m.input_roles(0), v1::MEDIA_ROLE_EDIT_IMAGE);
   EXPECT_GE(m.output_formats_size(), 1);
 }
 
