@@ -235,8 +235,8 @@ at::Tensor UpsampleTokenIds(const at::Tensor& ids, const ImageGrid& grid) {
               " ids for a ", grid.height, "x", grid.width, " grid");
   return ids.to(at::kLong)
       .reshape({grid.height, grid.width})
-      .repeat_interleave(2, 0)
-      .repeat_interleave(2, 1)
+      .repeat_interleave(kPriorTokenUpsample, 0)
+      .repeat_interleave(kPriorTokenUpsample, 1)
       .reshape({-1});
 }
 

@@ -102,6 +102,9 @@ class GlmImageVisionTokenizer {
 // (nearest ×2), the d32 AR grid → the DiT's d16 patch grid. ids [h·w] (any shape with h·w
 // elements) → [4·h·w] int64, raster order of the (2h × 2w) grid.
 at::Tensor UpsampleTokenIds(const at::Tensor& ids, const ImageGrid& grid);
+// The factor UpsampleTokenIds applies on each side: one AR grid cell covers kPriorTokenUpsample²
+// DiT patches.
+inline constexpr int64_t kPriorTokenUpsample = 2;
 
 }  // namespace diffmesh::models::glm_image
 

@@ -10,6 +10,7 @@
 #include "common/media/image_codec.h"
 #include "models/glm_image/condition_image.h"
 #include "models/glm_image/edit_pipeline.h"
+#include "models/glm_image/vision_tokenizer.h"
 #include "common/media/media_format.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
@@ -26,8 +27,6 @@ using models::glm_image::GlmImageSpec;
 
 namespace {
 
-// GLM-Image's DiT takes the AR model's prior-token grid upsampled 2x to its patch grid.
-constexpr int kPriorUpsample = 2;
 // A bound on the work one request may ask of the group, far above any model's step limit
 // (the orchestrator applies the model's own).
 constexpr int kMaxSteps = 1000;
@@ -156,7 +155,8 @@ class DenoiseCore::Impl {
        std::unique_ptr<GlmImageDit> dit, std::unique_ptr<AutoencoderKl> vae, int vae_scale)
       : options_(std::move(options)), spec_(std::move(spec)), group_(std::move(group)),
         dit_(std::move(dit)), vae_(std::move(vae)), vae_scale_(vae_scale),
-        granularity_(vae_scale * static_cast<int>(dit_->config().patch_size) * kPriorUpsample) {}
+        granularity_(vae_scale * static_cast<int>(dit_->config().patch_size) *
+                     static_cast<int>(models::glm_image::kPriorTokenUpsample)) {}
 
   int rank() const { return group_->layout().rank(); }
 
@@ -393,9 +393,7 @@ class DenoiseCore::Impl {
       }
     }
     // Prior tokens: the AR grid upsampled 2× (nearest) to the DiT's patch grid, row-major.
-    p.prior_ids = grid.repeat_interleave(kPriorUpsample, 0)
-                      .repeat_interleave(kPriorUpsample, 1)
-                      .reshape({1, -1});
+    p.prior_ids = models::glm_image::UpsampleTokenIds(grid, {grid_h, grid_w}).reshape({1, -1});
     if (r.inputs_size() > 0) RETURN_IF_ERROR(PrepareCondition(r, p));
     return p;
   }
@@ -434,10 +432,10 @@ class DenoiseCore::Impl {
         return absl::InvalidArgumentError(absl::StrCat("condition_prior_tokens[", i,
                                                        "]: ids must lie in 0..", codebook - 1));
       }
-      const at::Tensor ids = grid.repeat_interleave(kPriorUpsample, 0)
-                                 .repeat_interleave(kPriorUpsample, 1)
-                                 .reshape({1, -1})
-                                 .to(group_->device());
+      const at::Tensor ids =
+          models::glm_image::UpsampleTokenIds(grid, {grid.size(0), grid.size(1)})
+              .reshape({1, -1})
+              .to(group_->device());
       RETURN_IF_ERROR(models::glm_image::WriteConditionKv(*dit_, latents.to(dit_->dtype()), ids,
                                                           image.size(2), image.size(3),
                                                           p.condition)
