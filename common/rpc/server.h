@@ -68,6 +68,11 @@ struct ChannelOptions {
   int max_message_bytes = kMaxMessageBytes;
   // Unset: plaintext.
   std::optional<ChannelTls> tls;
+  // Reconnect backoff after a failed connection attempt (GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS /
+  // GRPC_ARG_MAX_RECONNECT_BACKOFF_MS); 0 keeps gRPC's defaults (1 s growing to 120 s, so a
+  // peer that was down for a minute is retried only minutes later).
+  int initial_reconnect_backoff_ms = 0;
+  int max_reconnect_backoff_ms = 0;
 };
 
 // Channel to `address` ("host:port"), plaintext or TLS as `options.tls` says.

@@ -10,6 +10,7 @@
 #include "common/rpc/tls_flags.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
+#include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
 #include "services/orchestrator/token_authenticator.h"
 
@@ -36,6 +37,10 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "Require an API token on every GenerationService call (metadata 'authorization: Bearer "
           "<token>'); the file holds the accepted tokens, one per line (blank lines and # "
           "comments skipped). Health and reflection stay open.");
+
+ABSL_FLAG(int, max_queued_requests, diffmesh::kDefaultMaxQueuedRequests,
+          "Admission control: requests per model running or waiting at once; one more is "
+          "answered RESOURCE_EXHAUSTED at once (with a retry hint). 0: no bound.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -109,7 +114,8 @@ int main(int argc, char** argv) {
     observer = std::make_unique<diffmesh::PrometheusRequestObserver>((*exposer)->registry(), models);
   }
   diffmesh::GrpcStageClientFactory stages(pipeline->services, stage_channel);
-  auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages, observer.get()});
+  auto core = diffmesh::OrchestratorCore::Create(
+      {*pipeline, &stages, observer.get(), absl::GetFlag(FLAGS_max_queued_requests)});
   if (!core.ok()) {
     std::cerr << "diffmesh-orchestrator: " << core.status().message() << "\n";
     return 2;
