@@ -3,6 +3,8 @@
 
 * reconnect: the stages stop for a few seconds and come back; the next request succeeds within a
   few seconds (the stage channels' reconnect backoff is bounded, grpc_stage_client.cc);
+* health: the orchestrator's GenerationService reports NOT_SERVING until the stages serve, and
+  again while they are down (diffmesh-loadtest --wait_for_server waits for it);
 * admission: with the stub's denoise slowed down (--denoise-step-ms), more concurrent requests
   than --max-queued-requests are answered RESOURCE_EXHAUSTED with a retry hint, at once, while
   the admitted ones succeed.
@@ -25,10 +27,14 @@ ORCHESTRATOR = None  # --orchestrator
 PIPELINE = os.path.join(os.path.dirname(HERE), "trivial_pipeline.json")
 
 
-def loadtest(binary_dir, target, *extra, timeout=60):
-    argv = [procs.binary(binary_dir, "loadtest", "diffmesh-loadtest"), f"--target={target}",
+def loadtest_argv(binary_dir, target, *extra):
+    return [procs.binary(binary_dir, "loadtest", "diffmesh-loadtest"), f"--target={target}",
             "--json", "--height=64", "--width=64", "--steps=2", "--seed=1", "--prompt=reliability",
             "--timeout=30", "--wait_for_server=0", *extra]
+
+
+def loadtest(binary_dir, target, *extra, timeout=60):
+    argv = loadtest_argv(binary_dir, target, *extra)
     out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          timeout=timeout)
     if out.returncode not in (0, 1):
@@ -39,13 +45,14 @@ def loadtest(binary_dir, target, *extra, timeout=60):
 class Mesh:
     """diffmesh-stub-stages on base+1, the orchestrator on base."""
 
-    def __init__(self, binary_dir, *orchestrator_flags, step_ms=0):
+    def __init__(self, binary_dir, *orchestrator_flags, step_ms=0, stub=True):
         self.binary_dir = binary_dir
         self.step_ms = step_ms
         self.base = procs.free_base_port((0, 1))
         self.target = f"127.0.0.1:{self.base}"
         self.stub = None
-        self.start_stub()
+        if stub:
+            self.start_stub()
         stub_addr = f"127.0.0.1:{self.base + 1}"
         self.orch = procs.Child([
             ORCHESTRATOR or procs.binary(binary_dir, "services", "orchestrator",
@@ -93,11 +100,42 @@ def test_reconnect(binary_dir):
             if r["ok"] == 1:
                 break
             waited = time.monotonic() - restarted
-            assert waited < 4, (f"no request succeeded {waited:.1f} s after the stages came back: "
+            assert waited < 5, (f"no request succeeded {waited:.1f} s after the stages came back: "
                                 f"{r['errors_by_code']} {r['first_error']}")
             time.sleep(0.1)
         print(f"reconnect: {failed} requests failed while the stages were down; the first "
               f"succeeded {time.monotonic() - restarted:.2f} s after they were back")
+    finally:
+        mesh.close()
+
+
+def wait_for_server(binary_dir, target, seconds):
+    """diffmesh-loadtest's wait for GenerationService SERVING, then one request: its exit code
+    (2: not serving in time) and how long it took."""
+    start = time.monotonic()
+    # The later --wait_for_server wins over loadtest_argv's own.
+    out = subprocess.run(loadtest_argv(binary_dir, target, "--count=1", f"--wait_for_server={seconds}"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    return out.returncode, time.monotonic() - start, out.stderr
+
+
+def test_health(binary_dir):
+    mesh = Mesh(binary_dir, stub=False)
+    try:
+        code, _, err = wait_for_server(binary_dir, mesh.target, 2)
+        assert code == 2 and "not serving" in err, \
+            f"GenerationService served without its stages (exit {code}): {err}"
+        mesh.start_stub()
+        code, took, err = wait_for_server(binary_dir, mesh.target, 10)
+        assert code == 0, f"not serving {took:.1f} s after the stages came up (exit {code}): {err}"
+        mesh.stop_stub()
+        time.sleep(2)
+        code, _, err = wait_for_server(binary_dir, mesh.target, 1)
+        assert code == 2, f"GenerationService still served with its stages down (exit {code}): {err}"
+        mesh.start_stub()
+        code, took, err = wait_for_server(binary_dir, mesh.target, 10)
+        assert code == 0, f"not serving again after the stages came back (exit {code}): {err}"
+        print(f"health: NOT_SERVING without stages, SERVING {took:.2f} s after they came back")
     finally:
         mesh.close()
 
@@ -129,7 +167,7 @@ def main() -> int:
     parser.add_argument("--binary-dir", default="build")
     parser.add_argument("--orchestrator",
                         help="diffmesh-orchestrator binary (default: the one in --binary-dir)")
-    parser.add_argument("tests", nargs="*", default=["reconnect", "admission"])
+    parser.add_argument("tests", nargs="*", default=["health", "reconnect", "admission"])
     args = parser.parse_args()
     global ORCHESTRATOR
     ORCHESTRATOR = args.orchestrator

@@ -12,6 +12,7 @@
 #include "services/orchestrator/grpc_stage_client.h"
 #include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
+#include "services/orchestrator/stage_health.h"
 #include "services/orchestrator/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
@@ -41,6 +42,10 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(int, max_queued_requests, diffmesh::kDefaultMaxQueuedRequests,
           "Admission control: requests per model running or waiting at once; one more is "
           "answered RESOURCE_EXHAUSTED at once (with a retry hint). 0: no bound.");
+
+namespace {
+constexpr char kGenerationService[] = "diffmesh.v1.GenerationService";
+}  // namespace
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -124,7 +129,36 @@ int main(int argc, char** argv) {
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
-  options.health_service_names = {"diffmesh.v1.GenerationService"};
   options.tls = *std::move(server_tls);
-  return diffmesh::ServeUntilSignal("diffmesh-orchestrator", {&service}, options);
+  // "" reports the process (liveness); kGenerationService whether generations can be served
+  // (readiness): NOT_SERVING until every stage service of the pipeline reports SERVING, and
+  // again whenever one stops.
+  auto server = diffmesh::RunningServer::Start({&service}, options);
+  if (!server.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << server.status().message() << std::endl;
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = (*server)->server()->GetHealthCheckService();
+  health->SetServingStatus(kGenerationService, false);
+  std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
+            << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
+            << std::endl;
+  {
+    diffmesh::StageHealthMonitor monitor(
+        diffmesh::StageHealthTargets(*pipeline), stage_channel, absl::Milliseconds(500),
+        [health](bool serving, const std::string& why) {
+          health->SetServingStatus(kGenerationService, serving);
+          if (serving) {
+            std::cout << "diffmesh-orchestrator: every stage serves; " << kGenerationService
+                      << " SERVING" << std::endl;
+          } else {
+            std::cout << "diffmesh-orchestrator: " << kGenerationService
+                      << " NOT_SERVING until the stages serve (" << why << ")" << std::endl;
+          }
+        });
+    const int sig = diffmesh::WaitForTerminationSignal();
+    std::cout << "diffmesh-orchestrator: signal " << sig << ", shutting down" << std::endl;
+  }
+  (*server)->Shutdown();
+  return 0;
 }
