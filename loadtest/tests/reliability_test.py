@@ -5,6 +5,8 @@
   few seconds (the stage channels' reconnect backoff is bounded, grpc_stage_client.cc);
 * health: the orchestrator's GenerationService reports NOT_SERVING until the stages serve, and
   again while they are down (diffmesh-loadtest --wait_for_server waits for it);
+* stage token: stages started with --stage-token-file answer an orchestrator without the token
+  UNAUTHENTICATED, and serve one that presents it;
 * admission: with the stub's denoise slowed down (--denoise-step-ms), more concurrent requests
   than --max-queued-requests are answered RESOURCE_EXHAUSTED with a retry hint, at once, while
   the admitted ones succeed.
@@ -15,8 +17,10 @@
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,9 +49,10 @@ def loadtest(binary_dir, target, *extra, timeout=60):
 class Mesh:
     """diffmesh-stub-stages on base+1, the orchestrator on base."""
 
-    def __init__(self, binary_dir, *orchestrator_flags, step_ms=0, stub=True):
+    def __init__(self, binary_dir, *orchestrator_flags, step_ms=0, stub=True, stub_flags=()):
         self.binary_dir = binary_dir
         self.step_ms = step_ms
+        self.stub_flags = list(stub_flags)
         self.base = procs.free_base_port((0, 1))
         self.target = f"127.0.0.1:{self.base}"
         self.stub = None
@@ -65,7 +70,7 @@ class Mesh:
     def start_stub(self):
         self.stub = procs.Child([procs.binary(self.binary_dir, "loadtest", "diffmesh-stub-stages"),
                                  "--host=127.0.0.1", f"--port={self.base + 1}",
-                                 f"--denoise-step-ms={self.step_ms}"])
+                                 f"--denoise-step-ms={self.step_ms}", *self.stub_flags])
         procs.wait_for_port(self.base + 1, 30, self.stub.process)
 
     def stop_stub(self):
@@ -140,6 +145,32 @@ def test_health(binary_dir):
         mesh.close()
 
 
+def test_stage_token(binary_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = os.path.join(tmp, "stage-token")
+        with open(token_file, "w") as f:
+            f.write("# the stage token\n" + secrets.token_hex(16) + "\n")
+        wrong_file = os.path.join(tmp, "wrong-token")
+        with open(wrong_file, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+        stub_flags = [f"--stage-token-file={token_file}"]
+        for orchestrator_flags, expect_ok in [([], False), ([f"--stage-token-file={wrong_file}"], False),
+                                              ([f"--stage-token-file={token_file}"], True)]:
+            mesh = Mesh(binary_dir, *orchestrator_flags, stub_flags=stub_flags)
+            try:
+                r = loadtest(binary_dir, mesh.target, "--count=1")
+                if expect_ok:
+                    assert r["ok"] == 1, f"with the token: {r['errors_by_code']} {r['first_error']}"
+                else:
+                    assert r["errors_by_code"].get("UNAUTHENTICATED") == 1, \
+                        f"{orchestrator_flags or 'no token'}: {r['errors_by_code']} {r['first_error']}"
+                    message = r["first_error"]["UNAUTHENTICATED"]
+                    assert "stage token" in message, message
+            finally:
+                mesh.close()
+    print("stage token: refused without it or with a wrong one, served with it")
+
+
 def test_admission(binary_dir):
     limit = 2
     # 2 steps of 1.5 s: every admitted request holds its slot for ~3 s.
@@ -167,7 +198,7 @@ def main() -> int:
     parser.add_argument("--binary-dir", default="build")
     parser.add_argument("--orchestrator",
                         help="diffmesh-orchestrator binary (default: the one in --binary-dir)")
-    parser.add_argument("tests", nargs="*", default=["health", "reconnect", "admission"])
+    parser.add_argument("tests", nargs="*", default=["health", "reconnect", "stage_token", "admission"])
     args = parser.parse_args()
     global ORCHESTRATOR
     ORCHESTRATOR = args.orchestrator

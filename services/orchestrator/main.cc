@@ -7,13 +7,14 @@
 #include "common/config/pipeline_config.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
 #include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
 #include "services/orchestrator/stage_health.h"
-#include "services/orchestrator/token_authenticator.h"
+#include "common/rpc/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -95,6 +96,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     stage_channel.tls = *std::move(tls);
+    auto token = diffmesh::StageTokenFromFlags();
+    if (!token.ok()) {
+      std::cerr << "diffmesh-orchestrator: " << token.status().message() << "\n";
+      return 2;
+    }
+    stage_channel.bearer_token = *std::move(token);
   }
   std::unique_ptr<diffmesh::TokenAuthenticator> auth;
   if (const std::string tokens = absl::GetFlag(FLAGS_auth_token_file); !tokens.empty()) {
@@ -133,13 +140,14 @@ int main(int argc, char** argv) {
   // "" reports the process (liveness); kGenerationService whether generations can be served
   // (readiness): NOT_SERVING until every stage service of the pipeline reports SERVING, and
   // again whenever one stops.
+  options.health_service_names = {"diffmesh.v1.GenerationService"};  // = kGenerationService
+  options.start_not_serving = true;
   auto server = diffmesh::RunningServer::Start({&service}, options);
   if (!server.ok()) {
     std::cerr << "diffmesh-orchestrator: " << server.status().message() << std::endl;
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = (*server)->server()->GetHealthCheckService();
-  health->SetServingStatus(kGenerationService, false);
   std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
             << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
             << std::endl;
