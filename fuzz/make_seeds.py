@@ -100,6 +100,7 @@ def main():
 
     h = 'pipeline_config_fuzzer'
     copy(h, 'default', 'common/config/default_pipeline.json')
+    copy(h, 'trivial', 'loadtest/trivial_pipeline.json')
 
     h = 'config_json_fuzzer'
     for component in ('transformer', 'vae', 'text_encoder', 'vision_language_encoder'):

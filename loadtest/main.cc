@@ -40,7 +40,8 @@ ABSL_FLAG(int64_t, seed, -1, "Seed of every request (negative: the server draws 
 ABSL_FLAG(double, timeout, 600, "Deadline of each request, seconds.");
 ABSL_FLAG(uint64_t, arrival_seed, 1, "Seed of the open loop's arrival schedule.");
 ABSL_FLAG(double, wait_for_server, 30,
-          "Seconds to wait for the target to report SERVING before starting (0: do not wait).");
+          "Seconds to wait for the target's GenerationService to report SERVING (every stage up) "
+          "before starting (0: do not wait).");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -106,7 +107,10 @@ int main(int argc, char** argv) {
       std::cerr << "diffmesh-loadtest: " << client.status().message() << "\n";
       return 2;
     }
-    absl::Status s = (*client)->WaitUntilServing(absl::Seconds(wait));
+    // The service's status, not the process's (""): the orchestrator reports it SERVING only
+    // once every stage it needs serves.
+    absl::Status s =
+        (*client)->WaitUntilServing(absl::Seconds(wait), "diffmesh.v1.GenerationService");
     if (!s.ok()) {
       std::cerr << "diffmesh-loadtest: " << o.target << " is not serving: " << s.message() << "\n";
       return 2;

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -19,6 +20,7 @@
 #include "common/image/png.h"
 #include "common/output/output_chunks.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 
 ABSL_FLAG(int, port, 50052, "Port of the three stage services.");
@@ -92,10 +94,22 @@ v1::Tensor ZeroTensor(v1::DType dtype, std::vector<int64_t> shape, size_t elemen
   return t;
 }
 
+// --stage-token-file: checked first on every call, as the real stages do.
+const TokenAuthenticator* stage_auth = nullptr;
+
+grpc::Status CheckToken(const grpc::CallbackServerContext& ctx) {
+  absl::Status s = CheckCallToken(stage_auth, ctx);
+  return s.ok() ? grpc::Status::OK
+                : grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(s.message()));
+}
+
 class StubAr final : public v1::ArTokenService::CallbackService {
  public:
-  grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext*,
+  grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest*) override {
+    if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
+      return RejectedWrite<v1::ArTokenChunk>(auth);
+    }
     v1::ArTokenChunk chunk;
     chunk.add_tokens(0);
     chunk.set_offset(0);
@@ -110,6 +124,11 @@ class StubEncoder final : public v1::EncoderService::CallbackService {
  public:
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest*,
                                    v1::EncodeResponse* response) override {
+    if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(auth);
+      return reactor;
+    }
     *response->mutable_prompt_embeds() = ZeroTensor(v1::FLOAT32, {1, 1, 1}, 4);
     *response->mutable_negative_prompt_embeds() = ZeroTensor(v1::FLOAT32, {1, 1, 1}, 4);
     auto* reactor = ctx->DefaultReactor();
@@ -120,8 +139,11 @@ class StubEncoder final : public v1::EncoderService::CallbackService {
 
 class StubDenoise final : public v1::DenoiseService::CallbackService {
  public:
-  grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext*,
+  grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override {
+    if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
+      return RejectedWrite<v1::DenoiseEvent>(auth);
+    }
     auto events = Events(*request);
     if (!events.ok()) {
       return new WriteAll<v1::DenoiseEvent>(
@@ -162,7 +184,10 @@ class StubDenoise final : public v1::DenoiseService::CallbackService {
     v1::DenoiseRequest request_;
   };
   grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseStream(
-      grpc::CallbackServerContext*) override {
+      grpc::CallbackServerContext* ctx) override {
+    if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
+      return RejectedBidi<v1::DenoiseInput, v1::DenoiseEvent>(auth);
+    }
     return new Stream(this);
   }
 
@@ -224,6 +249,12 @@ int main(int argc, char** argv) {
       "Serves ArTokenService, EncoderService and DenoiseService with negligible work (no model),\n"
       "so that an orchestrator pointed at it measures the control plane alone.");
   diffmesh::BlockTerminationSignals();
+  auto auth = diffmesh::StageAuthenticatorFromFlags();
+  if (!auth.ok()) {
+    std::cerr << "diffmesh-stub-stages: " << auth.status().message() << "\n";
+    return 2;
+  }
+  diffmesh::loadtest::stage_auth = auth->get();
   diffmesh::loadtest::StubAr ar;
   diffmesh::loadtest::StubEncoder encoder;
   diffmesh::loadtest::StubDenoise denoise;

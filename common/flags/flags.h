@@ -25,8 +25,9 @@ inline std::vector<char*> ParseFlags(int argc, char** argv, const char* usage) {
   }
   absl::FlagsUsageConfig config;
   // Where the binaries' own flags are defined; common/rpc/tls_flags.cc holds the TLS flags that
-  // every service shares.
-  static constexpr absl::string_view kOurs[] = {"services/", "loadtest/", "common/rpc/tls_flags"};
+  // every service shares, common/rpc/stage_token.cc the stage token flag.
+  static constexpr absl::string_view kOurs[] = {"services/", "loadtest/", "common/rpc/tls_flags",
+                                               "common/rpc/stage_token"};
   auto ours = [](absl::string_view file) {
     for (absl::string_view dir : kOurs) {
       if (absl::StrContains(file, dir)) return true;

@@ -2,6 +2,7 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/client_interceptor.h>
 #include <signal.h>
 
 #include <iostream>
@@ -22,6 +23,47 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(
   ssl.pem_root_certs = tls->client_ca;
   ssl.pem_key_cert_pairs.push_back({tls->private_key, tls->cert_chain});
   return grpc::SslServerCredentials(ssl);
+}
+
+// Adds the bearer token to every call's initial metadata.
+class BearerInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(const std::string& header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string& header_;  // owned by the factory, which the channel keeps
+};
+
+class BearerInterceptorFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerInterceptorFactory(const std::string& token)
+      : header_(absl::StrCat("Bearer ", token)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new BearerInterceptor(header_);
+  }
+
+ private:
+  const std::string header_;
+};
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                           const std::shared_ptr<grpc::ChannelCredentials>& creds,
+                                           const grpc::ChannelArguments& args,
+                                           const std::string& bearer_token) {
+  if (bearer_token.empty()) return grpc::CreateCustomChannel(address, creds, args);
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<BearerInterceptorFactory>(bearer_token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args,
+                                                                 std::move(interceptors));
 }
 
 }  // namespace
@@ -48,7 +90,8 @@ absl::StatusOr<std::unique_ptr<RunningServer>> RunningServer::Start(
   server->health_names_ = options.health_service_names;
   server->health_names_.push_back("");
   for (const auto& name : server->health_names_) {
-    server->server_->GetHealthCheckService()->SetServingStatus(name, true);
+    server->server_->GetHealthCheckService()->SetServingStatus(
+        name, name.empty() || !options.start_not_serving);
   }
   return server;
 }
@@ -102,8 +145,14 @@ std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (options.initial_reconnect_backoff_ms > 0) {
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, options.initial_reconnect_backoff_ms);
+  }
+  if (options.max_reconnect_backoff_ms > 0) {
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, options.max_reconnect_backoff_ms);
+  }
   if (!options.tls.has_value()) {
-    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    return MakeChannel(address, grpc::InsecureChannelCredentials(), args, options.bearer_token);
   }
   if (!options.tls->target_name_override.empty()) {
     args.SetSslTargetNameOverride(options.tls->target_name_override);
@@ -112,7 +161,7 @@ std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,
   ssl.pem_root_certs = options.tls->root_certs;
   ssl.pem_private_key = options.tls->private_key;
   ssl.pem_cert_chain = options.tls->cert_chain;
-  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
+  return MakeChannel(address, grpc::SslCredentials(ssl), args, options.bearer_token);
 }
 
 }  // namespace diffmesh

@@ -28,6 +28,9 @@ struct ServerOptions {
   int max_message_bytes = kMaxMessageBytes;
   // Names reported SERVING by the health service besides "" (e.g. "diffmesh.v1.DenoiseService").
   std::vector<std::string> health_service_names;
+  // The names of health_service_names start NOT_SERVING ("" still SERVING): the caller turns
+  // them SERVING once it can serve (the orchestrator: once every stage does).
+  bool start_not_serving = false;
   // Unset: plaintext. Set: TLS, and mutual TLS when `tls->client_ca` is non-empty (health and
   // reflection included: the handshake comes before any service).
   std::optional<ServerTls> tls;
@@ -68,6 +71,15 @@ struct ChannelOptions {
   int max_message_bytes = kMaxMessageBytes;
   // Unset: plaintext.
   std::optional<ChannelTls> tls;
+  // Reconnect backoff after a failed connection attempt (GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS /
+  // GRPC_ARG_MAX_RECONNECT_BACKOFF_MS); 0 keeps gRPC's defaults (1 s growing to 120 s, so a
+  // peer that was down for a minute is retried only minutes later).
+  int initial_reconnect_backoff_ms = 0;
+  int max_reconnect_backoff_ms = 0;
+  // Non-empty: every call on the channel carries "authorization: Bearer <bearer_token>" (the
+  // orchestrator's stage token). Sent by a client interceptor rather than call credentials,
+  // which gRPC sends over TLS only: the mesh may run plaintext on a private network.
+  std::string bearer_token;
 };
 
 // Channel to `address` ("host:port"), plaintext or TLS as `options.tls` says.

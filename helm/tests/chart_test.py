@@ -52,7 +52,7 @@ CASES = [
       "--set", "denoise.scrapeAllRanks=true,denoise.parallel.ulysses=2,denoise.leaderWorkerSet.enabled=false",
       "--set-string", "autoscaling.targetQueueSeconds=1.5",
       "--set-string", "pipeline.services.encoder=prod-diffmesh-encoder.{{ .Release.Namespace }}.svc.cluster.local:50053",
-      "--set", "orchestrator.extraArgs={--host=0.0.0.0}"], "serving"),
+      "--set", "orchestrator.extraArgs={--host=0.0.0.0},stageToken.existingSecret=my-stage-token"], "serving"),
     ("KEDA scaling the denoise groups",
      ["-f", EXAMPLE, "--set", "autoscaling.enabled=true,autoscaling.engine=keda,autoscaling.target=denoise",
       "--set", "serviceMonitor.enabled=true,denoise.replicas=2,ar.extraArgs={--chunk-tokens=16}"], "gpu"),
@@ -132,7 +132,8 @@ class Binary:
         stage = name.replace("diffmesh-", "")
         main_cc = open(os.path.join(source_dir, "services", stage, "main.cc")).read()
         m = re.search(r"health_service_names\s*=\s*\{([^}]*)\}", main_cc)
-        self.health = set(re.findall(r'"([^"]+)"', m.group(1))) if m else set()
+        # "" (the whole server) is registered by every service (common/rpc/server.cc).
+        self.health = (set(re.findall(r'"([^"]+)"', m.group(1))) if m else set()) | {""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def check_containers(pods, binaries, seen_binaries):
                   f"{pod}: needs native gRPC startup, readiness and liveness probes (has {sorted(grpc_probes)})")
             for kind, probe in grpc_probes.items():
                 check(probe["grpc"].get("port") == port, f"{pod}: {kind} probes port {probe['grpc'].get('port')}, not --port {port}")
-                check(probe["grpc"].get("service") in binary.health,
+                check(probe["grpc"].get("service", "") in binary.health,
                       f"{pod}: {kind} asks for health of {probe['grpc'].get('service')!r}; {pod.binary} registers {sorted(binary.health)}")
             s = grpc_probes["startupProbe"]
             budget = s.get("periodSeconds", 10) * s.get("failureThreshold", 3)
@@ -341,6 +342,59 @@ def check_denoise_groups(pods, objs, namespace, domain):
         else:
             check(spec.get("podManagementPolicy") == "Parallel", f"{name}: ranks must start in parallel")
             check(spec.get("replicas") == len(group_pods), f"{name}: replicas != world size")
+
+
+def policy_selects(selector, labels):
+    """Whether a NetworkPolicy's LabelSelector (matchLabels only, as the chart writes them)
+    selects `labels`."""
+    check(not selector.get("matchExpressions"), "selector with matchExpressions: not checked here")
+    return selects(selector.get("matchLabels") or {}, labels)
+
+
+def check_stage_access(pods, objs):
+    """Stage token and NetworkPolicies: every pod gets --stage-token-file from a mounted Secret
+    the release has (or the one values name); the stages listen beyond loopback (their default),
+    and their gRPC port admits the orchestrator's pods alone; denoise pods admit each other."""
+    stages = ("diffmesh-ar", "diffmesh-encoder", "diffmesh-denoise")
+    orchestrators = [p for p in pods if p.binary == "diffmesh-orchestrator"]
+    secrets = {o["metadata"]["name"] for o in objs if o["kind"] == "Secret"}
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    for pod in pods:
+        path = pod.flags.get("stage_token_file")
+        check(path, f"{pod}: no --stage-token-file")
+        mounts = {m["mountPath"]: m["name"] for m in pod.container.get("volumeMounts") or []}
+        vols = {v["name"]: v for v in pod.spec.get("volumes") or []}
+        secret = (vols.get(mounts.get(os.path.dirname(path)), {}).get("secret") or {}).get("secretName")
+        check(secret, f"{pod}: --stage-token-file {path} is not in a mounted Secret")
+        check(secret in secrets or secret == "my-stage-token",
+              f"{pod}: Secret {secret} is neither rendered nor the existingSecret of the case")
+        if pod.binary not in stages:
+            continue
+        check(pod.flags.get("host") not in (None, "127.0.0.1", "localhost"),
+              f"{pod}: {pod.binary} listens on loopback (its default): unreachable from the orchestrator")
+        mine = [np for np in policies if policy_selects(np["spec"]["podSelector"], pod.labels)]
+        check(len(mine) == 1, f"{pod}: {len(mine)} NetworkPolicies select it, want 1")
+        spec = mine[0]["spec"]
+        check(spec.get("policyTypes") == ["Ingress"], f"{pod}: policyTypes {spec.get('policyTypes')}")
+        port = int(pod.flags["port"])
+        for rule in spec.get("ingress") or []:
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            if rule.get("ports") and port not in ports:
+                continue  # another port (metrics)
+            sources = rule.get("from")
+            check(sources, f"{pod}: an ingress rule opens --port {port} to everyone")
+            for src in sources:
+                check(set(src) == {"podSelector"}, f"{pod}: ingress source {src} is not a pod selector")
+                admitted = [p for p in pods if policy_selects(src["podSelector"], p.labels)]
+                check(admitted, f"{pod}: ingress source {src} selects no pod")
+                allowed = set(orchestrators) | (set(p for p in pods if p.binary == "diffmesh-denoise")
+                                                if pod.binary == "diffmesh-denoise" else set())
+                check(set(admitted) <= allowed,
+                      f"{pod}: --port {port} admits {sorted(str(p) for p in set(admitted) - allowed)}")
+        grpc_from = [src for rule in spec.get("ingress") or [] if port in {p.get("port") for p in rule.get("ports") or []}
+                     for src in rule.get("from") or []]
+        check(all(o in [p for src in grpc_from for p in pods if policy_selects(src["podSelector"], p.labels)]
+                  for o in orchestrators), f"{pod}: the orchestrator cannot reach --port {port}")
 
 
 def check_services(pods, objs):
@@ -521,6 +575,7 @@ def run_case(title, args, namespace, ctx):
     check_containers(pods, ctx["binaries"], ctx["seen"])
     check_denoise_groups(pods, objs, namespace, domain)
     check_services(pods, objs)
+    check_stage_access(pods, objs)
     check_pipeline(pods, objs, namespace, domain, ctx["binaries"].get("diffmesh-orchestrator"), ctx["work"], ctx["source"], args)
     check_dashboard(objs, ctx["source"], args)
     monitored = check_service_monitor(pods, objs, namespace)

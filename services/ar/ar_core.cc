@@ -19,6 +19,7 @@
 #include "models/glm_image/glm_image_spec.h"
 #include "models/glm_image/vision_tokenizer.h"
 #include "services/ar/sampler.h"
+#include "services/stage_common/torch_errors.h"
 
 namespace diffmesh {
 
@@ -282,7 +283,7 @@ class ArCore::Impl {
       }
       // Join at a token boundary: prefill the newcomers.
       for (auto& seq : admit) {
-        absl::Status s = Admit(seq);
+        absl::Status s = CatchTorchErrors("ar prefill", [&] { return Admit(seq); });
         if (!s.ok()) {
           Finish(seq, s);
         } else if (seq->slot >= 0) {
@@ -313,18 +314,24 @@ class ArCore::Impl {
         generators.push_back(&seq->generator);
       }
       // On the GPU the step is a CUDA graph per batch/length bucket; on the CPU the eager step
-      // reads only the keys each slot needs.
-      auto logits = options_.cuda
-                        ? model_->DecodeBucketed(*cache_, slots, at::tensor(tokens, at::kLong),
-                                                 at::stack(positions, 1))
-                        : model_->Decode(*cache_, slots, at::tensor(tokens, at::kLong),
-                                         at::stack(positions, 1));
-      if (!logits.ok()) {
-        for (auto& seq : active) Finish(seq, logits.status());
+      // reads only the keys each slot needs. An exception (this thread has no handler: it
+      // would end the process) fails the batch's requests instead.
+      at::Tensor sampled;
+      absl::Status step = CatchTorchErrors("ar decode", [&]() -> absl::Status {
+        auto logits = options_.cuda
+                          ? model_->DecodeBucketed(*cache_, slots, at::tensor(tokens, at::kLong),
+                                                   at::stack(positions, 1))
+                          : model_->Decode(*cache_, slots, at::tensor(tokens, at::kLong),
+                                           at::stack(positions, 1));
+        if (!logits.ok()) return logits.status();
+        sampled = SampleTokens(*logits, codebook_size_, spec_.sampling, generators);
+        return absl::OkStatus();
+      });
+      if (!step.ok()) {
+        for (auto& seq : active) Finish(seq, step);
         active.clear();
         continue;
       }
-      at::Tensor sampled = SampleTokens(*logits, codebook_size_, spec_.sampling, generators);
       auto next = sampled.accessor<int64_t, 1>();
       std::vector<std::shared_ptr<Sequence>> still;
       for (size_t i = 0; i < active.size(); ++i) {
@@ -430,7 +437,9 @@ ArCore::~ArCore() = default;
 
 absl::Status ArCore::Generate(CallContext& ctx, const v1::ArRequest& request,
                               const std::function<void(const v1::ArTokenChunk&)>& on_chunk) {
-  return impl_->Generate(ctx, request, on_chunk);
+  // The exception boundary (the request's own torch work before it joins the batch); the
+  // scheduler's batch steps have theirs in Loop.
+  return CatchTorchErrors("ar", [&] { return impl_->Generate(ctx, request, on_chunk); });
 }
 
 const std::string& ArCore::model() const { return impl_->model(); }

@@ -3,7 +3,9 @@
 #include "absl/time/clock.h"
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/streaming_call.h"
+#include "common/status/grpc_status.h"
 
 namespace diffmesh {
 
@@ -73,6 +75,10 @@ ArTokenService::~ArTokenService() = default;
 
 grpc::ServerWriteReactor<v1::ArTokenChunk>* ArTokenService::Generate(
     grpc::CallbackServerContext* ctx, const v1::ArRequest* request) {
+  // Before any work: only the orchestrator (the stage token's holder) is served.
+  if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
+    return RejectedWrite<v1::ArTokenChunk>(ToGrpcStatus(auth));
+  }
   return StreamingCall<v1::ArTokenChunk>::Start(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::ArTokenChunk>::Emit& emit) {
         if (metrics_ == nullptr) {

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/ar/ar_core.h"
@@ -16,6 +17,9 @@ class ArTokenService final : public v1::ArTokenService::CallbackService {
   // none. Not owned; must outlive the service.
   explicit ArTokenService(ArCore* core, prometheus::Registry* registry = nullptr);
   ~ArTokenService() override;
+  // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
+  // before serving, must outlive the service.
+  void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
 
   grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest* request) override;
@@ -24,6 +28,7 @@ class ArTokenService final : public v1::ArTokenService::CallbackService {
   struct Metrics;
   ArCore* core_;
   std::unique_ptr<Metrics> metrics_;
+  const TokenAuthenticator* auth_ = nullptr;
 };
 
 }  // namespace diffmesh

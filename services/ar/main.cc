@@ -6,13 +6,16 @@
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/ar/ar_core.h"
 #include "services/ar/ar_service.h"
 #include "services/stage_common/gpu_metrics.h"
 
 ABSL_FLAG(int, port, 50052, "Port of the ArTokenService.");
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on (loopback by default: a stage serves the orchestrator only; "
+          "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
 ABSL_FLAG(std::string, model_dir, "",
@@ -37,6 +40,11 @@ int main(int argc, char** argv) {
   auto tls = diffmesh::ServerTlsFromFlags();
   if (!tls.ok()) {
     std::cerr << "diffmesh-ar: " << tls.status().message() << "\n";
+    return 2;
+  }
+  auto stage_auth = diffmesh::StageAuthenticatorFromFlags();
+  if (!stage_auth.ok()) {
+    std::cerr << "diffmesh-ar: " << stage_auth.status().message() << "\n";
     return 2;
   }
   diffmesh::ArCore::Options o;
@@ -81,6 +89,7 @@ int main(int argc, char** argv) {
     if (auto gpu = diffmesh::GpuMemoryCollector()) (*exposer)->Add(std::move(gpu));
   }
   diffmesh::ArTokenService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
+  service.set_authenticator(stage_auth->get());
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

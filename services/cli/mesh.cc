@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <iostream>
 #include <set>
 #include <string>
 #include <utility>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/process/subprocess.h"
 #include "diffmesh/client.h"
@@ -28,9 +31,51 @@ struct Child {
 // Each service's /metrics port sits 10 above its gRPC port.
 constexpr int kMetricsPortOffset = 10;
 
+// A random stage token in a private (0600) temporary file, removed with this object: the
+// stages of a local mesh serve only its orchestrator, not whatever else runs on the host.
+class ThrowAwayToken {
+ public:
+  static absl::StatusOr<std::unique_ptr<ThrowAwayToken>> Create() {
+    unsigned char bytes[32];
+    FILE* random = std::fopen("/dev/urandom", "rb");
+    const bool read = random != nullptr && std::fread(bytes, 1, sizeof(bytes), random) == sizeof(bytes);
+    if (random != nullptr) std::fclose(random);
+    if (!read) return absl::UnavailableError("cannot read /dev/urandom for the stage token");
+    std::string token;
+    for (unsigned char b : bytes) absl::StrAppend(&token, absl::Hex(b, absl::kZeroPad2));
+    std::string path = absl::StrCat(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp",
+                                    "/diffmesh-stage-token-XXXXXX");
+    const int fd = mkstemp(path.data());  // mode 0600
+    if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot create ", path));
+    const std::string line = token + "\n";
+    const bool written = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    close(fd);
+    auto created = std::unique_ptr<ThrowAwayToken>(new ThrowAwayToken(path));
+    if (!written) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+    return created;
+  }
+  ~ThrowAwayToken() { unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit ThrowAwayToken(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
 }  // namespace
 
 int RunMesh(const MeshOptions& o) {
+  std::unique_ptr<ThrowAwayToken> throw_away_token;
+  std::string stage_token_file = o.security.stage_token_file;
+  if (stage_token_file.empty()) {
+    auto created = ThrowAwayToken::Create();
+    if (!created.ok()) {
+      std::cerr << "diffmesh up: " << created.status().message() << "\n";
+      return 1;
+    }
+    throw_away_token = *std::move(created);
+    stage_token_file = throw_away_token->path();
+  }
   auto addr = [](int port) { return absl::StrCat("127.0.0.1:", port); };
   std::vector<Child> children = {
       {"ar", addr(o.base_port + 1), {}},
@@ -58,6 +103,7 @@ int RunMesh(const MeshOptions& o) {
       if (c.name == "ar" || c.name == "denoise") c.argv.push_back("--device=" + o.device);
     }
     const MeshSecurity& sec = o.security;
+    c.argv.push_back("--stage_token_file=" + stage_token_file);
     if (!sec.tls_cert.empty()) {
       c.argv.push_back("--tls_cert=" + sec.tls_cert);
       c.argv.push_back("--tls_key=" + sec.tls_key);
@@ -99,9 +145,12 @@ int RunMesh(const MeshOptions& o) {
   }
   // A fresh channel per attempt, as a service may take minutes to load: a long-lived one would
   // back off its reconnects for longer and longer.
-  auto serving = [](const sdk::ClientOptions& options) {
-    auto client = sdk::Client::Create(options);
-    return client.ok() && (*client)->WaitUntilServing(absl::Milliseconds(200)).ok();
+  // The orchestrator is up once its GenerationService serves, i.e. once every stage does.
+  auto serving = [&](size_t i) {
+    auto client = sdk::Client::Create(health[i]);
+    const std::string service =
+        children[i].name == "orchestrator" ? "diffmesh.v1.GenerationService" : "";
+    return client.ok() && (*client)->WaitUntilServing(absl::Milliseconds(200), service).ok();
   };
 
   std::vector<SupervisedProcess> processes;
@@ -119,7 +168,7 @@ int RunMesh(const MeshOptions& o) {
   for (size_t i = 0; i < children.size(); ++i) {
     const Child& c = children[i];
     const absl::Time end = absl::Now() + o.start_timeout;
-    while (!serving(health[i])) {
+    while (!serving(i)) {
       if (const auto poll = supervisor.Poll(); !poll.exited.empty()) {
         std::cerr << "diffmesh up: diffmesh-" << children[poll.exited.front()].name
                   << " died while starting; stopping the mesh\n";
@@ -156,7 +205,7 @@ int RunMesh(const MeshOptions& o) {
   supervisor.RunUntilSignal(set, [&](const Supervisor::PollResult& poll) {
     recovering.insert(poll.restarted.begin(), poll.restarted.end());
     for (auto it = recovering.begin(); it != recovering.end();) {
-      if (supervisor.child(*it).pid > 0 && serving(health[*it])) {
+      if (supervisor.child(*it).pid > 0 && serving(*it)) {
         std::cerr << "diffmesh up: diffmesh-" << children[*it].name << " is serving again\n";
         it = recovering.erase(it);
       } else {

@@ -1,5 +1,6 @@
 // `diffmesh up`: starts the four services as child processes on loopback and waits until each
-// reports SERVING (a service that dies before that fails the start). Then it supervises: a
+// reports SERVING (a service that dies before that fails the start; the orchestrator's
+// GenerationService, which serves once every stage does). Then it supervises: a
 // service that dies is logged and restarted with exponential backoff (0.5 s doubling to 10 s,
 // back to 0.5 s after 30 s of stable running) while the others keep serving. SIGINT/SIGTERM
 // stop them all.
@@ -28,6 +29,10 @@ struct MeshSecurity {
   std::string stage_tls_key;
   // The orchestrator's --auth-token-file.
   std::string auth_token_file;
+  // Every service's --stage-token-file (the stages accept its tokens, the orchestrator presents
+  // the first). Empty: `up` writes a throw-away random token to a private temporary file for
+  // the mesh's lifetime.
+  std::string stage_token_file;
 };
 
 struct MeshOptions {

@@ -43,6 +43,8 @@ const std::vector<FlagSpec>& MeshSecurityFlags() {
       {"stage-tls-key", "FILE", "private key of --stage-tls-cert"},
       {"auth-token-file", "FILE", "the orchestrator requires one of the API tokens in FILE (one "
                                   "per line, # comments) on every call; health stays open"},
+      {"stage-token-file", "FILE", "the stage token (the stages serve only callers presenting "
+                                   "it: the orchestrator); default: a throw-away random one"},
   };
   return *flags;
 }
@@ -106,6 +108,7 @@ absl::Status ApplyMeshSecurity(const Args& args, MeshOptions* mesh) {
   s.stage_tls_cert = args.Get("stage-tls-cert");
   s.stage_tls_key = args.Get("stage-tls-key");
   s.auth_token_file = args.Get("auth-token-file");
+  s.stage_token_file = args.Get("stage-token-file");
   // Read every file now: one clear error here rather than four services failing to start.
   if (auto t = LoadServerTls({s.tls_cert, s.tls_key, s.tls_client_ca}); !t.ok()) return t.status();
   if (auto t = LoadChannelTls({s.tls_ca, s.stage_tls_cert, s.stage_tls_key}); !t.ok()) {
@@ -113,6 +116,9 @@ absl::Status ApplyMeshSecurity(const Args& args, MeshOptions* mesh) {
   }
   if (!s.auth_token_file.empty()) {
     if (auto t = ReadTokenFile(s.auth_token_file); !t.ok()) return t.status();
+  }
+  if (!s.stage_token_file.empty()) {
+    if (auto t = ReadTokenFile(s.stage_token_file); !t.ok()) return t.status();
   }
   return absl::OkStatus();
 }

@@ -17,6 +17,7 @@
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
+#include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -607,18 +608,23 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
 DenoiseCore::DenoiseCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DenoiseCore::~DenoiseCore() = default;
 
+// The exception boundary: a LibTorch exception (a shape check, CUDA OOM) ends the request with
+// INTERNAL / RESOURCE_EXHAUSTED instead of the process.
 absl::Status DenoiseCore::Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
                                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-  return impl_->Denoise(ctx, request, on_event);
+  return CatchTorchErrors("denoise", [&] { return impl_->Denoise(ctx, request, on_event); });
 }
 
 absl::Status DenoiseCore::DenoiseStreamed(
     CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
     const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-  return impl_->DenoiseStreamed(ctx, inputs, on_event);
+  return CatchTorchErrors("denoise",
+                          [&] { return impl_->DenoiseStreamed(ctx, inputs, on_event); });
 }
 
-absl::Status DenoiseCore::RunWorker() { return impl_->RunWorker(); }
+absl::Status DenoiseCore::RunWorker() {
+  return CatchTorchErrors("denoise worker", [&] { return impl_->RunWorker(); });
+}
 
 int DenoiseCore::rank() const { return impl_->rank(); }
 

@@ -6,7 +6,9 @@
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/bidi_streaming_call.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/streaming_call.h"
+#include "common/status/grpc_status.h"
 
 namespace diffmesh {
 
@@ -78,6 +80,10 @@ absl::Status DenoiseService::Measured(
 
 grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiseService::Denoise(
     grpc::CallbackServerContext* ctx, const v1::DenoiseRequest* request) {
+  // Before any work: only the orchestrator (the stage token's holder) is served.
+  if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
+    return RejectedWrite<v1::DenoiseEvent>(ToGrpcStatus(auth));
+  }
   return StreamingCall<v1::DenoiseEvent>::Start(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::DenoiseEvent>::Emit& emit) {
         return Measured([&](const auto& on_event) { return core_->Denoise(call, *request, on_event); },
@@ -87,6 +93,9 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiseService::Denoise(
 
 grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseService::DenoiseStream(
     grpc::CallbackServerContext* ctx) {
+  if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
+    return RejectedBidi<v1::DenoiseInput, v1::DenoiseEvent>(ToGrpcStatus(auth));
+  }
   using Call = BidiStreamingCall<v1::DenoiseInput, v1::DenoiseEvent>;
   return Call::Start(ctx, [this](CallContext& call, InputQueue<v1::DenoiseInput>& inputs,
                                  const Call::Emit& emit) {

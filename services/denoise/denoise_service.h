@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/denoise/denoise_core.h"
@@ -19,6 +20,9 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
   explicit DenoiseService(DenoiseCore* core, prometheus::Registry* registry = nullptr,
                           const std::string& model = "");
   ~DenoiseService() override;
+  // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
+  // before serving, must outlive the service.
+  void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
 
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override;
@@ -33,6 +37,7 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
       const std::function<void(v1::DenoiseEvent)>& emit);
   DenoiseCore* core_;
   std::unique_ptr<Metrics> metrics_;
+  const TokenAuthenticator* auth_ = nullptr;
 };
 
 }  // namespace diffmesh

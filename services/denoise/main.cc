@@ -11,13 +11,16 @@
 #include "common/metrics/metrics.h"
 #include "common/process/subprocess.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_service.h"
 #include "services/stage_common/gpu_metrics.h"
 
 ABSL_FLAG(int, port, 50054, "Port of the DenoiseService (rank 0).");
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on (loopback by default: a stage serves the orchestrator only; "
+          "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
 ABSL_FLAG(int, metrics_port, 0,
           "Port of this rank's Prometheus /metrics endpoint (on --host); 0: off. Rank 0 reports "
           "the request and step metrics, every rank its own step times (label rank). Ranks "
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   const std::string who = absl::StrCat("diffmesh-denoise[rank ", rank, "]");
   // Only rank 0 serves gRPC; it checks the TLS files before starting any rank or loading weights.
   std::optional<diffmesh::ServerTls> tls;
+  std::unique_ptr<diffmesh::TokenAuthenticator> stage_auth;
   if (rank == 0) {
     auto loaded = diffmesh::ServerTlsFromFlags();
     if (!loaded.ok()) {
@@ -77,6 +81,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     tls = *std::move(loaded);
+    auto auth = diffmesh::StageAuthenticatorFromFlags();
+    if (!auth.ok()) {
+      std::cerr << who << ": " << auth.status().message() << "\n";
+      return 2;
+    }
+    stage_auth = *std::move(auth);
   }
 
   std::vector<pid_t> ranks;
@@ -135,6 +145,7 @@ int main(int argc, char** argv) {
   }
   diffmesh::DenoiseService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr,
                                    model_label);
+  service.set_authenticator(stage_auth.get());
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
+#include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -50,7 +51,8 @@ EncoderCore::~EncoderCore() = default;
 
 absl::StatusOr<v1::EncodeResponse> EncoderCore::Encode(CallContext& ctx,
                                                        const v1::EncodeRequest& request) {
-  return impl_->Encode(ctx, request);
+  // The exception boundary: a LibTorch exception ends the request, not the process.
+  return CatchTorchErrors("encoder", [&] { return impl_->Encode(ctx, request); });
 }
 
 }  // namespace diffmesh

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "common/metrics/families.h"
+#include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/encoder/encoder_core.h"
@@ -19,10 +20,14 @@ class EncoderService final : public v1::EncoderService::CallbackService {
         metrics_(registry ? std::make_unique<metrics::StageServiceFamilies>(*registry) : nullptr) {}
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest* request,
                                    v1::EncodeResponse* response) override;
+  // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
+  // before serving, must outlive the service.
+  void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
 
  private:
   EncoderCore* core_;
   std::unique_ptr<metrics::StageServiceFamilies> metrics_;
+  const TokenAuthenticator* auth_ = nullptr;
 };
 
 }  // namespace diffmesh

@@ -5,12 +5,15 @@
 #include "common/flags/flags.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/encoder/encoder_core.h"
 #include "services/encoder/encoder_service.h"
 
 ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on (loopback by default: a stage serves the orchestrator only; "
+          "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
 ABSL_FLAG(std::string, model_dir, "",
@@ -29,6 +32,11 @@ int main(int argc, char** argv) {
     std::cerr << "diffmesh-encoder: " << tls.status().message() << "\n";
     return 2;
   }
+  auto stage_auth = diffmesh::StageAuthenticatorFromFlags();
+  if (!stage_auth.ok()) {
+    std::cerr << "diffmesh-encoder: " << stage_auth.status().message() << "\n";
+    return 2;
+  }
   diffmesh::EncoderCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -44,6 +52,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   diffmesh::EncoderService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
+  service.set_authenticator(stage_auth->get());
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -28,7 +28,7 @@
 #include "prometheus/text_serializer.h"
 #include "services/http/job_store.h"
 #include "services/http/openai_api.h"
-#include "services/orchestrator/token_authenticator.h"
+#include "common/rpc/token_authenticator.h"
 
 namespace diffmesh::http {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "diffmesh/v1/generation.grpc.pb.h"
 #include "services/orchestrator/orchestrator_core.h"
-#include "services/orchestrator/token_authenticator.h"
+#include "common/rpc/token_authenticator.h"
 
 namespace diffmesh {
 

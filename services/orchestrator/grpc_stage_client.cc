@@ -398,6 +398,19 @@ class GrpcDenoise final : public DenoiseStageClient {
   std::string address_;
 };
 
+// A stage that restarts (a crash, a rollout) is reached again within ~2 s: with gRPC's default
+// backoff (growing to 120 s) requests would fail with UNAVAILABLE for minutes after the stage is
+// back. Options that set their own backoff keep it.
+ChannelOptions WithStageBackoff(ChannelOptions channel) {
+  if (channel.initial_reconnect_backoff_ms == 0) {
+    channel.initial_reconnect_backoff_ms = kStageInitialReconnectBackoffMs;
+  }
+  if (channel.max_reconnect_backoff_ms == 0) {
+    channel.max_reconnect_backoff_ms = kStageMaxReconnectBackoffMs;
+  }
+  return channel;
+}
+
 }  // namespace
 
 struct GrpcStageClientFactory::Service {
@@ -408,7 +421,7 @@ struct GrpcStageClientFactory::Service {
 
 GrpcStageClientFactory::GrpcStageClientFactory(std::map<std::string, std::string> services,
                                                ChannelOptions channel)
-    : addresses_(std::move(services)), channel_(std::move(channel)) {}
+    : addresses_(std::move(services)), channel_(WithStageBackoff(std::move(channel))) {}
 GrpcStageClientFactory::~GrpcStageClientFactory() = default;
 
 absl::StatusOr<GrpcStageClientFactory::Service*> GrpcStageClientFactory::Get(

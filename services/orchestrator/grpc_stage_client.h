@@ -12,6 +12,10 @@
 
 namespace diffmesh {
 
+// The stage channels' reconnect backoff unless ChannelOptions sets one.
+inline constexpr int kStageInitialReconnectBackoffMs = 250;
+inline constexpr int kStageMaxReconnectBackoffMs = 2000;
+
 class GrpcStageClientFactory final : public StageClientFactory {
  public:
   // `services`: service name → "host:port", from the pipeline config. `channel` sets every

@@ -7,11 +7,14 @@
 #include "common/config/pipeline_config.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
+#include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
+#include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
-#include "services/orchestrator/token_authenticator.h"
+#include "services/orchestrator/stage_health.h"
+#include "common/rpc/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -36,6 +39,14 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "Require an API token on every GenerationService call (metadata 'authorization: Bearer "
           "<token>'); the file holds the accepted tokens, one per line (blank lines and # "
           "comments skipped). Health and reflection stay open.");
+
+ABSL_FLAG(int, max_queued_requests, diffmesh::kDefaultMaxQueuedRequests,
+          "Admission control: requests per model running or waiting at once; one more is "
+          "answered RESOURCE_EXHAUSTED at once (with a retry hint). 0: no bound.");
+
+namespace {
+constexpr char kGenerationService[] = "diffmesh.v1.GenerationService";
+}  // namespace
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -85,6 +96,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     stage_channel.tls = *std::move(tls);
+    auto token = diffmesh::StageTokenFromFlags();
+    if (!token.ok()) {
+      std::cerr << "diffmesh-orchestrator: " << token.status().message() << "\n";
+      return 2;
+    }
+    stage_channel.bearer_token = *std::move(token);
   }
   std::unique_ptr<diffmesh::TokenAuthenticator> auth;
   if (const std::string tokens = absl::GetFlag(FLAGS_auth_token_file); !tokens.empty()) {
@@ -109,7 +126,8 @@ int main(int argc, char** argv) {
     observer = std::make_unique<diffmesh::PrometheusRequestObserver>((*exposer)->registry(), models);
   }
   diffmesh::GrpcStageClientFactory stages(pipeline->services, stage_channel);
-  auto core = diffmesh::OrchestratorCore::Create({*pipeline, &stages, observer.get()});
+  auto core = diffmesh::OrchestratorCore::Create(
+      {*pipeline, &stages, observer.get(), absl::GetFlag(FLAGS_max_queued_requests)});
   if (!core.ok()) {
     std::cerr << "diffmesh-orchestrator: " << core.status().message() << "\n";
     return 2;
@@ -118,7 +136,37 @@ int main(int argc, char** argv) {
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
-  options.health_service_names = {"diffmesh.v1.GenerationService"};
   options.tls = *std::move(server_tls);
-  return diffmesh::ServeUntilSignal("diffmesh-orchestrator", {&service}, options);
+  // "" reports the process (liveness); kGenerationService whether generations can be served
+  // (readiness): NOT_SERVING until every stage service of the pipeline reports SERVING, and
+  // again whenever one stops.
+  options.health_service_names = {"diffmesh.v1.GenerationService"};  // = kGenerationService
+  options.start_not_serving = true;
+  auto server = diffmesh::RunningServer::Start({&service}, options);
+  if (!server.ok()) {
+    std::cerr << "diffmesh-orchestrator: " << server.status().message() << std::endl;
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = (*server)->server()->GetHealthCheckService();
+  std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
+            << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
+            << std::endl;
+  {
+    diffmesh::StageHealthMonitor monitor(
+        diffmesh::StageHealthTargets(*pipeline), stage_channel, absl::Milliseconds(500),
+        [health](bool serving, const std::string& why) {
+          health->SetServingStatus(kGenerationService, serving);
+          if (serving) {
+            std::cout << "diffmesh-orchestrator: every stage serves; " << kGenerationService
+                      << " SERVING" << std::endl;
+          } else {
+            std::cout << "diffmesh-orchestrator: " << kGenerationService
+                      << " NOT_SERVING until the stages serve (" << why << ")" << std::endl;
+          }
+        });
+    const int sig = diffmesh::WaitForTerminationSignal();
+    std::cout << "diffmesh-orchestrator: signal " << sig << ", shutting down" << std::endl;
+  }
+  (*server)->Shutdown();
+  return 0;
 }

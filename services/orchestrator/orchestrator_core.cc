@@ -58,12 +58,40 @@ absl::StatusOr<std::unique_ptr<OrchestratorCore>> OrchestratorCore::Create(Optio
   return std::unique_ptr<OrchestratorCore>(new OrchestratorCore(std::move(options)));
 }
 
+absl::Status OrchestratorCore::Admit(const std::string& model) {
+  const int limit = options_.max_queued_requests;
+  std::lock_guard<std::mutex> lock(admission_mu_);
+  int& admitted = admitted_[model];
+  if (limit > 0 && admitted >= limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "model '", model, "' already has ", admitted,
+        " requests running or waiting (the orchestrator's --max-queued-requests); retry after a "
+        "few seconds, with backoff"));
+  }
+  ++admitted;
+  return absl::OkStatus();
+}
+
+void OrchestratorCore::Release(const std::string& model) {
+  std::lock_guard<std::mutex> lock(admission_mu_);
+  --admitted_[model];
+}
+
 absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequest& request,
                                         const Emit& emit) {
-  RequestTrace trace(options_.observer, ModelLabel(options_.pipeline, request));
+  const std::string model_label = ModelLabel(options_.pipeline, request);
+  RequestTrace trace(options_.observer, model_label);
   absl::Status status = [&]() -> absl::Status {
     absl::StatusOr<v1::GenerateRequest> accepted = ValidateRequest(options_.pipeline, request);
     if (!accepted.ok()) return accepted.status();
+    // After validation (cheap, and a request for an unknown model holds no slot), before any
+    // stage is called.
+    if (absl::Status admitted = Admit(accepted->model()); !admitted.ok()) return admitted;
+    struct Slot {
+      OrchestratorCore* core;
+      const std::string& model;
+      ~Slot() { core->Release(model); }
+    } slot{this, accepted->model()};
     trace.Accepted();
     const PipelineModel& model = *options_.pipeline.FindModel(accepted->model());
     PipelineRun run(ctx, model, *accepted, *options_.stages, trace, emit);

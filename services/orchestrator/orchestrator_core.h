@@ -5,7 +5,10 @@
 #define DIFFMESH_SERVICES_ORCHESTRATOR_ORCHESTRATOR_CORE_H_
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "common/call/call_context.h"
@@ -21,6 +24,11 @@ namespace diffmesh {
 // (a consumer that cannot take its producer's output, or no stage making the outputs).
 absl::Status CheckStageGraphs(const PipelineConfig& pipeline);
 
+// Requests of one model that may be running or waiting at once unless Options say otherwise:
+// enough to keep a denoise group busy through bursts, few enough that a client that is turned
+// away learns it in milliseconds rather than after minutes in a queue.
+inline constexpr int kDefaultMaxQueuedRequests = 32;
+
 class OrchestratorCore {
  public:
   struct Options {
@@ -30,6 +38,10 @@ class OrchestratorCore {
     StageClientFactory* stages = nullptr;
     // Metrics; optional, not owned, must outlive the core.
     RequestObserver* observer = nullptr;
+    // Admission control: at most this many requests per model in flight or waiting (for a
+    // stage, e.g. the denoise group's turn); one more is answered RESOURCE_EXHAUSTED at once,
+    // with a retry hint. <= 0: no bound.
+    int max_queued_requests = kDefaultMaxQueuedRequests;
   };
   // Checks every stage graph (CheckStageGraphs).
   static absl::StatusOr<std::unique_ptr<OrchestratorCore>> Create(Options options);
@@ -44,7 +56,13 @@ class OrchestratorCore {
 
  private:
   explicit OrchestratorCore(Options options) : options_(std::move(options)) {}
+  // Takes one of `model`'s admission slots; RESOURCE_EXHAUSTED when none is left.
+  absl::Status Admit(const std::string& model);
+  void Release(const std::string& model);
+
   Options options_;
+  std::mutex admission_mu_;
+  std::map<std::string, int> admitted_;  // model → requests holding a slot
 };
 
 }  // namespace diffmesh

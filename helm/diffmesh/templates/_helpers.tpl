@@ -60,14 +60,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* grpc.health.v1 probes: (dict "root" $ "svc" .Values.ar "service" "diffmesh.v1.ArTokenService") */}}
+{{/* grpc.health.v1 probes: (dict "root" $ "svc" .Values.ar "service" "diffmesh.v1.ArTokenService")
+     The orchestrator's service ("diffmesh.v1.GenerationService") serves only while every stage
+     does: it gates readiness alone, and startup / liveness probe the process ("" service), so
+     that a stage outage takes it out of its Service without restarting it. */}}
 {{- define "diffmesh.grpcProbes" -}}
 {{- $p := merge (deepCopy (.svc.probes | default dict)) (deepCopy .root.Values.probes) -}}
 {{- range $kind := list "startup" "readiness" "liveness" }}
 {{ $kind }}Probe:
   grpc:
     port: {{ $.svc.port }}
-    service: {{ $.service }}
+    service: {{ if and (eq $.service "diffmesh.v1.GenerationService") (ne $kind "readiness") }}""{{ else }}{{ $.service }}{{ end }}
   {{- toYaml (index $p $kind) | nindent 2 }}
 {{- end }}
 {{- end -}}
@@ -120,6 +123,9 @@ containers:
       {{- range .args }}
       - {{ . | quote }}
       {{- end }}
+      {{- if $v.stageToken.enabled }}
+      - "--stage-token-file=/etc/diffmesh-stage-token/{{ $v.stageToken.key }}"
+      {{- end }}
       {{- range $svc.extraArgs }}
       - {{ tpl . $root | quote }}
       {{- end }}
@@ -167,6 +173,11 @@ containers:
         mountPath: {{ .mountPath }}
         readOnly: true
       {{- end }}
+      {{- if $v.stageToken.enabled }}
+      - name: stage-token
+        mountPath: /etc/diffmesh-stage-token
+        readOnly: true
+      {{- end }}
 volumes:
   - name: tmp
     emptyDir: {}
@@ -185,6 +196,17 @@ volumes:
     configMap:
       name: {{ .configMap }}
   {{- end }}
+  {{- if $v.stageToken.enabled }}
+  - name: stage-token
+    secret:
+      secretName: {{ include "diffmesh.stageTokenSecret" $root }}
+      defaultMode: 0400
+  {{- end }}
+{{- end -}}
+
+{{/* The Secret holding the stage token. */}}
+{{- define "diffmesh.stageTokenSecret" -}}
+{{- .Values.stageToken.existingSecret | default (printf "%s-stage-token" (include "diffmesh.fullname" .)) -}}
 {{- end -}}
 
 {{/* A Deployment + Service for one stage (orchestrator, ar, encoder).

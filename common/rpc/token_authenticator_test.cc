@@ -1,5 +1,5 @@
 // The API-token check and the token-file format it reads.
-#include "services/orchestrator/token_authenticator.h"
+#include "common/rpc/token_authenticator.h"
 
 #include <unistd.h>
 

@@ -1,7 +1,8 @@
-#include "services/orchestrator/token_authenticator.h"
+#include "common/rpc/token_authenticator.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/rpc/token_file.h"
 
 namespace diffmesh {
@@ -15,20 +16,20 @@ bool ConstantTimeEquals(absl::string_view secret, absl::string_view given) {
   return diff == 0;
 }
 
-TokenAuthenticator::TokenAuthenticator(std::vector<std::string> tokens)
-    : tokens_(std::move(tokens)) {}
+TokenAuthenticator::TokenAuthenticator(std::vector<std::string> tokens, std::string what)
+    : tokens_(std::move(tokens)), what_(std::move(what)) {}
 
 absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::FromFile(
-    const std::string& path) {
+    const std::string& path, std::string what) {
   auto tokens = ReadTokenFile(path);
   if (!tokens.ok()) return tokens.status();
-  return std::make_unique<TokenAuthenticator>(*std::move(tokens));
+  return std::make_unique<TokenAuthenticator>(*std::move(tokens), std::move(what));
 }
 
 absl::Status TokenAuthenticator::Check(const std::vector<absl::string_view>& authorization) const {
   if (authorization.empty()) {
     return absl::UnauthenticatedError(
-        "missing API token: send metadata 'authorization: Bearer <token>'");
+        absl::StrCat("missing ", what_, ": send metadata 'authorization: Bearer <token>'"));
   }
   if (authorization.size() > 1) {
     return absl::UnauthenticatedError("more than one 'authorization' metadata entry");
@@ -43,7 +44,7 @@ absl::Status TokenAuthenticator::Check(const std::vector<absl::string_view>& aut
   // Every token is compared, whichever matches: no early exit to time.
   bool match = false;
   for (const std::string& token : tokens_) match |= ConstantTimeEquals(token, given);
-  if (!match) return absl::UnauthenticatedError("invalid API token");
+  if (!match) return absl::UnauthenticatedError(absl::StrCat("invalid ", what_));
   return absl::OkStatus();
 }
 
