@@ -30,6 +30,24 @@ TEST(PipelineConfigTest, DefaultParses) {
   EXPECT_EQ(cfg->services.size(), 3u);
 }
 
+TEST(PipelineConfigTest, DefaultServesLtx2TinyVideoWithSound) {
+  auto cfg = PipelineConfig::Parse(PipelineConfig::DefaultJson());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_EQ(cfg->models.size(), 2u);
+  EXPECT_EQ(cfg->default_model, "glm-image-tiny");
+  const PipelineModel* m = cfg->FindModel("ltx2-tiny");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->kind, ModelKind::kVideoWithAudio);
+  EXPECT_EQ(m->FindStage("ar"), nullptr);
+  const StageSpec* denoise = m->FindStage("denoise");
+  ASSERT_NE(denoise, nullptr);
+  EXPECT_EQ(denoise->inputs, (std::vector<std::string>{"encoder"}));
+  EXPECT_EQ(m->defaults.num_frames() % m->limits.frames().multiple(), m->limits.frames().offset());
+  EXPECT_EQ(m->defaults.height() % m->limits.size_granularity(), 0);
+  EXPECT_TRUE(m->defaults.guidance().has_audio());
+  EXPECT_EQ(m->defaults.output().format(), v1::OUTPUT_FORMAT_MP4);
+}
+
 TEST(PipelineConfigTest, StageGraphsAreCheckedWhenRead) {
   auto base = nlohmann::json::parse(PipelineConfig::DefaultJson());
   {

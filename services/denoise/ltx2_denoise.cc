@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -302,6 +303,15 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       Emit(audio_info, wire_audio.data(), on_event);
       return absl::OkStatus();
     }
+    // The soundtrack is fitted to the clip: cut, or padded with silence, to num_frames /
+    // frame_rate seconds. A released model's vocoder makes about that much (its upsampling equals
+    // the mel hop); the built-in tiny one makes 4 samples per mel frame against a hop of 160, so
+    // its waveform is far shorter than the video. RAW keeps the vocoder's waveform as it is.
+    const int64_t track_samples =
+        std::llround(num_frames / r.frame_rate() * static_cast<double>(out.sample_rate));
+    at::Tensor track = at::zeros({channels, track_samples}, at::kFloat);
+    const int64_t copied = std::min<int64_t>(track_samples, audio.size(1));
+    track.narrow(1, 0, copied).copy_(audio.narrow(1, 0, copied));
     media::Mp4Options mp4;
     mp4.width = width;
     mp4.height = height;
@@ -310,7 +320,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     mp4.audio_channels = channels;
     ASSIGN_OR_RETURN(std::string data,
                      media::EncodeMp4(frames.data_ptr<uint8_t>(), num_frames, mp4,
-                                      audio.data_ptr<float>(), audio.size(1)));
+                                      track.data_ptr<float>(), track_samples));
     v1::OutputInfo info;
     info.set_name("video");
     info.set_kind(v1::OUTPUT_KIND_VIDEO);

@@ -371,8 +371,10 @@ TEST_F(OrchestratorCoreTest, ServerDrawsASeedWhenNoneIsGiven) {
 
 TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   v1::ListModelsResponse models = core_->ListModels();
-  ASSERT_EQ(models.models_size(), 1);
+  ASSERT_EQ(models.models_size(), 2);  // glm-image-tiny, ltx2-tiny
   EXPECT_EQ(models.default_model(), "glm-image-tiny");
+  EXPECT_EQ(models.models(1).name(), "ltx2-tiny");
+  EXPECT_EQ(models.models(1).kind(), v1::MODEL_KIND_VIDEO_WITH_AUDIO);
   const v1::ModelInfo& m = models.models(0);
   EXPECT_EQ(m.kind(), v1::MODEL_KIND_IMAGE);
   EXPECT_EQ(m.limits().size_granularity(), 32);
