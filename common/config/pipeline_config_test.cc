@@ -173,13 +173,13 @@ TEST_F(SnapshotEntryTest, PathEntriesTakeTheReleasedDefaultsUnlessGiven) {
   EXPECT_TRUE(cfg->FindModel("glm-image-tiny")->path.empty());
 
   // A name the stage services would not serve the snapshot under is refused, naming both.
-  j["models"][1]["name"] = "other";
+  j["models"].back()["name"] = "other";
   auto renamed = PipelineConfig::Parse(j.dump());
   ASSERT_FALSE(renamed.ok());
   EXPECT_NE(renamed.status().message().find("'my-glm'"), std::string::npos) << renamed.status();
   // A path without a snapshot names the file it could not read.
-  j["models"][1].erase("name");
-  j["models"][1]["path"] = Dir("nowhere");
+  j["models"].back().erase("name");
+  j["models"].back()["path"] = Dir("nowhere");
   auto missing = PipelineConfig::Parse(j.dump());
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("model_index.json"), std::string::npos);

@@ -382,7 +382,7 @@ TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   EXPECT_EQ(m.stages_size(), 3);
   EXPECT_EQ(m.defaults().height(), 256);
   EXPECT_FLOAT_EQ(m.defaults().guidance().main().cfg_scale(), 1.5f);
-  EXPECT_EQ(m.input_roles_size(), 0);
+  EXPECT_EQ(m.input_roles_size(), 1);  // edit_image
   EXPECT_GE(m.output_formats_size(), 1);
 }
 
