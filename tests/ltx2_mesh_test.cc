@@ -42,9 +42,9 @@ class Ltx2MeshTest : public ::testing::Test {
     base_port_ = testing::FreePorts(14);
     ASSERT_GT(base_port_, 0);
     log_ = absl::StrCat(::testing::TempDir(), "/ltx2_mesh_up.log");
-    mesh_ = new Process({Binary("diffmesh"), "up", "--model=ltx2-tiny",
-                         absl::StrCat("--base-port=", base_port_)},
-                        log_);
+    mesh_ = new Process(
+        {Binary("diffmesh"), "up", "--model=ltx2-tiny", absl::StrCat("--base-port=", base_port_)},
+        log_);
     sdk::ClientOptions o;
     o.address = absl::StrCat("127.0.0.1:", base_port_);
     client_ = sdk::Client::Create(o)->release();
@@ -57,9 +57,14 @@ class Ltx2MeshTest : public ::testing::Test {
   }
 
   static std::vector<std::string> GenerateArgs(const std::string& output) {
-    return {Binary("diffmesh"), "generate", "--model", "ltx2-tiny",
-            "--prompt", "waves breaking on a rocky shore", "--seed", "7",
-            "--steps", "3", "--width", "96", "--num-frames", "17", "--output", output};
+    return {Binary("diffmesh"), "generate",
+            "--model",          "ltx2-tiny",
+            "--prompt",         "waves breaking on a rocky shore",
+            "--seed",           "7",
+            "--steps",          "3",
+            "--width",          "96",
+            "--num-frames",     "17",
+            "--output",         output};
   }
 
   static int base_port_;

@@ -62,7 +62,9 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
  public:
   Ltx2DenoiseEngine(ltx2::Ltx2Spec spec, ltx2::Ltx2Models models, int64_t video_text_dim,
                     int64_t audio_text_dim)
-      : spec_(std::move(spec)), models_(std::move(models)), video_text_dim_(video_text_dim),
+      : spec_(std::move(spec)),
+        models_(std::move(models)),
+        video_text_dim_(video_text_dim),
         audio_text_dim_(audio_text_dim) {
     const auto& tc = models_.transformer->config();
     const auto& vc = models_.video_vae->config();
@@ -84,17 +86,20 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   }
 
   // The request first, then the encoder's output (no AR stage feeds this model).
-  absl::Status DenoiseStreamed(CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
-                               const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
-    ScopedCancelHook wake(ctx, [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
+  absl::Status DenoiseStreamed(
+      CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
+      const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    ScopedCancelHook wake(ctx,
+                          [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
     v1::DenoiseRequest r;
     bool have_request = false, have_embeddings = false;
     while (!have_embeddings) {
       RETURN_IF_ERROR(ctx.Check("denoise"));
       auto next = inputs.Next(absl::Seconds(1));
       if (absl::IsOutOfRange(next.status())) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "DenoiseStream: the inputs ended before the ", have_request ? "embeddings" : "request"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("DenoiseStream: the inputs ended before the ",
+                         have_request ? "embeddings" : "request"));
       }
       RETURN_IF_ERROR(next.status());
       if (!next->has_value()) continue;
@@ -111,8 +116,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
         *r.mutable_negative_prompt_embeds() = in.embeddings().negative_prompt_embeds();
         have_embeddings = true;
       } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("DenoiseStream: ", spec_.name, " takes the request and the embeddings only"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "DenoiseStream: ", spec_.name, " takes the request and the embeddings only"));
       }
     }
     return Denoise(ctx, r, on_event);
@@ -145,29 +150,31 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     }
     for (auto [field, v] : {std::pair{"height", r.height()}, std::pair{"width", r.width()}}) {
       if (v < spatial_ || v > kMaxSide || v % spatial_ != 0) {
-        const int64_t nearest = std::max<int64_t>(spatial_, (v + spatial_ / 2) / spatial_ * spatial_);
+        const int64_t nearest =
+            std::max<int64_t>(spatial_, (v + spatial_ / 2) / spatial_ * spatial_);
         return absl::InvalidArgumentError(absl::StrCat(field, ": ", v, " must be a multiple of ",
-                                                        spatial_, " in ", spatial_, "..", kMaxSide,
-                                                        "; nearest: ", nearest));
+                                                       spatial_, " in ", spatial_, "..", kMaxSide,
+                                                       "; nearest: ", nearest));
       }
     }
     const int f = r.num_frames();
     if (f < 1 || f > kMaxFrames || (f - 1) % temporal_ != 0) {
       const int64_t k = std::max<int64_t>(0, (f - 1 + temporal_ / 2) / temporal_);
       return absl::InvalidArgumentError(absl::StrCat("num_frames: ", f, " must be ", temporal_,
-                                                     "k+1 in 1..", kMaxFrames, "; nearest: ",
-                                                     k * temporal_ + 1));
+                                                     "k+1 in 1..", kMaxFrames,
+                                                     "; nearest: ", k * temporal_ + 1));
     }
     if (!std::isfinite(r.frame_rate()) || r.frame_rate() <= 0 || r.frame_rate() > 240) {
       return absl::InvalidArgumentError(
           absl::StrCat("frame_rate: ", r.frame_rate(), " must lie in (0, 240]"));
     }
     if (r.steps() < 1 || r.steps() > kMaxSteps) {
-      return absl::InvalidArgumentError(absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
+      return absl::InvalidArgumentError(
+          absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
     }
     if (r.inputs_size() > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("inputs: ", spec_.name, " takes no input media yet (image-to-video is not served)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "inputs: ", spec_.name, " takes no input media yet (image-to-video is not served)"));
     }
     RETURN_IF_ERROR(GuidanceOf(r).status());
     switch (r.output().format()) {
@@ -176,9 +183,9 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       case v1::OUTPUT_FORMAT_LATENTS:
         break;
       default:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "output.format: ", v1::OutputFormat_Name(r.output().format()), " is not made by ",
-            spec_.name, " (MP4, RAW, LATENTS)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("output.format: ", v1::OutputFormat_Name(r.output().format()),
+                         " is not made by ", spec_.name, " (MP4, RAW, LATENTS)"));
     }
     if (r.output().has_quality()) {
       return absl::InvalidArgumentError("output.quality: not taken by video formats");
@@ -191,8 +198,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                                                                     const char* field) const {
     ASSIGN_OR_RETURN(at::Tensor t, FromWire(wire, field, DType::kFloat32, 3));
     if (t.size(0) != 1 || t.size(1) < 1 || t.size(2) != video_text_dim_ + audio_text_dim_) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": expected [1, T >= 1, ",
-                                                     video_text_dim_ + audio_text_dim_, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": expected [1, T >= 1, ", video_text_dim_ + audio_text_dim_, "]"));
     }
     return std::pair{t.narrow(2, 0, video_text_dim_).contiguous(),
                      t.narrow(2, video_text_dim_, audio_text_dim_).contiguous()};
@@ -318,9 +325,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     mp4.fps = media::FrameRateFromDouble(r.frame_rate());
     mp4.audio_sample_rate = static_cast<int>(out.sample_rate);
     mp4.audio_channels = channels;
-    ASSIGN_OR_RETURN(std::string data,
-                     media::EncodeMp4(frames.data_ptr<uint8_t>(), num_frames, mp4,
-                                      track.data_ptr<float>(), track_samples));
+    ASSIGN_OR_RETURN(std::string data, media::EncodeMp4(frames.data_ptr<uint8_t>(), num_frames, mp4,
+                                                        track.data_ptr<float>(), track_samples));
     v1::OutputInfo info;
     info.set_name("video");
     info.set_kind(v1::OUTPUT_KIND_VIDEO);
@@ -352,7 +358,8 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   if (options.parallel.world() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "parallel: LTX-2 is served on one rank for now (cfg, ulysses, ring and tp degrees 1); "
-        "this group has ", options.parallel.world(), " ranks"));
+        "this group has ",
+        options.parallel.world(), " ranks"));
   }
   if (options.cuda) {
     return absl::InvalidArgumentError("device: LTX-2 is served on the CPU for now");
@@ -366,9 +373,9 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
   ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
-  return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(
-      std::move(spec), std::move(models), connectors.video.inner_dim(),
-      connectors.audio.inner_dim()));
+  return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(std::move(spec), std::move(models),
+                                                              connectors.video.inner_dim(),
+                                                              connectors.audio.inner_dim()));
 }
 
 }  // namespace diffmesh

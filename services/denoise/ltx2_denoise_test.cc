@@ -145,6 +145,29 @@ TEST_F(Ltx2DenoiseTest, Mp4OutputSaysWhatItHolds) {
   EXPECT_EQ(video->data().substr(4, 4), "ftyp");
 }
 
+TEST_F(Ltx2DenoiseTest, TheStreamedFormGivesTheSameResult) {
+  v1::DenoiseRequest r = Request();
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  testing::DenoiseOutputs whole, streamed;
+  ASSERT_TRUE(Run(r, &whole).ok());
+  InputQueue<v1::DenoiseInput> inputs;
+  v1::DenoiseInput head;
+  *head.mutable_request() = r;
+  head.mutable_request()->clear_prompt_embeds();
+  head.mutable_request()->clear_negative_prompt_embeds();
+  ASSERT_TRUE(inputs.Push(head));
+  v1::DenoiseInput embeddings;
+  *embeddings.mutable_embeddings() = *embeds_;
+  ASSERT_TRUE(inputs.Push(embeddings));
+  inputs.Close();
+  CallContext ctx;
+  absl::Status s =
+      core_->DenoiseStreamed(ctx, inputs, [&](const v1::DenoiseEvent& e) { streamed.Add(e); });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(at::equal(Output(whole, "video_latents"), Output(streamed, "video_latents")));
+  EXPECT_TRUE(at::equal(Output(whole, "audio_latents"), Output(streamed, "audio_latents")));
+}
+
 TEST_F(Ltx2DenoiseTest, RejectsBadFramesSizesAndLayouts) {
   testing::DenoiseOutputs out;
   v1::DenoiseRequest r = Request();

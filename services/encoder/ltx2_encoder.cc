@@ -42,7 +42,7 @@ Ltx2PromptEncoder::~Ltx2PromptEncoder() = default;
 const std::string& Ltx2PromptEncoder::model_name() const { return state_->spec.name; }
 
 absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
-                                                            const v1::EncodeRequest& request) {
+                                                             const v1::EncodeRequest& request) {
   v1::EncodeResponse out;
   for (int i = 0; i < 2; ++i) {
     RETURN_IF_ERROR(ctx.Check("encoder"));
@@ -52,11 +52,10 @@ absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
         hidden.prompt_embeds, hidden.attention_mask, ltx2::PaddingSide::kLeft);
     // [1, T, video + audio], the attended tokens only (batch 1).
     const at::Tensor keep = c.attention_mask[0].nonzero().squeeze(-1);
-    at::Tensor embeds = at::cat({c.video_text_embedding.to(at::kFloat),
-                                 c.audio_text_embedding.to(at::kFloat)},
-                                -1)
-                            .index_select(1, keep)
-                            .contiguous();
+    at::Tensor embeds =
+        at::cat({c.video_text_embedding.to(at::kFloat), c.audio_text_embedding.to(at::kFloat)}, -1)
+            .index_select(1, keep)
+            .contiguous();
     ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(embeds));
     *(i == 0 ? out.mutable_prompt_embeds() : out.mutable_negative_prompt_embeds()) =
         std::move(wire);
