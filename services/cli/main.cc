@@ -67,7 +67,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
 const std::vector<FlagSpec> kUpFlags = {
     {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051); "
                        "their /metrics on P+10..P+13"},
-    {"model", "NAME", "built-in model the stages load (default glm-image-tiny)"},
+    {"model", "NAME", "built-in model the stages load (default glm-image-tiny; ltx2-tiny: video with "
+                      "sound, no AR service)"},
     {"model-dir", "DIR", "the stages serve the GlmImagePipeline snapshot in DIR instead"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},

@@ -1,8 +1,9 @@
 // The denoise stage core: CFG-guided FlowMatch Euler denoising with the GLM-Image DiT, then the
 // VAE decode; or, for an LTX-2 model, its audio-video pipeline on one rank
-// (services/denoise/ltx2_denoise.h), behind the same calls (denoise_engine.h). gRPC-free. One DenoiseCore per rank of the denoise group: rank 0 takes requests
-// (Denoise) and broadcasts them; the other ranks run RunWorker until rank 0 stops them. A group
-// runs one request at a time (the model fills its devices).
+// (services/denoise/ltx2_denoise.h), behind the same calls (denoise_engine.h). gRPC-free. One
+// DenoiseCore per rank of the denoise group: rank 0 takes requests (Denoise) and broadcasts them;
+// the other ranks run RunWorker until rank 0 stops them. A group runs one request at a time (the
+// model fills its devices).
 #ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 #define DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 

@@ -12,7 +12,7 @@
 ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
           "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
           "safetensors); served under its own name. The orchestrator's pipeline config must list "
