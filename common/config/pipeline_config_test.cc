@@ -30,6 +30,24 @@ TEST(PipelineConfigTest, DefaultParses) {
   EXPECT_EQ(cfg->services.size(), 3u);
 }
 
+TEST(PipelineConfigTest, DefaultServesLtx2TinyVideoWithSound) {
+  auto cfg = PipelineConfig::Parse(PipelineConfig::DefaultJson());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_EQ(cfg->models.size(), 2u);
+  EXPECT_EQ(cfg->default_model, "glm-image-tiny");
+  const PipelineModel* m = cfg->FindModel("ltx2-tiny");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->kind, ModelKind::kVideoWithAudio);
+  EXPECT_EQ(m->FindStage("ar"), nullptr);
+  const StageSpec* denoise = m->FindStage("denoise");
+  ASSERT_NE(denoise, nullptr);
+  EXPECT_EQ(denoise->inputs, (std::vector<std::string>{"encoder"}));
+  EXPECT_EQ(m->defaults.num_frames() % m->limits.frames().multiple(), m->limits.frames().offset());
+  EXPECT_EQ(m->defaults.height() % m->limits.size_granularity(), 0);
+  EXPECT_TRUE(m->defaults.guidance().has_audio());
+  EXPECT_EQ(m->defaults.output().format(), v1::OUTPUT_FORMAT_MP4);
+}
+
 TEST(PipelineConfigTest, StageGraphsAreCheckedWhenRead) {
   auto base = nlohmann::json::parse(PipelineConfig::DefaultJson());
   {
@@ -155,13 +173,13 @@ TEST_F(SnapshotEntryTest, PathEntriesTakeTheReleasedDefaultsUnlessGiven) {
   EXPECT_TRUE(cfg->FindModel("glm-image-tiny")->path.empty());
 
   // A name the stage services would not serve the snapshot under is refused, naming both.
-  j["models"][1]["name"] = "other";
+  j["models"].back()["name"] = "other";
   auto renamed = PipelineConfig::Parse(j.dump());
   ASSERT_FALSE(renamed.ok());
   EXPECT_NE(renamed.status().message().find("'my-glm'"), std::string::npos) << renamed.status();
   // A path without a snapshot names the file it could not read.
-  j["models"][1].erase("name");
-  j["models"][1]["path"] = Dir("nowhere");
+  j["models"].back().erase("name");
+  j["models"].back()["path"] = Dir("nowhere");
   auto missing = PipelineConfig::Parse(j.dump());
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("model_index.json"), std::string::npos);

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -66,7 +67,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
 const std::vector<FlagSpec> kUpFlags = {
     {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051); "
                        "their /metrics on P+10..P+13"},
-    {"model", "NAME", "built-in model the stages load (default glm-image-tiny)"},
+    {"model", "NAME", "built-in model the stages load (default glm-image-tiny; ltx2-tiny: video with "
+                      "sound, no AR service)"},
     {"model-dir", "DIR", "the stages serve the GlmImagePipeline snapshot in DIR instead"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
@@ -302,6 +304,10 @@ int Generate(const std::vector<std::string>& argv) {
     EmbeddedStages::Options embedded;
     embedded.model = accepted->model();
     embedded.model_dir = model_dir;
+    if (const PipelineModel* m = pipeline->FindModel(accepted->model()); m != nullptr) {
+      embedded.ar = std::any_of(m->stages.begin(), m->stages.end(),
+                                [](const StageSpec& st) { return st.kind == "ar"; });
+    }
     embedded.parallel = *parallel;
     embedded.cuda = device == "cuda";
     auto stages = EmbeddedStages::Create(embedded);
@@ -347,6 +353,17 @@ int Up(const std::vector<std::string>& argv) {
     if (args->Has("model")) {
       return Fail(absl::InvalidArgumentError("--model and --model-dir: give one"));
     }
+  }
+  if (o.model_dir.empty()) {
+    // The stages this model's pipeline runs: no AR service for a model without an AR stage.
+    auto pipeline = PipelineConfig::Parse(PipelineConfig::DefaultJson());
+    if (!pipeline.ok()) return Fail(pipeline.status());
+    const PipelineModel* m = pipeline->FindModel(o.model);
+    if (m == nullptr) {
+      return Fail(absl::NotFoundError(absl::StrCat("model: '", o.model, "' is not in the pipeline")));
+    }
+    o.ar = std::any_of(m->stages.begin(), m->stages.end(),
+                       [](const StageSpec& st) { return st.kind == "ar"; });
   }
   o.bin_dir = args->Get("bin-dir");
   o.device = args->Get("device", "cpu");

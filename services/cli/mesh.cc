@@ -128,6 +128,7 @@ int RunMesh(const MeshOptions& o) {
       c.argv.push_back(absl::StrCat("--master_port=", o.base_port + 9));
     }
   }
+  if (!o.ar) children.erase(children.begin());  // the orchestrator was told its address only
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);

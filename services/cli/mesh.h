@@ -44,6 +44,9 @@ struct MeshOptions {
   // GlmImagePipeline snapshot folder the stages serve instead (their --model-dir; the
   // orchestrator's pipeline is generated for it).
   std::string model_dir;
+  // Start the AR service; false for a model whose pipeline has no AR stage (LTX-2): the mesh
+  // then runs the encoder, the denoise group and the orchestrator only.
+  bool ar = true;
   // Folder with the service binaries; empty: beside this executable or in the build tree.
   std::string bin_dir;
   // Degrees of the denoise group (its ranks are processes started by diffmesh-denoise).

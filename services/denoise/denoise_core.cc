@@ -17,6 +17,7 @@
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
+#include "services/denoise/ltx2_denoise.h"
 #include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
 
@@ -150,7 +151,7 @@ struct Prepared {
 
 }  // namespace
 
-class DenoiseCore::Impl {
+class DenoiseCore::Impl final : public DenoiseEngine {
  public:
   Impl(Options options, GlmImageSpec spec, std::unique_ptr<DenoiseGroup> group,
        std::unique_ptr<GlmImageDit> dit, std::unique_ptr<AutoencoderKl> vae, int vae_scale)
@@ -159,10 +160,10 @@ class DenoiseCore::Impl {
         granularity_(vae_scale * static_cast<int>(dit_->config().patch_size) *
                      static_cast<int>(models::glm_image::kPriorTokenUpsample)) {}
 
-  int rank() const { return group_->layout().rank(); }
+  int rank() const override { return group_->layout().rank(); }
 
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
-                       const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+                       const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
     // Checked here first, so a bad request never reaches the other ranks.
     ASSIGN_OR_RETURN(Prepared p, Prepare(r));
@@ -174,7 +175,7 @@ class DenoiseCore::Impl {
     return s;
   }
 
-  absl::Status RunWorker() {
+  absl::Status RunWorker() override {
     if (group_->is_main()) return absl::FailedPreconditionError("rank 0 does not run as a worker");
     while (true) {
       ASSIGN_OR_RETURN(auto command, group_->Receive());
@@ -191,7 +192,7 @@ class DenoiseCore::Impl {
   }
 
   absl::Status DenoiseStreamed(CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
-                               const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+                               const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
     // A cancelled call wakes the wait for inputs at once (a deadline within kInputWait).
     ScopedCancelHook wake(ctx, [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
@@ -584,6 +585,10 @@ class DenoiseCore::Impl {
 };
 
 absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& options) {
+  if (IsLtx2DenoiseModel(options.model, options.model_dir)) {
+    ASSIGN_OR_RETURN(auto engine, CreateLtx2DenoiseEngine(options));
+    return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::move(engine)));
+  }
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto dit_config, models::glm_image::DitConfig::FromJson(spec.transformer));
@@ -605,7 +610,7 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
       static_cast<int>(vae_config.ScaleFactor()))));
 }
 
-DenoiseCore::DenoiseCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DenoiseCore::DenoiseCore(std::unique_ptr<DenoiseEngine> impl) : impl_(std::move(impl)) {}
 DenoiseCore::~DenoiseCore() = default;
 
 // The exception boundary: a LibTorch exception (a shape check, CUDA OOM) ends the request with

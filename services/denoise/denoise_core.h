@@ -1,7 +1,9 @@
 // The denoise stage core: CFG-guided FlowMatch Euler denoising with the GLM-Image DiT, then the
-// VAE decode. gRPC-free. One DenoiseCore per rank of the denoise group: rank 0 takes requests
-// (Denoise) and broadcasts them; the other ranks run RunWorker until rank 0 stops them. A group
-// runs one request at a time (the model fills its devices).
+// VAE decode; or, for an LTX-2 model, its audio-video pipeline on one rank
+// (services/denoise/ltx2_denoise.h), behind the same calls (denoise_engine.h). gRPC-free. One
+// DenoiseCore per rank of the denoise group: rank 0 takes requests (Denoise) and broadcasts them;
+// the other ranks run RunWorker until rank 0 stops them. A group runs one request at a time (the
+// model fills its devices).
 #ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 #define DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 
@@ -15,6 +17,7 @@
 #include "diffmesh/v1/stages.pb.h"
 #include "models/parallel/comm.h"
 #include "models/parallel/layout.h"
+#include "services/denoise/denoise_engine.h"
 
 namespace diffmesh {
 
@@ -63,9 +66,9 @@ class DenoiseCore {
   int rank() const;
 
  private:
-  class Impl;
-  explicit DenoiseCore(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  class Impl;  // GLM-Image's engine
+  explicit DenoiseCore(std::unique_ptr<DenoiseEngine> impl);
+  std::unique_ptr<DenoiseEngine> impl_;
 };
 
 }  // namespace diffmesh

@@ -25,7 +25,7 @@ ABSL_FLAG(int, metrics_port, 0,
           "Port of this rank's Prometheus /metrics endpoint (on --host); 0: off. Rank 0 reports "
           "the request and step metrics, every rank its own step times (label rank). Ranks "
           "this process starts itself (--launch-ranks) keep theirs off: they share its host.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
           "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
           "safetensors); served under its own name. The orchestrator's pipeline config must list "

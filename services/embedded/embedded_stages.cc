@@ -104,12 +104,14 @@ class EmbeddedStages::Clients final : public ArStageClient,
 
 absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const Options& o) {
   auto s = std::unique_ptr<EmbeddedStages>(new EmbeddedStages());
-  ArCore::Options ar;
-  ar.model = o.model;
-  ar.model_dir = o.model_dir;
-  ar.max_batch = 1;
-  ar.cuda = o.cuda;
-  ASSIGN_OR_RETURN(s->ar_, ArCore::Create(ar));
+  if (o.ar) {
+    ArCore::Options ar;
+    ar.model = o.model;
+    ar.model_dir = o.model_dir;
+    ar.max_batch = 1;
+    ar.cuda = o.cuda;
+    ASSIGN_OR_RETURN(s->ar_, ArCore::Create(ar));
+  }
   EncoderCore::Options enc;
   enc.model = o.model;
   enc.model_dir = o.model_dir;
@@ -149,7 +151,10 @@ EmbeddedStages::~EmbeddedStages() {
   StopAll(denoise_ranks_);
 }
 
-absl::StatusOr<ArStageClient*> EmbeddedStages::Ar(const std::string&) { return clients_.get(); }
+absl::StatusOr<ArStageClient*> EmbeddedStages::Ar(const std::string&) {
+  if (ar_ == nullptr) return absl::FailedPreconditionError("no AR stage was started for this model");
+  return clients_.get();
+}
 absl::StatusOr<EncoderStageClient*> EmbeddedStages::Encoder(const std::string&) {
   return clients_.get();
 }

@@ -31,6 +31,8 @@ class EmbeddedStages final : public StageClientFactory {
     // AR and denoise on the GPU (cuda:0, bf16; each denoise rank on GPU rank % visible GPUs),
     // as the services' --device cuda; the glyph encoder stays on the CPU.
     bool cuda = false;
+    // Start the AR stage; false for models whose pipeline has none (LTX-2).
+    bool ar = true;
   };
   static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(const Options& options);
   ~EmbeddedStages() override;

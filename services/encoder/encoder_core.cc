@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
+#include "services/encoder/ltx2_encoder.h"
 #include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
 
@@ -15,6 +16,8 @@ class EncoderCore::Impl {
   Impl(Options options, std::string model_name,
        std::unique_ptr<models::glm_image::T5Encoder> encoder)
       : options_(std::move(options)), model_name_(std::move(model_name)), encoder_(std::move(encoder)) {}
+  Impl(Options options, std::unique_ptr<Ltx2PromptEncoder> ltx2)
+      : options_(std::move(options)), model_name_(ltx2->model_name()), ltx2_(std::move(ltx2)) {}
 
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request) {
     if (request.model() != model_name_) {
@@ -24,6 +27,7 @@ class EncoderCore::Impl {
     RETURN_IF_ERROR(ctx.Check("encoder"));
     v1::EncodeResponse out;
     std::lock_guard<std::mutex> lock(mu_);  // one encode at a time keeps the cores busy, not thrashing
+    if (ltx2_ != nullptr) return ltx2_->Encode(ctx, request);
     at::Tensor prompt = encoder_->EncodeGlyphs({request.prompt()}, options_.max_sequence_length);
     RETURN_IF_ERROR(ctx.Check("encoder"));
     at::Tensor negative = encoder_->EncodeGlyphs({request.negative_prompt()}, options_.max_sequence_length);
@@ -35,11 +39,18 @@ class EncoderCore::Impl {
  private:
   const Options options_;
   const std::string model_name_;
+  // One of the two: GLM-Image's glyph encoder or LTX-2's text encoder and connectors.
   std::unique_ptr<models::glm_image::T5Encoder> encoder_;
+  std::unique_ptr<Ltx2PromptEncoder> ltx2_;
   std::mutex mu_;
 };
 
 absl::StatusOr<std::unique_ptr<EncoderCore>> EncoderCore::Create(const Options& options) {
+  if (IsLtx2EncoderModel(options.model, options.model_dir)) {
+    ASSIGN_OR_RETURN(auto ltx2, Ltx2PromptEncoder::Create(options.model, options.model_dir));
+    return std::unique_ptr<EncoderCore>(
+        new EncoderCore(std::make_unique<Impl>(options, std::move(ltx2))));
+  }
   ASSIGN_OR_RETURN(auto spec, models::glm_image::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto encoder, models::glm_image::BuildTextEncoder(spec));
   return std::unique_ptr<EncoderCore>(

@@ -1,5 +1,6 @@
 // The encoder stage core: GLM-Image's ByT5 glyph encoder (quoted text in the prompt → T5
-// embeddings for the DiT). gRPC-free.
+// embeddings for the DiT), or for an LTX-2 model its Gemma-3 text encoder and connectors
+// (services/encoder/ltx2_encoder.h). gRPC-free.
 #ifndef DIFFMESH_SERVICES_ENCODER_ENCODER_CORE_H_
 #define DIFFMESH_SERVICES_ENCODER_ENCODER_CORE_H_
 
@@ -26,7 +27,8 @@ class EncoderCore {
   static absl::StatusOr<std::unique_ptr<EncoderCore>> Create(const Options& options);
   ~EncoderCore();
 
-  // prompt_embeds / negative_prompt_embeds: FLOAT32 [1, T, text_embed_dim].
+  // prompt_embeds / negative_prompt_embeds: FLOAT32 [1, T, text_embed_dim] (GLM-Image), or
+  // [1, T, video + audio width] (LTX-2, ltx2_encoder.h).
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request);
 
  private:

@@ -15,7 +15,7 @@ ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on (loopback by default: a stage serves the orchestrator only; "
           "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir).");
+ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
           "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
           "safetensors); served under its own name. The orchestrator's pipeline config must list "

@@ -332,6 +332,32 @@ TEST_F(OrchestratorCoreTest, SizeErrorsSayTheNearestValidValue) {
   EXPECT_NE(s.message().find("nearest: 256"), std::string::npos) << s;
 }
 
+TEST_F(OrchestratorCoreTest, Ltx2TinyGetsItsFramesAndAudioGuidanceResolved) {
+  v1::GenerateRequest r = Request();
+  r.set_model("ltx2-tiny");
+  r.set_num_frames(17);
+  r.mutable_guidance()->mutable_audio()->set_cfg_scale(5);
+  std::vector<v1::GenerateEvent> events;
+  ASSERT_TRUE(Run(r, &events).ok());
+  const v1::DenoiseRequest& d = stages_.last_denoise;
+  EXPECT_EQ(d.model(), "ltx2-tiny");
+  EXPECT_EQ(d.num_frames(), 17);
+  EXPECT_DOUBLE_EQ(d.frame_rate(), 24);                         // the model's default
+  EXPECT_FLOAT_EQ(d.guidance().audio().cfg_scale(), 5);        // given
+  EXPECT_FLOAT_EQ(d.guidance().main().cfg_scale(), 3);         // default
+  EXPECT_EQ(d.guidance().stg_blocks().blocks_size(), 1);
+  EXPECT_EQ(d.output().format(), v1::OUTPUT_FORMAT_MP4);
+
+  for (auto [frames, nearest] : {std::pair{10, "nearest: 9"}, std::pair{20, "nearest: 17"}}) {
+    v1::GenerateRequest bad = r;
+    bad.set_num_frames(frames);
+    events.clear();
+    absl::Status s = Run(bad, &events);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find(nearest), std::string::npos) << s;
+  }
+}
+
 TEST_F(OrchestratorCoreTest, StageErrorsKeepTheirCode) {
   stages_.denoise_error = absl::UnavailableError("stage 'denoise' (127.0.0.1:1): connection refused");
   std::vector<v1::GenerateEvent> events;
@@ -377,8 +403,10 @@ TEST_F(OrchestratorCoreTest, ServerDrawsASeedWhenNoneIsGiven) {
 
 TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   v1::ListModelsResponse models = core_->ListModels();
-  ASSERT_EQ(models.models_size(), 1);
+  ASSERT_EQ(models.models_size(), 2);  // glm-image-tiny, ltx2-tiny
   EXPECT_EQ(models.default_model(), "glm-image-tiny");
+  EXPECT_EQ(models.models(1).name(), "ltx2-tiny");
+  EXPECT_EQ(models.models(1).kind(), v1::MODEL_KIND_VIDEO_WITH_AUDIO);
   const v1::ModelInfo& m = models.models(0);
   EXPECT_EQ(m.kind(), v1::MODEL_KIND_IMAGE);
   EXPECT_EQ(m.limits().size_granularity(), 32);

@@ -167,6 +167,8 @@ class DenoiseNode final : public StageNode {
     request_.set_width(a.width());
     request_.set_steps(a.steps());
     request_.set_seed(a.seed());
+    request_.set_num_frames(a.num_frames());  // video models; 0 for images
+    request_.set_frame_rate(a.frame_rate());
     *request_.mutable_guidance() = a.guidance();
     *request_.mutable_output() = a.output();
     *request_.mutable_inputs() = a.inputs();

@@ -1,0 +1,31 @@
+// The model-family seam of the denoise stage: DenoiseCore forwards every call to one
+// DenoiseEngine, chosen at Create from the model it serves (GLM-Image's CFG-parallel group in
+// denoise_core.cc, LTX-2's audio-video pipeline in ltx2_denoise.cc). An engine owns its
+// networks and its group; the contracts are DenoiseCore's (denoise_core.h).
+#ifndef DIFFMESH_SERVICES_DENOISE_DENOISE_ENGINE_H_
+#define DIFFMESH_SERVICES_DENOISE_DENOISE_ENGINE_H_
+
+#include <functional>
+
+#include "absl/status/status.h"
+#include "common/call/call_context.h"
+#include "common/call/input_queue.h"
+#include "diffmesh/v1/stages.pb.h"
+
+namespace diffmesh {
+
+class DenoiseEngine {
+ public:
+  virtual ~DenoiseEngine() = default;
+  virtual absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& request,
+                               const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
+  virtual absl::Status DenoiseStreamed(
+      CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
+      const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
+  virtual absl::Status RunWorker() = 0;
+  virtual int rank() const = 0;
+};
+
+}  // namespace diffmesh
+
+#endif  // DIFFMESH_SERVICES_DENOISE_DENOISE_ENGINE_H_

@@ -1,0 +1,66 @@
+#include "services/encoder/ltx2_encoder.h"
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+#include "common/status/status_macros.h"
+#include "models/ltx2/ltx2_spec.h"
+#include "models/ltx2/snapshot.h"
+#include "services/stage_common/torch_wire.h"
+
+namespace diffmesh {
+
+namespace ltx2 = models::ltx2;
+
+struct Ltx2PromptEncoder::State {
+  ltx2::Ltx2Spec spec;
+  ltx2::Ltx2Models models;  // tokenizer, text encoder and connectors only
+};
+
+bool IsLtx2EncoderModel(const std::string& model, const std::string& model_dir) {
+  if (!model_dir.empty()) return ltx2::SpecFromSnapshot(model_dir).ok();
+  for (const std::string& name : ltx2::BuiltinModelNames()) {
+    if (name == model) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Ltx2PromptEncoder::Create(
+    const std::string& model, const std::string& model_dir) {
+  auto state = std::make_unique<State>();
+  ASSIGN_OR_RETURN(state->spec, ltx2::ResolveSpec(model, model_dir));
+  ASSIGN_OR_RETURN(state->models.tokenizer, ltx2::BuildTokenizer(state->spec));
+  ASSIGN_OR_RETURN(state->models.text_encoder, ltx2::BuildTextEncoder(state->spec));
+  ASSIGN_OR_RETURN(state->models.connectors, ltx2::BuildConnectors(state->spec));
+  return std::unique_ptr<Ltx2PromptEncoder>(new Ltx2PromptEncoder(std::move(state)));
+}
+
+Ltx2PromptEncoder::Ltx2PromptEncoder(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Ltx2PromptEncoder::~Ltx2PromptEncoder() = default;
+
+const std::string& Ltx2PromptEncoder::model_name() const { return state_->spec.name; }
+
+absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
+                                                             const v1::EncodeRequest& request) {
+  v1::EncodeResponse out;
+  for (int i = 0; i < 2; ++i) {
+    RETURN_IF_ERROR(ctx.Check("encoder"));
+    const std::string& prompt = i == 0 ? request.prompt() : request.negative_prompt();
+    auto hidden = ltx2::EncodePrompts(state_->models, state_->spec, {prompt});
+    ltx2::TextConnectors::Output c = state_->models.connectors->Forward(
+        hidden.prompt_embeds, hidden.attention_mask, ltx2::PaddingSide::kLeft);
+    // [1, T, video + audio], the attended tokens only (batch 1).
+    const at::Tensor keep = c.attention_mask[0].nonzero().squeeze(-1);
+    at::Tensor embeds =
+        at::cat({c.video_text_embedding.to(at::kFloat), c.audio_text_embedding.to(at::kFloat)}, -1)
+            .index_select(1, keep)
+            .contiguous();
+    ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(embeds));
+    *(i == 0 ? out.mutable_prompt_embeds() : out.mutable_negative_prompt_embeds()) =
+        std::move(wire);
+  }
+  return out;
+}
+
+}  // namespace diffmesh
