@@ -9,6 +9,7 @@
 
 #include "common/safetensors/safetensors.h"
 #include "models/core/fixtures.h"
+#include "models/core/testing/fixture_tensor.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::glm_image {
@@ -17,11 +18,7 @@ namespace {
 const std::string kT5Dir = FixturePath("glm-image-ref-a/text_encoder");
 
 at::Tensor FixtureTensor(const std::string& file, const std::string& name) {
-  auto ckpt = Checkpoint::Open(FixturePath("glm-image-ref-a/" + file));
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  const TensorView* v = (*ckpt)->Find(name);
-  EXPECT_NE(v, nullptr) << name;
-  return ToTensor(*v);
+  return ReadFixtureTensor(FixturePath("glm-image-ref-a/" + file), name);
 }
 
 std::vector<int64_t> ToVector(const at::Tensor& t) {

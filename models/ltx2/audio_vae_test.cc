@@ -10,6 +10,7 @@
 
 #include "common/safetensors/safetensors.h"
 #include "models/core/fixtures.h"
+#include "models/core/testing/fixture_tensor.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::ltx2 {
@@ -21,17 +22,11 @@ class AudioVaeFixtureTest : public ::testing::TestWithParam<std::string> {
   std::string Dir() const { return FixturePath("ltx2-ref-a/" + GetParam()); }
 
   at::Tensor Tensor(const std::string& file, const std::string& name) const {
-    auto ckpt = Checkpoint::Open(Dir() + "/" + file);
-    EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-    if (!ckpt.ok()) return at::Tensor();
-    const TensorView* v = (*ckpt)->Find(name);
-    EXPECT_NE(v, nullptr) << file << ": " << name;
-    return v != nullptr ? ToTensor(*v) : at::Tensor();
+    return ReadFixtureTensor(Dir() + "/" + file, name);
   }
 
   bool Has(const std::string& file, const std::string& name) const {
-    auto ckpt = Checkpoint::Open(Dir() + "/" + file);
-    return ckpt.ok() && (*ckpt)->Find(name) != nullptr;
+    return FixtureHasTensor(Dir() + "/" + file, name);
   }
 };
 

@@ -10,18 +10,14 @@
 
 #include "common/safetensors/safetensors.h"
 #include "models/core/fixtures.h"
+#include "models/core/testing/fixture_tensor.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::ltx2 {
 namespace {
 
 at::Tensor FixtureTensor(const std::string& file, const std::string& name) {
-  auto ckpt = Checkpoint::Open(FixturePath(file));
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  if (!ckpt.ok()) return {};
-  const TensorView* v = (*ckpt)->Find(name);
-  EXPECT_NE(v, nullptr) << file << ": " << name;
-  return v != nullptr ? ToTensor(*v) : at::Tensor();
+  return ReadFixtureTensor(FixturePath(file), name);
 }
 
 class ConnectorsFixtureTest : public ::testing::TestWithParam<std::string> {

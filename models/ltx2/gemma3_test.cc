@@ -10,6 +10,7 @@
 
 #include "common/safetensors/safetensors.h"
 #include "models/core/fixtures.h"
+#include "models/core/testing/fixture_tensor.h"
 #include "models/core/ops.h"
 #include "models/ltx2/connectors.h"
 
@@ -19,12 +20,7 @@ namespace {
 const std::string kSet = "gemma3-ref-a/";
 
 at::Tensor IoTensor(const std::string& name) {
-  auto ckpt = Checkpoint::Open(FixturePath(kSet + "gemma3_io.safetensors"));
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  if (!ckpt.ok()) return {};
-  const TensorView* v = (*ckpt)->Find(name);
-  EXPECT_NE(v, nullptr) << name;
-  return v != nullptr ? ToTensor(*v) : at::Tensor();
+  return ReadFixtureTensor(FixturePath(kSet + "gemma3_io.safetensors"), name);
 }
 
 // Rows of [B, T, ...] at the mask's valid positions, flattened: the pad rows' values are
