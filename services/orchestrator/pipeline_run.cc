@@ -126,6 +126,12 @@ void PipelineRun::AddTiming(const std::string& stage, double seconds) {
   t->set_seconds(seconds);
 }
 
+void PipelineRun::StageTookSeconds(const StageSpec& stage, double seconds) {
+  AddTiming(stage.name, seconds);
+  trace_.StageFinished(stage.name, seconds);
+  EmitStage(stage, v1::StageEvent::KIND_FINISHED, seconds);
+}
+
 void PipelineRun::CountPriorTokens(int tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   meta_.set_prior_tokens(tokens);

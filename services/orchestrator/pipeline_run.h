@@ -89,6 +89,8 @@ class PipelineRun {
   // An output chunk of a stage whose outputs are the request's (renumbered request-wide).
   void EmitOutput(const StageNode& node, const v1::OutputChunk& chunk);
   void AddTiming(const std::string& stage, double seconds);
+  // A stage that timed itself finished: its timing, its metric and its FINISHED event.
+  void StageTookSeconds(const StageSpec& stage, double seconds);
   void CountPriorTokens(int tokens);
   // From a node: a piece of its output, for its consumers.
   void Publish(const StageNode& node, const StageOutput& piece);

@@ -89,10 +89,8 @@ class ArNode final : public StageNode {
     }
     if (status.ok()) {
       const double seconds = Since(start_);
-      run_.AddTiming(spec_.name, seconds);
-      run_.trace().StageFinished(spec_.name, seconds);
       run_.CountPriorTokens(tokens_);
-      run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
+      run_.StageTookSeconds(spec_, seconds);
     }
     run_.Finished(*this, status);
     outcome_.Set(std::move(status));
@@ -138,9 +136,7 @@ class EncoderNode final : public StageNode {
       StageOutput piece;
       piece.embeddings = &*out;
       run_.Publish(*this, piece);
-      run_.AddTiming(spec_.name, seconds);
-      run_.trace().StageFinished(spec_.name, seconds);
-      run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
+      run_.StageTookSeconds(spec_, seconds);
     }
     run_.Finished(*this, out.status());
     outcome_.Set(out.status());
