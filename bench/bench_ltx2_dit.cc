@@ -29,6 +29,8 @@ ABSL_FLAG(int, text_tokens, 1024, "Text tokens (connector output length).");
 ABSL_FLAG(int, batch, 1, "Batch rows (2 = batched CFG).");
 ABSL_FLAG(int, warmup, 2, "Untimed forwards first.");
 ABSL_FLAG(int, iters, 5, "Timed forwards (median reported).");
+ABSL_FLAG(bool, dump_config, false,
+          "Print the transformer config JSON (for bench/ltx2_dit_reference.py) and exit.");
 
 namespace {
 
@@ -95,6 +97,10 @@ int main(int argc, char** argv) {
   nlohmann::json cj = ReleaseConfig();
   if (absl::GetFlag(FLAGS_tiny)) cj = ltx2::BuiltinSpec("ltx2-tiny")->transformer;
   if (absl::GetFlag(FLAGS_layers) > 0) cj["num_layers"] = absl::GetFlag(FLAGS_layers);
+  if (absl::GetFlag(FLAGS_dump_config)) {
+    std::printf("%s\n", cj.dump(2).c_str());
+    return 0;
+  }
   auto config = ltx2::Ltx2TransformerConfig::FromJson(cj);
   if (!config.ok()) {
     std::cerr << config.status() << "\n";
