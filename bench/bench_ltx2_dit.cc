@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
 #include "models/ltx2/ltx2_spec.h"
+#include "models/ltx2/release_configs.h"
 #include "models/ltx2/transformer.h"
 #include "nlohmann/json.hpp"
 
@@ -36,34 +37,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace ltx2 = diffmesh::models::ltx2;
-
-// The LTX-2.3 release transformer config (diffusers convert script, 2.3 flags).
-nlohmann::json ReleaseConfig() {
-  return {{"in_channels", 128},
-          {"out_channels", 128},
-          {"patch_size", 1},
-          {"patch_size_t", 1},
-          {"num_attention_heads", 32},
-          {"attention_head_dim", 128},
-          {"cross_attention_dim", 4096},
-          {"vae_scale_factors", {8, 32, 32}},
-          {"audio_in_channels", 128},
-          {"audio_out_channels", 128},
-          {"audio_num_attention_heads", 32},
-          {"audio_attention_head_dim", 64},
-          {"audio_cross_attention_dim", 2048},
-          {"num_layers", 48},
-          {"caption_channels", 3840},
-          {"gated_attn", true},
-          {"audio_gated_attn", true},
-          {"cross_attn_mod", true},
-          {"audio_cross_attn_mod", true},
-          {"use_prompt_embeddings", false},
-          {"perturbed_attn", true},
-          {"rope_type", "split"},
-          {"rope_double_precision", true},
-          {"norm_elementwise_affine", false}};
-}
 
 // Matmul + attention FLOPs of one forward (2 per multiply-add), per the block structure.
 double ForwardFlops(const ltx2::Ltx2TransformerConfig& c, double b, double nv, double na,
@@ -94,7 +67,7 @@ int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
                        "bench_ltx2_dit [--tiny] [--layers 48 --height 512 --width 768 "
                        "--frames 121]\nTimes one LTX-2.3 transformer forward.");
-  nlohmann::json cj = ReleaseConfig();
+  nlohmann::json cj = ltx2::ReleaseTransformerConfig();
   if (absl::GetFlag(FLAGS_tiny)) cj = ltx2::BuiltinSpec("ltx2-tiny")->transformer;
   if (absl::GetFlag(FLAGS_layers) > 0) cj["num_layers"] = absl::GetFlag(FLAGS_layers);
   if (absl::GetFlag(FLAGS_dump_config)) {
@@ -112,13 +85,8 @@ int main(int argc, char** argv) {
   const auto opts = at::TensorOptions().dtype(dtype).device(dev);
 
   // Random weights drawn on the device (a release-size fp32 CPU copy would not fit).
-  diffmesh::models::WeightMap weights;
-  for (const auto& p : ltx2::Ltx2Transformer::Params(*config)) {
-    at::Tensor t = p.init == diffmesh::models::Init::kOnes    ? at::ones(p.shape, opts)
-                   : p.init == diffmesh::models::Init::kZeros ? at::zeros(p.shape, opts)
-                                                              : at::randn(p.shape, opts) * p.std;
-    weights.emplace(p.name, t);
-  }
+  diffmesh::models::WeightMap weights =
+      ltx2::RandomWeightsOn(ltx2::Ltx2Transformer::Params(*config), opts);
   auto model = ltx2::Ltx2Transformer::Create(*config, std::move(weights));
   if (!model.ok()) {
     std::cerr << model.status() << "\n";

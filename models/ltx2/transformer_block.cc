@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "models/core/ops.h"
+#include "models/ltx2/fused_ops.h"
 
 namespace diffmesh::models::ltx2 {
 
@@ -107,12 +108,10 @@ at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context
   if (perturbation.active && perturbation.all_perturbed) {
     out = value;  // STG: the values pass straight through
   } else {
-    at::Tensor q = NormQuery(ProjectQuery(x));
-    at::Tensor k = NormKey(ProjectKey(kv_in));
-    if (q_rope != nullptr) {
-      q = Rotate(q, *q_rope);
-      k = Rotate(k, k_rope != nullptr ? *k_rope : *q_rope);
-    }
+    at::Tensor q = NormRope(ProjectQuery(x), norm_q_, eps_, q_rope, rope_type_);
+    at::Tensor k = NormRope(ProjectKey(kv_in), norm_k_, eps_,
+                            q_rope == nullptr ? nullptr : k_rope != nullptr ? k_rope : q_rope,
+                            rope_type_);
     out = Attend(q, k, value, mask);
     if (perturbation.active && perturbation.mask.defined()) {
       out = at::lerp(value, out, perturbation.mask.to(out.scalar_type()));
@@ -184,8 +183,8 @@ void Ltx2Block::SelfAttention(at::Tensor& x, const Stream& s, const std::vector<
                               const Ltx2Attention& attn, const RopeTables& rope,
                               const at::Tensor& mask, const Perturbation& stg) const {
   // rows: 0 shift, 1 scale, 2 gate (msa).
-  at::Tensor normed = Norm(x, s.norm1) * (1 + rows[1]) + rows[0];
-  x = x + attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg) * rows[2];
+  at::Tensor normed = NormModulate(x, s.norm1, rows[1], rows[0], eps_);
+  x = AddGated(x, attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg), rows[2]);
 }
 
 void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
@@ -197,41 +196,45 @@ void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
     std::vector<at::Tensor> prompt = ModulationRows(s.prompt_table, temb_prompt);
     kv = context * (1 + prompt[1]) + prompt[0];
   }
-  at::Tensor normed = Norm(x, s.norm2);
   // rows 6..8: shift, scale, gate of the query (2.3).
-  if (s.cross_attn_adaln) normed = normed * (1 + rows[7]) + rows[6];
+  const bool adaln = s.cross_attn_adaln;
+  at::Tensor normed = NormModulate(x, s.norm2, adaln ? rows[7] : at::Tensor(),
+                                   adaln ? rows[6] : at::Tensor(), eps_);
   at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr);
-  if (s.cross_attn_adaln) out = out * rows[8];
-  x = x + out;
+  x = adaln ? AddGated(x, out, rows[8]) : x + out;
 }
 
 void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
                                          const Ltx2BlockContext& ctx) const {
   if (ctx.isolate_modalities) return;
   // Both directions read the streams as they were before either update.
-  at::Tensor nv = Norm(video, video_.ca_norm);
-  at::Tensor na = Norm(audio, audio_.ca_norm);
   // Rows: 0 a2v scale, 1 a2v shift, 2 v2a scale, 3 v2a shift; row 4 is the gate.
   std::vector<at::Tensor> v = ModulationRows(video_.ca_table.narrow(0, 0, 4), ctx.temb_ca_video);
   std::vector<at::Tensor> a = ModulationRows(audio_.ca_table.narrow(0, 0, 4), ctx.temb_ca_audio);
   at::Tensor a2v_gate = ModulationRows(video_.ca_table.narrow(0, 4, 1), ctx.temb_ca_video_gate)[0];
   at::Tensor v2a_gate = ModulationRows(audio_.ca_table.narrow(0, 4, 1), ctx.temb_ca_audio_gate)[0];
 
-  at::Tensor a2v = a2v_.Forward(nv * (1 + v[0]) + v[1], na * (1 + a[0]) + a[1], at::Tensor(),
-                                &ctx.ca_video_rope, &ctx.ca_audio_rope);
-  at::Tensor v2a = v2a_.Forward(na * (1 + a[2]) + a[3], nv * (1 + v[2]) + v[3], at::Tensor(),
-                                &ctx.ca_audio_rope, &ctx.ca_video_rope);
-  video = video + a2v_gate * a2v;
-  audio = audio + v2a_gate * v2a;
+  auto video_in = [&](int scale, int shift) {
+    return NormModulate(video, video_.ca_norm, v[scale], v[shift], eps_);
+  };
+  auto audio_in = [&](int scale, int shift) {
+    return NormModulate(audio, audio_.ca_norm, a[scale], a[shift], eps_);
+  };
+  at::Tensor a2v = a2v_.Forward(video_in(0, 1), audio_in(0, 1), at::Tensor(), &ctx.ca_video_rope,
+                                &ctx.ca_audio_rope);
+  at::Tensor v2a = v2a_.Forward(audio_in(2, 3), video_in(2, 3), at::Tensor(), &ctx.ca_audio_rope,
+                                &ctx.ca_video_rope);
+  video = AddGated(video, a2v, a2v_gate);
+  audio = AddGated(audio, v2a, v2a_gate);
 }
 
 void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s,
                             const std::vector<at::Tensor>& rows) const {
   // rows: 3 shift, 4 scale, 5 gate (mlp).
-  at::Tensor normed = Norm(x, s.norm3) * (1 + rows[4]) + rows[3];
-  at::Tensor h = s.ff_in(normed);
-  h = gelu_tanh_ ? at::gelu(h, "tanh") : at::gelu(h);
-  x = x + s.ff_out(h) * rows[5];
+  at::Tensor normed = NormModulate(x, s.norm3, rows[4], rows[3], eps_);
+  at::Tensor h = gelu_tanh_ ? LinearGeluTanh(normed, s.ff_in.weight, s.ff_in.bias)
+                            : at::gelu(s.ff_in(normed));
+  x = AddGated(x, s.ff_out(h), rows[5]);
 }
 
 void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
