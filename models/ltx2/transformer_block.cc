@@ -49,41 +49,93 @@ std::vector<at::Tensor> ModulationRows(const at::Tensor& table, const at::Tensor
 // ---------------------------------------------------------------------------------------------
 // Ltx2Attention
 
+namespace {
+
+// A column-parallel layer: this rank's output rows (weight and bias).
+LinearWeights ColumnSlice(const LinearWeights& l, TpSlice tp) {
+  return {SliceForRank(l.weight, 0, tp), SliceForRank(l.bias, 0, tp)};
+}
+
+// A row-parallel layer: this rank's input columns; the bias stays whole (added once, after the
+// all-reduce).
+LinearWeights RowSlice(const LinearWeights& l, TpSlice tp) {
+  return {SliceForRank(l.weight, 1, tp), l.bias};
+}
+
+// x·Wᵀ summed over `tp`, then + bias: the row-parallel product (plain Linear without tp).
+at::Tensor RowParallel(const LinearWeights& l, const at::Tensor& x, parallel::Communicator* tp) {
+  if (GroupSize(tp) == 1) return l(x);
+  at::Tensor partial = at::linear(x, l.weight);
+  TpAllReduce(tp, partial);
+  return l.bias.defined() ? partial + l.bias : partial;
+}
+
+}  // namespace
+
 Ltx2Attention::Ltx2Attention(const WeightMap& weights, const std::string& prefix, int64_t heads,
-                             int64_t head_dim, bool gated, RopeType rope_type, double eps)
-    : to_q_(GetLinear(weights, prefix + ".to_q")),
-      to_k_(GetLinear(weights, prefix + ".to_k")),
-      to_v_(GetLinear(weights, prefix + ".to_v")),
-      to_out_(GetLinear(weights, prefix + ".to_out.0")),
-      norm_q_(Get(weights, prefix + ".norm_q.weight")),
-      norm_k_(Get(weights, prefix + ".norm_k.weight")),
-      heads_(heads),
+                             int64_t head_dim, bool gated, RopeType rope_type, double eps,
+                             TpSlice tp)
+    : to_q_(ColumnSlice(GetLinear(weights, prefix + ".to_q"), tp)),
+      to_k_(ColumnSlice(GetLinear(weights, prefix + ".to_k"), tp)),
+      to_v_(ColumnSlice(GetLinear(weights, prefix + ".to_v"), tp)),
+      to_out_(RowSlice(GetLinear(weights, prefix + ".to_out.0"), tp)),
+      norm_q_(SliceForRank(Get(weights, prefix + ".norm_q.weight"), 0, tp)),
+      norm_k_(SliceForRank(Get(weights, prefix + ".norm_k.weight"), 0, tp)),
+      heads_(heads / tp.size),
       head_dim_(head_dim),
+      inner_dim_(heads * head_dim),
       gated_(gated),
       rope_type_(rope_type),
       eps_(eps) {
-  if (gated_) to_gate_logits_ = GetLinear(weights, prefix + ".to_gate_logits");
+  // One gate logit per head: the rows of this rank's heads.
+  if (gated_) to_gate_logits_ = ColumnSlice(GetLinear(weights, prefix + ".to_gate_logits"), tp);
 }
 
 at::Tensor Ltx2Attention::GateLogits(const at::Tensor& x) const { return to_gate_logits_(x); }
 at::Tensor Ltx2Attention::ProjectQuery(const at::Tensor& x) const { return to_q_(x); }
 at::Tensor Ltx2Attention::ProjectKey(const at::Tensor& context) const { return to_k_(context); }
 at::Tensor Ltx2Attention::ProjectValue(const at::Tensor& context) const { return to_v_(context); }
-at::Tensor Ltx2Attention::NormQuery(const at::Tensor& q) const { return RmsNorm(q, norm_q_, eps_); }
-at::Tensor Ltx2Attention::NormKey(const at::Tensor& k) const { return RmsNorm(k, norm_k_, eps_); }
+
+at::Tensor Ltx2Attention::NormAcrossHeads(const at::Tensor& x, const at::Tensor& weight,
+                                          parallel::Communicator* tp) const {
+  if (GroupSize(tp) == 1) return RmsNorm(x, weight, eps_);
+  // As RmsNorm, with mean(x²) over all heads: local sums of squares summed over the group.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor sum_sq = xf.pow(2).sum(-1, /*keepdim=*/true);  // [B, S, 1]
+  TpAllReduce(tp, sum_sq);
+  xf = xf * at::rsqrt(sum_sq / static_cast<double>(inner_dim_) + eps_);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor Ltx2Attention::NormQuery(const at::Tensor& q, parallel::Communicator* tp) const {
+  return NormAcrossHeads(q, norm_q_, tp);
+}
+at::Tensor Ltx2Attention::NormKey(const at::Tensor& k, parallel::Communicator* tp) const {
+  return NormAcrossHeads(k, norm_k_, tp);
+}
 
 at::Tensor Ltx2Attention::Rotate(const at::Tensor& x, const RopeTables& tables) const {
   return ApplyRope(x, tables, rope_type_);
 }
 
 at::Tensor Ltx2Attention::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& mask) const {
+                                 const at::Tensor& mask, const AttentionSharding& sharding) const {
   auto heads_first = [&](const at::Tensor& t) {  // [B, S, H·Dh] → [B, H, S, Dh]
     return t.view({t.size(0), t.size(1), heads_, head_dim_}).transpose(1, 2);
   };
-  std::optional<at::Tensor> m;
-  if (mask.defined()) m = mask.to(q.scalar_type());
-  at::Tensor out = Attention(heads_first(q), heads_first(k), heads_first(v), m);
+  at::Tensor out;
+  const bool sharded = GroupSize(sharding.ulysses) > 1;
+  if (sharded && sharding.layout == SequenceLayout::kShardedSelf) {
+    out = FrameShardedSelfAttention(*sharding.ulysses, heads_first(q), heads_first(k),
+                                    heads_first(v), mask, sharding.query_offset);
+  } else if (sharded && sharding.layout == SequenceLayout::kShardedKeys) {
+    TORCH_CHECK(!mask.defined(), "ltx2 attention: no mask over sharded keys");
+    out = ShardedKeysAttention(*sharding.ulysses, heads_first(q), heads_first(k), heads_first(v));
+  } else {
+    std::optional<at::Tensor> m;
+    if (mask.defined()) m = mask.to(q.scalar_type());
+    out = Attention(heads_first(q), heads_first(k), heads_first(v), m);
+  }
   return out.transpose(1, 2).reshape({q.size(0), q.size(1), heads_ * head_dim_});
 }
 
@@ -94,12 +146,14 @@ at::Tensor Ltx2Attention::ApplyGates(const at::Tensor& out, const at::Tensor& ga
   return (per_head * gates.unsqueeze(-1)).flatten(2, 3);
 }
 
-at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out) const { return to_out_(out); }
+at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out, parallel::Communicator* tp) const {
+  return RowParallel(to_out_, out, tp);
+}
 
 at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context,
                                   const at::Tensor& mask, const RopeTables* q_rope,
-                                  const RopeTables* k_rope,
-                                  const Perturbation& perturbation) const {
+                                  const RopeTables* k_rope, const Perturbation& perturbation,
+                                  const AttentionSharding& sharding) const {
   const at::Tensor& kv_in = context.defined() ? context : x;
   at::Tensor gate_logits = gated_ ? GateLogits(x) : at::Tensor();
   at::Tensor value = ProjectValue(kv_in);
@@ -107,19 +161,19 @@ at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context
   if (perturbation.active && perturbation.all_perturbed) {
     out = value;  // STG: the values pass straight through
   } else {
-    at::Tensor q = NormQuery(ProjectQuery(x));
-    at::Tensor k = NormKey(ProjectKey(kv_in));
+    at::Tensor q = NormQuery(ProjectQuery(x), sharding.tp);
+    at::Tensor k = NormKey(ProjectKey(kv_in), sharding.tp);
     if (q_rope != nullptr) {
       q = Rotate(q, *q_rope);
       k = Rotate(k, k_rope != nullptr ? *k_rope : *q_rope);
     }
-    out = Attend(q, k, value, mask);
+    out = Attend(q, k, value, mask, sharding);
     if (perturbation.active && perturbation.mask.defined()) {
       out = at::lerp(value, out, perturbation.mask.to(out.scalar_type()));
     }
   }
   if (gated_) out = ApplyGates(out, gate_logits);
-  return ProjectOut(out);
+  return ProjectOut(out, sharding.tp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,24 +188,25 @@ at::Tensor OptionalWeight(const WeightMap& weights, const std::string& name) {
 
 }  // namespace
 
-Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t index)
+Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t index,
+                     TpSlice tp)
     : attn1_(w, absl::StrCat("transformer_blocks.", index, ".attn1"), c.num_attention_heads,
-             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps, tp),
       audio_attn1_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn1"),
                    c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
-                   c.rope_type, c.norm_eps),
+                   c.rope_type, c.norm_eps, tp),
       attn2_(w, absl::StrCat("transformer_blocks.", index, ".attn2"), c.num_attention_heads,
-             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps, tp),
       audio_attn2_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn2"),
                    c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
-                   c.rope_type, c.norm_eps),
+                   c.rope_type, c.norm_eps, tp),
       // Both directions run at the audio width; the gate follows the query stream's flag.
       a2v_(w, absl::StrCat("transformer_blocks.", index, ".audio_to_video_attn"),
            c.audio_num_attention_heads, c.audio_attention_head_dim, c.gated_attn, c.rope_type,
-           c.norm_eps),
+           c.norm_eps, tp),
       v2a_(w, absl::StrCat("transformer_blocks.", index, ".video_to_audio_attn"),
            c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn, c.rope_type,
-           c.norm_eps),
+           c.norm_eps, tp),
       prompt_modulation_(c.prompt_modulation()),
       gelu_tanh_(c.activation_fn == "gelu-approximate"),
       eps_(c.norm_eps) {
@@ -167,8 +222,8 @@ Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t
     s.norm2 = OptionalWeight(w, b + norm_prefix + "norm2.weight");
     s.norm3 = OptionalWeight(w, b + norm_prefix + "norm3.weight");
     s.ca_norm = OptionalWeight(w, b + ca_norm + ".weight");
-    s.ff_in = GetLinear(w, b + norm_prefix + "ff.net.0.proj");
-    s.ff_out = GetLinear(w, b + norm_prefix + "ff.net.2");
+    s.ff_in = ColumnSlice(GetLinear(w, b + norm_prefix + "ff.net.0.proj"), tp);
+    s.ff_out = RowSlice(GetLinear(w, b + norm_prefix + "ff.net.2"), tp);
     s.cross_attn_adaln = adaln;
     return s;
   };
@@ -182,16 +237,17 @@ at::Tensor Ltx2Block::Norm(const at::Tensor& x, const at::Tensor& weight) const 
 
 void Ltx2Block::SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                               const Ltx2Attention& attn, const RopeTables& rope,
-                              const at::Tensor& mask, const Perturbation& stg) const {
+                              const at::Tensor& mask, const Perturbation& stg,
+                              const AttentionSharding& sharding) const {
   // rows: 0 shift, 1 scale, 2 gate (msa).
   at::Tensor normed = Norm(x, s.norm1) * (1 + rows[1]) + rows[0];
-  x = x + attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg) * rows[2];
+  x = x + attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg, sharding) * rows[2];
 }
 
 void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
                                    const std::vector<at::Tensor>& rows, const Ltx2Attention& attn,
                                    const at::Tensor& context, const at::Tensor& temb_prompt,
-                                   const at::Tensor& mask) const {
+                                   const at::Tensor& mask, parallel::Communicator* tp) const {
   at::Tensor kv = context;
   if (prompt_modulation_) {  // prompt rows: 0 shift, 1 scale
     std::vector<at::Tensor> prompt = ModulationRows(s.prompt_table, temb_prompt);
@@ -200,7 +256,9 @@ void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
   at::Tensor normed = Norm(x, s.norm2);
   // rows 6..8: shift, scale, gate of the query (2.3).
   if (s.cross_attn_adaln) normed = normed * (1 + rows[7]) + rows[6];
-  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr);
+  AttentionSharding sharding;  // queries local, text whole
+  sharding.tp = tp;
+  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr, {}, sharding);
   if (s.cross_attn_adaln) out = out * rows[8];
   x = x + out;
 }
@@ -217,21 +275,28 @@ void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
   at::Tensor a2v_gate = ModulationRows(video_.ca_table.narrow(0, 4, 1), ctx.temb_ca_video_gate)[0];
   at::Tensor v2a_gate = ModulationRows(audio_.ca_table.narrow(0, 4, 1), ctx.temb_ca_audio_gate)[0];
 
+  // a2v: this rank's video queries over the whole (replicated) audio; v2a: the whole audio
+  // over the sharded video.
+  AttentionSharding a2v_sharding, v2a_sharding;
+  a2v_sharding.tp = v2a_sharding.tp = ctx.parallel.tp;
+  v2a_sharding.ulysses = ctx.parallel.ulysses;
+  v2a_sharding.layout = SequenceLayout::kShardedKeys;
   at::Tensor a2v = a2v_.Forward(nv * (1 + v[0]) + v[1], na * (1 + a[0]) + a[1], at::Tensor(),
-                                &ctx.ca_video_rope, &ctx.ca_audio_rope);
+                                &ctx.ca_video_rope, &ctx.ca_audio_rope, {}, a2v_sharding);
   at::Tensor v2a = v2a_.Forward(na * (1 + a[2]) + a[3], nv * (1 + v[2]) + v[3], at::Tensor(),
-                                &ctx.ca_audio_rope, &ctx.ca_video_rope);
+                                &ctx.ca_audio_rope, &ctx.ca_video_rope, {}, v2a_sharding);
   video = video + a2v_gate * a2v;
   audio = audio + v2a_gate * v2a;
 }
 
 void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s,
-                            const std::vector<at::Tensor>& rows) const {
+                            const std::vector<at::Tensor>& rows,
+                            parallel::Communicator* tp) const {
   // rows: 3 shift, 4 scale, 5 gate (mlp).
   at::Tensor normed = Norm(x, s.norm3) * (1 + rows[4]) + rows[3];
-  at::Tensor h = s.ff_in(normed);
+  at::Tensor h = s.ff_in(normed);  // [B, S, 4·D/tp]
   h = gelu_tanh_ ? at::gelu(h, "tanh") : at::gelu(h);
-  x = x + s.ff_out(h) * rows[5];
+  x = x + RowParallel(s.ff_out, h, tp) * rows[5];
 }
 
 void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
@@ -240,14 +305,23 @@ void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockCon
   const std::vector<at::Tensor> a = ModulationRows(audio_.table, ctx.temb_audio);
   const Perturbation none;
   const Perturbation& stg = stg_block ? ctx.stg : none;
-  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg);
-  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg);
-  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask);
+  parallel::Communicator* tp = ctx.parallel.tp;
+  AttentionSharding video_self;
+  video_self.tp = tp;
+  video_self.ulysses = ctx.parallel.ulysses;
+  video_self.layout = SequenceLayout::kShardedSelf;
+  video_self.query_offset = ctx.video_offset;
+  AttentionSharding audio_self;  // audio is replicated over the Ulysses group
+  audio_self.tp = tp;
+  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg, video_self);
+  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg, audio_self);
+  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask,
+                     tp);
   TextCrossAttention(audio, audio_, a, audio_attn2_, ctx.audio_context, ctx.temb_prompt_audio,
-                     ctx.audio_context_mask);
+                     ctx.audio_context_mask, tp);
   AudioVideoCrossAttention(video, audio, ctx);
-  FeedForward(video, video_, v);
-  FeedForward(audio, audio_, a);
+  FeedForward(video, video_, v, tp);
+  FeedForward(audio, audio_, a, tp);
 }
 
 }  // namespace diffmesh::models::ltx2
