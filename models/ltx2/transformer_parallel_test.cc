@@ -149,72 +149,102 @@ struct Layout {
   int tp;
 };
 
-void ExpectShardedMatchesSingleRank(const std::string& label, const Ltx2TransformerConfig& config,
-                                    const Layout& layout) {
+constexpr int kWorld = 4;  // every layout below fits; smaller ones run as several copies
+
+// One layout on `world`: rank `world.rank()` runs its copy of the layout's group.
+void RunLayout(Communicator& world, const std::string& label, const Ltx2TransformerConfig& config,
+               const Layout& layout, const std::vector<Call>& calls,
+               const std::vector<Ltx2TransformerOutputs>& expected) {
   SCOPED_TRACE(absl::StrCat(label, " ulysses ", layout.ulysses, " tp ", layout.tp));
+  ParallelConfig pc;
+  pc.tp = layout.tp;
+  pc.ulysses = layout.ulysses;
+  std::unique_ptr<Communicator> copy;
+  for (int first = 0; first < world.size(); first += pc.world()) {
+    std::vector<int> ranks;
+    for (int r = first; r < first + pc.world(); ++r) ranks.push_back(r);
+    auto comm = world.Split(ranks);
+    ASSERT_TRUE(comm.ok()) << comm.status();
+    if (*comm != nullptr) copy = *std::move(comm);
+  }
+  ASSERT_NE(copy, nullptr);
+  Groups g = SplitGroups(*copy, pc);
+  ASSERT_TRUE(g.tp != nullptr && g.ulysses != nullptr);
+  // Built whole and sliced, as every layout shares one rank's weights.
+  auto model = Ltx2Transformer::InitSeeded(config, kWeightSeed, {g.tp.get(), g.ulysses.get()});
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    auto out = (*model)->Forward(calls[i].in, calls[i].options);
+    ASSERT_TRUE(out.ok()) << calls[i].name << ": " << out.status();
+    const double video_err = RelativeError(out->video, expected[i].video);
+    const double audio_err = RelativeError(out->audio, expected[i].audio);
+    EXPECT_LE(video_err, kTolerance) << calls[i].name << " video, rank " << world.rank();
+    EXPECT_LE(audio_err, kTolerance) << calls[i].name << " audio, rank " << world.rank();
+    if (world.rank() == 0) {
+      std::printf("%s u%d tp%d %-12s video %.2e audio %.2e\n", label.c_str(), layout.ulysses,
+                  layout.tp, calls[i].name.c_str(), video_err, audio_err);
+    }
+  }
+  // A whole model from any builder, sharded afterwards, computes the same.
+  auto whole = Ltx2Transformer::InitSeeded(config, kWeightSeed);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  auto resharded = Ltx2Transformer::Parallelize(*std::move(whole), {g.tp.get(), g.ulysses.get()});
+  ASSERT_TRUE(resharded.ok()) << resharded.status();
+  auto again = (*resharded)->Forward(calls[0].in, calls[0].options);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_LE(RelativeError(again->video, expected[0].video), kTolerance);
+  EXPECT_LE(RelativeError(again->audio, expected[0].audio), kTolerance);
+  // Without the gather each rank keeps its own frames.
+  Ltx2ForwardOptions local_options = calls[0].options;
+  local_options.gather_video = false;
+  auto shard = (*model)->VideoShard(calls[0].in);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  auto local = (*model)->Forward(calls[0].in, local_options);
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(shard->frame_count * layout.ulysses, calls[0].in.num_frames);
+  EXPECT_EQ(shard->frame_offset, g.ulysses->rank() * shard->frame_count);
+  EXPECT_LE(RelativeError(local->video, expected[0].video.narrow(1, shard->token_offset,
+                                                                  shard->token_count)),
+            kTolerance);
+}
+
+// Every layout of `layouts` reproduces the single-rank forward of `config`.
+void ExpectShardedMatchesSingleRank(const std::string& label, const Ltx2TransformerConfig& config,
+                                    const std::vector<Layout>& layouts) {
   auto single = Ltx2Transformer::InitSeeded(config, kWeightSeed);
   ASSERT_TRUE(single.ok()) << single.status();
-  const std::vector<Call> calls = Calls(config, /*frames=*/2 * layout.ulysses);
+  const std::vector<Call> calls = Calls(config, /*frames=*/4);  // 2 per rank at Ulysses 2
   std::vector<Ltx2TransformerOutputs> expected;
   for (const Call& call : calls) {
     auto out = (*single)->Forward(call.in, call.options);
     ASSERT_TRUE(out.ok()) << call.name << ": " << out.status();
     ASSERT_GT(out->video.norm().item<double>(), 0);
+    ASSERT_GT(out->audio.norm().item<double>(), 0);
     expected.push_back(*out);
   }
-
-  ParallelConfig pc;
-  pc.tp = layout.tp;
-  pc.ulysses = layout.ulysses;
-  RunGlooRanks(pc.world(), [&](Communicator& world) {
-    Groups g = SplitGroups(world, pc);
-    ASSERT_TRUE(g.tp != nullptr && g.ulysses != nullptr);
-    // Built whole and sliced, as every layout shares one rank's weights.
-    auto model =
-        Ltx2Transformer::InitSeeded(config, kWeightSeed, {g.tp.get(), g.ulysses.get()});
-    ASSERT_TRUE(model.ok()) << model.status();
-    for (size_t i = 0; i < calls.size(); ++i) {
-      auto out = (*model)->Forward(calls[i].in, calls[i].options);
-      ASSERT_TRUE(out.ok()) << calls[i].name << ": " << out.status();
-      const double video_err = RelativeError(out->video, expected[i].video);
-      const double audio_err = RelativeError(out->audio, expected[i].audio);
-      EXPECT_LE(video_err, kTolerance) << calls[i].name << " video, rank " << world.rank();
-      EXPECT_LE(audio_err, kTolerance) << calls[i].name << " audio, rank " << world.rank();
-      if (world.rank() == 0) {
-        std::printf("%s u%d tp%d %-12s video %.2e audio %.2e\n", label.c_str(), layout.ulysses,
-                    layout.tp, calls[i].name.c_str(), video_err, audio_err);
-      }
-    }
-    // Without the gather each rank keeps its own frames.
-    Ltx2ForwardOptions local_options = calls[0].options;
-    local_options.gather_video = false;
-    auto shard = (*model)->VideoShard(calls[0].in);
-    ASSERT_TRUE(shard.ok()) << shard.status();
-    auto local = (*model)->Forward(calls[0].in, local_options);
-    ASSERT_TRUE(local.ok()) << local.status();
-    EXPECT_EQ(shard->frame_count * layout.ulysses, 2 * layout.ulysses);
-    EXPECT_LE(RelativeError(local->video, expected[0].video.narrow(1, shard->token_offset,
-                                                                    shard->token_count)),
-              kTolerance);
+  RunGlooRanks(kWorld, [&](Communicator& world) {
+    for (const Layout& layout : layouts) RunLayout(world, label, config, layout, calls, expected);
   });
 }
 
-const Layout kLayouts[] = {{2, 1}, {1, 2}, {2, 2}};
+const std::vector<Layout> kLayouts = {{2, 1}, {1, 2}, {2, 2}};
 
 TEST(Ltx2TransformerParallelTest, Ltx23MatchesSingleRank) {
-  for (const Layout& layout : kLayouts) {
-    ExpectShardedMatchesSingleRank("v23", FixtureConfig("v23"), layout);
-  }
+  ExpectShardedMatchesSingleRank("v23", FixtureConfig("v23"), kLayouts);
 }
 
 TEST(Ltx2TransformerParallelTest, Ltx20MatchesSingleRank) {
-  for (const Layout& layout : kLayouts) {
-    ExpectShardedMatchesSingleRank("v20", FixtureConfig("v20"), layout);
-  }
+  ExpectShardedMatchesSingleRank("v20", FixtureConfig("v20"), kLayouts);
 }
 
+// With whole heads per rank the video self-attention takes the Ulysses all-to-all under tp 2 ×
+// Ulysses 2 (the fixture's 2 heads take the key/value all-gather there); split and interleaved
+// RoPE tables (cut by head bands / by channels).
 TEST(Ltx2TransformerParallelTest, UlyssesAllToAllWithTensorParallelMatchesSingleRank) {
-  ExpectShardedMatchesSingleRank("v23x2heads", DoubledHeads(FixtureConfig("v23")), {2, 2});
+  ExpectShardedMatchesSingleRank("v23x2heads", DoubledHeads(FixtureConfig("v23")), {{2, 2}});
+  Ltx2TransformerConfig interleaved = DoubledHeads(FixtureConfig("v23"));
+  interleaved.rope_type = RopeType::kInterleaved;
+  ExpectShardedMatchesSingleRank("v23x2heads-interleaved", interleaved, {{2, 2}, {2, 1}});
 }
 
 TEST(Ltx2TransformerParallelTest, RejectsFramesNotDividingAndHeadsNotDividing) {
