@@ -180,6 +180,10 @@ void RunLayout(Communicator& world, const std::string& label, const Ltx2Transfor
     const double audio_err = RelativeError(out->audio, expected[i].audio);
     EXPECT_LE(video_err, kTolerance) << calls[i].name << " video, rank " << world.rank();
     EXPECT_LE(audio_err, kTolerance) << calls[i].name << " audio, rank " << world.rank();
+    // The replicated audio is the same on every rank of the Ulysses group, to the bit.
+    auto audios = g.ulysses->AllGatherList(out->audio.contiguous());
+    ASSERT_TRUE(audios.ok()) << audios.status();
+    for (const at::Tensor& a : *audios) EXPECT_TRUE(at::equal(a, out->audio)) << calls[i].name;
     if (world.rank() == 0) {
       std::printf("%s u%d tp%d %-12s video %.2e audio %.2e\n", label.c_str(), layout.ulysses,
                   layout.tp, calls[i].name.c_str(), video_err, audio_err);
