@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <iterator>
 #include <set>
 #include <utility>
 
@@ -10,6 +12,9 @@
 #include "common/status/status_macros.h"
 #include "models/core/ops.h"
 #include "models/ltx2/transformer_block.h"
+#include "models/ltx2/transformer_parallel.h"
+#include "models/parallel/comm.h"
+#include "models/parallel/ulysses.h"
 
 namespace diffmesh::models::ltx2 {
 namespace {
@@ -138,34 +143,78 @@ std::vector<ParamSpec> Ltx2Transformer::Params(const Ltx2TransformerConfig& c) {
   return specs;
 }
 
-Ltx2Transformer::Ltx2Transformer(const Ltx2TransformerConfig& config, WeightMap weights)
-    : config_(config), weights_(std::move(weights)) {
+Ltx2Transformer::Ltx2Transformer(const Ltx2TransformerConfig& config, WeightMap weights,
+                                 const Ltx2ParallelContext& parallel)
+    : config_(config), parallel_(parallel), weights_(std::move(weights)) {
   dtype_ = Get(weights_, "proj_in.weight").scalar_type();
+  const TpSlice tp = SliceOf(parallel_.tp);
   for (int64_t i = 0; i < config_.num_layers; ++i) {
-    blocks_.push_back(std::make_unique<Ltx2Block>(weights_, config_, i));
+    blocks_.push_back(std::make_unique<Ltx2Block>(weights_, config_, i, tp));
+  }
+  if (tp.size > 1) {
+    // The blocks hold their own slices (and handles to the unsplit tables): free the whole
+    // block weights.
+    for (auto it = weights_.begin(); it != weights_.end();) {
+      it = it->first.rfind("transformer_blocks.", 0) == 0 ? weights_.erase(it) : std::next(it);
+    }
   }
 }
 
 Ltx2Transformer::~Ltx2Transformer() = default;
 
-absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::Create(
-    const Ltx2TransformerConfig& config, WeightMap weights) {
-  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
-  return std::unique_ptr<Ltx2Transformer>(new Ltx2Transformer(config, std::move(weights)));
+int Ltx2Transformer::tp_size() const { return GroupSize(parallel_.tp); }
+int Ltx2Transformer::ulysses_size() const { return GroupSize(parallel_.ulysses); }
+
+absl::Status Ltx2Transformer::CheckParallel(const Ltx2TransformerConfig& c,
+                                            const Ltx2ParallelContext& parallel) {
+  const int tp = GroupSize(parallel.tp);
+  if (tp > 1 && (c.num_attention_heads % tp != 0 || c.audio_num_attention_heads % tp != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ltx2 transformer: tensor-parallel degree ", tp, " does not divide the ",
+        c.num_attention_heads, " video and ", c.audio_num_attention_heads, " audio heads"));
+  }
+  if (parallel.tp != nullptr && parallel.tp == parallel.ulysses && tp > 1) {
+    return absl::InvalidArgumentError(
+        "ltx2 transformer: the tp and Ulysses groups must be different communicators");
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::FromConfig(const std::string& dir,
-                                                                             at::ScalarType dtype) {
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::Create(
+    const Ltx2TransformerConfig& config, WeightMap weights, const Ltx2ParallelContext& parallel) {
+  RETURN_IF_ERROR(CheckWeights(weights, Params(config)));
+  RETURN_IF_ERROR(CheckParallel(config, parallel));
+  return std::unique_ptr<Ltx2Transformer>(
+      new Ltx2Transformer(config, std::move(weights), parallel));
+}
+
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::FromConfig(
+    const std::string& dir, at::ScalarType dtype, const Ltx2ParallelContext& parallel) {
   ASSIGN_OR_RETURN(Ltx2TransformerConfig config,
                    Ltx2TransformerConfig::FromFile(dir + "/config.json"));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   ASSIGN_OR_RETURN(WeightMap weights, LoadWeights(*checkpoint, Params(config), dtype));
-  return Create(config, std::move(weights));
+  return Create(config, std::move(weights), parallel);
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::InitSeeded(
-    const Ltx2TransformerConfig& config, uint64_t seed) {
-  return Create(config, models::InitSeeded(Params(config), seed));
+    const Ltx2TransformerConfig& config, uint64_t seed, const Ltx2ParallelContext& parallel) {
+  return Create(config, models::InitSeeded(Params(config), seed), parallel);
+}
+
+absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Ltx2Transformer::Parallelize(
+    std::unique_ptr<Ltx2Transformer> whole, const Ltx2ParallelContext& parallel) {
+  if (whole == nullptr) return absl::InvalidArgumentError("ltx2 transformer: no model");
+  if (whole->tp_size() > 1) {
+    return absl::InvalidArgumentError(
+        "ltx2 transformer: Parallelize needs a model with whole weights (tp 1)");
+  }
+  RETURN_IF_ERROR(CheckParallel(whole->config_, parallel));
+  Ltx2TransformerConfig config = whole->config_;
+  WeightMap weights = std::move(whole->weights_);
+  whole.reset();  // drops the old blocks' handles before the slices are cut
+  return std::unique_ptr<Ltx2Transformer>(
+      new Ltx2Transformer(config, std::move(weights), parallel));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,23 +267,27 @@ AudioCoordSpec Ltx2Transformer::AudioCoords() const {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-void Ltx2Transformer::BuildRope(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const {
+void Ltx2Transformer::BuildRope(const Ltx2TransformerInputs& in, const Ltx2VideoShard& shard,
+                                Ltx2BlockContext& ctx) const {
   const at::Device device = Get(weights_, "proj_in.weight").device();
   const int64_t batch = in.hidden_states.size(0);
   at::Tensor video = in.video_coords.defined()
                          ? in.video_coords.to(device, at::kFloat)
                          : PrepareVideoCoords(batch, in.num_frames, in.height, in.width, in.fps,
                                               VideoCoords(), device);
+  video = video.narrow(2, shard.token_offset, shard.token_count);  // [B, 3, n, 2]: own frames
   const int64_t audio_frames = in.audio_num_frames > 0
                                    ? in.audio_num_frames
                                    : in.audio_hidden_states.size(1) * config_.audio_patch_size_t;
   at::Tensor audio = in.audio_coords.defined()
                          ? in.audio_coords.to(device, at::kFloat)
                          : PrepareAudioCoords(batch, audio_frames, AudioCoords(), device);
-  ctx.video_rope = ComputeRope(VideoRopeSpec(), video);
-  ctx.audio_rope = ComputeRope(AudioRopeSpec(), audio);
-  ctx.ca_video_rope = ComputeRope(CrossVideoRopeSpec(), video.narrow(1, 0, 1));
-  ctx.ca_audio_rope = ComputeRope(CrossAudioRopeSpec(), audio.narrow(1, 0, 1));
+  const TpSlice tp = SliceOf(parallel_.tp);
+  const RopeType type = config_.rope_type;
+  ctx.video_rope = SliceRope(ComputeRope(VideoRopeSpec(), video), type, tp);
+  ctx.audio_rope = SliceRope(ComputeRope(AudioRopeSpec(), audio), type, tp);
+  ctx.ca_video_rope = SliceRope(ComputeRope(CrossVideoRopeSpec(), video.narrow(1, 0, 1)), type, tp);
+  ctx.ca_audio_rope = SliceRope(ComputeRope(CrossAudioRopeSpec(), audio.narrow(1, 0, 1)), type, tp);
 }
 
 void Ltx2Transformer::EmbedTimesteps(const Ltx2TransformerInputs& in,
@@ -306,17 +359,57 @@ at::Tensor Ltx2Transformer::Output(const at::Tensor& hidden, const at::Tensor& e
   return Linear(x, weights_, prefix + "proj_out");
 }
 
+absl::StatusOr<Ltx2VideoShard> Ltx2Transformer::VideoShard(const Ltx2TransformerInputs& in) const {
+  if (!in.hidden_states.defined() || in.hidden_states.dim() != 3) {
+    return absl::InvalidArgumentError("ltx2 transformer input 'hidden_states': missing or not 3-D");
+  }
+  const int64_t tokens = in.hidden_states.size(1);
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  const int64_t frames = in.num_frames > 0 ? ceil_div(in.num_frames, config_.patch_size_t) : 0;
+  const int u = ulysses_size();
+  if (u == 1) return Ltx2VideoShard{0, frames, 0, tokens};
+  const int64_t per_frame = ceil_div(std::max<int64_t>(in.height, 0), config_.patch_size) *
+                            ceil_div(std::max<int64_t>(in.width, 0), config_.patch_size);
+  if (frames <= 0 || per_frame <= 0 || frames * per_frame != tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ltx2 transformer input 'num_frames/height/width': ", in.num_frames, "x", in.height, "x",
+        in.width, " latent grid does not give the ", tokens,
+        " video tokens; a Ulysses-sharded forward needs it (also with video_coords) to split "
+        "the video by latent frames"));
+  }
+  if (frames % u != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ltx2 transformer: ", frames, " latent frames do not divide by the Ulysses degree ", u,
+        " (the video is sharded by whole latent frames, without padding); use a frame count "
+        "with a multiple of ", u, " latent frames or a Ulysses degree dividing ", frames));
+  }
+  const int64_t count = frames / u, rank = parallel_.ulysses->rank();
+  return Ltx2VideoShard{rank * count, count, rank * count * per_frame, count * per_frame};
+}
+
 absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
     const Ltx2TransformerInputs& in, const Ltx2ForwardOptions& options) const {
   RETURN_IF_ERROR(ValidateInputs(in, options));
+  ASSIGN_OR_RETURN(const Ltx2VideoShard shard, VideoShard(in));
   const at::Device device = Get(weights_, "proj_in.weight").device();
-  const int64_t batch = in.hidden_states.size(0);
+  const int64_t batch = in.hidden_states.size(0), nv = in.hidden_states.size(1);
+  // This rank's frames of every per-video-token input (everything else is whole).
+  Ltx2TransformerInputs local = in;
+  const bool seq_sharded = shard.token_count != nv;
+  if (seq_sharded) {
+    local.hidden_states = in.hidden_states.narrow(1, shard.token_offset, shard.token_count);
+    if (in.timestep.dim() == 2 && in.timestep.size(1) == nv && in.timestep.numel() != batch) {
+      local.timestep = in.timestep.narrow(1, shard.token_offset, shard.token_count);
+    }
+  }
   Ltx2BlockContext ctx;
-  BuildRope(in, ctx);
-  at::Tensor video = Linear(in.hidden_states.to(device, dtype_), weights_, "proj_in");
+  ctx.parallel = parallel_;
+  ctx.video_offset = shard.token_offset;
+  BuildRope(in, shard, ctx);
+  at::Tensor video = Linear(local.hidden_states.to(device, dtype_), weights_, "proj_in");
   at::Tensor audio = Linear(in.audio_hidden_states.to(device, dtype_), weights_, "audio_proj_in");
-  EmbedTimesteps(in, options, ctx);
-  PrepareContext(in, ctx);
+  EmbedTimesteps(local, options, ctx);
+  PrepareContext(in, ctx);  // the video self-attention mask stays whole: [B, 1, Nv, Nv]
   ctx.isolate_modalities = options.isolate_modalities;
 
   // STG acts only where the config enables the perturbed processor (as diffusers does).
@@ -329,12 +422,25 @@ absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
                        : at::zeros({batch, 1, 1}, video.options());
     ctx.stg.all_perturbed = ctx.stg.mask.eq(0).all().item<bool>();
   }
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    blocks_[i]->Forward(video, audio, ctx, stg && stg_blocks.count(i) > 0);
-    if (options.block_observer) options.block_observer(i, video, audio);
+  auto run = [&]() -> absl::StatusOr<Ltx2TransformerOutputs> {
+    for (int64_t i = 0; i < config_.num_layers; ++i) {
+      blocks_[i]->Forward(video, audio, ctx, stg && stg_blocks.count(i) > 0);
+      if (options.block_observer) options.block_observer(i, video, audio);
+    }
+    Ltx2TransformerOutputs out{Output(video, ctx.embedded_timestep, ""),
+                               Output(audio, ctx.audio_embedded_timestep, "audio_")};
+    if (seq_sharded && options.gather_video) {
+      ASSIGN_OR_RETURN(out.video, parallel::GatherSequence(*parallel_.ulysses, out.video, 1));
+    }
+    return out;
+  };
+  if (tp_size() == 1 && ulysses_size() == 1) return run();
+  // Collective failures inside the blocks surface as c10::Error.
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("ltx2 transformer (sharded forward): ", e.what()));
   }
-  return Ltx2TransformerOutputs{Output(video, ctx.embedded_timestep, ""),
-                                Output(audio, ctx.audio_embedded_timestep, "audio_")};
 }
 
 }  // namespace diffmesh::models::ltx2

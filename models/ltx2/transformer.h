@@ -4,6 +4,33 @@
 // [B, Na, audio_in_channels] — run through the same blocks: self-attention, text
 // cross-attention, audio↔video cross-attention and a GELU-tanh feed-forward per stream, each
 // AdaLN-modulated by the stream's timestep. Parameters carry the checkpoint's exact names.
+//
+// Sharded forward (Ltx2ParallelContext): every rank of a Ulysses × tensor-parallel group builds
+// the model from the same whole weights, calls Forward with the same whole inputs and gets the
+// same whole outputs back as one rank would (to rounding).
+//  * Video tokens are sequence parallel over the Ulysses group, by whole latent frames: rank u
+//    of U holds frames [u·F/U, (u+1)·F/U) — contiguous tokens, as they are ordered (f, h, w) —
+//    with its own RoPE positions and per-token timesteps. F must divide by U (no padding: a
+//    padded frame would have to be masked out of every attention and would still cost a frame
+//    of compute; LTX-2 frame counts are 8k+1 pixel frames = k+1 latent frames, so U = 2 needs
+//    an odd k). The video self-attention swaps sequence for heads with Ulysses all-to-alls when
+//    the heads of a tensor-parallel rank divide by U; otherwise (tiny models with fewer heads
+//    than ranks) each rank all-gathers the keys and values of the other frames instead. Text
+//    cross-attention and audio→video attention need no communication (video queries local,
+//    their keys and values whole).
+//  * Audio is REPLICATED on every Ulysses rank (it is ~1/50 of the video tokens): its blocks
+//    run whole on each rank. Video→audio attention (audio queries over the sharded video keys)
+//    attends to the local frames and merges the ranks' partial results by log-sum-exp (one
+//    all-gather of [B, heads, Na, head_dim + 1] per block), in rank order, so the audio stays
+//    bit-identical on every rank.
+//  * Tensor parallel, both streams: every attention (self, text, audio↔video) splits its heads
+//    (column-parallel to_q/to_k/to_v and gate logits, row-parallel to_out.0 + one all-reduce);
+//    the q/k RMSNorm across heads all-reduces the per-token sums of squares; the feed-forward is
+//    column-parallel ff.net.0 → GELU-tanh on the 4·D/tp shard → row-parallel ff.net.2 and one
+//    all-reduce (no all-gather of the hidden). Each rank keeps only its slices of the split
+//    block weights.
+//  * The video output is all-gathered over the Ulysses group at the end (out_channels wide)
+//    unless Ltx2ForwardOptions::gather_video is false.
 #ifndef DIFFMESH_MODELS_LTX2_TRANSFORMER_H_
 #define DIFFMESH_MODELS_LTX2_TRANSFORMER_H_
 
@@ -21,6 +48,10 @@
 #include "models/core/weights.h"
 #include "models/ltx2/rope.h"
 #include "nlohmann/json.hpp"
+
+namespace diffmesh::models::parallel {
+class Communicator;
+}  // namespace diffmesh::models::parallel
 
 namespace diffmesh::models::ltx2 {
 
@@ -126,7 +157,11 @@ struct Ltx2ForwardOptions {
   // Modulate each stream's cross-modal attention with the OTHER stream's sigma (2.3
   // pipelines); false = its own timestep (LTX-2.0 behaviour).
   bool use_cross_timestep = false;
-  // Called after each block with the video [B, Nv, D] and audio [B, Na, Da] hidden states.
+  // Sharded forward only: false returns this rank's video frames [B, count, out_channels]
+  // (VideoShard) instead of all-gathering the whole video.
+  bool gather_video = true;
+  // Called after each block with the video [B, Nv, D] and audio [B, Na, Da] hidden states (in a
+  // sharded forward: this rank's video frames and, under tensor parallelism, still whole D).
   std::function<void(int64_t block, const at::Tensor& video, const at::Tensor& audio)>
       block_observer;
 };
@@ -135,6 +170,24 @@ struct Ltx2ForwardOptions {
 struct Ltx2TransformerOutputs {
   at::Tensor video;  // [B, Nv, out_channels]
   at::Tensor audio;  // [B, Na, audio_out_channels]
+};
+
+// The groups of a sharded forward (see the top of this file). Null or a group of one: no
+// sharding along that axis. The communicators must outlive the model; its Forward calls are
+// collective over both groups (every member calls Forward, with the same inputs and options, in
+// the same order), so one model is used by one thread at a time. The tp and Ulysses groups of
+// a denoise rank are parallel::ParallelGroups::tp and ::ulysses of its RankLayout.
+struct Ltx2ParallelContext {
+  parallel::Communicator* tp = nullptr;       // heads / feed-forward columns
+  parallel::Communicator* ulysses = nullptr;  // video latent frames
+};
+
+// This rank's part of the video tokens in a sharded forward.
+struct Ltx2VideoShard {
+  int64_t frame_offset = 0;  // first latent frame (after temporal patching)
+  int64_t frame_count = 0;
+  int64_t token_offset = 0;  // first token of the packed [B, Nv, C] sequence
+  int64_t token_count = 0;
 };
 
 class Ltx2Block;
@@ -146,21 +199,42 @@ class Ltx2Transformer {
   static std::vector<ParamSpec> Params(const Ltx2TransformerConfig& config);
 
   // `weights` must hold exactly Params(config); the model computes in their dtype and device.
+  // `parallel`: this rank's groups; the model keeps its tensor-parallel slices of the whole
+  // `weights`. INVALID_ARGUMENT when the head counts do not divide by the tp degree.
   static absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Create(
-      const Ltx2TransformerConfig& config, WeightMap weights);
+      const Ltx2TransformerConfig& config, WeightMap weights,
+      const Ltx2ParallelContext& parallel = {});
   // Reads `dir`/config.json and the checkpoint in `dir`, converted to `dtype`; a missing,
   // unexpected or misshaped tensor is an error naming it.
   static absl::StatusOr<std::unique_ptr<Ltx2Transformer>> FromConfig(
-      const std::string& dir, at::ScalarType dtype = at::kFloat);
+      const std::string& dir, at::ScalarType dtype = at::kFloat,
+      const Ltx2ParallelContext& parallel = {});
   // A model with seeded random weights (tests, benchmarks of tiny configs).
   static absl::StatusOr<std::unique_ptr<Ltx2Transformer>> InitSeeded(
-      const Ltx2TransformerConfig& config, uint64_t seed);
+      const Ltx2TransformerConfig& config, uint64_t seed,
+      const Ltx2ParallelContext& parallel = {});
+  // The same network as `whole` (a single-rank model from any builder, e.g. BuildTransformer)
+  // running sharded over `parallel`; `whole` is consumed, its weights sliced.
+  static absl::StatusOr<std::unique_ptr<Ltx2Transformer>> Parallelize(
+      std::unique_ptr<Ltx2Transformer> whole, const Ltx2ParallelContext& parallel);
 
   ~Ltx2Transformer();
 
-  // Checks the inputs (shapes, required sigma) and runs the model.
+  // Checks the inputs (shapes, required sigma) and runs the model. Sharded: collective over the
+  // groups; whole inputs in, whole outputs out (see the top of this file); a collective that
+  // fails is an INTERNAL error (the other ranks then fail or time out in theirs).
   absl::StatusOr<Ltx2TransformerOutputs> Forward(const Ltx2TransformerInputs& inputs,
                                                  const Ltx2ForwardOptions& options = {}) const;
+
+  // The video frames this rank holds in a sharded forward of `inputs` (all of them without a
+  // Ulysses group). INVALID_ARGUMENT, naming the sizes, when the latent frames do not divide by
+  // the Ulysses degree, or when num_frames/height/width are not set (they are required under
+  // Ulysses even with video_coords, to find the frame boundaries).
+  absl::StatusOr<Ltx2VideoShard> VideoShard(const Ltx2TransformerInputs& inputs) const;
+
+  const Ltx2ParallelContext& parallel() const { return parallel_; }
+  int tp_size() const;
+  int ulysses_size() const;
 
   // The four rotary modules (self video/audio, cross video/audio) as the forward builds them.
   RopeSpec VideoRopeSpec() const;
@@ -174,15 +248,20 @@ class Ltx2Transformer {
   at::ScalarType dtype() const { return dtype_; }
 
  private:
-  Ltx2Transformer(const Ltx2TransformerConfig& config, WeightMap weights);
+  Ltx2Transformer(const Ltx2TransformerConfig& config, WeightMap weights,
+                  const Ltx2ParallelContext& parallel);
+  static absl::Status CheckParallel(const Ltx2TransformerConfig& config,
+                                    const Ltx2ParallelContext& parallel);
 
   absl::Status ValidateInputs(const Ltx2TransformerInputs& in,
                               const Ltx2ForwardOptions& options) const;
   // Timestep embeddings and global modulation rows of both streams.
   void EmbedTimesteps(const Ltx2TransformerInputs& in, const Ltx2ForwardOptions& options,
                       Ltx2BlockContext& ctx) const;
-  // RoPE tables of the four rotary modules.
-  void BuildRope(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const;
+  // RoPE tables of the four rotary modules, for this rank's video frames `shard` and, under
+  // tensor parallelism, cut to its heads.
+  void BuildRope(const Ltx2TransformerInputs& in, const Ltx2VideoShard& shard,
+                 Ltx2BlockContext& ctx) const;
   // Text contexts (caption projection for 2.0) and additive masks.
   void PrepareContext(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const;
   // norm_out, output modulation and proj_out of one stream.
@@ -190,7 +269,8 @@ class Ltx2Transformer {
                     const std::string& prefix) const;
 
   Ltx2TransformerConfig config_;
-  WeightMap weights_;
+  Ltx2ParallelContext parallel_;
+  WeightMap weights_;  // without the block weights when tp > 1 (the blocks hold their slices)
   at::ScalarType dtype_;
   std::vector<std::unique_ptr<Ltx2Block>> blocks_;
 };

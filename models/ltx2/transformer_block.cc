@@ -50,41 +50,93 @@ std::vector<at::Tensor> ModulationRows(const at::Tensor& table, const at::Tensor
 // ---------------------------------------------------------------------------------------------
 // Ltx2Attention
 
+namespace {
+
+// A column-parallel layer: this rank's output rows (weight and bias).
+LinearWeights ColumnSlice(const LinearWeights& l, TpSlice tp) {
+  return {SliceForRank(l.weight, 0, tp), SliceForRank(l.bias, 0, tp)};
+}
+
+// A row-parallel layer: this rank's input columns; the bias stays whole (added once, after the
+// all-reduce).
+LinearWeights RowSlice(const LinearWeights& l, TpSlice tp) {
+  return {SliceForRank(l.weight, 1, tp), l.bias};
+}
+
+// x·Wᵀ summed over `tp`, then + bias: the row-parallel product (plain Linear without tp).
+at::Tensor RowParallel(const LinearWeights& l, const at::Tensor& x, parallel::Communicator* tp) {
+  if (GroupSize(tp) == 1) return l(x);
+  at::Tensor partial = at::linear(x, l.weight);
+  TpAllReduce(tp, partial);
+  return l.bias.defined() ? partial + l.bias : partial;
+}
+
+}  // namespace
+
 Ltx2Attention::Ltx2Attention(const WeightMap& weights, const std::string& prefix, int64_t heads,
-                             int64_t head_dim, bool gated, RopeType rope_type, double eps)
-    : to_q_(GetLinear(weights, prefix + ".to_q")),
-      to_k_(GetLinear(weights, prefix + ".to_k")),
-      to_v_(GetLinear(weights, prefix + ".to_v")),
-      to_out_(GetLinear(weights, prefix + ".to_out.0")),
-      norm_q_(Get(weights, prefix + ".norm_q.weight")),
-      norm_k_(Get(weights, prefix + ".norm_k.weight")),
-      heads_(heads),
+                             int64_t head_dim, bool gated, RopeType rope_type, double eps,
+                             TpSlice tp)
+    : to_q_(ColumnSlice(GetLinear(weights, prefix + ".to_q"), tp)),
+      to_k_(ColumnSlice(GetLinear(weights, prefix + ".to_k"), tp)),
+      to_v_(ColumnSlice(GetLinear(weights, prefix + ".to_v"), tp)),
+      to_out_(RowSlice(GetLinear(weights, prefix + ".to_out.0"), tp)),
+      norm_q_(SliceForRank(Get(weights, prefix + ".norm_q.weight"), 0, tp)),
+      norm_k_(SliceForRank(Get(weights, prefix + ".norm_k.weight"), 0, tp)),
+      heads_(heads / tp.size),
       head_dim_(head_dim),
+      inner_dim_(heads * head_dim),
       gated_(gated),
       rope_type_(rope_type),
       eps_(eps) {
-  if (gated_) to_gate_logits_ = GetLinear(weights, prefix + ".to_gate_logits");
+  // One gate logit per head: the rows of this rank's heads.
+  if (gated_) to_gate_logits_ = ColumnSlice(GetLinear(weights, prefix + ".to_gate_logits"), tp);
 }
 
 at::Tensor Ltx2Attention::GateLogits(const at::Tensor& x) const { return to_gate_logits_(x); }
 at::Tensor Ltx2Attention::ProjectQuery(const at::Tensor& x) const { return to_q_(x); }
 at::Tensor Ltx2Attention::ProjectKey(const at::Tensor& context) const { return to_k_(context); }
 at::Tensor Ltx2Attention::ProjectValue(const at::Tensor& context) const { return to_v_(context); }
-at::Tensor Ltx2Attention::NormQuery(const at::Tensor& q) const { return RmsNorm(q, norm_q_, eps_); }
-at::Tensor Ltx2Attention::NormKey(const at::Tensor& k) const { return RmsNorm(k, norm_k_, eps_); }
+
+at::Tensor Ltx2Attention::NormAcrossHeads(const at::Tensor& x, const at::Tensor& weight,
+                                          parallel::Communicator* tp) const {
+  if (GroupSize(tp) == 1) return RmsNorm(x, weight, eps_);
+  // As RmsNorm, with mean(x²) over all heads: local sums of squares summed over the group.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor sum_sq = xf.pow(2).sum(-1, /*keepdim=*/true);  // [B, S, 1]
+  TpAllReduce(tp, sum_sq);
+  xf = xf * at::rsqrt(sum_sq / static_cast<double>(inner_dim_) + eps_);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor Ltx2Attention::NormQuery(const at::Tensor& q, parallel::Communicator* tp) const {
+  return NormAcrossHeads(q, norm_q_, tp);
+}
+at::Tensor Ltx2Attention::NormKey(const at::Tensor& k, parallel::Communicator* tp) const {
+  return NormAcrossHeads(k, norm_k_, tp);
+}
 
 at::Tensor Ltx2Attention::Rotate(const at::Tensor& x, const RopeTables& tables) const {
   return ApplyRope(x, tables, rope_type_);
 }
 
 at::Tensor Ltx2Attention::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& mask) const {
+                                 const at::Tensor& mask, const AttentionSharding& sharding) const {
   auto heads_first = [&](const at::Tensor& t) {  // [B, S, H·Dh] → [B, H, S, Dh]
     return t.view({t.size(0), t.size(1), heads_, head_dim_}).transpose(1, 2);
   };
-  std::optional<at::Tensor> m;
-  if (mask.defined()) m = mask.to(q.scalar_type());
-  at::Tensor out = Attention(heads_first(q), heads_first(k), heads_first(v), m);
+  at::Tensor out;
+  const bool sharded = GroupSize(sharding.ulysses) > 1;
+  if (sharded && sharding.layout == SequenceLayout::kShardedSelf) {
+    out = FrameShardedSelfAttention(*sharding.ulysses, heads_first(q), heads_first(k),
+                                    heads_first(v), mask, sharding.query_offset);
+  } else if (sharded && sharding.layout == SequenceLayout::kShardedKeys) {
+    TORCH_CHECK(!mask.defined(), "ltx2 attention: no mask over sharded keys");
+    out = ShardedKeysAttention(*sharding.ulysses, heads_first(q), heads_first(k), heads_first(v));
+  } else {
+    std::optional<at::Tensor> m;
+    if (mask.defined()) m = mask.to(q.scalar_type());
+    out = Attention(heads_first(q), heads_first(k), heads_first(v), m);
+  }
   return out.transpose(1, 2).reshape({q.size(0), q.size(1), heads_ * head_dim_});
 }
 
@@ -95,12 +147,14 @@ at::Tensor Ltx2Attention::ApplyGates(const at::Tensor& out, const at::Tensor& ga
   return (per_head * gates.unsqueeze(-1)).flatten(2, 3);
 }
 
-at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out) const { return to_out_(out); }
+at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out, parallel::Communicator* tp) const {
+  return RowParallel(to_out_, out, tp);
+}
 
 at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context,
                                   const at::Tensor& mask, const RopeTables* q_rope,
-                                  const RopeTables* k_rope,
-                                  const Perturbation& perturbation) const {
+                                  const RopeTables* k_rope, const Perturbation& perturbation,
+                                  const AttentionSharding& sharding) const {
   const at::Tensor& kv_in = context.defined() ? context : x;
   at::Tensor gate_logits = gated_ ? GateLogits(x) : at::Tensor();
   at::Tensor value = ProjectValue(kv_in);
@@ -108,17 +162,27 @@ at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context
   if (perturbation.active && perturbation.all_perturbed) {
     out = value;  // STG: the values pass straight through
   } else {
-    at::Tensor q = NormRope(ProjectQuery(x), norm_q_, eps_, q_rope, rope_type_);
-    at::Tensor k = NormRope(ProjectKey(kv_in), norm_k_, eps_,
-                            q_rope == nullptr ? nullptr : k_rope != nullptr ? k_rope : q_rope,
-                            rope_type_);
-    out = Attend(q, k, value, mask);
+    const RopeTables* k_tables =
+        q_rope == nullptr ? nullptr : k_rope != nullptr ? k_rope : q_rope;
+    at::Tensor q, k;
+    if (sharding.tp != nullptr && sharding.tp->size() > 1) {  // the norm spans the TP ranks
+      q = NormQuery(ProjectQuery(x), sharding.tp);
+      k = NormKey(ProjectKey(kv_in), sharding.tp);
+      if (q_rope != nullptr) {
+        q = Rotate(q, *q_rope);
+        k = Rotate(k, *k_tables);
+      }
+    } else {
+      q = NormRope(ProjectQuery(x), norm_q_, eps_, q_rope, rope_type_);
+      k = NormRope(ProjectKey(kv_in), norm_k_, eps_, k_tables, rope_type_);
+    }
+    out = Attend(q, k, value, mask, sharding);
     if (perturbation.active && perturbation.mask.defined()) {
       out = at::lerp(value, out, perturbation.mask.to(out.scalar_type()));
     }
   }
   if (gated_) out = ApplyGates(out, gate_logits);
-  return ProjectOut(out);
+  return ProjectOut(out, sharding.tp);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,24 +197,25 @@ at::Tensor OptionalWeight(const WeightMap& weights, const std::string& name) {
 
 }  // namespace
 
-Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t index)
+Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t index,
+                     TpSlice tp)
     : attn1_(w, absl::StrCat("transformer_blocks.", index, ".attn1"), c.num_attention_heads,
-             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps, tp),
       audio_attn1_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn1"),
                    c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
-                   c.rope_type, c.norm_eps),
+                   c.rope_type, c.norm_eps, tp),
       attn2_(w, absl::StrCat("transformer_blocks.", index, ".attn2"), c.num_attention_heads,
-             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps),
+             c.attention_head_dim, c.gated_attn, c.rope_type, c.norm_eps, tp),
       audio_attn2_(w, absl::StrCat("transformer_blocks.", index, ".audio_attn2"),
                    c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn,
-                   c.rope_type, c.norm_eps),
+                   c.rope_type, c.norm_eps, tp),
       // Both directions run at the audio width; the gate follows the query stream's flag.
       a2v_(w, absl::StrCat("transformer_blocks.", index, ".audio_to_video_attn"),
            c.audio_num_attention_heads, c.audio_attention_head_dim, c.gated_attn, c.rope_type,
-           c.norm_eps),
+           c.norm_eps, tp),
       v2a_(w, absl::StrCat("transformer_blocks.", index, ".video_to_audio_attn"),
            c.audio_num_attention_heads, c.audio_attention_head_dim, c.audio_gated_attn, c.rope_type,
-           c.norm_eps),
+           c.norm_eps, tp),
       prompt_modulation_(c.prompt_modulation()),
       gelu_tanh_(c.activation_fn == "gelu-approximate"),
       eps_(c.norm_eps) {
@@ -166,8 +231,8 @@ Ltx2Block::Ltx2Block(const WeightMap& w, const Ltx2TransformerConfig& c, int64_t
     s.norm2 = OptionalWeight(w, b + norm_prefix + "norm2.weight");
     s.norm3 = OptionalWeight(w, b + norm_prefix + "norm3.weight");
     s.ca_norm = OptionalWeight(w, b + ca_norm + ".weight");
-    s.ff_in = GetLinear(w, b + norm_prefix + "ff.net.0.proj");
-    s.ff_out = GetLinear(w, b + norm_prefix + "ff.net.2");
+    s.ff_in = ColumnSlice(GetLinear(w, b + norm_prefix + "ff.net.0.proj"), tp);
+    s.ff_out = RowSlice(GetLinear(w, b + norm_prefix + "ff.net.2"), tp);
     s.cross_attn_adaln = adaln;
     return s;
   };
@@ -181,16 +246,17 @@ at::Tensor Ltx2Block::Norm(const at::Tensor& x, const at::Tensor& weight) const 
 
 void Ltx2Block::SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                               const Ltx2Attention& attn, const RopeTables& rope,
-                              const at::Tensor& mask, const Perturbation& stg) const {
+                              const at::Tensor& mask, const Perturbation& stg,
+                              const AttentionSharding& sharding) const {
   // rows: 0 shift, 1 scale, 2 gate (msa).
   at::Tensor normed = NormModulate(x, s.norm1, rows[1], rows[0], eps_);
-  x = AddGated(x, attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg), rows[2]);
+  x = AddGated(x, attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg, sharding), rows[2]);
 }
 
 void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
                                    const std::vector<at::Tensor>& rows, const Ltx2Attention& attn,
                                    const at::Tensor& context, const at::Tensor& temb_prompt,
-                                   const at::Tensor& mask) const {
+                                   const at::Tensor& mask, parallel::Communicator* tp) const {
   at::Tensor kv = context;
   if (prompt_modulation_) {  // prompt rows: 0 shift, 1 scale
     std::vector<at::Tensor> prompt = ModulationRows(s.prompt_table, temb_prompt);
@@ -200,7 +266,9 @@ void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
   const bool adaln = s.cross_attn_adaln;
   at::Tensor normed = NormModulate(x, s.norm2, adaln ? rows[7] : at::Tensor(),
                                    adaln ? rows[6] : at::Tensor(), eps_);
-  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr);
+  AttentionSharding sharding;  // queries local, text whole
+  sharding.tp = tp;
+  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr, {}, sharding);
   x = adaln ? AddGated(x, out, rows[8]) : x + out;
 }
 
@@ -220,21 +288,29 @@ void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
   auto audio_in = [&](int scale, int shift) {
     return NormModulate(audio, audio_.ca_norm, a[scale], a[shift], eps_);
   };
+  // a2v: this rank's video queries over the whole (replicated) audio; v2a: the whole audio
+  // over the sharded video.
+  AttentionSharding a2v_sharding, v2a_sharding;
+  a2v_sharding.tp = v2a_sharding.tp = ctx.parallel.tp;
+  v2a_sharding.ulysses = ctx.parallel.ulysses;
+  v2a_sharding.layout = SequenceLayout::kShardedKeys;
   at::Tensor a2v = a2v_.Forward(video_in(0, 1), audio_in(0, 1), at::Tensor(), &ctx.ca_video_rope,
-                                &ctx.ca_audio_rope);
+                                &ctx.ca_audio_rope, {}, a2v_sharding);
   at::Tensor v2a = v2a_.Forward(audio_in(2, 3), video_in(2, 3), at::Tensor(), &ctx.ca_audio_rope,
-                                &ctx.ca_video_rope);
+                                &ctx.ca_video_rope, {}, v2a_sharding);
   video = AddGated(video, a2v, a2v_gate);
   audio = AddGated(audio, v2a, v2a_gate);
 }
 
 void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s,
-                            const std::vector<at::Tensor>& rows) const {
+                            const std::vector<at::Tensor>& rows,
+                            parallel::Communicator* tp) const {
   // rows: 3 shift, 4 scale, 5 gate (mlp).
   at::Tensor normed = NormModulate(x, s.norm3, rows[4], rows[3], eps_);
+  // [B, S, 4·D/tp]
   at::Tensor h = gelu_tanh_ ? LinearGeluTanh(normed, s.ff_in.weight, s.ff_in.bias)
                             : at::gelu(s.ff_in(normed));
-  x = AddGated(x, s.ff_out(h), rows[5]);
+  x = AddGated(x, RowParallel(s.ff_out, h, tp), rows[5]);
 }
 
 void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
@@ -243,14 +319,23 @@ void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockCon
   const std::vector<at::Tensor> a = ModulationRows(audio_.table, ctx.temb_audio);
   const Perturbation none;
   const Perturbation& stg = stg_block ? ctx.stg : none;
-  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg);
-  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg);
-  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask);
+  parallel::Communicator* tp = ctx.parallel.tp;
+  AttentionSharding video_self;
+  video_self.tp = tp;
+  video_self.ulysses = ctx.parallel.ulysses;
+  video_self.layout = SequenceLayout::kShardedSelf;
+  video_self.query_offset = ctx.video_offset;
+  AttentionSharding audio_self;  // audio is replicated over the Ulysses group
+  audio_self.tp = tp;
+  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg, video_self);
+  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg, audio_self);
+  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask,
+                     tp);
   TextCrossAttention(audio, audio_, a, audio_attn2_, ctx.audio_context, ctx.temb_prompt_audio,
-                     ctx.audio_context_mask);
+                     ctx.audio_context_mask, tp);
   AudioVideoCrossAttention(video, audio, ctx);
-  FeedForward(video, video_, v);
-  FeedForward(audio, audio_, a);
+  FeedForward(video, video_, v, tp);
+  FeedForward(audio, audio_, a, tp);
 }
 
 }  // namespace diffmesh::models::ltx2

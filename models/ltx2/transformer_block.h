@@ -15,6 +15,7 @@
 #include "models/core/weights.h"
 #include "models/ltx2/rope.h"
 #include "models/ltx2/transformer.h"
+#include "models/ltx2/transformer_parallel.h"
 
 namespace diffmesh::models::ltx2 {
 
@@ -46,40 +47,64 @@ struct Perturbation {
   at::Tensor mask;             // [B, 1, 1]: 0 = value passthrough, 1 = attention
 };
 
+// Where one attention call's tokens live in a sharded forward.
+enum class SequenceLayout {
+  kWhole,         // queries local or whole, keys and values whole: no sequence communication
+  kShardedSelf,   // video self-attention: queries, keys and values are this rank's frames
+  kShardedKeys,   // whole (audio) queries over keys and values of this rank's (video) frames
+};
+
+// The groups and layout of one attention call; the defaults are a single-rank call.
+struct AttentionSharding {
+  parallel::Communicator* tp = nullptr;       // heads split over it (matching the weights)
+  parallel::Communicator* ulysses = nullptr;  // video frames split over it
+  SequenceLayout layout = SequenceLayout::kWhole;
+  int64_t query_offset = 0;  // kShardedSelf: global index of this rank's first token
+};
+
 class Ltx2Attention {
  public:
+  // `tp`: keep heads [rank·heads/size, (rank+1)·heads/size) of the whole weights.
   Ltx2Attention(const WeightMap& weights, const std::string& prefix, int64_t heads,
-                int64_t head_dim, bool gated, RopeType rope_type, double eps);
+                int64_t head_dim, bool gated, RopeType rope_type, double eps, TpSlice tp = {});
 
   // x [B, Sq, Dq]; context [B, Sk, Dk] or undefined for self-attention; additive mask
-  // broadcastable to [B, heads, Sq, Sk] or undefined; q_rope/k_rope may be null (k_rope null
-  // → q_rope). Returns [B, Sq, Dq].
+  // broadcastable to [B, heads, Sq, Sk] (kShardedSelf: over the whole sequence) or undefined;
+  // q_rope/k_rope may be null (k_rope null → q_rope) and are cut to this rank's heads.
+  // Returns [B, Sq, Dq], whole (summed over the tp group).
   at::Tensor Forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& mask,
                      const RopeTables* q_rope, const RopeTables* k_rope,
-                     const Perturbation& perturbation = {}) const;
+                     const Perturbation& perturbation = {},
+                     const AttentionSharding& sharding = {}) const;
 
-  // Steps. Rows are [B, S, heads·head_dim] unless stated.
+  // Steps. Rows are [B, S, heads·head_dim] over this rank's heads unless stated.
   at::Tensor GateLogits(const at::Tensor& x) const;  // [B, Sq, heads], from the query input
   at::Tensor ProjectQuery(const at::Tensor& x) const;
   at::Tensor ProjectKey(const at::Tensor& context) const;
   at::Tensor ProjectValue(const at::Tensor& context) const;
-  at::Tensor NormQuery(const at::Tensor& q) const;  // RMSNorm across all heads
-  at::Tensor NormKey(const at::Tensor& k) const;
+  // RMSNorm across ALL heads: the sums of squares are summed over `tp` first.
+  at::Tensor NormQuery(const at::Tensor& q, parallel::Communicator* tp = nullptr) const;
+  at::Tensor NormKey(const at::Tensor& k, parallel::Communicator* tp = nullptr) const;
   at::Tensor Rotate(const at::Tensor& x, const RopeTables& tables) const;
   // Scaled dot-product attention per head, scale 1/sqrt(head_dim).
   at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const at::Tensor& mask) const;
+                    const at::Tensor& mask, const AttentionSharding& sharding = {}) const;
   at::Tensor ApplyGates(const at::Tensor& out, const at::Tensor& gate_logits) const;
-  at::Tensor ProjectOut(const at::Tensor& out) const;  // [B, Sq, Dq]
+  // Row-parallel under tp: the partial products are summed over `tp`, then the bias added.
+  at::Tensor ProjectOut(const at::Tensor& out, parallel::Communicator* tp = nullptr) const;
 
-  int64_t heads() const { return heads_; }
+  int64_t heads() const { return heads_; }  // this rank's
   int64_t head_dim() const { return head_dim_; }
 
  private:
+  at::Tensor NormAcrossHeads(const at::Tensor& x, const at::Tensor& weight,
+                             parallel::Communicator* tp) const;
+
   LinearWeights to_q_, to_k_, to_v_, to_out_, to_gate_logits_;
   at::Tensor norm_q_, norm_k_;
-  int64_t heads_;
+  int64_t heads_;  // this rank's
   int64_t head_dim_;
+  int64_t inner_dim_;  // all heads: the RMSNorm width
   bool gated_;
   RopeType rope_type_;
   double eps_;
@@ -105,13 +130,21 @@ struct Ltx2BlockContext {
   at::Tensor video_self_mask;     // additive [B, 1, Nv, Nv] or undefined
   Perturbation stg;               // applied in the STG blocks
   bool isolate_modalities = false;
+  // Sharded forward: the groups, and the global index of this rank's first video token. The
+  // RoPE tables above are already cut to this rank's frames and heads, the video tensors to its
+  // frames.
+  Ltx2ParallelContext parallel;
+  int64_t video_offset = 0;
 };
 
 class Ltx2Block {
  public:
-  Ltx2Block(const WeightMap& weights, const Ltx2TransformerConfig& config, int64_t index);
+  // `tp`: keep this rank's slices of the attention heads and feed-forward columns.
+  Ltx2Block(const WeightMap& weights, const Ltx2TransformerConfig& config, int64_t index,
+            TpSlice tp = {});
 
-  // Updates both streams: video [B, Nv, D], audio [B, Na, Da].
+  // Updates both streams: video [B, Nv, D] (a sharded forward: this rank's frames), audio
+  // [B, Na, Da]; collective over ctx.parallel.
   void Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
                bool stg_block) const;
 
@@ -127,13 +160,16 @@ class Ltx2Block {
   };
   void SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                      const Ltx2Attention& attn, const RopeTables& rope, const at::Tensor& mask,
-                     const Perturbation& stg) const;
+                     const Perturbation& stg, const AttentionSharding& sharding) const;
   void TextCrossAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                           const Ltx2Attention& attn, const at::Tensor& context,
-                          const at::Tensor& temb_prompt, const at::Tensor& mask) const;
+                          const at::Tensor& temb_prompt, const at::Tensor& mask,
+                          parallel::Communicator* tp) const;
   void AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
                                 const Ltx2BlockContext& ctx) const;
-  void FeedForward(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows) const;
+  // Column-parallel ff.net.0 → GELU → row-parallel ff.net.2 under tp (one all-reduce).
+  void FeedForward(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
+                   parallel::Communicator* tp) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight) const;
 
   Stream video_, audio_;

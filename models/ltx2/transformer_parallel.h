@@ -1,0 +1,58 @@
+// Rank-aware pieces of the sharded LTX-2 transformer forward (transformer.h describes the
+// layout): tensor-parallel weight and RoPE slices, the tp all-reduce, and the two attentions
+// over frame-sharded video tokens. Collective helpers throw c10::Error with the communicator's
+// status (the block code has no Status path; Ltx2Transformer::Forward turns it into one).
+#ifndef DIFFMESH_MODELS_LTX2_TRANSFORMER_PARALLEL_H_
+#define DIFFMESH_MODELS_LTX2_TRANSFORMER_PARALLEL_H_
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "models/ltx2/rope.h"
+#include "models/parallel/comm.h"
+
+namespace diffmesh::models::ltx2 {
+
+// This rank's part of the heads / feed-forward columns.
+struct TpSlice {
+  int rank = 0;
+  int size = 1;
+};
+
+// Size of `group`, 1 for none.
+inline int GroupSize(const parallel::Communicator* group) {
+  return group == nullptr ? 1 : group->size();
+}
+TpSlice SliceOf(const parallel::Communicator* tp);
+
+// Part `slice.rank` of `t` cut along `dim` into slice.size equal parts, as its own tensor (so
+// the whole one can be freed); `t` itself for size 1. Undefined stays undefined.
+at::Tensor SliceForRank(const at::Tensor& t, int64_t dim, TpSlice slice);
+
+// `tables` restricted to this rank's channels: split tables [B, H, T, r] keep heads band
+// [rank·H/size, (rank+1)·H/size), interleaved [B, T, C] keep channels likewise. H (or C) must
+// divide by size (checked at model creation).
+RopeTables SliceRope(const RopeTables& tables, RopeType type, TpSlice slice);
+
+// Sums `t` in place over `tp`; nothing for no group or a group of one.
+void TpAllReduce(parallel::Communicator* tp, at::Tensor& t);
+
+// Self-attention of frame-sharded tokens: q/k/v [B, h, n, D] hold this rank's n tokens (global
+// positions [offset, offset + n), every rank the same n) with this rank's h heads; `mask`
+// additive, broadcastable to [B, h, N, N] over the WHOLE sequence (N = n·U), or undefined.
+// → [B, h, n, D], exact full-sequence attention for the local queries. Ulysses all-to-alls
+// when h divides by U, else an all-gather of the keys and values.
+at::Tensor FrameShardedSelfAttention(parallel::Communicator& ulysses, const at::Tensor& q,
+                                     const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& mask, int64_t offset);
+
+// Replicated queries q [B, h, Sq, D] (the same on every rank) over keys/values [B, h, n, D]
+// sharded over `ulysses` → [B, h, Sq, D] in q's dtype: attention over all ranks' keys, merged
+// by log-sum-exp in rank order so that the result is identical on every rank. No mask.
+at::Tensor ShardedKeysAttention(parallel::Communicator& ulysses, const at::Tensor& q,
+                                const at::Tensor& k, const at::Tensor& v);
+
+}  // namespace diffmesh::models::ltx2
+
+#endif  // DIFFMESH_MODELS_LTX2_TRANSFORMER_PARALLEL_H_
