@@ -269,6 +269,34 @@ TEST(Ltx2DenoiseGroupTest, SkipStepGuidanceOnEveryRank) {
   ExpectMatches(RunGroup(3, r), Reference(c, r), "cfg 3, skip_step 1");
 }
 
+TEST(Ltx2DenoiseGroupTest, RankZeroDecodesAndStreamsTheOutput) {
+  // RAW: frames and waveform come back from rank 0 (the workers have no output path at all).
+  Case c = AllBranches(5);
+  v1::DenoiseRequest r = RequestOf(c);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_RAW);
+  RunRanks(3, [&](DenoiseCore& core) {
+    CallContext ctx;
+    testing::DenoiseOutputs events;
+    absl::Status s = core.Denoise(ctx, r, [&](const v1::DenoiseEvent& e) { events.Add(e); });
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_TRUE(events.have_result && events.broken.ok()) << events.broken;
+    EXPECT_EQ(events.steps, r.steps());
+    ASSERT_EQ(events.outputs.size(), 2u);
+    const v1::Output* frames = events.Find("frames");
+    ASSERT_NE(frames, nullptr);
+    auto f = testing::TensorOf(*frames);
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ(f->sizes(), (std::vector<int64_t>{r.num_frames(), r.height(), r.width(), 3}));
+    const v1::Output* audio = events.Find("audio");
+    ASSERT_NE(audio, nullptr);
+    auto a = testing::TensorOf(*audio);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_GT(a->numel(), 0);
+    EXPECT_TRUE(at::isfinite(*a).all().item<bool>());
+    EXPECT_GT(events.result.vae_decode_seconds(), 0.0);
+  });
+}
+
 TEST(Ltx2DenoiseGroupTest, RefusesSequenceAndTensorParallelLayouts) {
   for (auto [ulysses, ring, tp] : {std::tuple{2, 1, 1}, std::tuple{1, 2, 1}, std::tuple{1, 1, 2}}) {
     DenoiseCore::Options o;
