@@ -271,12 +271,13 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   // branch and no collective: every rank reuses its own last guided x0, which the all-reduce
   // made equal on all of them.
   //
-  // Seam for sequence / tensor parallelism: the transformer call is Ltx2Pipeline::RunBranches;
-  // with Ulysses or TP the ranks of one cfg rank's sp × tp block run the same branches together
-  // (its forward's collectives inside), and CfgAllReduce pairs ranks of equal sp / tp coordinate
-  // across the cfg axis — so this step stays as it is as long as RunBranches returns full
-  // (gathered) predictions on every rank of the block. With predictions left sharded by frames,
-  // pack the shard here instead; the rescale's std then needs its sums all-reduced over sp too.
+  // Seam for sequence / tensor parallelism: the transformer call is Ltx2Pipeline::RunBranches.
+  // Under Ulysses or TP every rank of one cfg rank's sp × tp block has the same cfg_rank, so it
+  // runs the same branches in the same order (a sharded forward is collective over the block:
+  // whole inputs in, whole outputs out), and CfgAllReduce pairs the ranks of equal sp / tp
+  // coordinates across the cfg axis — this step stays as it is. Should the video predictions be
+  // left sharded by frames instead (no final all-gather), pack this rank's frames here and
+  // all-reduce the rescale's std statistics (sums, sums of squares) over the block too.
   absl::Status GuidedStep(const ltx2::Ltx2Pipeline& pipeline, ltx2::Ltx2DenoiseState& state,
                           const ltx2::Ltx2TextEmbeddings& text) {
     const std::vector<ltx2::Branch> live = pipeline.LiveBranches(state);
