@@ -351,7 +351,9 @@ absl::StatusOr<std::map<Branch, BranchPrediction>> Ltx2Pipeline::RunBranches(
     const Ltx2DenoiseState& state, const std::vector<Branch>& branches,
     const Ltx2TextEmbeddings& text) const {
   std::map<Branch, BranchPrediction> preds;
-  auto has = [&](Branch b) { return std::find(branches.begin(), branches.end(), b) != branches.end(); };
+  auto has = [&](Branch b) {
+    return std::find(branches.begin(), branches.end(), b) != branches.end();
+  };
   // Prompts of different lengths (the encoder stage sends valid tokens only) cannot share a batch.
   const bool batched_cfg = has(Branch::kCond) && has(Branch::kNegative) &&
                            text.negative_video.defined() &&
@@ -467,8 +469,8 @@ absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::PartialGuidance(
   for (const auto& [branch, pred] : predictions) {
     auto w = weights.find(branch);
     if (w == weights.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("the branch ", BranchName(branch),
-                                                     " is not live at step ", state.step));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the branch ", BranchName(branch), " is not live at step ", state.step));
     }
     sum.video_x0.add_(ToX0(state.video, pred.video, sigma), w->second.video);
     sum.audio_x0.add_(ToX0(state.audio, pred.audio, sigma), w->second.audio);
@@ -491,9 +493,9 @@ absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::FinishGuidance(const Guided& 
         std::tuple{guidance_.audio.rescale, &g.audio_x0, &cond_std.audio_x0, "audio"}}) {
     if (rescale <= 0.0) continue;
     if (!row_std->defined() || row_std->numel() != x0->size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ", name, " rescale needs the cond branch's std per batch row (", x0->size(0),
-          " values)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", name, " rescale needs the cond branch's std per batch row (",
+                       x0->size(0), " values)"));
     }
     *x0 = Rescale(rescale, *x0, *row_std);
   }

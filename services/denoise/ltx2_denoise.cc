@@ -485,9 +485,9 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   // too once sequence / tensor parallelism is wired).
   group_options.num_heads = static_cast<int>(models.transformer->config().num_attention_heads);
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
-  return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(
-      options, std::move(spec), std::move(group), std::move(models), connectors.video.inner_dim(),
-      connectors.audio.inner_dim()));
+  return std::unique_ptr<DenoiseEngine>(
+      new Ltx2DenoiseEngine(options, std::move(spec), std::move(group), std::move(models),
+                            connectors.video.inner_dim(), connectors.audio.inner_dim()));
 }
 
 }  // namespace diffmesh

@@ -166,8 +166,8 @@ void RunRanks(int cfg, const std::function<void(DenoiseCore&)>& main) {
 Latents LatentsOf(const testing::DenoiseOutputs& events) {
   EXPECT_TRUE(events.have_result && events.broken.ok()) << events.broken;
   Latents out;
-  for (auto [name, t] : {std::pair{"video_latents", &out.video},
-                         std::pair{"audio_latents", &out.audio}}) {
+  for (auto [name, t] :
+       {std::pair{"video_latents", &out.video}, std::pair{"audio_latents", &out.audio}}) {
     const v1::Output* o = events.Find(name);
     EXPECT_NE(o, nullptr) << name;
     if (o == nullptr) continue;
