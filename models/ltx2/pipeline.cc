@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,22 @@ at::Tensor ToX0(const at::Tensor& sample, const at::Tensor& velocity, float sigm
   return sample - velocity.to(at::kFloat) * sigma;
 }
 
+// Unbiased std over every non-batch element, per batch row: [B, 1, ...] (keepdim).
+at::Tensor RowStd(const at::Tensor& x) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < x.dim(); ++d) dims.push_back(d);
+  return x.std(dims, /*unbiased=*/true, /*keepdim=*/true);
+}
+
+// The guidance rescale of `guided` given the cond x0's RowStd (`std_cond`, any shape of B
+// elements).
+at::Tensor Rescale(double rescale, const at::Tensor& guided, const at::Tensor& std_cond) {
+  if (rescale <= 0.0) return guided;
+  const at::Tensor std_out = RowStd(guided);
+  const at::Tensor ratio = std_cond.reshape(std_out.sizes()) / std_out;
+  return rescale * (guided * ratio) + (1.0 - rescale) * guided;
+}
+
 // The guided x0 of one stream (see the header); absent branches contribute nothing.
 at::Tensor GuideStream(const StreamGuidance& g, const at::Tensor& cond, const at::Tensor* negative,
                        const at::Tensor* perturbed, const at::Tensor* modality) {
@@ -30,14 +47,22 @@ at::Tensor GuideStream(const StreamGuidance& g, const at::Tensor& cond, const at
   if (negative != nullptr && g.cfg != 1.0) out = out + (g.cfg - 1.0) * (cond - *negative);
   if (perturbed != nullptr && g.stg != 0.0) out = out + g.stg * (cond - *perturbed);
   if (modality != nullptr && g.modality != 1.0) out = out + (g.modality - 1.0) * (cond - *modality);
-  if (g.rescale > 0.0) {
-    std::vector<int64_t> dims;
-    for (int64_t d = 1; d < cond.dim(); ++d) dims.push_back(d);
-    const at::Tensor std_cond = cond.std(dims, /*unbiased=*/true, /*keepdim=*/true);
-    const at::Tensor std_out = out.std(dims, /*unbiased=*/true, /*keepdim=*/true);
-    out = g.rescale * (out * (std_cond / std_out)) + (1.0 - g.rescale) * out;
+  return g.rescale > 0.0 ? Rescale(g.rescale, out, RowStd(cond)) : out;
+}
+
+// The PARALLEL weight of a non-cond branch in one stream (0 when its term is off).
+double BranchWeight(const StreamGuidance& g, Branch branch) {
+  switch (branch) {
+    case Branch::kNegative:
+      return 1.0 - g.cfg;
+    case Branch::kPerturbed:
+      return -g.stg;
+    case Branch::kModality:
+      return 1.0 - g.modality;
+    case Branch::kCond:
+      break;
   }
-  return out;
+  return 0.0;
 }
 
 }  // namespace
@@ -319,11 +344,22 @@ absl::StatusOr<BranchPrediction> Ltx2Pipeline::RunBranch(const Ltx2DenoiseState&
 
 absl::StatusOr<std::map<Branch, BranchPrediction>> Ltx2Pipeline::RunLiveBranches(
     const Ltx2DenoiseState& state, const Ltx2TextEmbeddings& text) const {
+  return RunBranches(state, LiveBranches(state), text);
+}
+
+absl::StatusOr<std::map<Branch, BranchPrediction>> Ltx2Pipeline::RunBranches(
+    const Ltx2DenoiseState& state, const std::vector<Branch>& branches,
+    const Ltx2TextEmbeddings& text) const {
   std::map<Branch, BranchPrediction> preds;
-  const std::vector<Branch> live = LiveBranches(state);
-  const bool batched_cfg = std::find(live.begin(), live.end(), Branch::kNegative) != live.end();
-  for (Branch branch : live) {
-    if (branch == Branch::kNegative) continue;
+  auto has = [&](Branch b) {
+    return std::find(branches.begin(), branches.end(), b) != branches.end();
+  };
+  // Prompts of different lengths (the encoder stage sends valid tokens only) cannot share a batch.
+  const bool batched_cfg = has(Branch::kCond) && has(Branch::kNegative) &&
+                           text.negative_video.defined() &&
+                           text.negative_video.size(1) == text.video.size(1);
+  for (Branch branch : branches) {
+    if (branch == Branch::kNegative && batched_cfg) continue;
     if (branch == Branch::kCond && batched_cfg) {
       // One call of batch 2B, rows [negative, positive], as diffusers batches CFG.
       ASSIGN_OR_RETURN(BranchCall neg, MakeBranchCall(state, Branch::kNegative, text));
@@ -396,10 +432,92 @@ absl::Status Ltx2Pipeline::Step(Ltx2DenoiseState& state,
                                 at::Tensor* guided_audio_velocity) const {
   if (state.done()) return absl::FailedPreconditionError("all steps have run");
   Guided g;
+  if (!LiveBranches(state).empty()) {
+    ASSIGN_OR_RETURN(g, Combine(state, predictions));
+  }
+  return StepGuided(state, g, guided_video_velocity, guided_audio_velocity);
+}
+
+std::map<Branch, Ltx2Pipeline::StreamWeights> Ltx2Pipeline::GuidanceWeights(
+    const Ltx2DenoiseState& state) const {
+  std::map<Branch, StreamWeights> weights;
+  const std::vector<Branch> live = LiveBranches(state);
+  if (live.empty()) return weights;
+  StreamWeights cond{1.0, 1.0};
+  for (Branch b : live) {
+    if (b == Branch::kCond) continue;
+    const StreamWeights w{BranchWeight(guidance_.video, b), BranchWeight(guidance_.audio, b)};
+    weights[b] = w;
+    cond.video -= w.video;
+    cond.audio -= w.audio;
+  }
+  weights[Branch::kCond] = cond;
+  return weights;
+}
+
+absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::PartialGuidance(
+    const Ltx2DenoiseState& state, const std::map<Branch, BranchPrediction>& predictions) const {
+  if (state.done()) return absl::FailedPreconditionError("all steps have run");
+  const std::map<Branch, StreamWeights> weights = GuidanceWeights(state);
+  if (weights.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("step ", state.step, " is skipped (skip_step): nothing to combine"));
+  }
+  const float sigma = state.sigmas[state.step];
+  Guided sum{at::zeros_like(state.video, state.video.options().dtype(at::kFloat)),
+             at::zeros_like(state.audio, state.audio.options().dtype(at::kFloat))};
+  for (const auto& [branch, pred] : predictions) {
+    auto w = weights.find(branch);
+    if (w == weights.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the branch ", BranchName(branch), " is not live at step ", state.step));
+    }
+    sum.video_x0.add_(ToX0(state.video, pred.video, sigma), w->second.video);
+    sum.audio_x0.add_(ToX0(state.audio, pred.audio, sigma), w->second.audio);
+  }
+  return sum;
+}
+
+Ltx2Pipeline::Guided Ltx2Pipeline::CondStd(const Ltx2DenoiseState& state,
+                                           const BranchPrediction& cond) const {
+  const float sigma = state.sigmas[state.step];
+  return Guided{RowStd(ToX0(state.video, cond.video, sigma)).flatten(),
+                RowStd(ToX0(state.audio, cond.audio, sigma)).flatten()};
+}
+
+absl::StatusOr<Ltx2Pipeline::Guided> Ltx2Pipeline::FinishGuidance(const Guided& sum,
+                                                                  const Guided& cond_std) const {
+  Guided g = sum;
+  for (auto [rescale, x0, row_std, name] :
+       {std::tuple{guidance_.video.rescale, &g.video_x0, &cond_std.video_x0, "video"},
+        std::tuple{guidance_.audio.rescale, &g.audio_x0, &cond_std.audio_x0, "audio"}}) {
+    if (rescale <= 0.0) continue;
+    if (!row_std->defined() || row_std->numel() != x0->size(0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", name, " rescale needs the cond branch's std per batch row (",
+                       x0->size(0), " values)"));
+    }
+    *x0 = Rescale(rescale, *x0, *row_std);
+  }
+  return g;
+}
+
+absl::Status Ltx2Pipeline::StepGuided(Ltx2DenoiseState& state, const Guided& guided,
+                                      at::Tensor* guided_video_velocity,
+                                      at::Tensor* guided_audio_velocity) const {
+  if (state.done()) return absl::FailedPreconditionError("all steps have run");
+  Guided g = guided;
   if (LiveBranches(state).empty()) {
+    if (g.video_x0.defined() || g.audio_x0.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", state.step, " is skipped (skip_step): it takes no guided x0"));
+    }
     g = Guided{state.last_video_x0, state.last_audio_x0};
   } else {
-    ASSIGN_OR_RETURN(g, Combine(state, predictions));
+    if (!g.video_x0.defined() || !g.audio_x0.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step ", state.step, " needs the guided x0 of both streams"));
+    }
     state.last_video_x0 = g.video_x0;
     state.last_audio_x0 = g.audio_x0;
   }

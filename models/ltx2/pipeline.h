@@ -25,6 +25,16 @@
 // Skip-step guidance (Lightricks' MultiModalGuider): with skip_step = s > 0, only steps with
 // k % (s+1) == 0 run the transformer; the others reuse the previous step's guided x0.
 //
+// Branches spread over ranks (CFG parallelism) use the PARALLEL form of the same guidance: per
+// live branch b and stream a weight w_b (GuidanceWeights) with Σ_b w_b·x0_b equal to g before
+// the rescale. A rank runs its share of LiveBranches with RunBranches, forms its partial sum with
+// PartialGuidance, the partial sums are all-reduced, FinishGuidance applies the rescale (it needs
+// the cond branch's per-row std, CondStd, from the rank that ran cond) and StepGuided advances:
+//   live = LiveBranches(state)                         // empty on a skipped step
+//   preds = RunBranches(state, my share of live, text)
+//   sum  = all_reduce(PartialGuidance(state, preds))   // + CondStd on the cond rank, 0 elsewhere
+//   StepGuided(state, FinishGuidance(sum, cond_std))   // StepGuided(state, {}) when skipped
+//
 // Image-to-video: the first latent frame is replaced by a given latent (the video VAE's encoding
 // of the image — the VAE encoder is not ported, so the caller supplies the latent), its tokens
 // get timestep 0 (per-token timestep t·(1 − mask)) and are held exactly after every step.
@@ -218,7 +228,13 @@ class Ltx2Pipeline {
                                             const Ltx2TextEmbeddings& text) const;
   absl::StatusOr<BranchPrediction> RunBranch(const Ltx2DenoiseState& state, Branch branch,
                                              const Ltx2TextEmbeddings& text) const;
-  // Every live branch; cond and negative share one call of batch 2B ([negative, positive]).
+  // `branches` (any of the live ones at state.step, in any order) on this rank; when both cond
+  // and negative are among them and their prompts have one length they share one call of batch
+  // 2B ([negative, positive]).
+  absl::StatusOr<std::map<Branch, BranchPrediction>> RunBranches(
+      const Ltx2DenoiseState& state, const std::vector<Branch>& branches,
+      const Ltx2TextEmbeddings& text) const;
+  // Every live branch (RunBranches over LiveBranches).
   absl::StatusOr<std::map<Branch, BranchPrediction>> RunLiveBranches(
       const Ltx2DenoiseState& state, const Ltx2TextEmbeddings& text) const;
 
@@ -230,12 +246,39 @@ class Ltx2Pipeline {
   absl::StatusOr<Guided> Combine(const Ltx2DenoiseState& state,
                                  const std::map<Branch, BranchPrediction>& predictions) const;
 
-  // Combine (or reuse on a skipped step), convert to velocity, Euler step both streams, hold the
-  // conditioned tokens, advance state.step. `guided_video_velocity` / `..._audio_...` (optional)
-  // receive the velocities given to the scheduler.
+  // Combine (or reuse on a skipped step), then StepGuided.
   absl::Status Step(Ltx2DenoiseState& state, const std::map<Branch, BranchPrediction>& predictions,
                     at::Tensor* guided_video_velocity = nullptr,
                     at::Tensor* guided_audio_velocity = nullptr) const;
+
+  // ---- The PARALLEL form (file comment), for branches spread over ranks.
+  struct StreamWeights {
+    double video = 0.0;
+    double audio = 0.0;
+  };
+  // The weight of every live branch at state.step, per stream (empty on a skipped step):
+  //   cond 1 + Σ of the others' terms, negative 1 − cfg, perturbed −stg, modality 1 − mod,
+  // a term counted only when its branch is live (as Combine); each stream's weights sum to 1.
+  std::map<Branch, StreamWeights> GuidanceWeights(const Ltx2DenoiseState& state) const;
+  // Σ w_b·x0_b over `predictions` (any subset of the live branches, possibly empty: then zeros),
+  // float32 contiguous, shaped like state.video / state.audio. INVALID_ARGUMENT for a branch
+  // that is not live; FAILED_PRECONDITION on a skipped step.
+  absl::StatusOr<Guided> PartialGuidance(
+      const Ltx2DenoiseState& state, const std::map<Branch, BranchPrediction>& predictions) const;
+  // What the rescale needs from the cond branch: the unbiased std of its x0 over every non-batch
+  // element, per batch row, float32 [B] for each stream (in Guided's two fields).
+  Guided CondStd(const Ltx2DenoiseState& state, const BranchPrediction& cond) const;
+  // The guided x0 from the sum over ALL live branches of PartialGuidance: applies each stream's
+  // rescale with `cond_std` (CondStd; may be undefined for a stream whose rescale is 0).
+  absl::StatusOr<Guided> FinishGuidance(const Guided& sum, const Guided& cond_std) const;
+  // Converts this step's guided x0 to velocity, Euler-steps both streams, holds the conditioned
+  // tokens, records the guided x0 for skip-step guidance and advances state.step. On a skipped
+  // step `guided` must be empty (undefined tensors): the last guided x0 is reused.
+  // `guided_video_velocity` / `..._audio_...` (optional) receive the velocities given to the
+  // scheduler.
+  absl::Status StepGuided(Ltx2DenoiseState& state, const Guided& guided,
+                          at::Tensor* guided_video_velocity = nullptr,
+                          at::Tensor* guided_audio_velocity = nullptr) const;
 
   // Runs every remaining step with RunLiveBranches.
   absl::Status Denoise(Ltx2DenoiseState& state, const Ltx2TextEmbeddings& text) const;

@@ -462,6 +462,85 @@ TEST(Ltx2PipelineTinyTest, SkipStepReusesTheLastGuidedX0) {
   EXPECT_EQ(transformer_steps, 2);
 }
 
+// The PARALLEL form: partial sums over any split of the live branches, summed and finished,
+// give Combine's guided x0, and StepGuided with them Step's latents.
+TEST(Ltx2PipelineTinyTest, ParallelFormOverAnySplitMatchesCombine) {
+  Tiny t;
+  ASSERT_TRUE(MakeTiny(FullGuidance(), t));
+  auto state = t.pipeline->PrepareLatents(TinyInit(2));
+  ASSERT_TRUE(state.ok());
+  const std::vector<Branch> live = t.pipeline->LiveBranches(*state);
+  ASSERT_EQ(live.size(), 4u);
+  auto preds = t.pipeline->RunLiveBranches(*state, t.text);
+  ASSERT_TRUE(preds.ok()) << preds.status();
+  auto combined = t.pipeline->Combine(*state, *preds);
+  ASSERT_TRUE(combined.ok()) << combined.status();
+
+  const auto weights = t.pipeline->GuidanceWeights(*state);
+  ASSERT_EQ(weights.size(), 4u);
+  double video_sum = 0, audio_sum = 0;
+  for (const auto& [b, w] : weights) {
+    video_sum += w.video;
+    audio_sum += w.audio;
+  }
+  EXPECT_NEAR(video_sum, 1.0, 1e-12);
+  EXPECT_NEAR(audio_sum, 1.0, 1e-12);
+  EXPECT_DOUBLE_EQ(weights.at(Branch::kNegative).audio, 1.0 - 7.0);
+  EXPECT_DOUBLE_EQ(weights.at(Branch::kPerturbed).video, -1.0);
+
+  const Ltx2Pipeline::Guided cond_std = t.pipeline->CondStd(*state, preds->at(Branch::kCond));
+  const std::vector<std::vector<std::vector<Branch>>> splits = {
+      {live},
+      {{Branch::kCond, Branch::kModality}, {Branch::kNegative}, {Branch::kPerturbed}, {}},
+      {{Branch::kPerturbed, Branch::kNegative}, {Branch::kCond}, {Branch::kModality}}};
+  for (const auto& split : splits) {
+    Ltx2Pipeline::Guided sum{at::zeros_like(state->video), at::zeros_like(state->audio)};
+    for (const auto& share : split) {
+      std::map<Branch, BranchPrediction> mine;
+      for (Branch b : share) mine[b] = preds->at(b);
+      auto part = t.pipeline->PartialGuidance(*state, mine);
+      ASSERT_TRUE(part.ok()) << part.status();
+      if (share.empty()) EXPECT_EQ(part->video_x0.abs().max().item<float>(), 0.0f);
+      sum.video_x0 += part->video_x0;
+      sum.audio_x0 += part->audio_x0;
+    }
+    auto guided = t.pipeline->FinishGuidance(sum, cond_std);
+    ASSERT_TRUE(guided.ok()) << guided.status();
+    EXPECT_LE(RelativeError(guided->video_x0, combined->video_x0), 1e-6) << split.size();
+    EXPECT_LE(RelativeError(guided->audio_x0, combined->audio_x0), 1e-6) << split.size();
+  }
+
+  // A branch run on its own equals its row of the batched cond + negative call.
+  auto alone = t.pipeline->RunBranches(*state, {Branch::kNegative}, t.text);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_EQ(alone->size(), 1u);
+  EXPECT_LE(RelativeError(alone->at(Branch::kNegative).video, preds->at(Branch::kNegative).video),
+            1e-5);
+
+  // StepGuided with the finished sum steps as Step does.
+  Ltx2DenoiseState a = *state, b = *state;
+  ASSERT_TRUE(t.pipeline->Step(a, *preds).ok());
+  auto all = t.pipeline->PartialGuidance(*state, *preds);
+  ASSERT_TRUE(all.ok());
+  auto guided = t.pipeline->FinishGuidance(*all, cond_std);
+  ASSERT_TRUE(guided.ok());
+  ASSERT_TRUE(t.pipeline->StepGuided(b, *guided).ok());
+  EXPECT_EQ(b.step, 1);
+  EXPECT_LE(RelativeError(b.video, a.video), 1e-6);
+  EXPECT_LE(RelativeError(b.audio, a.audio), 1e-6);
+
+  // Errors: the rescale without the cond std, a branch that is not live, a missing guided x0.
+  EXPECT_EQ(t.pipeline->FinishGuidance(*all, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  GuidanceOptions no_stg = FullGuidance();
+  no_stg.video.stg = no_stg.audio.stg = 0.0;
+  auto other = Ltx2Pipeline::Create(t.models.networks(), no_stg);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ((*other)->PartialGuidance(*state, *preds).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.pipeline->StepGuided(b, {}).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // The budget: a 3-step guided 9-frame 64x64 run with audio in seconds on 2 CPU cores.
 TEST(Ltx2PipelineTinyTest, EndToEndRunIsFast) {
   const auto t0 = std::chrono::steady_clock::now();

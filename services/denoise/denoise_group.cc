@@ -152,6 +152,11 @@ absl::StatusOr<bool> DenoiseGroup::AgreeToContinue(bool main_decision) {
   return flag.item<int>() != 0;
 }
 
+absl::Status DenoiseGroup::CfgAllReduce(at::Tensor& tensor) {
+  if (options_.parallel.cfg == 1) return absl::OkStatus();
+  return groups_.cfg->AllReduce(tensor, models::parallel::ReduceOp::kSum);
+}
+
 absl::StatusOr<std::vector<at::Tensor>> DenoiseGroup::RunBranches(
     const CfgPolicy& policy, const std::function<at::Tensor(const CfgBranch&)>& forward,
     const at::Tensor& like) {

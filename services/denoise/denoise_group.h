@@ -78,6 +78,11 @@ class DenoiseGroup {
       const CfgPolicy& policy, const std::function<at::Tensor(const CfgBranch&)>& forward,
       const at::Tensor& like);
 
+  // In place: `tensor` becomes the sum of every cfg rank's (ranks with the same tp and sp
+  // coordinates). Every cfg rank calls it with the same shape and dtype, idle ones with zeros;
+  // the identity when the cfg degree is 1. (LTX-2's partial guidance sums, ltx2_denoise.cc.)
+  absl::Status CfgAllReduce(at::Tensor& tensor);
+
   // The tp / sp collectives for this rank's DiT forward (empty functions where degree 1).
   const models::glm_image::DitCollectives& dit_collectives() const { return collectives_; }
 

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <mutex>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -19,6 +19,8 @@
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
+#include "services/denoise/cfg_policy.h"
+#include "services/denoise/denoise_group.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -60,9 +62,12 @@ void SetTensorInfo(int index, const char* name, const v1::Tensor& t, v1::OutputI
 
 class Ltx2DenoiseEngine final : public DenoiseEngine {
  public:
-  Ltx2DenoiseEngine(ltx2::Ltx2Spec spec, ltx2::Ltx2Models models, int64_t video_text_dim,
-                    int64_t audio_text_dim)
-      : spec_(std::move(spec)),
+  Ltx2DenoiseEngine(DenoiseCore::Options options, ltx2::Ltx2Spec spec,
+                    std::unique_ptr<DenoiseGroup> group, ltx2::Ltx2Models models,
+                    int64_t video_text_dim, int64_t audio_text_dim)
+      : options_(std::move(options)),
+        spec_(std::move(spec)),
+        group_(std::move(group)),
         models_(std::move(models)),
         video_text_dim_(video_text_dim),
         audio_text_dim_(audio_text_dim) {
@@ -72,23 +77,51 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     temporal_ = vc.temporal_compression_ratio * tc.patch_size_t;
   }
 
-  int rank() const override { return 0; }
+  int rank() const override { return group_->layout().rank(); }
 
-  absl::Status RunWorker() override {
-    return absl::FailedPreconditionError("ltx2 denoise runs on one rank: there are no workers");
-  }
-
+  // Rank 0: checks the request (a bad one never reaches the other ranks), broadcasts it whole
+  // (the text embeddings reach every rank once) and runs it with the group, which it holds
+  // meanwhile: one request at a time, the model fills the ranks.
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
     RETURN_IF_ERROR(CheckRequest(r));
-    std::lock_guard<std::mutex> lock(mu_);  // one request at a time: the model fills the cores
-    return Execute(ctx, r, on_event);
+    ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
+    std::string bytes;
+    r.SerializeToString(&bytes);
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes));
+    absl::Status s = Execute(&ctx, r, text, on_event);
+    group_->Release();
+    return s;
   }
 
-  // The request first, then the encoder's output (no AR stage feeds this model).
+  // Ranks > 0: every request rank 0 broadcasts, until it stops the group.
+  absl::Status RunWorker() override {
+    if (group_->is_main()) return absl::FailedPreconditionError("rank 0 does not run as a worker");
+    while (true) {
+      ASSIGN_OR_RETURN(auto command, group_->Receive());
+      if (command.first == DenoiseGroup::Command::kStop) return absl::OkStatus();
+      if (command.first != DenoiseGroup::Command::kRun) {
+        return absl::DataLossError(absl::StrCat("denoise group: ", spec_.name,
+                                                " takes whole requests only, got command ",
+                                                static_cast<int>(command.first)));
+      }
+      v1::DenoiseRequest r;
+      if (!r.ParseFromString(command.second)) return absl::DataLossError("bad request from rank 0");
+      // Rank 0 checked it: these cannot fail differently here.
+      RETURN_IF_ERROR(CheckRequest(r));
+      ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
+      RETURN_IF_ERROR(Execute(nullptr, r, text, nullptr));
+    }
+  }
+
+  // The request first, then the encoder's output (no AR stage feeds this model). Rank 0
+  // gathers both before it takes the group, then runs them as a whole request (Denoise): the
+  // other ranks keep answering the keepalive meanwhile.
   absl::Status DenoiseStreamed(
       CallContext& ctx, InputQueue<v1::DenoiseInput>& inputs,
       const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
+    if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
     ScopedCancelHook wake(ctx,
                           [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
     v1::DenoiseRequest r;
@@ -205,12 +238,9 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                      t.narrow(2, video_text_dim_, audio_text_dim_).contiguous()};
   }
 
-  absl::Status Execute(CallContext& ctx, const v1::DenoiseRequest& r,
-                       const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-    const absl::Time t0 = absl::Now();
-    ASSIGN_OR_RETURN(ltx2::GuidanceOptions guidance, GuidanceOf(r));
-    ASSIGN_OR_RETURN(auto pipeline, ltx2::Ltx2Pipeline::Create(models_.networks(), guidance));
-    // The encoder sends the connectors' output of the valid tokens only, so every key is live.
+  // The request's text embeddings in the transformer's dtype. The encoder sends the connectors'
+  // output of the valid tokens only, so every key is live.
+  absl::StatusOr<ltx2::Ltx2TextEmbeddings> TextOf(const v1::DenoiseRequest& r) const {
     ltx2::Ltx2TextEmbeddings text;
     ASSIGN_OR_RETURN(auto positive, SplitEmbeddings(r.prompt_embeds(), "prompt_embeds"));
     ASSIGN_OR_RETURN(auto negative,
@@ -225,7 +255,71 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     for (at::Tensor* t : {&text.video, &text.audio, &text.negative_video, &text.negative_audio}) {
       *t = t->to(dtype);
     }
+    return text;
+  }
 
+  // One step on every rank in lockstep, CFG-parallel: the live branches of the step (cond first)
+  // are dealt round-robin over the cfg ranks (live branch i on cfg rank i % degree, as
+  // AssignBranches), each rank runs its own (cond and negative together in one batch-2 call when
+  // both are its) and forms its weighted x0 sum of the PARALLEL form (Ltx2Pipeline::
+  // PartialGuidance, per stream). One all-reduce over the cfg ranks sums
+  //   [video sum | audio sum | cond x0 std per batch row, video | ..., audio]   float32, flat
+  // where only the rank that ran cond (cfg rank 0) puts its stds and a rank without a branch
+  // (degree > live branches) puts zeros without a forward pass: idle ranks stay in the
+  // all-reduce, so it has the same members every step whatever the branch count. Then every rank
+  // applies the rescale and the Euler step to the same sums. A skipped step (skip_step) runs no
+  // branch and no collective: every rank reuses its own last guided x0, which the all-reduce
+  // made equal on all of them.
+  //
+  // Seam for sequence / tensor parallelism: the transformer call is Ltx2Pipeline::RunBranches.
+  // Under Ulysses or TP every rank of one cfg rank's sp × tp block has the same cfg_rank, so it
+  // runs the same branches in the same order (a sharded forward is collective over the block:
+  // whole inputs in, whole outputs out), and CfgAllReduce pairs the ranks of equal sp / tp
+  // coordinates across the cfg axis — this step stays as it is. Should the video predictions be
+  // left sharded by frames instead (no final all-gather), pack this rank's frames here and
+  // all-reduce the rescale's std statistics (sums, sums of squares) over the block too.
+  absl::Status GuidedStep(const ltx2::Ltx2Pipeline& pipeline, ltx2::Ltx2DenoiseState& state,
+                          const ltx2::Ltx2TextEmbeddings& text) {
+    const std::vector<ltx2::Branch> live = pipeline.LiveBranches(state);
+    if (live.empty()) return pipeline.StepGuided(state, {});
+    const int degree = options_.parallel.cfg;
+    const std::vector<std::vector<int>> assignment =
+        AssignBranches(static_cast<int>(live.size()), degree);
+    std::vector<ltx2::Branch> mine;
+    for (int i : assignment[group_->layout().cfg_rank()]) mine.push_back(live[i]);
+    ASSIGN_OR_RETURN(auto predictions, pipeline.RunBranches(state, mine, text));
+    ASSIGN_OR_RETURN(ltx2::Ltx2Pipeline::Guided sum, pipeline.PartialGuidance(state, predictions));
+    const int64_t batch = state.video.size(0);
+    const at::TensorOptions f32 = state.video.options().dtype(at::kFloat);
+    ltx2::Ltx2Pipeline::Guided cond_std{at::zeros({batch}, f32), at::zeros({batch}, f32)};
+    if (auto cond = predictions.find(ltx2::Branch::kCond); cond != predictions.end()) {
+      cond_std = pipeline.CondStd(state, cond->second);
+    }
+    const std::vector<at::Tensor> parts = {sum.video_x0, sum.audio_x0, cond_std.video_x0,
+                                           cond_std.audio_x0};
+    std::vector<at::Tensor> flat;
+    for (const at::Tensor& t : parts) flat.push_back(t.to(at::kFloat).contiguous().view(-1));
+    at::Tensor packed = at::cat(flat).contiguous();
+    RETURN_IF_ERROR(group_->CfgAllReduce(packed));
+    std::vector<at::Tensor> summed;
+    int64_t offset = 0;
+    for (const at::Tensor& t : parts) {
+      summed.push_back(packed.narrow(0, offset, t.numel()).view(t.sizes()));
+      offset += t.numel();
+    }
+    ASSIGN_OR_RETURN(ltx2::Ltx2Pipeline::Guided guided,
+                     pipeline.FinishGuidance({summed[0], summed[1]}, {summed[2], summed[3]}));
+    return pipeline.StepGuided(state, guided);
+  }
+
+  // The step loop, every rank in lockstep; `ctx` and `on_event` on rank 0 only, which alone
+  // decodes (video VAE, audio VAE, vocoder) and emits the output.
+  absl::Status Execute(CallContext* ctx, const v1::DenoiseRequest& r,
+                       const ltx2::Ltx2TextEmbeddings& text,
+                       const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    const absl::Time t0 = absl::Now();
+    ASSIGN_OR_RETURN(ltx2::GuidanceOptions guidance, GuidanceOf(r));
+    ASSIGN_OR_RETURN(auto pipeline, ltx2::Ltx2Pipeline::Create(models_.networks(), guidance));
     ltx2::Ltx2LatentInit init;
     init.num_frames = r.num_frames();
     init.height = r.height();
@@ -235,21 +329,27 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     init.num_inference_steps = r.steps();
     ASSIGN_OR_RETURN(ltx2::Ltx2DenoiseState state, pipeline->PrepareLatents(init));
     while (!state.done()) {
-      RETURN_IF_ERROR(ctx.Check("denoise"));
-      ASSIGN_OR_RETURN(auto predictions, pipeline->RunLiveBranches(state, text));
-      RETURN_IF_ERROR(pipeline->Step(state, predictions));
-      v1::DenoiseEvent e;
-      e.mutable_progress()->set_unit("step");
-      e.mutable_progress()->set_done(state.step);
-      e.mutable_progress()->set_total(state.num_steps());
-      on_event(e);
+      const absl::Time step_start = absl::Now();
+      absl::Status live = ctx != nullptr ? ctx->Check("denoise") : absl::OkStatus();
+      ASSIGN_OR_RETURN(bool go_on, group_->AgreeToContinue(live.ok()));
+      if (!go_on) return live.ok() ? absl::AbortedError("denoise: stopped by rank 0") : live;
+      RETURN_IF_ERROR(GuidedStep(*pipeline, state, text));
+      if (options_.on_step) options_.on_step(absl::ToDoubleSeconds(absl::Now() - step_start));
+      if (on_event) {
+        v1::DenoiseEvent e;
+        e.mutable_progress()->set_unit("step");
+        e.mutable_progress()->set_done(state.step);
+        e.mutable_progress()->set_total(state.num_steps());
+        on_event(e);
+      }
     }
+    if (!group_->is_main()) return absl::OkStatus();
     v1::DenoiseEvent done;
     auto* result = done.mutable_result();
     result->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
     const absl::Time t1 = absl::Now();
     const bool decode = r.output().format() != v1::OUTPUT_FORMAT_LATENTS;
-    if (decode) RETURN_IF_ERROR(ctx.Check("vae_decode"));
+    if (decode) RETURN_IF_ERROR(ctx->Check("vae_decode"));
     ltx2::Ltx2DecodeOptions decode_options;
     decode_options.decode_video = decode;
     decode_options.decode_audio = decode;
@@ -336,11 +436,12 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     return absl::OkStatus();
   }
 
+  const DenoiseCore::Options options_;
   const ltx2::Ltx2Spec spec_;
+  std::unique_ptr<DenoiseGroup> group_;
   const ltx2::Ltx2Models models_;
   const int64_t video_text_dim_, audio_text_dim_;
   int64_t spatial_ = 0, temporal_ = 0;  // pixels and frames per latent token
-  std::mutex mu_;
 };
 
 }  // namespace
@@ -355,11 +456,13 @@ bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir) 
 
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options) {
-  if (options.parallel.world() != 1) {
+  const models::parallel::ParallelConfig& p = options.parallel;
+  if (p.ulysses != 1 || p.ring != 1 || p.tp != 1) {
+    // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
     return absl::InvalidArgumentError(absl::StrCat(
-        "parallel: LTX-2 is served on one rank for now (cfg, ulysses, ring and tp degrees 1); "
-        "this group has ",
-        options.parallel.world(), " ranks"));
+        "parallel: LTX-2 is served with CFG parallelism only for now (ulysses, ring and tp "
+        "degrees 1; sequence and tensor parallelism are not wired yet); this group asks ",
+        p.ToString()));
   }
   if (options.cuda) {
     return absl::InvalidArgumentError("device: LTX-2 is served on the CPU for now");
@@ -373,9 +476,18 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
   ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
-  return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(std::move(spec), std::move(models),
-                                                              connectors.video.inner_dim(),
-                                                              connectors.audio.inner_dim()));
+  // Collective: every rank meets here once its networks are built.
+  DenoiseGroupOptions group_options;
+  group_options.parallel = p;
+  group_options.rendezvous = options.rendezvous;
+  group_options.cuda = options.cuda;
+  // Checked against ulysses × tp (the video stream's heads; the audio stream's have to divide
+  // too once sequence / tensor parallelism is wired).
+  group_options.num_heads = static_cast<int>(models.transformer->config().num_attention_heads);
+  ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
+  return std::unique_ptr<DenoiseEngine>(
+      new Ltx2DenoiseEngine(options, std::move(spec), std::move(group), std::move(models),
+                            connectors.video.inner_dim(), connectors.audio.inner_dim()));
 }
 
 }  // namespace diffmesh

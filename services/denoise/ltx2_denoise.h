@@ -1,6 +1,14 @@
 // LTX-2 in the denoise stage: text+audio-to-video denoising with the four-branch guidance of
-// models/ltx2/pipeline.h on one rank, then the video VAE, audio VAE and vocoder, and the output
-// as MP4 (H.264 + AAC), RAW tensors or latents. ATen-free header.
+// models/ltx2/pipeline.h on a denoise group (denoise_group.h) of CFG-parallel ranks, then, on
+// rank 0 alone, the video VAE, audio VAE and vocoder, and the output as MP4 (H.264 + AAC), RAW
+// tensors or latents. ATen-free header.
+//
+// CFG parallelism (any degree 1..N): each step's live branches (cond; negative iff cfg ≠ 1 in
+// either stream; perturbed iff stg ≠ 0 with STG blocks; modality iff modality ≠ 1) are dealt
+// round-robin over the cfg ranks, each rank's weighted x0 sum (the PARALLEL form, per stream) is
+// all-reduced over the cfg ranks, and every rank applies the rescale and the Euler step. Ranks
+// beyond the live-branch count run no forward and add zeros to the all-reduce. Rank 0 takes the
+// requests and broadcasts each whole (text embeddings included) once; the others run RunWorker.
 //
 // Inputs (from the encoder stage, services/encoder/encoder_core.h): prompt_embeds and
 // negative_prompt_embeds FLOAT32 [1, T, video width + audio width] — the text connectors'
@@ -22,7 +30,8 @@ namespace diffmesh {
 // Whether `model` (or, when set, the snapshot in `model_dir`) is an LTX-2 model.
 bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir);
 
-// One rank only for now: a group of world size > 1, or CUDA, is INVALID_ARGUMENT.
+// Collective over the group's ranks (options.rendezvous). Ulysses, ring or tp degree > 1, or
+// CUDA, is INVALID_ARGUMENT, before any rank meets (sequence / tensor parallelism not wired yet).
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options);
 

@@ -191,13 +191,14 @@ TEST_F(Ltx2DenoiseTest, RejectsBadFramesSizesAndLayouts) {
   r.set_model("glm-image-tiny");
   EXPECT_EQ(Run(r, &out).code(), absl::StatusCode::kNotFound);
 
+  // CFG-parallel groups are served (ltx2_denoise_group_test.cc); sequence parallel not yet.
   DenoiseCore::Options o;
   o.model = kModel;
-  o.parallel.cfg = 2;
+  o.parallel.ulysses = 2;
   o.rendezvous.world_size = 2;
   auto grouped = DenoiseCore::Create(o);
   EXPECT_EQ(grouped.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(grouped.status().message().find("one rank"), std::string::npos) << grouped.status();
+  EXPECT_NE(grouped.status().message().find("ulysses"), std::string::npos) << grouped.status();
 }
 
 }  // namespace
