@@ -13,6 +13,7 @@
 #include "models/core/ops.h"
 #include "models/core/testing/fixture_tensor.h"
 #include "models/ltx2/pil_resize.h"
+#include "nlohmann/json.hpp"
 
 namespace diffmesh::models::ltx2 {
 namespace {
@@ -188,6 +189,42 @@ TEST(Ltx2VideoEncoderTest, SeededParamsRoundTrip) {
   auto out = (*seeded)->EncodeMode(at::rand({1, config->in_channels, 1, 2 * r, r}) * 2 - 1);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_TRUE(out->isfinite().all().item<bool>());
+}
+
+// The encoder fields of the released checkpoints (diffusers scripts/convert_ltx2_to_diffusers.py,
+// versions 2.0 and 2.3) parse, and the encoder compresses as their ratios say.
+TEST(Ltx2VideoEncoderTest, ReleaseConfigsParse) {
+  for (const char* blocks : {"[256, 512, 1024, 2048]", "[256, 512, 1024, 1024]"}) {
+    SCOPED_TRACE(blocks);
+    const auto json = nlohmann::json::parse(std::string(R"({"in_channels": 3,
+      "latent_channels": 128, "block_out_channels": )") + blocks + R"(,
+      "down_block_types": ["LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D",
+                           "LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D"],
+      "layers_per_block": [4, 6, 4, 2, 2], "spatio_temporal_scaling": [true, true, true, true],
+      "downsample_type": ["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+      "patch_size": 4, "patch_size_t": 1, "resnet_norm_eps": 1e-6, "encoder_causal": true,
+      "encoder_spatial_padding_mode": "zeros", "spatial_compression_ratio": 32,
+      "temporal_compression_ratio": 8})");
+    auto config = VideoVaeEncoderConfig::FromJson(json);
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->SpatialFactor(), 32);
+    EXPECT_EQ(config->TemporalFactor(), 8);
+    bool found = false;
+    for (const ParamSpec& p : Ltx2VideoEncoder::Params(*config)) {
+      if (p.name == "encoder.conv_out.conv.weight") {
+        found = true;
+        EXPECT_EQ(p.shape, (std::vector<int64_t>{129, config->block_out_channels.back(), 3, 3, 3}));
+      }
+    }
+    EXPECT_TRUE(found);
+  }
+  // "conv" downsampling and temporal patches are refused, naming the field.
+  auto conv = VideoVaeEncoderConfig::FromJson(nlohmann::json::parse(
+      R"({"block_out_channels": [8], "layers_per_block": [1, 1], "downsample_type": ["conv"],
+          "spatio_temporal_scaling": true, "down_block_types": ["LTX2VideoDownBlock3D"],
+          "latent_channels": 8})"));
+  EXPECT_EQ(conv.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(conv.status().message().find("downsample_type"), std::string::npos) << conv.status();
 }
 
 }  // namespace
