@@ -95,16 +95,17 @@ TEST(Ltx2ImageToVideoTest, FromImageMatchesReferencePipeline) {
     auto pipeline = Take(Ltx2Pipeline::Create(networks, GuidanceFromKwargs(kw)));
     ASSERT_NE(pipeline, nullptr);
     const std::string prompts = dir + "/pipeline_io.safetensors";
-    auto text = pipeline->EncodeText(ReadFixtureTensor(prompts, "in.prompt_embeds"),
-                                     ReadFixtureTensor(prompts, "in.prompt_attention_mask"),
-                                     ReadFixtureTensor(prompts, "in.negative_prompt_embeds"),
-                                     ReadFixtureTensor(prompts, "in.negative_prompt_attention_mask"));
+    auto text =
+        pipeline->EncodeText(ReadFixtureTensor(prompts, "in.prompt_embeds"),
+                             ReadFixtureTensor(prompts, "in.prompt_attention_mask"),
+                             ReadFixtureTensor(prompts, "in.negative_prompt_embeds"),
+                             ReadFixtureTensor(prompts, "in.negative_prompt_attention_mask"));
     ASSERT_TRUE(text.ok()) << text.status();
 
     const int64_t height = kw.at("height").get<int64_t>();
     const int64_t width = kw.at("width").get<int64_t>();
-    auto first = EncodeConditioningImage(*encoder, ReadFixtureTensor(io, "in.image_a_u8"), height,
-                                         width);
+    auto first =
+        EncodeConditioningImage(*encoder, ReadFixtureTensor(io, "in.image_a_u8"), height, width);
     ASSERT_TRUE(first.ok()) << first.status();
     Ltx2LatentInit init;
     // The reference's generator noise is in normalised space; the pipeline takes raw latents.
@@ -186,8 +187,9 @@ TEST(Ltx2ImageToVideoTest, SnapshotEncoderIsOptionalButChecked) {
     auto original = SafetensorsFile::Open(vae_file);
     ASSERT_TRUE(original.ok()) << original.status();
     for (const auto& [name, view] : (*original)->tensors()) {
-      tensors[name] = OwnedTensor{
-          view.dtype, view.shape, std::string(reinterpret_cast<const char*>(view.data), view.nbytes)};
+      tensors[name] =
+          OwnedTensor{view.dtype, view.shape,
+                      std::string(reinterpret_cast<const char*>(view.data), view.nbytes)};
     }
   }
   const std::string victim = "encoder.mid_block.resnets.0.conv1.conv.weight";

@@ -148,8 +148,8 @@ absl::Status VideoVaeEncoderConfig::Validate(const VideoVaeEncoderConfig& c) {
   }
   if (c.down_block_types.size() < n || c.spatio_temporal_scaling.size() < n ||
       c.downsample_type.size() < n) {
-    return bad(absl::StrCat("down_block_types / spatio_temporal_scaling / downsample_type need ",
-                            n, " entries"));
+    return bad(absl::StrCat("down_block_types / spatio_temporal_scaling / downsample_type need ", n,
+                            " entries"));
   }
   if (c.in_channels < 1 || c.latent_channels < 2 || c.patch_size < 1 ||
       c.spatial_compression_ratio < 1 || c.temporal_compression_ratio < 1) {
@@ -163,9 +163,8 @@ absl::Status VideoVaeEncoderConfig::Validate(const VideoVaeEncoderConfig& c) {
   int64_t channels = c.latent_channels;
   for (size_t i = 0; i < n; ++i) {
     if (c.down_block_types[i] != "LTX2VideoDownBlock3D") {
-      return absl::UnimplementedError(
-          absl::StrCat("video vae encoder config: down_block_types[", i, "] ",
-                       c.down_block_types[i]));
+      return absl::UnimplementedError(absl::StrCat("video vae encoder config: down_block_types[", i,
+                                                   "] ", c.down_block_types[i]));
     }
     const std::string& t = c.downsample_type[i];
     if (c.spatio_temporal_scaling[i] && t != "spatial" && t != "temporal" &&
@@ -179,13 +178,12 @@ absl::Status VideoVaeEncoderConfig::Validate(const VideoVaeEncoderConfig& c) {
       const int64_t s = StrideProduct(DownsampleStride(t));
       if (out < 1 || out % s != 0 || (channels * s) % out != 0) {
         return bad(absl::StrCat("down block ", i, ": ", channels, " → ", out, " channels with a ",
-                                t, " downsampler (needs out % ", s, " == 0 and out | in·", s,
-                                ")"));
+                                t, " downsampler (needs out % ", s, " == 0 and out | in·", s, ")"));
       }
     } else if (out != channels) {
       // Without a downsampler nothing changes the channel count, so the next layer would not fit.
-      return bad(absl::StrCat("down block ", i, " has no downsampler but block_out_channels ",
-                              out, " != its input ", channels));
+      return bad(absl::StrCat("down block ", i, " has no downsampler but block_out_channels ", out,
+                              " != its input ", channels));
     }
     channels = out;
   }
@@ -271,9 +269,8 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> Ltx2VideoEncoder::CreateSeeded
   return Create(config, InitSeeded(Params(config), seed));
 }
 
-absl::StatusOr<std::array<int64_t, 3>> Ltx2VideoEncoder::LatentSize(int64_t frames,
-                                                                   int64_t height,
-                                                                   int64_t width) const {
+absl::StatusOr<std::array<int64_t, 3>> Ltx2VideoEncoder::LatentSize(int64_t frames, int64_t height,
+                                                                    int64_t width) const {
   const VideoVaeEncoderConfig& c = config_;
   if (frames < 1 || height % c.patch_size != 0 || width % c.patch_size != 0) {
     return absl::InvalidArgumentError(
@@ -285,10 +282,10 @@ absl::StatusOr<std::array<int64_t, 3>> Ltx2VideoEncoder::LatentSize(int64_t fram
     if (!b.downsample) continue;
     const auto& s = b.stride;
     if ((f + s[0] - 1) % s[0] != 0 || h % s[1] != 0 || w % s[2] != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "video vae encoder: input ", frames, " frames of ", height, "x", width,
-          " does not divide: encodes to ", c.TemporalFactor(), "k+1 frames and multiples of ",
-          c.SpatialFactor(), " pixels"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("video vae encoder: input ", frames, " frames of ", height, "x", width,
+                       " does not divide: encodes to ", c.TemporalFactor(),
+                       "k+1 frames and multiples of ", c.SpatialFactor(), " pixels"));
     }
     f = (f + s[0] - 1) / s[0];
     h /= s[1];
@@ -373,7 +370,8 @@ absl::StatusOr<at::Tensor> Ltx2VideoEncoder::EncodeMode(const at::Tensor& video,
 }
 
 at::Tensor Ltx2VideoEncoder::NormalizeImageLatents(const at::Tensor& latents) const {
-  const at::Tensor mean = latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.dtype());
+  const at::Tensor mean =
+      latents_mean_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.dtype());
   const at::Tensor std = latents_std_.view({1, -1, 1, 1, 1}).to(latents.device(), latents.dtype());
   return (latents - mean) / std;
 }
@@ -395,25 +393,24 @@ absl::StatusOr<at::Tensor> PreprocessConditioningImage(const at::Tensor& image, 
           "conditioning image: uint8 image must be RGB [H, W, 3], got ", c10::str(image.sizes())));
     }
     const at::Tensor src = image.to(at::kCPU).contiguous();
-    std::vector<uint8_t> resized =
-        PilBilinearResize(src.data_ptr<uint8_t>(), static_cast<int>(src.size(0)),
-                          static_cast<int>(src.size(1)), 3, static_cast<int>(height),
-                          static_cast<int>(width));
+    std::vector<uint8_t> resized = PilBilinearResize(
+        src.data_ptr<uint8_t>(), static_cast<int>(src.size(0)), static_cast<int>(src.size(1)), 3,
+        static_cast<int>(height), static_cast<int>(width));
     at::Tensor u8 = at::from_blob(resized.data(), {height, width, 3}, at::kByte);
     // pil_to_numpy: float32 / 255; numpy_to_pt: NCHW; normalize: 2x − 1.
     at::Tensor x = u8.to(at::kFloat).div(255.0).permute({2, 0, 1}).unsqueeze(0).contiguous();
     return x * 2.0 - 1.0;
   }
   if (!at::isFloatingType(image.scalar_type())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("conditioning image: dtype ", c10::toString(image.scalar_type()),
-                     " (expected uint8 HWC or a float CHW image)"));
+    return absl::InvalidArgumentError(absl::StrCat("conditioning image: dtype ",
+                                                   c10::toString(image.scalar_type()),
+                                                   " (expected uint8 HWC or a float CHW image)"));
   }
   at::Tensor x = image.dim() == 3 ? image.unsqueeze(0) : image;
   if (x.dim() != 4 || x.size(0) != 1 || x.size(1) != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "conditioning image: float image must be [3, H, W] or [1, 3, H, W], got ",
-        c10::str(image.sizes())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("conditioning image: float image must be [3, H, W] or [1, 3, H, W], got ",
+                     c10::str(image.sizes())));
   }
   x = x.to(at::kCPU, at::kFloat);
   // F.interpolate(size=(height, width)) with its default mode, nearest.
@@ -428,18 +425,18 @@ absl::StatusOr<at::Tensor> EncodeConditioningImage(const Ltx2VideoEncoder& encod
                                                    int64_t width) {
   const VideoVaeEncoderConfig& c = encoder.config();
   if (c.SpatialFactor() != c.spatial_compression_ratio) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "video vae: the encoder compresses space by ", c.SpatialFactor(),
-        " but the config's spatial_compression_ratio (the pipeline's latent grid) is ",
-        c.spatial_compression_ratio, "; its image latent cannot condition a video"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("video vae: the encoder compresses space by ", c.SpatialFactor(),
+                     " but the config's spatial_compression_ratio (the pipeline's latent grid) is ",
+                     c.spatial_compression_ratio, "; its image latent cannot condition a video"));
   }
   const int64_t r = c.spatial_compression_ratio;
   if (height < r || width < r || height % r != 0 || width % r != 0) {
     auto nearest = [r](int64_t v) { return std::max<int64_t>(r, (v + r / 2) / r * r); };
     return absl::InvalidArgumentError(
         absl::StrCat("conditioning image: video size ", height, "x", width,
-                     " is not a multiple of the VAE's spatial ratio ", r, " (nearest valid: ",
-                     nearest(height), "x", nearest(width), ")"));
+                     " is not a multiple of the VAE's spatial ratio ", r,
+                     " (nearest valid: ", nearest(height), "x", nearest(width), ")"));
   }
   ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessConditioningImage(image, height, width));
   ASSIGN_OR_RETURN(at::Tensor raw, encoder.EncodeMode(pixels.unsqueeze(2)));  // [1, C, 1, h, w]

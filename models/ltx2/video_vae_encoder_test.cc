@@ -148,8 +148,8 @@ TEST(Ltx2VideoEncoderTest, ConditioningLatentMatchesReference) {
       ASSERT_TRUE(raw.ok()) << raw.status();
       const double er = RelativeError(*raw, raw_ref);
       const double en = RelativeError(encoder->NormalizeImageLatents(*raw), norm_ref);
-      std::printf("image %s/%s: raw latent %.2e, normalised %.2e\n", variant.c_str(),
-                  key.c_str(), er, en);
+      std::printf("image %s/%s: raw latent %.2e, normalised %.2e\n", variant.c_str(), key.c_str(),
+                  er, en);
       EXPECT_LE(er, kTol);
       EXPECT_LE(en, kTol);
       // The whole path, where the encoder's grid is the pipeline's.
@@ -191,13 +191,40 @@ TEST(Ltx2VideoEncoderTest, SeededParamsRoundTrip) {
   EXPECT_TRUE(out->isfinite().all().item<bool>());
 }
 
+// With scaling_factor ≠ 1 the returned latent is such that the pipeline's normalisation,
+// (x − mean)·scaling_factor/std, gives the reference's (raw − mean)/std.
+TEST(Ltx2VideoEncoderTest, ConditioningLatentAccountsForScalingFactor) {
+  auto config = VideoVaeEncoderConfig::FromFile(FixturePath("ltx2-ref-a/v20/vae/config.json"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  config->scaling_factor = 1.7;
+  const int64_t r = config->spatial_compression_ratio;
+  WeightMap weights = InitSeeded(Ltx2VideoEncoder::Params(*config), 3);
+  weights["latents_mean"] = at::randn({config->latent_channels}) * 0.3;
+  weights["latents_std"] = at::rand({config->latent_channels}) + 0.5;
+  auto encoder = Ltx2VideoEncoder::Create(*config, weights);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  const at::Tensor image = at::randint(0, 256, {3 * r + 5, 2 * r - 3, 3}, at::kByte);
+  auto latent = EncodeConditioningImage(**encoder, image, 2 * r, 3 * r);
+  ASSERT_TRUE(latent.ok()) << latent.status();
+  auto pixels = PreprocessConditioningImage(image, 2 * r, 3 * r);
+  ASSERT_TRUE(pixels.ok());
+  auto raw = (*encoder)->EncodeMode(pixels->unsqueeze(2));
+  ASSERT_TRUE(raw.ok());
+  const at::Tensor mean = (*encoder)->latents_mean().view({1, -1, 1, 1, 1});
+  const at::Tensor std = (*encoder)->latents_std().view({1, -1, 1, 1, 1});
+  const at::Tensor in_pipeline = (*latent - mean) * config->scaling_factor / std;
+  EXPECT_LE(RelativeError(in_pipeline, (*encoder)->NormalizeImageLatents(*raw)), 1e-6);
+  EXPECT_GT(RelativeError(*latent, *raw), 1e-2);  // not the raw latent itself
+}
+
 // The encoder fields of the released checkpoints (diffusers scripts/convert_ltx2_to_diffusers.py,
 // versions 2.0 and 2.3) parse, and the encoder compresses as their ratios say.
 TEST(Ltx2VideoEncoderTest, ReleaseConfigsParse) {
   for (const char* blocks : {"[256, 512, 1024, 2048]", "[256, 512, 1024, 1024]"}) {
     SCOPED_TRACE(blocks);
     const auto json = nlohmann::json::parse(std::string(R"({"in_channels": 3,
-      "latent_channels": 128, "block_out_channels": )") + blocks + R"(,
+      "latent_channels": 128, "block_out_channels": )") +
+                                            blocks + R"(,
       "down_block_types": ["LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D",
                            "LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D"],
       "layers_per_block": [4, 6, 4, 2, 2], "spatio_temporal_scaling": [true, true, true, true],
