@@ -46,18 +46,22 @@ constexpr const char* kTinyConnectors = R"({
   "video_connector_num_learnable_registers": 4, "video_gated_attn": true,
   "video_hidden_dim": 32})";
 
+// The encoder fields (four down blocks: ×8 in space and time) match the decoder's ratios, so an
+// image encodes onto the pipeline's latent grid for image-to-video.
 constexpr const char* kTinyVae = R"({
-  "_class_name": "AutoencoderKLLTX2Video", "block_out_channels": [8, 16, 16],
+  "_class_name": "AutoencoderKLLTX2Video", "block_out_channels": [8, 16, 16, 16],
   "decoder_block_out_channels": [8, 16, 16, 32], "decoder_causal": false,
   "decoder_inject_noise": [false, false, false, false, false],
   "decoder_layers_per_block": [1, 1, 2, 1, 1], "decoder_spatial_padding_mode": "zeros",
   "decoder_spatio_temporal_scaling": [true, true, true, true],
-  "down_block_types": ["LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D"],
-  "downsample_type": ["spatial", "temporal", "spatiotemporal"], "encoder_causal": true,
+  "down_block_types": ["LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D", "LTX2VideoDownBlock3D",
+                       "LTX2VideoDownBlock3D"],
+  "downsample_type": ["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+  "encoder_causal": true,
   "encoder_spatial_padding_mode": "zeros", "in_channels": 3, "latent_channels": 8,
-  "layers_per_block": [1, 1, 1, 1], "out_channels": 3, "patch_size": 1, "patch_size_t": 1,
+  "layers_per_block": [1, 1, 1, 1, 1], "out_channels": 3, "patch_size": 1, "patch_size_t": 1,
   "resnet_norm_eps": 1e-06, "scaling_factor": 1.0, "spatial_compression_ratio": 8,
-  "spatio_temporal_scaling": [true, true, true], "temporal_compression_ratio": 8,
+  "spatio_temporal_scaling": [true, true, true, true], "temporal_compression_ratio": 8,
   "timestep_conditioning": false, "upsample_factor": [2, 2, 1, 2],
   "upsample_residual": [false, false, false, false],
   "upsample_type": ["spatiotemporal", "spatiotemporal", "temporal", "spatial"]})";
@@ -257,6 +261,22 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(const Ltx2Sp
   return Ltx2VideoDecoder::Create(config, std::move(weights));
 }
 
+absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(const Ltx2Spec& spec,
+                                                                    at::ScalarType dtype,
+                                                                    at::Device device) {
+  if (!spec.dir.empty())
+    return Ltx2VideoEncoder::Load(Dir(spec, Ltx2Component::kVae), dtype, device);
+  ASSIGN_OR_RETURN(auto config, VideoVaeEncoderConfig::FromJson(spec.vae));
+  // The decoder's seed: InitSeeded draws each tensor from its own name, so the shared
+  // latents_mean / latents_std agree with the decoder's.
+  ASSIGN_OR_RETURN(auto seeded, Ltx2VideoEncoder::CreateSeeded(
+                                    config, ComponentSeed(spec, Ltx2Component::kVae)));
+  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
+  WeightMap weights = seeded->weights();
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
+  return Ltx2VideoEncoder::Create(config, std::move(weights));
+}
+
 absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(const Ltx2Spec& spec,
                                                                    at::ScalarType dtype,
                                                                    at::Device device) {
@@ -330,6 +350,13 @@ absl::StatusOr<Ltx2Models> BuildModels(const Ltx2Spec& spec, at::ScalarType dtyp
   ASSIGN_OR_RETURN(m.connectors, BuildConnectors(spec, dtype));
   ASSIGN_OR_RETURN(m.transformer, BuildTransformer(spec, dtype));
   ASSIGN_OR_RETURN(m.video_vae, BuildVideoDecoder(spec));
+  bool has_encoder = spec.dir.empty();
+  if (!has_encoder) {
+    ASSIGN_OR_RETURN(has_encoder, CheckpointHasVideoEncoder(Dir(spec, Ltx2Component::kVae)));
+  }
+  if (has_encoder) {
+    ASSIGN_OR_RETURN(m.video_encoder, BuildVideoEncoder(spec));
+  }
   ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(spec));
   ASSIGN_OR_RETURN(m.vocoder, BuildVocoder(spec));
   ASSIGN_OR_RETURN(m.scheduler, BuildSchedulerConfig(spec));

@@ -22,6 +22,7 @@
 #include "models/ltx2/transformer.h"
 #include "models/ltx2/upsampler.h"
 #include "models/ltx2/video_vae.h"
+#include "models/ltx2/video_vae_encoder.h"
 #include "models/ltx2/vocoder.h"
 #include "nlohmann/json.hpp"
 
@@ -73,12 +74,16 @@ std::string BuiltinTokenizerProto();
 // Builders, in `dtype` on `device` where the network allows (the BWE vocoder is float32 always).
 // With spec.dir set the weights are read from the snapshot (checked by name and shape, errors
 // naming tensor and file); else they are the seeded ones. The video VAE and audio VAE builders
-// return the decoders (the encoders are not ported).
+// return the decoders (BuildVideoEncoder the video encoder; the audio encoder is not ported).
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(
     const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
 absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& spec,
                                                                 at::ScalarType dtype = at::kFloat);
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
+// The video VAE's encoder, for image-to-video (EncodeConditioningImage); float32 unless asked.
+// With spec.dir set, NOT_FOUND naming the tensor when the snapshot's vae has no encoder.
+absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(
     const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(
     const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
@@ -100,6 +105,8 @@ struct Ltx2Models {
   std::unique_ptr<TextConnectors> connectors;
   std::unique_ptr<Ltx2Transformer> transformer;
   std::unique_ptr<Ltx2VideoDecoder> video_vae;
+  // Image-to-video only; null when a snapshot's vae holds no encoder weights.
+  std::unique_ptr<Ltx2VideoEncoder> video_encoder;
   std::unique_ptr<AudioVaeDecoder> audio_vae;
   std::unique_ptr<Vocoder> vocoder;
   SchedulerConfig scheduler;

@@ -243,6 +243,14 @@ absl::Status ValidateSnapshot(const Ltx2Spec& spec) {
     if (!c.ok()) return annotate(c.status(), where(Ltx2Component::kVae) + "/config.json");
     RETURN_IF_ERROR(CheckHeaders(where(Ltx2Component::kVae),
                                  {Ltx2VideoDecoder::Params(*c), "", {"encoder."}, false}));
+    // The encoder (image-to-video) is optional; when present it is checked in full.
+    ASSIGN_OR_RETURN(const bool has_encoder, CheckpointHasVideoEncoder(where(Ltx2Component::kVae)));
+    if (has_encoder) {
+      auto e = VideoVaeEncoderConfig::FromJson(spec.vae);
+      if (!e.ok()) return annotate(e.status(), where(Ltx2Component::kVae) + "/config.json");
+      RETURN_IF_ERROR(CheckHeaders(where(Ltx2Component::kVae),
+                                   {Ltx2VideoEncoder::Params(*e), "", {"decoder."}, false}));
+    }
   }
   {
     auto c = AudioVaeConfig::FromJson(spec.audio_vae);
@@ -319,7 +327,10 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildVideoDecoder(spec));
-    RETURN_IF_ERROR(WriteComponent(root, "vae", spec.vae, m->weights(), dpm, "", dt, 1));
+    ASSIGN_OR_RETURN(auto e, BuildVideoEncoder(spec));
+    WeightMap w = m->weights();
+    w.insert(e->weights().begin(), e->weights().end());  // latents_mean/std: the decoder's
+    RETURN_IF_ERROR(WriteComponent(root, "vae", spec.vae, w, dpm, "", dt, 1));
   }
   {
     ASSIGN_OR_RETURN(auto m, BuildAudioDecoder(spec));

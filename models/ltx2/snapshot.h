@@ -16,8 +16,9 @@
 // shapes, floating-point dtypes, no unexpected tensor — from the safetensors headers (sharded
 // sets through their index, common/safetensors Checkpoint) before any network is built; errors
 // name the tensor and the file. The networks then load through models/core LoadWeights.
-// Written snapshots hold the video and audio VAEs' decoders only (their encoders are not ported),
-// so diffusers' from_pretrained, which wants the encoders too, cannot load them.
+// Written snapshots hold the video VAE's encoder and decoder and the audio VAE's decoder only
+// (its encoder is not ported), so diffusers' from_pretrained, which wants the audio encoder too,
+// cannot load them. A vae/ without encoder.* tensors still reads (no image-to-video then).
 #ifndef DIFFMESH_MODELS_LTX2_SNAPSHOT_H_
 #define DIFFMESH_MODELS_LTX2_SNAPSHOT_H_
 
