@@ -60,12 +60,11 @@ class Ltx2SnapshotMeshTest : public ::testing::Test {
   // Every size and step given: the snapshot's defaults are the released pipeline's (768 × 512,
   // 121 frames, 30 steps); its guidance defaults equal the built-in model's.
   static std::vector<std::string> Generate(std::vector<std::string> extra) {
-    std::vector<std::string> argv = {Binary("diffmesh"), "generate",  "--prompt",
-                                     "rain on a tin roof", "--seed", "11",
-                                     "--steps",           "2",         "--height",
-                                     "64",                "--width",   "96",
-                                     "--num-frames",      "9",         "--frame-rate",
-                                     "24"};
+    std::vector<std::string> argv = {
+        Binary("diffmesh"), "generate", "--prompt",     "rain on a tin roof",
+        "--seed",           "11",       "--steps",      "2",
+        "--height",         "64",       "--width",      "96",
+        "--num-frames",     "9",        "--frame-rate", "24"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   }
@@ -77,7 +76,8 @@ class Ltx2SnapshotMeshTest : public ::testing::Test {
     fs::copy(Snapshot(), dir, fs::copy_options::recursive);
     const std::string text = ReadFile((dir / file).string());
     EXPECT_NE(text.find(from), std::string::npos) << file;
-    std::ofstream((dir / file).string(), std::ios::trunc) << absl::StrReplaceAll(text, {{from, to}});
+    std::ofstream((dir / file).string(), std::ios::trunc)
+        << absl::StrReplaceAll(text, {{from, to}});
     return dir.string();
   }
 
@@ -147,8 +147,8 @@ TEST_F(Ltx2SnapshotMeshTest, BrokenSnapshotsFailBeforeAnyWorkNamingTensorAndFile
   const std::string missing =
       BrokenCopy("missing", "transformer/config.json", "\"num_layers\": 2", "\"num_layers\": 3");
   std::string log;
-  int status = testing::RunCommand(
-      Generate({"--model-dir", missing, "--output", Out("missing.mp4")}), &log);
+  int status =
+      testing::RunCommand(Generate({"--model-dir", missing, "--output", Out("missing.mp4")}), &log);
   EXPECT_NE(ExitCode(status), 0) << log;
   EXPECT_NE(log.find("transformer_blocks.2."), std::string::npos) << log;
   EXPECT_NE(log.find("transformer/diffusion_pytorch_model-00001-of-00002.safetensors"),
@@ -160,8 +160,8 @@ TEST_F(Ltx2SnapshotMeshTest, BrokenSnapshotsFailBeforeAnyWorkNamingTensorAndFile
   const std::string shape = BrokenCopy("shape", "connectors/config.json",
                                        "\"video_connector_num_learnable_registers\": 4",
                                        "\"video_connector_num_learnable_registers\": 8");
-  status = testing::RunCommand(Generate({"--model-dir", shape, "--output", Out("shape.mp4")}),
-                               &log);
+  status =
+      testing::RunCommand(Generate({"--model-dir", shape, "--output", Out("shape.mp4")}), &log);
   EXPECT_NE(ExitCode(status), 0) << log;
   EXPECT_NE(log.find("learnable_registers"), std::string::npos) << log;
   EXPECT_NE(log.find("connectors/diffusion_pytorch_model.safetensors"), std::string::npos) << log;
@@ -169,8 +169,7 @@ TEST_F(Ltx2SnapshotMeshTest, BrokenSnapshotsFailBeforeAnyWorkNamingTensorAndFile
   EXPECT_FALSE(fs::exists(Out("shape.mp4")));
 
   // A stage service given the broken snapshot refuses to start, with the same reason.
-  status = testing::RunCommand({Binary("encoder"), "--port=0", "--model_dir=" + shape},
-                               &log);
+  status = testing::RunCommand({Binary("encoder"), "--port=0", "--model_dir=" + shape}, &log);
   EXPECT_NE(ExitCode(status), 0) << log;
   EXPECT_NE(log.find("learnable_registers"), std::string::npos) << log;
 }

@@ -27,13 +27,13 @@ constexpr int64_t kMaxPromptBytes = 8000;
 
 // The configs' values the entry is made from, each with the reference constructor's default.
 struct EntryInputs {
-  int64_t spatial_ratio = 32, temporal_ratio = 8;      // vae
-  int64_t patch_size = 1, patch_size_t = 1;            // transformer
-  int64_t base_height = 2048, base_width = 2048;       // transformer
-  int64_t pos_embed_max_pos = 20;                      // transformer, seconds of video
-  int64_t num_layers = 48;                             // transformer
-  bool gated_attn = false, perturbed_attn = false;     // transformer (2.3 flags)
-  int64_t num_train_timesteps = 1000;                  // scheduler
+  int64_t spatial_ratio = 32, temporal_ratio = 8;   // vae
+  int64_t patch_size = 1, patch_size_t = 1;         // transformer
+  int64_t base_height = 2048, base_width = 2048;    // transformer
+  int64_t pos_embed_max_pos = 20;                   // transformer, seconds of video
+  int64_t num_layers = 48;                          // transformer
+  bool gated_attn = false, perturbed_attn = false;  // transformer (2.3 flags)
+  int64_t num_train_timesteps = 1000;               // scheduler
 };
 
 // Reads `field` of `config` when present; errors name the file and the field.
@@ -75,9 +75,10 @@ absl::StatusOr<EntryInputs> ReadInputs(const fs::path& root) {
   if (!positive(in.patch_size, 64) || !positive(in.patch_size_t, 64) ||
       !positive(in.base_height, 1 << 20) || !positive(in.base_width, 1 << 20) ||
       !positive(in.pos_embed_max_pos, 1 << 20) || !positive(in.num_layers, 1 << 16)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dit_file, ": patch_size, patch_size_t, base_height, base_width, pos_embed_max_pos and "
-                  "num_layers must be positive (and sane)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dit_file,
+                     ": patch_size, patch_size_t, base_height, base_width, pos_embed_max_pos and "
+                     "num_layers must be positive (and sane)"));
   }
   if (!positive(in.num_train_timesteps, 1 << 20)) {
     return absl::InvalidArgumentError(
@@ -104,12 +105,13 @@ absl::StatusOr<json> Ltx2SnapshotPipelineEntry(const std::string& dir) {
   ASSIGN_OR_RETURN(EntryInputs in, ReadInputs(root));
 
   const int64_t granularity = in.spatial_ratio * in.patch_size;
-  const int64_t max_size = std::max(
-      granularity, std::min(in.base_height, in.base_width) / granularity * granularity);
+  const int64_t max_size =
+      std::max(granularity, std::min(in.base_height, in.base_width) / granularity * granularity);
   const int64_t multiple = in.temporal_ratio * in.patch_size_t;
   const int64_t max_frames =
-      (static_cast<int64_t>(std::floor(in.pos_embed_max_pos * kLtx2DefaultFrameRate)) /
-       multiple) * multiple + 1;
+      (static_cast<int64_t>(std::floor(in.pos_embed_max_pos * kLtx2DefaultFrameRate)) / multiple) *
+          multiple +
+      1;
   const bool v23 = in.gated_attn;
   auto side = [&](int64_t v) {
     return std::clamp(v / granularity * granularity, granularity, max_size);
@@ -126,10 +128,10 @@ absl::StatusOr<json> Ltx2SnapshotPipelineEntry(const std::string& dir) {
       {"frame_rate", kLtx2DefaultFrameRate},
       {"steps", steps},
       {"guidance",
-       {{"main", {{"cfg_scale", 3.0}, {"stg_scale", stg}, {"modality_scale", 3.0},
-                  {"rescale", 0.7}}},
-        {"audio", {{"cfg_scale", 7.0}, {"stg_scale", stg}, {"modality_scale", 3.0},
-                   {"rescale", 0.7}}},
+       {{"main",
+         {{"cfg_scale", 3.0}, {"stg_scale", stg}, {"modality_scale", 3.0}, {"rescale", 0.7}}},
+        {"audio",
+         {{"cfg_scale", 7.0}, {"stg_scale", stg}, {"modality_scale", 3.0}, {"rescale", 0.7}}},
         {"stg_blocks", {{"blocks", json::array({stg_block})}}}}},
       {"output", {{"format", "OUTPUT_FORMAT_MP4"}}}};
   json limits = {{"size_granularity", granularity},
@@ -139,10 +141,11 @@ absl::StatusOr<json> Ltx2SnapshotPipelineEntry(const std::string& dir) {
                  {"max_steps", in.num_train_timesteps},
                  {"max_prompt_bytes", kMaxPromptBytes},
                  {"frames", {{"multiple", multiple}, {"offset", 1}, {"max_frames", max_frames}}}};
-  json stages = json::array(
-      {{{"name", "encoder"}, {"kind", "encoder"}, {"service", "encoder"}},
-       {{"name", "denoise"}, {"kind", "denoise"}, {"service", "denoise"},
-        {"inputs", json::array({"encoder"})}}});
+  json stages = json::array({{{"name", "encoder"}, {"kind", "encoder"}, {"service", "encoder"}},
+                             {{"name", "denoise"},
+                              {"kind", "denoise"},
+                              {"service", "denoise"},
+                              {"inputs", json::array({"encoder"})}}});
   return json{{"kind", "video_with_audio"},
               {"description", absl::StrCat(kLtx2PipelineClassName, v23 ? " (LTX-2.3)" : " (LTX-2)",
                                            " snapshot ", dir)},

@@ -13,12 +13,12 @@
 //                                rate (video positions are in seconds)
 //   steps                        1 .. scheduler num_train_timesteps
 // Defaults: the reference pipeline's (Lightricks' LTX_2_PARAMS / LTX_2_3_PARAMS, diffusers'
-// LTX2Pipeline.__call__ at the fixtures' commit): 768 × 512, 121 frames at 24 fps, 40 steps
-// (LTX-2.0) or 30 (LTX-2.3, told by the transformer's gated_attn), video guidance cfg 3 / stg 1 /
-// modality 3 / rescale 0.7, audio cfg 7 / stg 1 / modality 3 / rescale 0.7, STG at block 29
-// (2.0) or 28 (2.3) — the last block when the model has fewer; stg 0 when the transformer is not
-// perturbed_attn (its perturbed pass would equal the conditional one). Each default is clamped
-// to the limits above.
+// LTX2Pipeline.__call__ at the fixtures' commit): 512 high × 768 wide, 121 frames at 24 fps,
+// 40 steps (LTX-2.0) or 30 (LTX-2.3, told by the transformer's gated_attn), video guidance
+// cfg 3 / stg 1 / modality 3 / rescale 0.7, audio cfg 7 / stg 1 / modality 3 / rescale 0.7, STG
+// at block 29 (2.0) or 28 (2.3) — the last block when the model has fewer; stg 0 when the
+// transformer is not perturbed_attn (its perturbed pass would equal the conditional one). Each
+// default is clamped to the limits above.
 #ifndef DIFFMESH_MODELS_LTX2_SNAPSHOT_PIPELINE_H_
 #define DIFFMESH_MODELS_LTX2_SNAPSHOT_PIPELINE_H_
 

@@ -38,9 +38,9 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"prompt", "TEXT", "what to draw (quoted text in it is rendered as glyphs)"},
     {"negative-prompt", "TEXT", "what to steer away from"},
     {"model", "NAME", "model to use (default: the pipeline's default, glm-image-tiny)"},
-    {"model-dir", "DIR", "embedded: serve the snapshot in DIR (diffusers layout: a GlmImagePipeline "
-                         "such as zai-org/GLM-Image, or an LTX2Pipeline; model_index.json tells "
-                         "which) instead of a built-in model"},
+    {"model-dir", "DIR", "embedded: serve the snapshot in DIR (diffusers layout: a "
+                         "GlmImagePipeline such as zai-org/GLM-Image, or an LTX2Pipeline; "
+                         "model_index.json tells which) instead of a built-in model"},
     {"height", "PX", "image height in pixels (default: the model's)"},
     {"width", "PX", "image width in pixels (default: the model's)"},
     {"steps", "N", "denoising steps (default: the model's; `diffmesh models` lists the range)"},

@@ -46,7 +46,8 @@ constexpr char kUsage[] =
     "    Reads DIR's configs and checks every component's weights (names, shapes, dtypes)\n"
     "    against them from the safetensors headers (any family: GlmImagePipeline,\n"
     "    LTX2Pipeline, told by model_index.json).\n"
-    "  diffmesh-snapshot load DIR   (GlmImagePipeline) [--cuda] [--tp RANK/SIZE] [--only dit|vae|t5|ar]\n"
+    "  diffmesh-snapshot load DIR [--cuda] [--tp RANK/SIZE] [--only dit|vae|t5|ar]\n"
+    "    (GlmImagePipeline)\n"
     "    Builds the components as the stages do (fp32 on the CPU; bf16 DiT and AR, fp32 VAE\n"
     "    on cuda:0 with --cuda; the DiT slice of tensor-parallel rank RANK of SIZE) and\n"
     "    prints the seconds each load took and the process's peak resident memory.\n";
