@@ -16,7 +16,7 @@ namespace diffmesh::models::ltx2 {
 const char kLtx2WriteUsage[] =
     "  write OUT_DIR --model ltx2-tiny [--seed N] [--dtype f32|f16|bf16] [--shards N]\n"
     "                [--patch FILE.json]\n"
-    "    Writes an LTX2Pipeline snapshot with the seeded weights of built-in LTX-2 model NAME:\n"
+    "    Writes an LTX2Pipeline snapshot with the seeded weights of the built-in LTX-2 model:\n"
     "    model_index.json, every component's config and weights (the transformer and text\n"
     "    encoder in N shards with index.json, default 2), the tokenizer. Loading it gives the\n"
     "    same networks as the built-in model.\n"
