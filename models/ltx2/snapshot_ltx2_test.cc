@@ -90,6 +90,18 @@ TEST_F(Ltx2SnapshotTest, WrittenTinySnapshotLoadsToIdenticalOutputs) {
   EXPECT_TRUE(at::equal(a.frames_uint8, b.frames_uint8));
 }
 
+// The stages serve a snapshot under the name the pipeline config gives it (SnapshotModelName):
+// "org/name" in a Hugging Face cache folder.
+TEST_F(Ltx2SnapshotTest, HubCacheSnapshotsAreServedAsOrgSlashName) {
+  auto spec = BuiltinSpec("ltx2-tiny");
+  ASSERT_TRUE(spec.ok());
+  const fs::path dir = dir_ / "models--Lightricks--LTX-2.3" / "snapshots" / "0123abcd";
+  ASSERT_TRUE(WriteSnapshot(*spec, dir.string(), {.num_shards = 1}).ok());
+  auto read = SpecFromSnapshot(dir.string());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->name, "Lightricks/LTX-2.3");
+}
+
 TEST_F(Ltx2SnapshotTest, Bf16SnapshotLoads) {
   auto spec = BuiltinSpec("ltx2-tiny");
   ASSERT_TRUE(spec.ok());
