@@ -13,6 +13,7 @@
 #include "common/file/file.h"
 #include "common/status/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "models/ltx2/snapshot_pipeline.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh {
@@ -69,6 +70,21 @@ absl::StatusOr<std::string> SnapshotModelName(const std::string& dir) {
     name_or_path = index["_name_or_path"].get<std::string>();
   }
   return SnapshotModelName(name_or_path, dir);
+}
+
+absl::StatusOr<std::string> SnapshotClassName(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "model_index.json").string();
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("model dir ", dir, ": cannot read ", path));
+  json index = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (index.is_discarded() || !index.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  if (!index.contains("_class_name") || !index["_class_name"].is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": no _class_name (the pipeline class of the snapshot)"));
+  }
+  return index["_class_name"].get<std::string>();
 }
 
 v1::GenerateRequest SnapshotDefaults() {
@@ -213,21 +229,74 @@ absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel&
   return absl::OkStatus();
 }
 
+// The stages GlmImagePipeline runs, on the default pipeline's services.
+json GlmImageStages() {
+  return json::array({{{"name", "ar"}, {"kind", "ar"}, {"service", "ar"}},
+                      {{"name", "encoder"}, {"kind", "encoder"}, {"service", "encoder"}},
+                      {{"name", "denoise"},
+                       {"kind", "denoise"},
+                       {"service", "denoise"},
+                       {"inputs", json::array({"ar", "encoder"})},
+                       {"stream_inputs", true}}});
+}
+
+json ProtoToJson(const google::protobuf::Message& message) {
+  std::string text;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &text, options);
+  return json::parse(text);
+}
+
+absl::StatusOr<json> GlmImageSnapshotEntry(const std::string& dir) {
+  return json{{"kind", "image"},
+              {"description", absl::StrCat("GlmImagePipeline snapshot ", dir)},
+              {"input_roles", json::array({"edit_image"})},  // GlmImagePipeline edits images
+              {"defaults", ProtoToJson(SnapshotDefaults())},
+              {"limits", ProtoToJson(SnapshotLimits())},
+              {"stages", GlmImageStages()}};
+}
+
+// The model families served from snapshots, by model_index.json's `_class_name`: each reads
+// its snapshot's configs into a model entry of this file's format (kind, description,
+// input_roles, defaults, limits, stages), which a pipeline config's own entry may override.
+struct SnapshotFamily {
+  const char* class_name;
+  absl::StatusOr<json> (*entry)(const std::string& dir);
+};
+constexpr SnapshotFamily kSnapshotFamilies[] = {
+    {"GlmImagePipeline", GlmImageSnapshotEntry},
+    {models::ltx2::kLtx2PipelineClassName, models::ltx2::Ltx2SnapshotPipelineEntry},
+};
+
+absl::StatusOr<json> SnapshotEntry(const std::string& dir) {
+  ASSIGN_OR_RETURN(const std::string class_name, SnapshotClassName(dir));
+  std::string known;
+  for (const SnapshotFamily& f : kSnapshotFamilies) {
+    if (class_name == f.class_name) return f.entry(dir);
+    absl::StrAppend(&known, known.empty() ? "" : ", ", f.class_name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat((std::filesystem::path(dir) / "model_index.json").string(), ": _class_name '",
+                   class_name, "' is not a pipeline diffmesh serves (", known, ")"));
+}
+
 absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg) {
   PipelineModel model;
   if (!m.is_object()) return Bad("each model must be an object");
   RETURN_IF_ERROR(Read(m, "path", model.path, false, "model"));
   const bool snapshot = !model.path.empty();
   std::string served;  // the name the stage services serve the snapshot under
+  json entry = json::object();  // the snapshot family's entry, under the config's own
   if (snapshot) {
     auto name = SnapshotModelName(model.path);
     if (!name.ok()) return Bad(std::string(name.status().message()));
     served = *name;
     model.name = served;
-    model.description = absl::StrCat("GlmImagePipeline snapshot ", model.path);
-    model.defaults = SnapshotDefaults();
-    model.limits = SnapshotLimits();
-    model.input_roles = {v1::MEDIA_ROLE_EDIT_IMAGE};  // GlmImagePipeline edits images
+    auto family = SnapshotEntry(model.path);
+    if (!family.ok()) return Bad(std::string(family.status().message()));
+    entry = *std::move(family);
+    RETURN_IF_ERROR(Read(entry, "description", model.description, false, "snapshot"));
   }
   RETURN_IF_ERROR(Read(m, "name", model.name, !snapshot, "model"));
   const std::string where = absl::StrCat("model '", model.name, "'");
@@ -240,11 +309,18 @@ absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg
     return Bad(absl::StrCat(where, " needs 'defaults' and 'limits' (they may be left out with "
                             "a 'path')"));
   }
-  RETURN_IF_ERROR(ReadKind(m, model, where));
+  // Kind, roles and stages: the config's when given, else the snapshot family's.
+  json shape = entry;
+  for (const char* key : {"kind", "input_roles", "stages"}) {
+    if (m.contains(key)) shape[key] = m[key];
+  }
+  RETURN_IF_ERROR(ReadKind(shape, model, where));
+  RETURN_IF_ERROR(ReadProto(entry, "defaults", model.defaults, where));
+  RETURN_IF_ERROR(ReadProto(entry, "limits", model.limits, where));
   RETURN_IF_ERROR(ReadProto(m, "defaults", model.defaults, where));
   RETURN_IF_ERROR(ReadProto(m, "limits", model.limits, where));
   RETURN_IF_ERROR(CheckLimitsAndDefaults(model, where));
-  RETURN_IF_ERROR(ReadStages(m, cfg, model, where));
+  RETURN_IF_ERROR(ReadStages(shape, cfg, model, where));
   return model;
 }
 
@@ -286,10 +362,11 @@ absl::StatusOr<PipelineConfig> PipelineConfig::Load(const std::string& path) {
 }
 
 absl::StatusOr<PipelineConfig> PipelineConfig::ForSnapshot(const std::string& dir) {
+  // The family's own stage graph (SnapshotEntry), on the default pipeline's services.
   const json defaults = json::parse(DefaultJson());
   json root = {{"default_model", ""},
                {"services", defaults["services"]},
-               {"models", json::array({{{"path", dir}, {"stages", defaults["models"][0]["stages"]}}})}};
+               {"models", json::array({{{"path", dir}}})}};
   auto name = SnapshotModelName(dir);
   if (!name.ok()) return name.status();
   root["default_model"] = *name;

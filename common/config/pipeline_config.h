@@ -34,10 +34,12 @@ struct PipelineModel {
   std::string name;
   std::string description;
   ModelKind kind = ModelKind::kImage;
-  // GlmImagePipeline snapshot folder the stage services serve this model from (their
-  // --model-dir); empty for a built-in model. With a path the name defaults to the snapshot's
-  // name (SnapshotModelName), and defaults / limits to the released pipeline's
-  // (SnapshotDefaults / SnapshotLimits) unless the entry gives them.
+  // Snapshot folder (diffusers layout) the stage services serve this model from (their
+  // --model-dir); empty for a built-in model. With a path the model family follows
+  // model_index.json's `_class_name` (GlmImagePipeline, LTX2Pipeline), the name is the
+  // snapshot's (SnapshotModelName), and kind, input roles, stages, defaults and limits are the
+  // family's for that snapshot (read from its configs by the family's code) unless the entry
+  // gives them (defaults and limits field by field).
   std::string path;
   // Every default a request may leave unset (sizes, steps, guidance, output format).
   v1::GenerateRequest defaults;
@@ -63,7 +65,8 @@ struct PipelineConfig {
   static absl::StatusOr<PipelineConfig> Load(const std::string& path);
   // The built-in pipeline (glm-image-tiny on the default loopback ports).
   static const std::string& DefaultJson();
-  // One model: the snapshot in `dir`, with every stage on the default pipeline's services.
+  // One model: the snapshot in `dir` (any family above), its stages on the default pipeline's
+  // services.
   static absl::StatusOr<PipelineConfig> ForSnapshot(const std::string& dir);
 };
 
@@ -74,6 +77,10 @@ struct PipelineConfig {
 absl::StatusOr<std::string> SnapshotModelName(const std::string& dir);
 // The same rule, given model_index.json's `_name_or_path` ("" when absent).
 std::string SnapshotModelName(const std::string& name_or_path, const std::string& dir);
+
+// `dir`/model_index.json's `_class_name`: NOT_FOUND / INVALID_ARGUMENT naming the file when it
+// is missing, not JSON or has none.
+absl::StatusOr<std::string> SnapshotClassName(const std::string& dir);
 
 // GlmImagePipeline's own defaults (1024², 50 steps, guidance 1.5) and the sizes it accepts.
 v1::GenerateRequest SnapshotDefaults();

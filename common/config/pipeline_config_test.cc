@@ -133,10 +133,28 @@ class SnapshotEntryTest : public ::testing::Test {
     std::filesystem::create_directories(root_ / "hub" / "models--zai-org--GLM-Image" /
                                         "snapshots" / "abc123");
     std::filesystem::create_directories(root_ / "plain-folder");
-    Write(root_ / "named" / "model_index.json", R"({"_name_or_path": "my-glm"})");
+    Write(root_ / "named" / "model_index.json",
+          R"({"_class_name": "GlmImagePipeline", "_name_or_path": "my-glm"})");
     Write(root_ / "hub" / "models--zai-org--GLM-Image" / "snapshots" / "abc123" / "model_index.json",
           R"({"_class_name": "GlmImagePipeline"})");
-    Write(root_ / "plain-folder" / "model_index.json", R"({"_name_or_path": ""})");
+    Write(root_ / "plain-folder" / "model_index.json",
+          R"({"_class_name": "GlmImagePipeline", "_name_or_path": ""})");
+    // An LTX2Pipeline's configs, as far as the pipeline entry reads them (LTX-2.3-style flags,
+    // a ×16 VAE and 2x2 patches so no number below is a constant of the code).
+    const std::filesystem::path ltx = root_ / "ltx";
+    for (const char* sub : {"vae", "transformer", "scheduler"}) {
+      std::filesystem::create_directories(ltx / sub);
+    }
+    Write(ltx / "model_index.json", R"({"_class_name": "LTX2Pipeline", "_name_or_path": "ltx"})");
+    Write(ltx / "vae" / "config.json",
+          R"({"spatial_compression_ratio": 16, "temporal_compression_ratio": 4})");
+    Write(ltx / "transformer" / "config.json",
+          R"({"patch_size": 2, "patch_size_t": 1, "base_height": 1000, "base_width": 1536,
+              "pos_embed_max_pos": 10, "num_layers": 6, "gated_attn": true,
+              "perturbed_attn": true})");
+    Write(ltx / "scheduler" / "scheduler_config.json", R"({"num_train_timesteps": 500})");
+    std::filesystem::create_directories(root_ / "other");
+    Write(root_ / "other" / "model_index.json", R"({"_class_name": "FluxPipeline"})");
   }
   void TearDown() override { std::filesystem::remove_all(root_); }
   static void Write(const std::filesystem::path& p, const std::string& text) {
@@ -194,6 +212,73 @@ TEST_F(SnapshotEntryTest, ForSnapshotServesOneModelOnTheDefaultServices) {
               cfg->models[0].FindStage("encoder") != nullptr);
   EXPECT_EQ(cfg->services.size(), 3u);
   EXPECT_FALSE(PipelineConfig::ForSnapshot(Dir("nowhere")).ok());
+}
+
+TEST_F(SnapshotEntryTest, Ltx2SnapshotTakesItsLimitsAndDefaultsFromItsConfigs) {
+  auto cfg = PipelineConfig::ForSnapshot(Dir("ltx"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_EQ(cfg->models.size(), 1u);
+  const PipelineModel& m = cfg->models[0];
+  EXPECT_EQ(m.name, "ltx");
+  EXPECT_EQ(m.kind, ModelKind::kVideoWithAudio);
+  EXPECT_TRUE(m.input_roles.empty());
+  ASSERT_EQ(m.stages.size(), 2u);  // encoder → denoise, no AR
+  EXPECT_EQ(m.stages[0].kind, "encoder");
+  EXPECT_EQ(m.stages[1].kind, "denoise");
+  EXPECT_EQ(m.stages[1].inputs, std::vector<std::string>{"encoder"});
+  // 16 × 2 pixels per token; sizes up to the RoPE base (1000 → 992); 4k+1 frames within
+  // 10 s at 24 fps; steps up to the scheduler's training timesteps.
+  EXPECT_EQ(m.limits.size_granularity(), 32);
+  EXPECT_EQ(m.limits.min_size(), 32);
+  EXPECT_EQ(m.limits.max_size(), 992);
+  EXPECT_EQ(m.limits.frames().multiple(), 4);
+  EXPECT_EQ(m.limits.frames().offset(), 1);
+  EXPECT_EQ(m.limits.frames().max_frames(), 241);
+  EXPECT_EQ(m.limits.max_steps(), 500);
+  // The reference pipeline's defaults (LTX-2.3: 30 steps), STG clamped to the last block.
+  EXPECT_EQ(m.defaults.height(), 512);
+  EXPECT_EQ(m.defaults.width(), 768);
+  EXPECT_EQ(m.defaults.num_frames(), 121);
+  EXPECT_EQ(m.defaults.frame_rate(), 24);
+  EXPECT_EQ(m.defaults.steps(), 30);
+  EXPECT_EQ(m.defaults.guidance().main().cfg_scale(), 3);
+  EXPECT_EQ(m.defaults.guidance().audio().cfg_scale(), 7);
+  EXPECT_EQ(m.defaults.guidance().main().stg_scale(), 1);
+  ASSERT_EQ(m.defaults.guidance().stg_blocks().blocks_size(), 1);
+  EXPECT_EQ(m.defaults.guidance().stg_blocks().blocks(0), 5);
+  EXPECT_EQ(m.defaults.output().format(), v1::OUTPUT_FORMAT_MP4);
+}
+
+TEST_F(SnapshotEntryTest, Ltx2ConfigErrorsNameTheFileAndAConfigEntryMayOverride) {
+  Write(root_ / "ltx" / "transformer" / "config.json", R"({"patch_size": "two"})");
+  auto bad = PipelineConfig::ForSnapshot(Dir("ltx"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("transformer/config.json"), std::string::npos)
+      << bad.status();
+  EXPECT_NE(bad.status().message().find("patch_size"), std::string::npos) << bad.status();
+
+  Write(root_ / "ltx" / "transformer" / "config.json", R"({"num_layers": 2})");  // LTX-2.0
+  auto base = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  base["models"].push_back({{"path", Dir("ltx")}, {"defaults", {{"steps", 4}}}});
+  auto cfg = PipelineConfig::Parse(base.dump());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const PipelineModel* m = cfg->FindModel("ltx");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->defaults.steps(), 4);
+  EXPECT_EQ(m->defaults.height(), 512);
+  EXPECT_EQ(m->defaults.guidance().main().stg_scale(), 0) << "not perturbed_attn";
+  EXPECT_EQ(m->defaults.guidance().stg_blocks().blocks(0), 1);
+  EXPECT_EQ(m->limits.size_granularity(), 16);
+  EXPECT_EQ(m->stages.size(), 2u);
+}
+
+TEST_F(SnapshotEntryTest, UnknownPipelineClassesAreRefusedNamingTheFile) {
+  auto cfg = PipelineConfig::ForSnapshot(Dir("other"));
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find("model_index.json"), std::string::npos) << cfg.status();
+  EXPECT_NE(cfg.status().message().find("FluxPipeline"), std::string::npos) << cfg.status();
+  EXPECT_NE(cfg.status().message().find("LTX2Pipeline"), std::string::npos) << cfg.status();
+  EXPECT_EQ(*SnapshotClassName(Dir("ltx")), "LTX2Pipeline");
 }
 
 }  // namespace

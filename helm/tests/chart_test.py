@@ -41,12 +41,14 @@ GPU = "nvidia.com/gpu"
 LWS_LABEL = "leaderworkerset.sigs.k8s.io/"
 POD_INDEX = "apps.kubernetes.io/pod-index"
 EXAMPLE = "helm/diffmesh/examples/glm-image-8gpu.yaml"
+LTX2_EXAMPLE = "helm/diffmesh/examples/ltx2-8gpu.yaml"
 
 # (name, helm-render arguments, release namespace)
 CASES = [
     ("default values", [], "default"),
     ("2 groups of 8 GPUs on a LeaderWorkerSet", ["-f", EXAMPLE, "--set", "denoise.replicas=2"], "default"),
     ("8 GPUs on a StatefulSet", ["-f", EXAMPLE, "--set", "denoise.leaderWorkerSet.enabled=false"], "default"),
+    ("LTX-2: CFG 4 × Ulysses 2 denoise group, no AR service", ["-f", LTX2_EXAMPLE], "default"),
     ("CPU, ServiceMonitor, HPA through prometheus-adapter",
      ["--name", "prod", "--set", "gpu.enabled=false,serviceMonitor.enabled=true,autoscaling.enabled=true",
       "--set", "denoise.scrapeAllRanks=true,denoise.parallel.ulysses=2,denoise.leaderWorkerSet.enabled=false",
@@ -113,7 +115,7 @@ def build_renderer(source_dir, work_dir):
 
 def render(renderer, source_dir, args, namespace):
     cmd = [renderer, "--namespace", namespace] + [
-        os.path.join(source_dir, a) if a == EXAMPLE else a for a in args] + [
+        os.path.join(source_dir, a) if a in (EXAMPLE, LTX2_EXAMPLE) else a for a in args] + [
         os.path.join(source_dir, "helm/diffmesh")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     return r.returncode, r.stdout, r.stderr

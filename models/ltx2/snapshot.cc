@@ -11,6 +11,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/config/pipeline_config.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
 #include "models/core/config_json.h"
@@ -68,8 +70,10 @@ absl::Status CheckHeaders(const std::string& component_dir, const ExpectedTensor
     claimed.insert(name);
     const TensorView* view = checkpoint->Find(name);
     if (view == nullptr) {
-      return absl::NotFoundError(absl::StrCat(component_dir, ": checkpoint lacks tensor '", name,
-                                              "' (shape ", ShapeText(spec.shape), ")"));
+      // The files the tensor should be in: the shards (or the one file) of the checkpoint.
+      return absl::NotFoundError(absl::StrCat("tensor '", name, "' (shape ",
+                                              ShapeText(spec.shape), ") is missing from ",
+                                              absl::StrJoin(checkpoint->files(), ", ")));
     }
     if (view->shape != spec.shape) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in ", *view->file,
@@ -187,11 +191,12 @@ absl::StatusOr<Ltx2Spec> SpecFromSnapshot(const std::string& dir) {
   }
   Ltx2Spec spec;
   spec.dir = dir;
-  spec.name = index.value("_name_or_path", "");
-  if (spec.name.empty()) spec.name = fs::absolute(root).lexically_normal().filename().string();
-  if (spec.name.empty()) {
-    spec.name = fs::absolute(root).lexically_normal().parent_path().filename().string();
+  // The name every service serves the snapshot under (the orchestrator's pipeline config too).
+  std::string name_or_path;
+  if (index.contains("_name_or_path") && index["_name_or_path"].is_string()) {
+    name_or_path = index["_name_or_path"].get<std::string>();
   }
+  spec.name = SnapshotModelName(name_or_path, dir);
   auto read = [&](const char* folder, const char* file, json& out) -> absl::Status {
     ASSIGN_OR_RETURN(out, ReadJsonFile((root / folder / file).string()));
     return absl::OkStatus();
@@ -303,9 +308,9 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   const DType dt = options.dtype;
   const std::string dpm = "diffusion_pytorch_model";
 
-  json index = {{"_class_name", "LTX2Pipeline"},
-                {"_diffusers_version", "0.40.0.dev0"},
-                {"_name_or_path", spec.name}};
+  // No _name_or_path, as in the GLM snapshots diffmesh-snapshot writes: the snapshot is served
+  // under its folder's name, apart from the built-in model it was drawn from.
+  json index = {{"_class_name", "LTX2Pipeline"}, {"_diffusers_version", "0.40.0.dev0"}};
   for (const ComponentEntry& e : kIndexEntries) index[e.key] = {e.library, e.class_name};
   if (spec.vocoder.value("_class_name", "") == "LTX2VocoderWithBWE") {
     index["vocoder"] = {"ltx2", "LTX2VocoderWithBWE"};

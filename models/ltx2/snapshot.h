@@ -33,8 +33,9 @@ namespace diffmesh::models::ltx2 {
 
 // The spec of the snapshot in `dir`: model_index.json (an LTX2Pipeline naming every component
 // above), each component's config.json, scheduler/scheduler_config.json, and latent_upsampler/
-// when present; then ValidateSnapshot. spec.dir = `dir`; the name is model_index.json's
-// "_name_or_path" when present, else the folder's name. Errors name the file.
+// when present; then ValidateSnapshot. spec.dir = `dir`; the name is the one every service
+// serves it under (common/config SnapshotModelName: model_index.json's "_name_or_path", else
+// "org/name" of a Hugging Face cache folder, else the folder's name). Errors name the file.
 absl::StatusOr<Ltx2Spec> SpecFromSnapshot(const std::string& dir);
 
 // Checks every component's checkpoint (headers only) and the tokenizer file.

@@ -77,7 +77,7 @@ TEST_F(Ltx2SnapshotTest, WrittenTinySnapshotLoadsToIdenticalOutputs) {
 
   auto read = SpecFromSnapshot(dir_.string());
   ASSERT_TRUE(read.ok()) << read.status();
-  EXPECT_EQ(read->name, "ltx2-tiny");
+  EXPECT_EQ(read->name, dir_.filename().string());  // served under its folder's name
   EXPECT_EQ(read->transformer, spec->transformer);
   EXPECT_EQ(read->max_sequence_length, spec->max_sequence_length);
   EXPECT_TRUE(read->latent_upsampler.is_null());
@@ -88,6 +88,18 @@ TEST_F(Ltx2SnapshotTest, WrittenTinySnapshotLoadsToIdenticalOutputs) {
   EXPECT_TRUE(at::equal(a.frames, b.frames));
   EXPECT_TRUE(at::equal(a.waveform, b.waveform));
   EXPECT_TRUE(at::equal(a.frames_uint8, b.frames_uint8));
+}
+
+// The stages serve a snapshot under the name the pipeline config gives it (SnapshotModelName):
+// "org/name" in a Hugging Face cache folder.
+TEST_F(Ltx2SnapshotTest, HubCacheSnapshotsAreServedAsOrgSlashName) {
+  auto spec = BuiltinSpec("ltx2-tiny");
+  ASSERT_TRUE(spec.ok());
+  const fs::path dir = dir_ / "models--Lightricks--LTX-2.3" / "snapshots" / "0123abcd";
+  ASSERT_TRUE(WriteSnapshot(*spec, dir.string(), {.num_shards = 1}).ok());
+  auto read = SpecFromSnapshot(dir.string());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->name, "Lightricks/LTX-2.3");
 }
 
 TEST_F(Ltx2SnapshotTest, Bf16SnapshotLoads) {
@@ -130,7 +142,7 @@ TEST_F(Ltx2SnapshotTest, BadCheckpointsAreNamed) {
     auto s = SpecFromSnapshot(dir_.string()).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
     EXPECT_NE(std::string(s.message()).find(victim), std::string::npos) << s;
-    EXPECT_NE(std::string(s.message()).find("vae"), std::string::npos) << s;
+    EXPECT_NE(std::string(s.message()).find(vae_file), std::string::npos) << s;
   }
   {  // Wrong shape.
     auto t = tensors;

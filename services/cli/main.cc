@@ -38,8 +38,9 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"prompt", "TEXT", "what to draw (quoted text in it is rendered as glyphs)"},
     {"negative-prompt", "TEXT", "what to steer away from"},
     {"model", "NAME", "model to use (default: the pipeline's default, glm-image-tiny)"},
-    {"model-dir", "DIR", "embedded: serve the GlmImagePipeline snapshot in DIR (diffusers layout, "
-                         "e.g. a download of zai-org/GLM-Image) instead of a built-in model"},
+    {"model-dir", "DIR", "embedded: serve the snapshot in DIR (diffusers layout: a "
+                         "GlmImagePipeline such as zai-org/GLM-Image, or an LTX2Pipeline; "
+                         "model_index.json tells which) instead of a built-in model"},
     {"height", "PX", "image height in pixels (default: the model's)"},
     {"width", "PX", "image width in pixels (default: the model's)"},
     {"steps", "N", "denoising steps (default: the model's; `diffmesh models` lists the range)"},
@@ -69,7 +70,8 @@ const std::vector<FlagSpec> kUpFlags = {
                        "their /metrics on P+10..P+13"},
     {"model", "NAME", "built-in model the stages load (default glm-image-tiny; ltx2-tiny: video with "
                       "sound, no AR service)"},
-    {"model-dir", "DIR", "the stages serve the GlmImagePipeline snapshot in DIR instead"},
+    {"model-dir", "DIR", "the stages serve the snapshot in DIR instead (GlmImagePipeline or "
+                         "LTX2Pipeline, told by its model_index.json)"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
     {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
@@ -346,25 +348,22 @@ int Up(const std::vector<std::string>& argv) {
   }
   o.model = args->Get("model", o.model);
   o.model_dir = args->Get("model-dir");
-  if (!o.model_dir.empty()) {
-    // Fail here, with the reason, rather than in four services' logs.
-    auto name = SnapshotModelName(o.model_dir);
-    if (!name.ok()) return Fail(name.status());
-    if (args->Has("model")) {
-      return Fail(absl::InvalidArgumentError("--model and --model-dir: give one"));
-    }
+  if (!o.model_dir.empty() && args->Has("model")) {
+    return Fail(absl::InvalidArgumentError("--model and --model-dir: give one"));
   }
-  if (o.model_dir.empty()) {
-    // The stages this model's pipeline runs: no AR service for a model without an AR stage.
-    auto pipeline = PipelineConfig::Parse(PipelineConfig::DefaultJson());
-    if (!pipeline.ok()) return Fail(pipeline.status());
-    const PipelineModel* m = pipeline->FindModel(o.model);
-    if (m == nullptr) {
-      return Fail(absl::NotFoundError(absl::StrCat("model: '", o.model, "' is not in the pipeline")));
-    }
-    o.ar = std::any_of(m->stages.begin(), m->stages.end(),
-                       [](const StageSpec& st) { return st.kind == "ar"; });
+  // The pipeline the orchestrator will run (a snapshot's from its family and configs). Failing
+  // here gives the reason once, rather than in four services' logs.
+  auto pipeline = o.model_dir.empty() ? PipelineConfig::Parse(PipelineConfig::DefaultJson())
+                                      : PipelineConfig::ForSnapshot(o.model_dir);
+  if (!pipeline.ok()) return Fail(pipeline.status());
+  const PipelineModel* m =
+      pipeline->FindModel(o.model_dir.empty() ? o.model : pipeline->default_model);
+  if (m == nullptr) {
+    return Fail(absl::NotFoundError(absl::StrCat("model: '", o.model, "' is not in the pipeline")));
   }
+  // The stages this model's pipeline runs: no AR service for a model without an AR stage.
+  o.ar = std::any_of(m->stages.begin(), m->stages.end(),
+                     [](const StageSpec& st) { return st.kind == "ar"; });
   o.bin_dir = args->Get("bin-dir");
   o.device = args->Get("device", "cpu");
   if (o.device != "cpu" && o.device != "cuda") {

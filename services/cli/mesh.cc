@@ -84,6 +84,7 @@ int RunMesh(const MeshOptions& o) {
       {"orchestrator", addr(o.base_port), {}},
   };
   for (auto& c : children) {
+    if (c.name == "ar" && !o.ar) continue;  // not started: its binary need not exist
     const std::string binary = FindServiceBinary(c.name, o.bin_dir);
     if (binary.empty()) {
       std::cerr << "diffmesh up: cannot find diffmesh-" << c.name << " (build it, or pass --bin-dir)\n";

@@ -41,8 +41,9 @@ struct MeshOptions {
   int base_port = 50051;
   // Built-in model the stage services load.
   std::string model = "glm-image-tiny";
-  // GlmImagePipeline snapshot folder the stages serve instead (their --model-dir; the
-  // orchestrator's pipeline is generated for it).
+  // Snapshot folder the stages serve instead (their --model-dir; any family the pipeline
+  // config knows, e.g. GlmImagePipeline or LTX2Pipeline; the orchestrator's pipeline is
+  // generated for it).
   std::string model_dir;
   // Start the AR service; false for a model whose pipeline has no AR stage (LTX-2): the mesh
   // then runs the encoder, the denoise group and the orchestrator only.

@@ -19,6 +19,7 @@
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
+#include "models/ltx2/snapshot_pipeline.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
 #include "services/stage_common/torch_wire.h"
@@ -447,7 +448,9 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
 }  // namespace
 
 bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir) {
-  if (!model_dir.empty()) return models::ltx2::SpecFromSnapshot(model_dir).ok();
+  // By model_index.json's class alone: a broken LTX-2 snapshot then fails in its own loader,
+  // naming the tensor and file, not in another family's.
+  if (!model_dir.empty()) return models::ltx2::IsLtx2Snapshot(model_dir);
   for (const std::string& name : models::ltx2::BuiltinModelNames()) {
     if (name == model) return true;
   }

@@ -27,9 +27,10 @@ ABSL_FLAG(int, metrics_port, 0,
           "this process starts itself (--launch-ranks) keep theirs off: they share its host.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
-          "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
-          "safetensors); served under its own name. The orchestrator's pipeline config must list "
-          "that name.");
+          "A snapshot directory in the diffusers layout (model_index.json, component configs, "
+          "safetensors): a GlmImagePipeline or an LTX2Pipeline, told by model_index.json's "
+          "_class_name, checked by tensor name, shape and dtype before serving; served under its "
+          "own name. The orchestrator's pipeline config must list that name.");
 ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
 ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
 ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");

@@ -7,6 +7,7 @@
 #include "common/status/status_macros.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/snapshot.h"
+#include "models/ltx2/snapshot_pipeline.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -19,7 +20,9 @@ struct Ltx2PromptEncoder::State {
 };
 
 bool IsLtx2EncoderModel(const std::string& model, const std::string& model_dir) {
-  if (!model_dir.empty()) return ltx2::SpecFromSnapshot(model_dir).ok();
+  // By model_index.json's class alone: a broken LTX-2 snapshot then fails in its own loader,
+  // naming the tensor and file, not in another family's.
+  if (!model_dir.empty()) return ltx2::IsLtx2Snapshot(model_dir);
   for (const std::string& name : ltx2::BuiltinModelNames()) {
     if (name == model) return true;
   }

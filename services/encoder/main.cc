@@ -17,9 +17,10 @@ ABSL_FLAG(std::string, host, "127.0.0.1",
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
-          "A GlmImagePipeline snapshot directory (model_index.json, component configs, "
-          "safetensors); served under its own name. The orchestrator's pipeline config must list "
-          "that name.");
+          "A snapshot directory in the diffusers layout (model_index.json, component configs, "
+          "safetensors): a GlmImagePipeline or an LTX2Pipeline, told by model_index.json's "
+          "_class_name, checked by tensor name, shape and dtype before serving; served under its "
+          "own name. The orchestrator's pipeline config must list that name.");
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,

@@ -1,5 +1,8 @@
-// diffmesh-snapshot: writes random-weight GLM-Image snapshots in the release layout (for tests,
-// benchmarks and GPU-host trials of the loading path at any size) and checks snapshots.
+// diffmesh-snapshot: writes random-weight snapshots of the built-in models in the release layout
+// (for tests, benchmarks and GPU-host trials of the loading path at any size) and checks
+// snapshots, for every model family: GlmImagePipeline here, LTX2Pipeline through
+// models/ltx2/tools/snapshot_commands.h (a built-in LTX-2 --model, or a snapshot whose
+// model_index.json names LTX2Pipeline).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "models/glm_image/glm_image_spec.h"
 #include "models/glm_image/snapshot.h"
+#include "models/ltx2/snapshot_pipeline.h"
+#include "models/ltx2/tools/snapshot_commands.h"
 #include "nlohmann/json.hpp"
 
 namespace diffmesh::models::glm_image {
@@ -39,8 +44,10 @@ constexpr char kUsage[] =
     "                    the byte vocabulary; the AR vocab_size must cover its ids\n"
     "  diffmesh-snapshot check DIR\n"
     "    Reads DIR's configs and checks every component's weights (names, shapes, dtypes)\n"
-    "    against them from the safetensors headers.\n"
+    "    against them from the safetensors headers (any family: GlmImagePipeline,\n"
+    "    LTX2Pipeline, told by model_index.json).\n"
     "  diffmesh-snapshot load DIR [--cuda] [--tp RANK/SIZE] [--only dit|vae|t5|ar]\n"
+    "    (GlmImagePipeline)\n"
     "    Builds the components as the stages do (fp32 on the CPU; bf16 DiT and AR, fp32 VAE\n"
     "    on cuda:0 with --cuda; the DiT slice of tensor-parallel rank RANK of SIZE) and\n"
     "    prints the seconds each load took and the process's peak resident memory.\n";
@@ -252,15 +259,26 @@ absl::Status Load(const std::vector<std::string>& args) {
 }  // namespace diffmesh::models::glm_image
 
 int main(int argc, char** argv) {
+  constexpr char kLtx2Usage[] = "LTX-2 (built-in ltx2-tiny; LTX2Pipeline snapshots):\n";
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << diffmesh::models::glm_image::kUsage;
+    std::cout << diffmesh::models::glm_image::kUsage << kLtx2Usage
+              << diffmesh::models::ltx2::kLtx2WriteUsage;
     return args.empty() ? 2 : 0;
   }
   const std::string command = args[0];
   args.erase(args.begin());
   absl::Status st;
-  if (command == "write") {
+  namespace ltx2 = diffmesh::models::ltx2;
+  // The family: a write's built-in --model, a check's model_index.json _class_name.
+  bool ltx2_family = false;
+  for (size_t i = 0; command == "write" && i + 1 < args.size(); ++i) {
+    if (args[i] == "--model") ltx2_family = ltx2::IsLtx2BuiltinModel(args[i + 1]);
+  }
+  if (command == "check" && args.size() == 1) ltx2_family = ltx2::IsLtx2Snapshot(args[0]);
+  if (ltx2_family) {
+    st = command == "write" ? ltx2::Ltx2WriteCommand(args) : ltx2::Ltx2CheckCommand(args);
+  } else if (command == "write") {
     st = diffmesh::models::glm_image::Write(args);
   } else if (command == "check") {
     st = diffmesh::models::glm_image::Check(args);
@@ -268,7 +286,8 @@ int main(int argc, char** argv) {
     st = diffmesh::models::glm_image::Load(args);
   } else {
     std::cerr << "diffmesh-snapshot: unknown command " << command << "\n"
-              << diffmesh::models::glm_image::kUsage;
+              << diffmesh::models::glm_image::kUsage << kLtx2Usage
+              << diffmesh::models::ltx2::kLtx2WriteUsage;
     return 2;
   }
   if (!st.ok()) {
