@@ -97,8 +97,8 @@ grpc::ServerWriteReactor<v1::ArTokenChunk>* ArTokenService::Generate(
 }
 
 grpc::ServerUnaryReactor* ArTokenService::Describe(grpc::CallbackServerContext* ctx,
-                                                  const v1::DescribeRequest*,
-                                                  v1::StageDescription* response) {
+                                                   const v1::DescribeRequest*,
+                                                   v1::StageDescription* response) {
   auto* reactor = ctx->DefaultReactor();
   if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
     reactor->Finish(ToGrpcStatus(auth));

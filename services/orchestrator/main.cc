@@ -9,19 +9,19 @@
 
 #include "absl/flags/flag.h"
 #include "absl/synchronization/mutex.h"
-#include "common/flags/flags.h"
 #include "common/config/pipeline_config.h"
+#include "common/flags/flags.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
+#include "common/rpc/token_authenticator.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
 #include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
 #include "services/orchestrator/stage_describe.h"
 #include "services/orchestrator/stage_health.h"
-#include "common/rpc/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");

@@ -7,9 +7,8 @@
 
 namespace diffmesh {
 
-PipelineRun::PipelineRun(CallContext& ctx, const PipelineModel& model,
-                         v1::GenerateRequest accepted, StageClientFactory& stages,
-                         RequestTrace& trace, EmitFn emit)
+PipelineRun::PipelineRun(CallContext& ctx, const PipelineModel& model, v1::GenerateRequest accepted,
+                         StageClientFactory& stages, RequestTrace& trace, EmitFn emit)
     : ctx_(ctx),
       model_(model),
       accepted_(std::move(accepted)),
@@ -187,7 +186,9 @@ void PipelineRun::EmitResult(absl::Time start) {
     *meta_.mutable_request() = std::move(accepted_);
     meta_.set_total_seconds(absl::ToDoubleSeconds(absl::Now() - start));
     *result->mutable_metadata() = std::move(meta_);
-    for (v1::Output& out : outputs_) *result->add_outputs()->mutable_info() = std::move(*out.mutable_info());
+    for (v1::Output& out : outputs_) {
+      *result->add_outputs()->mutable_info() = std::move(*out.mutable_info());
+    }
   }
   Emit(std::move(e));
 }

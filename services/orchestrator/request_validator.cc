@@ -6,9 +6,9 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "common/media/image_codec.h"
 #include "common/status/status_macros.h"
 
@@ -139,12 +139,12 @@ absl::Status CheckScale(absl::string_view prefix, absl::string_view name, bool h
 }
 
 absl::Status CheckStream(absl::string_view field, const v1::StreamGuidance& g) {
-  RETURN_IF_ERROR(CheckScale(field, ".cfg_scale", g.has_cfg_scale(), g.cfg_scale(), 0,
-                             kMaxGuidanceScale));
+  RETURN_IF_ERROR(
+      CheckScale(field, ".cfg_scale", g.has_cfg_scale(), g.cfg_scale(), 0, kMaxGuidanceScale));
   RETURN_IF_ERROR(CheckScale(field, ".stg_scale", g.has_stg_scale(), g.stg_scale(),
                              -kMaxGuidanceScale, kMaxGuidanceScale));
-  RETURN_IF_ERROR(CheckScale(field, ".modality_scale", g.has_modality_scale(),
-                             g.modality_scale(), 0, kMaxGuidanceScale));
+  RETURN_IF_ERROR(CheckScale(field, ".modality_scale", g.has_modality_scale(), g.modality_scale(),
+                             0, kMaxGuidanceScale));
   return CheckScale(field, ".rescale", g.has_rescale(), g.rescale(), 0, 1);
 }
 
