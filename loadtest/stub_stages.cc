@@ -10,6 +10,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,9 @@
 
 ABSL_FLAG(int, port, 50052, "Port of the three stage services.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
+ABSL_FLAG(std::string, model, "trivial",
+          "The model the stages describe themselves as serving (Describe); the orchestrator "
+          "refuses a pipeline whose models they do not serve.");
 ABSL_FLAG(int, denoise_step_ms, 0,
           "Sleep this long before each denoise event after the first (tests of cancellation, "
           "deadlines and progress need a generation that takes a while); 0: none.");
@@ -103,8 +107,34 @@ grpc::Status CheckToken(const grpc::CallbackServerContext& ctx) {
                 : grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(s.message()));
 }
 
+// Describe: `kind` for --model, with the stub's tensor facts: 1-wide embeddings (the encoder
+// makes FLOAT32 [1, 1, 1]), any size granularity and step count.
+grpc::ServerUnaryReactor* DescribeAs(grpc::CallbackServerContext* ctx, const char* kind,
+                                     v1::StageDescription* out) {
+  auto* reactor = ctx->DefaultReactor();
+  if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
+  out->add_kinds(kind);
+  v1::ServedModel* m = out->add_models();
+  m->set_name(absl::GetFlag(FLAGS_model));
+  m->set_family("stub");
+  if (std::string(kind) != "ar") {
+    (*m->mutable_embedding_widths())["prompt_embeds"] = 1;
+    (*m->mutable_embedding_widths())["negative_prompt_embeds"] = 1;
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 class StubAr final : public v1::ArTokenService::CallbackService {
  public:
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx, const v1::DescribeRequest*,
+                                     v1::StageDescription* out) override {
+    return DescribeAs(ctx, "ar", out);
+  }
+
   grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest*) override {
     if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
@@ -122,6 +152,11 @@ class StubAr final : public v1::ArTokenService::CallbackService {
 
 class StubEncoder final : public v1::EncoderService::CallbackService {
  public:
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx, const v1::DescribeRequest*,
+                                     v1::StageDescription* out) override {
+    return DescribeAs(ctx, "encoder", out);
+  }
+
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest*,
                                    v1::EncodeResponse* response) override {
     if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {
@@ -139,6 +174,11 @@ class StubEncoder final : public v1::EncoderService::CallbackService {
 
 class StubDenoise final : public v1::DenoiseService::CallbackService {
  public:
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx, const v1::DescribeRequest*,
+                                     v1::StageDescription* out) override {
+    return DescribeAs(ctx, "denoise", out);
+  }
+
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override {
     if (grpc::Status auth = CheckToken(*ctx); !auth.ok()) {

@@ -7,6 +7,8 @@
   again while they are down (diffmesh-loadtest --wait_for_server waits for it);
 * stage token: stages started with --stage-token-file answer an orchestrator without the token
   UNAUTHENTICATED, and serve one that presents it;
+* describe: stages that describe themselves as serving another model than the pipeline's make
+  the orchestrator exit with 2 at start-up, naming the model; the normal config serves;
 * admission: with the stub's denoise slowed down (--denoise-step-ms), more concurrent requests
   than --max-queued-requests are answered RESOURCE_EXHAUSTED with a retry hint, at once, while
   the admitted ones succeed.
@@ -171,6 +173,38 @@ def test_stage_token(binary_dir):
     print("stage token: refused without it or with a wrong one, served with it")
 
 
+def test_describe(binary_dir):
+    base = procs.free_base_port((0, 1))
+    stub = procs.Child([procs.binary(binary_dir, "loadtest", "diffmesh-stub-stages"),
+                        "--host=127.0.0.1", f"--port={base + 1}", "--model=not-trivial"])
+    try:
+        procs.wait_for_port(base + 1, 30, stub.process)
+        stub_addr = f"127.0.0.1:{base + 1}"
+        out = subprocess.run([
+            ORCHESTRATOR or procs.binary(binary_dir, "services", "orchestrator",
+                                         "diffmesh-orchestrator"),
+            "--host=127.0.0.1", f"--port={base}", f"--pipeline={PIPELINE}",
+            f"--ar-address={stub_addr}", f"--encoder-address={stub_addr}",
+            f"--denoise-address={stub_addr}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        stub.stop()
+    assert out.returncode == 2, f"exit {out.returncode}: {out.stdout} {out.stderr}"
+    assert "model: the service does not serve 'trivial' (it serves: not-trivial)" in out.stderr, \
+        out.stderr
+    # The stub describing the pipeline's model: the orchestrator serves.
+    mesh = Mesh(binary_dir)
+    try:
+        code, _, err = wait_for_server(binary_dir, mesh.target, 20)
+        assert code == 0, f"the matching config does not serve: {err}"
+        r = loadtest(binary_dir, mesh.target, "--count=1")
+        assert r["ok"] == 1, f"{r['errors_by_code']} {r['first_error']}"
+    finally:
+        mesh.close()
+    print(f"describe: a mismatched model refused at start-up ('{out.stderr.strip()}'); "
+          f"the matching one serves")
+
+
 def test_admission(binary_dir):
     limit = 2
     # 2 steps of 1.5 s: every admitted request holds its slot for ~3 s.
@@ -198,7 +232,8 @@ def main() -> int:
     parser.add_argument("--binary-dir", default="build")
     parser.add_argument("--orchestrator",
                         help="diffmesh-orchestrator binary (default: the one in --binary-dir)")
-    parser.add_argument("tests", nargs="*", default=["health", "reconnect", "stage_token", "admission"])
+    parser.add_argument("tests", nargs="*", default=["health", "reconnect", "stage_token", "describe",
+                                                         "admission"])
     args = parser.parse_args()
     global ORCHESTRATOR
     ORCHESTRATOR = args.orchestrator

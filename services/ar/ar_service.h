@@ -23,6 +23,11 @@ class ArTokenService final : public v1::ArTokenService::CallbackService {
 
   grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest* request) override;
+  // Kinds ["ar"] and the model the core serves (no size facts yet: the core does not expose
+  // them), for the orchestrator's start-up check.
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx,
+                                     const v1::DescribeRequest* request,
+                                     v1::StageDescription* response) override;
 
  private:
   struct Metrics;

@@ -1,5 +1,6 @@
 #include "services/orchestrator/generation_service.h"
 
+#include <utility>
 #include <vector>
 
 #include "common/rpc/streaming_call.h"
@@ -33,7 +34,8 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Generate(
   }
   return StreamingCall<v1::GenerateEvent>::Start(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::GenerateEvent>::Emit& emit) {
-        return core_->Generate(call, *request, [&emit](const v1::GenerateEvent& e) { emit(e); });
+        return core_->Generate(call, *request,
+                               [&emit](v1::GenerateEvent&& e) { emit(std::move(e)); });
       });
 }
 

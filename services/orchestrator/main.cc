@@ -1,20 +1,27 @@
 // diffmesh-orchestrator: serves the public GenerationService and calls the stage services.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/synchronization/mutex.h"
-#include "common/flags/flags.h"
 #include "common/config/pipeline_config.h"
+#include "common/flags/flags.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
+#include "common/rpc/token_authenticator.h"
 #include "services/orchestrator/generation_service.h"
 #include "services/orchestrator/grpc_stage_client.h"
 #include "services/orchestrator/orchestrator_core.h"
 #include "services/orchestrator/prometheus_observer.h"
+#include "services/orchestrator/stage_describe.h"
 #include "services/orchestrator/stage_health.h"
-#include "common/rpc/token_authenticator.h"
 
 ABSL_FLAG(int, port, 50051, "Port of the public GenerationService.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -46,6 +53,21 @@ ABSL_FLAG(int, max_queued_requests, diffmesh::kDefaultMaxQueuedRequests,
 
 namespace {
 constexpr char kGenerationService[] = "diffmesh.v1.GenerationService";
+
+// Asks every stage service for its Describe answer and checks the pipeline against them:
+// FAILED_PRECONDITION on a mismatch, UNAVAILABLE when a stage could not be asked. Stage
+// services that do not implement Describe are named on stdout and not checked.
+absl::Status CheckStagesDescribe(const diffmesh::PipelineConfig& pipeline,
+                                 const diffmesh::ChannelOptions& channel) {
+  std::vector<std::string> undescribed;
+  auto described = diffmesh::DescribeStages(pipeline, channel, absl::Seconds(10), &undescribed);
+  if (!described.ok()) return described.status();
+  for (const std::string& u : undescribed) {
+    std::cout << "diffmesh-orchestrator: stage service " << u
+              << " does not implement Describe; its config is not checked" << std::endl;
+  }
+  return diffmesh::CheckStageDescriptions(pipeline, *described);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -151,10 +173,32 @@ int main(int argc, char** argv) {
   std::cout << "diffmesh-orchestrator serving on " << options.host << ":" << (*server)->port()
             << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
             << std::endl;
+  // Once every stage serves, the first time: the stages' Describe answers are checked against
+  // the pipeline config; on a mismatch the orchestrator never serves and exits with 2.
+  bool described = false;
+  std::atomic<bool> config_mismatch{false};
   {
     diffmesh::StageHealthMonitor monitor(
         diffmesh::StageHealthTargets(*pipeline), stage_channel, absl::Milliseconds(500),
-        [health](bool serving, const std::string& why) {
+        [&](bool serving, const std::string& why) {
+          if (serving && !described) {
+            absl::Status s = CheckStagesDescribe(*pipeline, stage_channel);
+            described = s.ok() || absl::IsFailedPrecondition(s);
+            if (absl::IsFailedPrecondition(s)) {
+              std::cerr << "diffmesh-orchestrator: " << s.message() << std::endl;
+              config_mismatch = true;
+              kill(getpid(), SIGTERM);  // ends WaitForTerminationSignal below
+              return;
+            }
+            if (!s.ok()) {
+              // Not a mismatch (e.g. the stages refuse this orchestrator's stage token, which
+              // each request then reports): checked again when the stages next become serving.
+              std::cout << "diffmesh-orchestrator: the pipeline config is not checked against "
+                           "the stages yet: "
+                        << s.message() << std::endl;
+            }
+          }
+          if (config_mismatch) return;
           health->SetServingStatus(kGenerationService, serving);
           if (serving) {
             std::cout << "diffmesh-orchestrator: every stage serves; " << kGenerationService
@@ -165,8 +209,10 @@ int main(int argc, char** argv) {
           }
         });
     const int sig = diffmesh::WaitForTerminationSignal();
-    std::cout << "diffmesh-orchestrator: signal " << sig << ", shutting down" << std::endl;
+    if (!config_mismatch) {
+      std::cout << "diffmesh-orchestrator: signal " << sig << ", shutting down" << std::endl;
+    }
   }
   (*server)->Shutdown();
-  return 0;
+  return config_mismatch ? 2 : 0;
 }

@@ -84,17 +84,17 @@ absl::Status OrchestratorCore::Generate(CallContext& ctx, const v1::GenerateRequ
   absl::Status status = [&]() -> absl::Status {
     absl::StatusOr<v1::GenerateRequest> accepted = ValidateRequest(options_.pipeline, request);
     if (!accepted.ok()) return accepted.status();
+    const PipelineModel& model = *options_.pipeline.FindModel(accepted->model());
     // After validation (cheap, and a request for an unknown model holds no slot), before any
     // stage is called.
-    if (absl::Status admitted = Admit(accepted->model()); !admitted.ok()) return admitted;
+    if (absl::Status admitted = Admit(model.name); !admitted.ok()) return admitted;
     struct Slot {
       OrchestratorCore* core;
       const std::string& model;
       ~Slot() { core->Release(model); }
-    } slot{this, accepted->model()};
+    } slot{this, model.name};
     trace.Accepted();
-    const PipelineModel& model = *options_.pipeline.FindModel(accepted->model());
-    PipelineRun run(ctx, model, *accepted, *options_.stages, trace, emit);
+    PipelineRun run(ctx, model, *std::move(accepted), *options_.stages, trace, emit);
     return run.Run();
   }();
   trace.Finish(status);

@@ -46,8 +46,10 @@ class OrchestratorCore {
   // Checks every stage graph (CheckStageGraphs).
   static absl::StatusOr<std::unique_ptr<OrchestratorCore>> Create(Options options);
 
-  // Never called concurrently with itself for one request: the run serialises calls.
-  using Emit = std::function<void(const v1::GenerateEvent&)>;
+  // Never called concurrently with itself for one request: the run serialises calls. Takes
+  // the event by rvalue so that it reaches the transport without a copy (a function taking
+  // `const v1::GenerateEvent&` fits too).
+  using Emit = std::function<void(v1::GenerateEvent&&)>;
 
   // Runs one request to completion. Emits Accepted first and GenerateResult last on success.
   absl::Status Generate(CallContext& ctx, const v1::GenerateRequest& request, const Emit& emit);

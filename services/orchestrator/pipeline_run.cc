@@ -7,12 +7,11 @@
 
 namespace diffmesh {
 
-PipelineRun::PipelineRun(CallContext& ctx, const PipelineModel& model,
-                         const v1::GenerateRequest& accepted, StageClientFactory& stages,
-                         RequestTrace& trace, EmitFn emit)
+PipelineRun::PipelineRun(CallContext& ctx, const PipelineModel& model, v1::GenerateRequest accepted,
+                         StageClientFactory& stages, RequestTrace& trace, EmitFn emit)
     : ctx_(ctx),
       model_(model),
-      accepted_(accepted),
+      accepted_(std::move(accepted)),
       stages_(stages),
       trace_(trace),
       emit_(std::move(emit)) {}
@@ -40,7 +39,7 @@ absl::Status PipelineRun::Run() {
     v1::GenerateEvent e;
     e.mutable_accepted()->set_request_id(accepted_.request_id());
     *e.mutable_accepted()->mutable_request() = WithoutMediaBytes(accepted_);
-    Emit(e);
+    Emit(std::move(e));
   }
   if (absl::Status s = BuildNodes(); !s.ok()) return s;
   // Stages that may start now, start now: consumers before their producers, so that a
@@ -74,10 +73,10 @@ absl::Status PipelineRun::Run() {
   return absl::OkStatus();
 }
 
-void PipelineRun::Emit(const v1::GenerateEvent& e) {
+void PipelineRun::Emit(v1::GenerateEvent&& e) {
   std::lock_guard<std::mutex> lock(emit_mu_);
   trace_.OnEvent(e);
-  emit_(e);
+  emit_(std::move(e));
 }
 
 void PipelineRun::EmitStage(const StageSpec& stage, v1::StageEvent::Kind kind, double seconds) {
@@ -85,7 +84,7 @@ void PipelineRun::EmitStage(const StageSpec& stage, v1::StageEvent::Kind kind, d
   e.mutable_stage()->set_stage(stage.name);
   e.mutable_stage()->set_kind(kind);
   if (kind == v1::StageEvent::KIND_FINISHED) e.mutable_stage()->set_duration_seconds(seconds);
-  Emit(e);
+  Emit(std::move(e));
 }
 
 void PipelineRun::EmitProgress(const StageSpec& stage, const char* unit, int64_t done,
@@ -96,7 +95,7 @@ void PipelineRun::EmitProgress(const StageSpec& stage, const char* unit, int64_t
   p->set_unit(unit);
   p->set_done(done);
   p->set_total(total);
-  Emit(e);
+  Emit(std::move(e));
 }
 
 void PipelineRun::EmitOutput(const StageNode& node, const v1::OutputChunk& chunk) {
@@ -116,7 +115,7 @@ void PipelineRun::EmitOutput(const StageNode& node, const v1::OutputChunk& chunk
     e.mutable_output()->set_index(it->second);
     if (e.output().has_info()) e.mutable_output()->mutable_info()->set_index(it->second);
   }
-  Emit(e);
+  Emit(std::move(e));
 }
 
 void PipelineRun::AddTiming(const std::string& stage, double seconds) {
@@ -182,12 +181,16 @@ void PipelineRun::EmitResult(absl::Time start) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     meta_.set_request_id(accepted_.request_id());
-    *meta_.mutable_request() = WithoutMediaBytes(accepted_);
+    // Every stage has ended: nothing reads the request any more.
+    for (v1::InputMedia& in : *accepted_.mutable_inputs()) in.clear_data();
+    *meta_.mutable_request() = std::move(accepted_);
     meta_.set_total_seconds(absl::ToDoubleSeconds(absl::Now() - start));
     *result->mutable_metadata() = std::move(meta_);
-    for (const v1::Output& out : outputs_) *result->add_outputs()->mutable_info() = out.info();
+    for (v1::Output& out : outputs_) {
+      *result->add_outputs()->mutable_info() = std::move(*out.mutable_info());
+    }
   }
-  Emit(e);
+  Emit(std::move(e));
 }
 
 }  // namespace diffmesh

@@ -67,11 +67,13 @@ bool StageKindMakesOutputs(const std::string& kind);
 
 class PipelineRun {
  public:
-  // Serialised by the run: never called concurrently with itself.
-  using EmitFn = std::function<void(const v1::GenerateEvent&)>;
+  // Serialised by the run: never called concurrently with itself. The event is the callee's
+  // to keep (moved, not copied, on its way to the transport).
+  using EmitFn = std::function<void(v1::GenerateEvent&&)>;
 
-  // `accepted`: the validated request (ValidateRequest). Everything must outlive the run.
-  PipelineRun(CallContext& ctx, const PipelineModel& model, const v1::GenerateRequest& accepted,
+  // `accepted`: the validated request (ValidateRequest); the run keeps it and hands it to the
+  // result's metadata at the end. Everything else must outlive the run.
+  PipelineRun(CallContext& ctx, const PipelineModel& model, v1::GenerateRequest accepted,
               StageClientFactory& stages, RequestTrace& trace, EmitFn emit);
 
   // Runs every stage, then emits the result. Returns the first stage error (one that is not a
@@ -83,7 +85,7 @@ class PipelineRun {
   const v1::GenerateRequest& accepted() const { return accepted_; }
   StageClientFactory& stages() { return stages_; }
   RequestTrace& trace() { return trace_; }
-  void Emit(const v1::GenerateEvent& e);
+  void Emit(v1::GenerateEvent&& e);
   void EmitStage(const StageSpec& stage, v1::StageEvent::Kind kind, double seconds = 0);
   void EmitProgress(const StageSpec& stage, const char* unit, int64_t done, int64_t total);
   // An output chunk of a stage whose outputs are the request's (renumbered request-wide).
@@ -106,7 +108,7 @@ class PipelineRun {
 
   CallContext& ctx_;
   const PipelineModel& model_;
-  const v1::GenerateRequest& accepted_;
+  v1::GenerateRequest accepted_;  // read-only until EmitResult
   StageClientFactory& stages_;
   RequestTrace& trace_;
   const EmitFn emit_;

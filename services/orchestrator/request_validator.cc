@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "common/media/image_codec.h"
 #include "common/status/status_macros.h"
 
@@ -127,21 +128,24 @@ absl::Status CheckVideo(const v1::GenerateRequest& r, const PipelineModel& m) {
   return absl::OkStatus();
 }
 
-absl::Status CheckScale(const std::string& field, bool has, float v, float lo, float hi) {
+// `prefix` + `name` is the field; the name is only built for an error (every request passes
+// here).
+absl::Status CheckScale(absl::string_view prefix, absl::string_view name, bool has, float v,
+                        float lo, float hi) {
   if (has && (!std::isfinite(v) || v < lo || v > hi)) {
-    return Invalid(field, absl::StrCat(v, " must lie in ", lo, "..", hi));
+    return Invalid(absl::StrCat(prefix, name), absl::StrCat(v, " must lie in ", lo, "..", hi));
   }
   return absl::OkStatus();
 }
 
-absl::Status CheckStream(const std::string& field, const v1::StreamGuidance& g) {
-  RETURN_IF_ERROR(CheckScale(field + ".cfg_scale", g.has_cfg_scale(), g.cfg_scale(), 0,
-                             kMaxGuidanceScale));
-  RETURN_IF_ERROR(CheckScale(field + ".stg_scale", g.has_stg_scale(), g.stg_scale(),
+absl::Status CheckStream(absl::string_view field, const v1::StreamGuidance& g) {
+  RETURN_IF_ERROR(
+      CheckScale(field, ".cfg_scale", g.has_cfg_scale(), g.cfg_scale(), 0, kMaxGuidanceScale));
+  RETURN_IF_ERROR(CheckScale(field, ".stg_scale", g.has_stg_scale(), g.stg_scale(),
                              -kMaxGuidanceScale, kMaxGuidanceScale));
-  RETURN_IF_ERROR(CheckScale(field + ".modality_scale", g.has_modality_scale(),
-                             g.modality_scale(), 0, kMaxGuidanceScale));
-  return CheckScale(field + ".rescale", g.has_rescale(), g.rescale(), 0, 1);
+  RETURN_IF_ERROR(CheckScale(field, ".modality_scale", g.has_modality_scale(), g.modality_scale(),
+                             0, kMaxGuidanceScale));
+  return CheckScale(field, ".rescale", g.has_rescale(), g.rescale(), 0, 1);
 }
 
 absl::Status CheckGuidance(const v1::GenerateRequest& r, const PipelineModel& m) {
@@ -181,10 +185,10 @@ absl::Status CheckOutput(const v1::OutputOptions& o, const PipelineModel& m) {
   }
   if (!o.has_quality()) return absl::OkStatus();
   if (o.format() == v1::OUTPUT_FORMAT_JPEG) {
-    return CheckScale("output.quality", true, o.quality(), 1, 100);
+    return CheckScale("output", ".quality", true, o.quality(), 1, 100);
   }
   if (o.format() == v1::OUTPUT_FORMAT_WEBP) {
-    return CheckScale("output.quality", true, o.quality(), 0, 100);
+    return CheckScale("output", ".quality", true, o.quality(), 0, 100);
   }
   return Invalid("output.quality", "only JPEG and WEBP outputs take a quality");
 }
