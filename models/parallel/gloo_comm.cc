@@ -53,6 +53,31 @@ absl::Status Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* op) {
   return absl::OkStatus();
 }
 
+// Waits for a collective (an AsyncWork: its wait(timeout) is c10d::Work's, which gives up
+// without touching the operation) in slices of kWaitPollInterval, checking `limit` between
+// them. An operation given up on keeps running in the process group's thread until Gloo's own
+// timeout or a peer's disconnect ends it; the caller drops the communicator.
+absl::Status WaitLimited(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                         const WaitLimit* limit) {
+  if (limit == nullptr) return Wait(work, op);
+  const auto slice = absl::ToChronoMilliseconds(kWaitPollInterval);
+  try {
+    while (true) {
+      try {
+        work->wait(slice);
+        return absl::OkStatus();
+      } catch (const std::exception&) {
+        if (work->isCompleted()) throw;  // the operation's own error
+      }
+      if (absl::Status s = limit->Check(); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
+      }
+    }
+  } catch (const std::exception& e) {
+    return FromException(op, e);
+  }
+}
+
 // Bytes in one row (all of dims 1..) of a tensor, from its shape alone: the same on every rank
 // of a collective, even one that holds zero rows.
 int64_t RowBytes(const at::Tensor& t) {
@@ -151,7 +176,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const std::exception& e) {
       return FromException("AllReduce", e);
     }
-    RETURN_IF_ERROR(Wait(work, "AllReduce"));
+    RETURN_IF_ERROR(WaitLimited(work, "AllReduce", wait_limit().get()));
     if (op == ReduceOp::kAvg) tensor.div_(size());
     return absl::OkStatus();
   }
@@ -199,12 +224,12 @@ class GlooCommunicator final : public Communicator {
 
   absl::Status DoSend(const at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return Run("Send", [&] { return pg_->send(tensors, peer, tag); });
+    return RunUnlimited("Send", [&] { return pg_->send(tensors, peer, tag); });
   }
 
   absl::Status DoRecv(at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return Run("Recv", [&] { return pg_->recv(tensors, peer, tag); });
+    return RunUnlimited("Recv", [&] { return pg_->recv(tensors, peer, tag); });
   }
 
   absl::Status DoSendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src,
@@ -255,7 +280,22 @@ class GlooCommunicator final : public Communicator {
         timeout_(timeout),
         pg_(std::move(pg)) {}
 
-  // Posts one operation and waits for it.
+  // Posts one point-to-point operation and waits for it, without the wait limit: 1.13's
+  // SendWork / RecvWork override wait(timeout) with Gloo's buffer waits, which are not known to
+  // survive being given up on. (Ring attention's steps; a lost peer still ends them by its
+  // disconnect or Gloo's timeout.)
+  template <typename Post>
+  absl::Status RunUnlimited(const char* op, Post&& post) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = post();
+    } catch (const std::exception& e) {
+      return FromException(op, e);
+    }
+    return Wait(work, op);
+  }
+
+  // Posts one collective and waits for it within the wait limit.
   template <typename Post>
   absl::Status Run(const char* op, Post&& post) {
     c10::intrusive_ptr<c10d::Work> work;
@@ -264,7 +304,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const std::exception& e) {
       return FromException(op, e);
     }
-    return Wait(work, op);
+    return WaitLimited(work, op, wait_limit().get());
   }
 
   c10::intrusive_ptr<c10d::Store> store_;
@@ -275,30 +315,40 @@ class GlooCommunicator final : public Communicator {
   int64_t splits_ = 0;
 };
 
+absl::StatusOr<GlooDevice> MakeDevice(const RendezvousOptions& options, const GlooOptions& gloo) {
+  if (gloo.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("gloo threads ", gloo.threads, " must be >= 1"));
+  }
+  try {
+    if (!gloo.bind_address.empty()) {
+      return c10d::ProcessGroupGloo::createDeviceForHostname(gloo.bind_address);
+    } else if (IsLoopback(options.master_addr)) {
+      return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    }
+    return c10d::ProcessGroupGloo::createDefaultDevice();
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("gloo transport device: ", e.what()));
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const RendezvousOptions& options, const GlooOptions& gloo) {
   RETURN_IF_ERROR(CheckRendezvous(options));
-  if (gloo.threads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("gloo threads ", gloo.threads, " must be >= 1"));
-  }
-  GlooDevice device;
-  try {
-    if (!gloo.bind_address.empty()) {
-      device = c10d::ProcessGroupGloo::createDeviceForHostname(gloo.bind_address);
-    } else if (IsLoopback(options.master_addr)) {
-      device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
-    } else {
-      device = c10d::ProcessGroupGloo::createDefaultDevice();
-    }
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("gloo transport device: ", e.what()));
-  }
+  RETURN_IF_ERROR(MakeDevice(options, gloo).status());
   ASSIGN_OR_RETURN(c10::intrusive_ptr<c10d::Store> store, ConnectStore(options));
+  return CreateGlooCommunicatorOnStore(std::move(store), "gloo", options, gloo);
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicatorOnStore(
+    c10::intrusive_ptr<c10d::Store> store, const std::string& prefix,
+    const RendezvousOptions& options, const GlooOptions& gloo) {
+  RETURN_IF_ERROR(CheckRendezvous(options));
+  ASSIGN_OR_RETURN(GlooDevice device, MakeDevice(options, gloo));
   ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
                    GlooCommunicator::Connect(
-                       c10::make_intrusive<c10d::PrefixStore>("gloo", std::move(store)),
+                       c10::make_intrusive<c10d::PrefixStore>(prefix, std::move(store)),
                        options.rank, options.world_size, device, gloo.threads, options.timeout));
   return std::unique_ptr<Communicator>(std::move(comm));
 }
