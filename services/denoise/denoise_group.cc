@@ -168,8 +168,13 @@ absl::Status DenoiseGroup::Failed(const absl::Status& s) {
   }
   // A killed rank fails the collective at once (its connections reset); which rank it was
   // shows in the heartbeats within heartbeat_timeout.
+  bool stopping;
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    stopping = stopping_;
+  }
   absl::Status loss = membership_->Loss();
-  if (loss.ok() && !absl::IsDeadlineExceeded(s)) {
+  if (loss.ok() && !absl::IsDeadlineExceeded(s) && !stopping) {
     loss = membership_->WaitForLoss(options_.heartbeat_timeout + 4 * options_.heartbeat_interval);
   }
   membership_->EndGeneration(loss.ok() ? s : loss);
