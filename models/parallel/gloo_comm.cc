@@ -56,9 +56,11 @@ absl::Status Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* op) {
 // Waits for a collective (an AsyncWork: its wait(timeout) is c10d::Work's, which gives up
 // without touching the operation) in slices of kWaitPollInterval, checking `limit` between
 // them. An operation given up on keeps running in the process group's thread until Gloo's own
-// timeout or a peer's disconnect ends it; the caller drops the communicator.
+// timeout or a peer's disconnect ends it (it may still write its output then): the caller keeps
+// its tensors alive (Abandon) and drops the communicator.
 absl::Status WaitLimited(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
-                         const WaitLimit* limit) {
+                         const WaitLimit* limit, bool* given_up) {
+  *given_up = false;
   if (limit == nullptr) return Wait(work, op);
   const auto slice = absl::ToChronoMilliseconds(kWaitPollInterval);
   try {
@@ -70,6 +72,7 @@ absl::Status WaitLimited(const c10::intrusive_ptr<c10d::Work>& work, const char*
         if (work->isCompleted()) throw;  // the operation's own error
       }
       if (absl::Status s = limit->Check(); !s.ok()) {
+        *given_up = true;
         return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
       }
     }
@@ -176,7 +179,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const std::exception& e) {
       return FromException("AllReduce", e);
     }
-    RETURN_IF_ERROR(WaitLimited(work, "AllReduce", wait_limit().get()));
+    RETURN_IF_ERROR(Finish(work, "AllReduce", {tensor}));
     if (op == ReduceOp::kAvg) tensor.div_(size());
     return absl::OkStatus();
   }
@@ -188,7 +191,7 @@ class GlooCommunicator final : public Communicator {
     std::vector<at::Tensor> inputs{FlatBytes(input)};
     c10d::AllgatherOptions opts;
     opts.timeout = timeout_;
-    return Run("AllGather", [&] { return pg_->allgather(outputs, inputs, opts); });
+    return Run("AllGather", {output, input}, [&] { return pg_->allgather(outputs, inputs, opts); });
   }
 
   absl::Status DoAllToAll(at::Tensor& output, const at::Tensor& input,
@@ -209,7 +212,7 @@ class GlooCommunicator final : public Communicator {
     }
     c10d::AllToAllOptions opts;
     opts.timeout = timeout_;
-    return Run("AllToAllSingle",
+    return Run("AllToAllSingle", {output, input},
                [&] { return pg_->alltoall_base(out, in, out_counts, in_counts, opts); });
   }
 
@@ -219,7 +222,7 @@ class GlooCommunicator final : public Communicator {
     opts.rootRank = root;
     opts.rootTensor = 0;
     opts.timeout = timeout_;
-    return Run("Broadcast", [&] { return pg_->broadcast(tensors, opts); });
+    return Run("Broadcast", {tensor}, [&] { return pg_->broadcast(tensors, opts); });
   }
 
   absl::Status DoSend(const at::Tensor& tensor, int peer, int tag) override {
@@ -254,7 +257,7 @@ class GlooCommunicator final : public Communicator {
   absl::Status DoBarrier() override {
     c10d::BarrierOptions opts;
     opts.timeout = timeout_;
-    return Run("Barrier", [&] { return pg_->barrier(opts); });
+    return Run("Barrier", {}, [&] { return pg_->barrier(opts); });
   }
 
   absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(const std::vector<int>& ranks,
@@ -295,18 +298,31 @@ class GlooCommunicator final : public Communicator {
     return Wait(work, op);
   }
 
-  // Posts one collective and waits for it within the wait limit.
+  // Posts one collective over (views of) `tensors` and waits for it within the wait limit.
   template <typename Post>
-  absl::Status Run(const char* op, Post&& post) {
+  absl::Status Run(const char* op, std::vector<at::Tensor> tensors, Post&& post) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
       work = post();
     } catch (const std::exception& e) {
       return FromException(op, e);
     }
-    return WaitLimited(work, op, wait_limit().get());
+    return Finish(work, op, std::move(tensors));
   }
 
+  // Waits within the wait limit; an operation given up on keeps `tensors` (whose memory Gloo
+  // reads and writes through from_blob views) alive as long as this communicator.
+  absl::Status Finish(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                      std::vector<at::Tensor> tensors) {
+    bool given_up = false;
+    absl::Status s = WaitLimited(work, op, wait_limit().get(), &given_up);
+    if (given_up) abandoned_.emplace_back(work, std::move(tensors));
+    return s;
+  }
+
+  // Operations given up on, with the tensors they may still touch. Declared before pg_, so
+  // destroyed after it: the process group's destructor waits for them to end.
+  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, std::vector<at::Tensor>>> abandoned_;
   c10::intrusive_ptr<c10d::Store> store_;
   GlooDevice gloo_device_;
   int threads_;

@@ -161,8 +161,8 @@ void DenoiseGroup::Drop() {
 
 absl::Status DenoiseGroup::Failed(const absl::Status& s) {
   if (world_size() == 1) return s;
-  broken_ = true;
   if (!is_main()) {
+    broken_ = true;
     membership_->EndGeneration(s);
     return s;
   }
@@ -177,6 +177,8 @@ absl::Status DenoiseGroup::Failed(const absl::Status& s) {
   if (loss.ok() && !absl::IsDeadlineExceeded(s) && !stopping) {
     loss = membership_->WaitForLoss(options_.heartbeat_timeout + 4 * options_.heartbeat_interval);
   }
+  // Set after the wait, so that HealLoop reports the lost rank rather than the bare failure.
+  broken_ = true;
   membership_->EndGeneration(loss.ok() ? s : loss);
   // At once, not on HealLoop's next round: whoever saw this request fail may ask next.
   ReportHealth(false, std::string(loss.ok() ? s.message() : loss.message()));
@@ -288,6 +290,8 @@ absl::StatusOr<std::pair<DenoiseGroup::Command, std::string>> DenoiseGroup::Rece
       if (!s.ok()) {
         if (absl::IsCancelled(s)) return s;
         std::cerr << "rank " << layout_.rank() << ": joining the group: " << s.message() << std::endl;
+        // Rank 0 gone: the heartbeat thread ends this process shortly; else try the next one.
+        absl::SleepFor(options_.heartbeat_interval);
         continue;
       }
       ReportHealth(true, "");
