@@ -477,6 +477,11 @@ void WaitLimit::SetDeadline(absl::Time deadline) {
   deadline_ = deadline;
 }
 
+absl::Time WaitLimit::deadline() const {
+  absl::MutexLock lock(&mu_);
+  return deadline_;
+}
+
 absl::Status WaitLimit::Check() const {
   absl::MutexLock lock(&mu_);
   if (!aborted_.ok()) return aborted_;

@@ -62,6 +62,7 @@ class WaitLimit {
   void Abort(absl::Status why);
   // Waits end with DEADLINE_EXCEEDED once `deadline` passes; absl::InfiniteFuture(): none.
   void SetDeadline(absl::Time deadline);
+  absl::Time deadline() const;
   // OK while waiting may go on.
   absl::Status Check() const;
   bool aborted() const;

@@ -227,12 +227,12 @@ class GlooCommunicator final : public Communicator {
 
   absl::Status DoSend(const at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return RunUnlimited("Send", [&] { return pg_->send(tensors, peer, tag); });
+    return RunP2P("Send", {tensor}, [&] { return pg_->send(tensors, peer, tag); });
   }
 
   absl::Status DoRecv(at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return RunUnlimited("Recv", [&] { return pg_->recv(tensors, peer, tag); });
+    return RunP2P("Recv", {tensor}, [&] { return pg_->recv(tensors, peer, tag); });
   }
 
   absl::Status DoSendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src,
@@ -248,8 +248,9 @@ class GlooCommunicator final : public Communicator {
       if (send_work) Wait(send_work, "SendRecv").IgnoreError();
       return FromException("SendRecv", e);
     }
-    absl::Status recv_status = Wait(recv_work, "SendRecv");
-    absl::Status send_status = Wait(send_work, "SendRecv");
+    absl::Status recv_status = WaitP2P(recv_work, "SendRecv", {send, recv});
+    absl::Status send_status =
+        recv_status.ok() ? WaitP2P(send_work, "SendRecv", {send, recv}) : Wait(send_work, "SendRecv");
     RETURN_IF_ERROR(recv_status);
     return send_status;
   }
@@ -283,19 +284,39 @@ class GlooCommunicator final : public Communicator {
         timeout_(timeout),
         pg_(std::move(pg)) {}
 
-  // Posts one point-to-point operation and waits for it, without the wait limit: 1.13's
-  // SendWork / RecvWork override wait(timeout) with Gloo's buffer waits, which are not known to
-  // survive being given up on. (Ring attention's steps; a lost peer still ends them by its
-  // disconnect or Gloo's timeout.)
+  // Posts one point-to-point operation and waits for it (WaitP2P).
   template <typename Post>
-  absl::Status RunUnlimited(const char* op, Post&& post) {
+  absl::Status RunP2P(const char* op, std::vector<at::Tensor> tensors, Post&& post) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
       work = post();
     } catch (const std::exception& e) {
       return FromException(op, e);
     }
-    return Wait(work, op);
+    return WaitP2P(work, op, std::move(tensors));
+  }
+
+  // 1.13's SendWork / RecvWork wait through Gloo's buffer waits, whose timeout is fatal to the
+  // process group: they cannot be polled like the collectives, so they wait until the wait
+  // limit's deadline at most (ring attention's steps; a lost peer also ends them by its
+  // disconnect, or Gloo's timeout). An operation given up on keeps `tensors` alive.
+  absl::Status WaitP2P(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                       std::vector<at::Tensor> tensors) {
+    const WaitLimit* limit = wait_limit().get();
+    if (limit == nullptr || limit->deadline() == absl::InfiniteFuture()) return Wait(work, op);
+    absl::Status s = limit->Check();
+    if (s.ok()) {
+      const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(limit->deadline() - absl::Now()));
+      try {
+        work->wait(std::chrono::milliseconds(ms));
+        return absl::OkStatus();
+      } catch (const std::exception& e) {
+        s = limit->Check();
+        if (s.ok()) s = FromException(op, e);
+      }
+    }
+    abandoned_.emplace_back(work, std::move(tensors));
+    return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
   }
 
   // Posts one collective over (views of) `tensors` and waits for it within the wait limit.

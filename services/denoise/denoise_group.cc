@@ -289,7 +289,10 @@ absl::StatusOr<std::pair<DenoiseGroup::Command, std::string>> DenoiseGroup::Rece
       absl::Status s = Form(absl::InfiniteFuture());
       if (!s.ok()) {
         if (absl::IsCancelled(s)) return s;
-        std::cerr << "rank " << layout_.rank() << ": joining the group: " << s.message() << std::endl;
+        if (s.message() != last_join_error_) {
+          std::cerr << "rank " << layout_.rank() << ": joining the group: " << s.message() << std::endl;
+          last_join_error_ = std::string(s.message());
+        }
         // Rank 0 gone: the heartbeat thread ends this process shortly; else try the next one.
         absl::SleepFor(options_.heartbeat_interval);
         continue;

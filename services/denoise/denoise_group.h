@@ -125,6 +125,7 @@ class DenoiseGroup {
   std::atomic<bool> formed_{false};
   std::atomic<bool> broken_{false};
   absl::Status collective_error_;  // the last failure inside the DiT forward's collectives
+  std::string last_join_error_;   // ranks > 0: logged once
 
   // Rank 0: the world communicator is shared by requests and the keepalive.
   std::mutex mu_;
