@@ -9,7 +9,9 @@ StatefulSet fallback, CPU with monitoring and autoscaling, KEDA):
   - ports: the named container ports `grpc` / `metrics` are the --port / --metrics-port the
     binary gets, and every Service's target ports exist on the pods it selects;
   - probes: native gRPC startup/readiness/liveness probes on grpc.health.v1 at --port, for the
-    health service name the binary registers, on every pod that serves gRPC and on no other;
+    health service name the binary registers, on every pod that serves gRPC (every denoise rank
+    serves health; its startup and liveness probes ask for "", readiness for the group) and on no
+    other;
   - GPUs: --device=cuda exactly where nvidia.com/gpu is in the limits (one per pod), with a
     memory-backed /dev/shm;
   - the denoise group: ranks 0..world-1 (world = cfg × ulysses × ring × tp = --world-size = the
@@ -237,7 +239,8 @@ def check_containers(pods, binaries, seen_binaries):
               f"{pod}: no --metrics-port (every service exposes /metrics)")
         check(pod.ports.get("metrics") == int(pod.flags["metrics_port"]),
               f"{pod}: container port `metrics` {pod.ports.get('metrics')} != --metrics-port {pod.flags['metrics_port']}")
-        serves_grpc = pod.role in ("replica", "leader") or pod.role == "rank 0"
+        # Every denoise rank serves gRPC health at --port (rank 0 also DenoiseService).
+        serves_grpc = pod.role in ("replica", "leader") or pod.binary == "diffmesh-denoise"
         port = int(pod.flags.get("port", 0))
         check(port > 0, f"{pod}: no --port")
         if "grpc" in pod.ports:
@@ -246,15 +249,16 @@ def check_containers(pods, binaries, seen_binaries):
             check(not serves_grpc, f"{pod}: serves gRPC but declares no container port `grpc`")
         # Probes.
         grpc_probes = {k: c[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if c.get(k, {}).get("grpc")}
+        if pod.binary == "diffmesh-denoise" and grpc_probes:
+            # A rank waiting for a lost peer stays alive: only readiness asks for the group.
+            for kind in ("startupProbe", "livenessProbe"):
+                check(grpc_probes.get(kind, {}).get("grpc", {}).get("service", "") == "",
+                      f"{pod}: the {kind} of a denoise rank must ask for \"\" (the process), not the group")
+            check(grpc_probes.get("readinessProbe", {}).get("grpc", {}).get("service") == "diffmesh.v1.DenoiseService",
+                  f"{pod}: the readiness probe of a denoise rank must ask for diffmesh.v1.DenoiseService")
         if pod.workload["kind"] == "StatefulSet":
-            # One template for every rank: only a rank-aware readiness probe, no probe that restarts.
-            check(not grpc_probes and "startupProbe" not in c and "livenessProbe" not in c,
-                  f"{pod}: a StatefulSet rank template must not carry gRPC/startup/liveness probes")
-            cmd = " ".join(c.get("readinessProbe", {}).get("exec", {}).get("command", []))
-            check(f"/dev/tcp/127.0.0.1/{port}" in cmd and "DIFFMESH_RANK" in cmd,
-                  f"{pod}: the readiness probe does not check rank 0's gRPC port: {cmd!r}")
-            check(pod.env.get("DIFFMESH_RANK") == pod.flags.get("rank"), f"{pod}: probe's rank != --rank")
-        elif serves_grpc:
+            check(pod.env.get("DIFFMESH_RANK") == pod.flags.get("rank"), f"{pod}: DIFFMESH_RANK != --rank")
+        if serves_grpc:
             check(set(grpc_probes) == {"startupProbe", "readinessProbe", "livenessProbe"},
                   f"{pod}: needs native gRPC startup, readiness and liveness probes (has {sorted(grpc_probes)})")
             for kind, probe in grpc_probes.items():

@@ -454,14 +454,46 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Split(const std::vec
   const int new_rank = it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
   if (ranks.size() == 1) {
     if (new_rank < 0) return std::unique_ptr<Communicator>();
-    return CreateSingleRankCommunicator(device());
+    auto single = CreateSingleRankCommunicator(device());
+    single->set_wait_limit(wait_limit_);
+    return single;
   }
   absl::StatusOr<std::unique_ptr<Communicator>> result;
   RETURN_IF_ERROR(Guarded("Split", [&]() -> absl::Status {
     result = DoSplit(ranks, new_rank);
     return absl::OkStatus();
   }));
+  if (result.ok() && *result != nullptr) (*result)->set_wait_limit(wait_limit_);
   return result;
+}
+
+void WaitLimit::Abort(absl::Status why) {
+  absl::MutexLock lock(&mu_);
+  if (aborted_.ok()) aborted_ = why.ok() ? absl::AbortedError("collective wait aborted") : std::move(why);
+}
+
+void WaitLimit::SetDeadline(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  deadline_ = deadline;
+}
+
+absl::Time WaitLimit::deadline() const {
+  absl::MutexLock lock(&mu_);
+  return deadline_;
+}
+
+absl::Status WaitLimit::Check() const {
+  absl::MutexLock lock(&mu_);
+  if (!aborted_.ok()) return aborted_;
+  if (absl::Now() >= deadline_) {
+    return absl::DeadlineExceededError("collective wait: the request's deadline passed");
+  }
+  return absl::OkStatus();
+}
+
+bool WaitLimit::aborted() const {
+  absl::MutexLock lock(&mu_);
+  return !aborted_.ok();
 }
 
 }  // namespace diffmesh::models::parallel

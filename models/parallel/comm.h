@@ -30,6 +30,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace diffmesh::models::parallel {
 
@@ -48,6 +50,30 @@ struct RendezvousOptions {
   // Bounds the rendezvous and every later operation (Gloo: each collective).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
+
+// Ends a communicator's waits early: a backend that supports it (Gloo) polls Check() while an
+// operation waits (every kWaitPollInterval) and returns its status once it is not OK, so a
+// dead or stopped peer, or a request's deadline, bounds every wait rather than the backend's
+// own timeout. After such an early return the ranks are no longer in step: the communicator
+// (and every one split from it, which shares its WaitLimit) must be replaced. Thread-safe.
+class WaitLimit {
+ public:
+  // Sticky: every later Check() returns `why` (which must not be OK).
+  void Abort(absl::Status why);
+  // Waits end with DEADLINE_EXCEEDED once `deadline` passes; absl::InfiniteFuture(): none.
+  void SetDeadline(absl::Time deadline);
+  absl::Time deadline() const;
+  // OK while waiting may go on.
+  absl::Status Check() const;
+  bool aborted() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Status aborted_ ABSL_GUARDED_BY(mu_);
+  absl::Time deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+};
+
+inline constexpr absl::Duration kWaitPollInterval = absl::Milliseconds(50);
 
 class Communicator {
  public:
@@ -113,6 +139,11 @@ class Communicator {
   // (RankLayout::AllGroups) can be created one after another without deadlock.
   absl::StatusOr<std::unique_ptr<Communicator>> Split(const std::vector<int>& ranks);
 
+  // The limit this communicator's waits observe (null: none). Communicators split from this one
+  // later share it.
+  void set_wait_limit(std::shared_ptr<WaitLimit> limit) { wait_limit_ = std::move(limit); }
+  const std::shared_ptr<WaitLimit>& wait_limit() const { return wait_limit_; }
+
  protected:
   Communicator(int rank, int size) : rank_(rank), size_(size) {}
 
@@ -143,6 +174,7 @@ class Communicator {
 
   int rank_;
   int size_;
+  std::shared_ptr<WaitLimit> wait_limit_;
 };
 
 // A group of one: every collective is the identity (copies where an output is separate), point

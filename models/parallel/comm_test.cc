@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -401,6 +402,45 @@ TEST(GlooRendezvousTest, BadOptions) {
   auto missing = CreateGlooCommunicator(options);
   EXPECT_FALSE(missing.ok());
   std::printf("no server: %s\n", missing.status().ToString().c_str());
+}
+
+// A rank that never joins the collective: the other's wait ends at its WaitLimit's deadline, or
+// when the limit is aborted from another thread, not at Gloo's timeout; split groups share it.
+TEST(WaitLimitTest, DeadlineAndAbortEndABlockedCollective) {
+  for (bool abort : {false, true}) {
+    RunGlooRanks(2, [&](Communicator& comm) {
+      if (comm.rank() == 1) {  // stays away, then leaves (its disconnect would end the wait too)
+        absl::SleepFor(absl::Seconds(2));
+        return;
+      }
+      auto limit = std::make_shared<WaitLimit>();
+      comm.set_wait_limit(limit);
+      auto sub = comm.Split({0});
+      ASSERT_TRUE(sub.ok()) << sub.status();
+      EXPECT_EQ((*sub)->wait_limit(), limit);
+      std::thread aborter;
+      const absl::Time start = absl::Now();
+      if (abort) {
+        aborter = std::thread([limit] {
+          absl::SleepFor(absl::Milliseconds(300));
+          limit->Abort(absl::UnavailableError("rank 1 is lost"));
+        });
+      } else {
+        limit->SetDeadline(start + absl::Milliseconds(300));
+      }
+      at::Tensor t = at::ones({4});
+      absl::Status s = comm.AllReduce(t);
+      const absl::Duration took = absl::Now() - start;
+      if (aborter.joinable()) aborter.join();
+      EXPECT_EQ(s.code(), abort ? absl::StatusCode::kUnavailable : absl::StatusCode::kDeadlineExceeded) << s;
+      if (abort) {
+        EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("rank 1 is lost"));
+      }
+      EXPECT_GE(took, absl::Milliseconds(300));
+      EXPECT_LT(took, absl::Seconds(1)) << s;
+      EXPECT_EQ(limit->Check().code(), s.code());
+    });
+  }
 }
 
 }  // namespace

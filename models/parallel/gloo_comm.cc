@@ -53,6 +53,34 @@ absl::Status Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* op) {
   return absl::OkStatus();
 }
 
+// Waits for a collective (an AsyncWork: its wait(timeout) is c10d::Work's, which gives up
+// without touching the operation) in slices of kWaitPollInterval, checking `limit` between
+// them. An operation given up on keeps running in the process group's thread until Gloo's own
+// timeout or a peer's disconnect ends it (it may still write its output then): the caller keeps
+// its tensors alive (Abandon) and drops the communicator.
+absl::Status WaitLimited(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                         const WaitLimit* limit, bool* given_up) {
+  *given_up = false;
+  if (limit == nullptr) return Wait(work, op);
+  const auto slice = absl::ToChronoMilliseconds(kWaitPollInterval);
+  try {
+    while (true) {
+      try {
+        work->wait(slice);
+        return absl::OkStatus();
+      } catch (const std::exception&) {
+        if (work->isCompleted()) throw;  // the operation's own error
+      }
+      if (absl::Status s = limit->Check(); !s.ok()) {
+        *given_up = true;
+        return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
+      }
+    }
+  } catch (const std::exception& e) {
+    return FromException(op, e);
+  }
+}
+
 // Bytes in one row (all of dims 1..) of a tensor, from its shape alone: the same on every rank
 // of a collective, even one that holds zero rows.
 int64_t RowBytes(const at::Tensor& t) {
@@ -151,7 +179,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const std::exception& e) {
       return FromException("AllReduce", e);
     }
-    RETURN_IF_ERROR(Wait(work, "AllReduce"));
+    RETURN_IF_ERROR(Finish(work, "AllReduce", {tensor}));
     if (op == ReduceOp::kAvg) tensor.div_(size());
     return absl::OkStatus();
   }
@@ -163,7 +191,7 @@ class GlooCommunicator final : public Communicator {
     std::vector<at::Tensor> inputs{FlatBytes(input)};
     c10d::AllgatherOptions opts;
     opts.timeout = timeout_;
-    return Run("AllGather", [&] { return pg_->allgather(outputs, inputs, opts); });
+    return Run("AllGather", {output, input}, [&] { return pg_->allgather(outputs, inputs, opts); });
   }
 
   absl::Status DoAllToAll(at::Tensor& output, const at::Tensor& input,
@@ -184,7 +212,7 @@ class GlooCommunicator final : public Communicator {
     }
     c10d::AllToAllOptions opts;
     opts.timeout = timeout_;
-    return Run("AllToAllSingle",
+    return Run("AllToAllSingle", {output, input},
                [&] { return pg_->alltoall_base(out, in, out_counts, in_counts, opts); });
   }
 
@@ -194,17 +222,17 @@ class GlooCommunicator final : public Communicator {
     opts.rootRank = root;
     opts.rootTensor = 0;
     opts.timeout = timeout_;
-    return Run("Broadcast", [&] { return pg_->broadcast(tensors, opts); });
+    return Run("Broadcast", {tensor}, [&] { return pg_->broadcast(tensors, opts); });
   }
 
   absl::Status DoSend(const at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return Run("Send", [&] { return pg_->send(tensors, peer, tag); });
+    return RunP2P("Send", {tensor}, [&] { return pg_->send(tensors, peer, tag); });
   }
 
   absl::Status DoRecv(at::Tensor& tensor, int peer, int tag) override {
     std::vector<at::Tensor> tensors{FlatBytes(tensor)};
-    return Run("Recv", [&] { return pg_->recv(tensors, peer, tag); });
+    return RunP2P("Recv", {tensor}, [&] { return pg_->recv(tensors, peer, tag); });
   }
 
   absl::Status DoSendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src,
@@ -220,8 +248,9 @@ class GlooCommunicator final : public Communicator {
       if (send_work) Wait(send_work, "SendRecv").IgnoreError();
       return FromException("SendRecv", e);
     }
-    absl::Status recv_status = Wait(recv_work, "SendRecv");
-    absl::Status send_status = Wait(send_work, "SendRecv");
+    absl::Status recv_status = WaitP2P(recv_work, "SendRecv", {send, recv});
+    absl::Status send_status =
+        recv_status.ok() ? WaitP2P(send_work, "SendRecv", {send, recv}) : Wait(send_work, "SendRecv");
     RETURN_IF_ERROR(recv_status);
     return send_status;
   }
@@ -229,7 +258,7 @@ class GlooCommunicator final : public Communicator {
   absl::Status DoBarrier() override {
     c10d::BarrierOptions opts;
     opts.timeout = timeout_;
-    return Run("Barrier", [&] { return pg_->barrier(opts); });
+    return Run("Barrier", {}, [&] { return pg_->barrier(opts); });
   }
 
   absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(const std::vector<int>& ranks,
@@ -255,18 +284,66 @@ class GlooCommunicator final : public Communicator {
         timeout_(timeout),
         pg_(std::move(pg)) {}
 
-  // Posts one operation and waits for it.
+  // Posts one point-to-point operation and waits for it (WaitP2P).
   template <typename Post>
-  absl::Status Run(const char* op, Post&& post) {
+  absl::Status RunP2P(const char* op, std::vector<at::Tensor> tensors, Post&& post) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
       work = post();
     } catch (const std::exception& e) {
       return FromException(op, e);
     }
-    return Wait(work, op);
+    return WaitP2P(work, op, std::move(tensors));
   }
 
+  // 1.13's SendWork / RecvWork wait through Gloo's buffer waits, whose timeout is fatal to the
+  // process group: they cannot be polled like the collectives, so they wait until the wait
+  // limit's deadline at most (ring attention's steps; a lost peer also ends them by its
+  // disconnect, or Gloo's timeout). An operation given up on keeps `tensors` alive.
+  absl::Status WaitP2P(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                       std::vector<at::Tensor> tensors) {
+    const WaitLimit* limit = wait_limit().get();
+    if (limit == nullptr || limit->deadline() == absl::InfiniteFuture()) return Wait(work, op);
+    absl::Status s = limit->Check();
+    if (s.ok()) {
+      const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(limit->deadline() - absl::Now()));
+      try {
+        work->wait(std::chrono::milliseconds(ms));
+        return absl::OkStatus();
+      } catch (const std::exception& e) {
+        s = limit->Check();
+        if (s.ok()) s = FromException(op, e);
+      }
+    }
+    abandoned_.emplace_back(work, std::move(tensors));
+    return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
+  }
+
+  // Posts one collective over (views of) `tensors` and waits for it within the wait limit.
+  template <typename Post>
+  absl::Status Run(const char* op, std::vector<at::Tensor> tensors, Post&& post) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+      work = post();
+    } catch (const std::exception& e) {
+      return FromException(op, e);
+    }
+    return Finish(work, op, std::move(tensors));
+  }
+
+  // Waits within the wait limit; an operation given up on keeps `tensors` (whose memory Gloo
+  // reads and writes through from_blob views) alive as long as this communicator.
+  absl::Status Finish(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
+                      std::vector<at::Tensor> tensors) {
+    bool given_up = false;
+    absl::Status s = WaitLimited(work, op, wait_limit().get(), &given_up);
+    if (given_up) abandoned_.emplace_back(work, std::move(tensors));
+    return s;
+  }
+
+  // Operations given up on, with the tensors they may still touch. Declared before pg_, so
+  // destroyed after it: the process group's destructor waits for them to end.
+  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, std::vector<at::Tensor>>> abandoned_;
   c10::intrusive_ptr<c10d::Store> store_;
   GlooDevice gloo_device_;
   int threads_;
@@ -275,30 +352,40 @@ class GlooCommunicator final : public Communicator {
   int64_t splits_ = 0;
 };
 
+absl::StatusOr<GlooDevice> MakeDevice(const RendezvousOptions& options, const GlooOptions& gloo) {
+  if (gloo.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("gloo threads ", gloo.threads, " must be >= 1"));
+  }
+  try {
+    if (!gloo.bind_address.empty()) {
+      return c10d::ProcessGroupGloo::createDeviceForHostname(gloo.bind_address);
+    } else if (IsLoopback(options.master_addr)) {
+      return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    }
+    return c10d::ProcessGroupGloo::createDefaultDevice();
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("gloo transport device: ", e.what()));
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     const RendezvousOptions& options, const GlooOptions& gloo) {
   RETURN_IF_ERROR(CheckRendezvous(options));
-  if (gloo.threads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("gloo threads ", gloo.threads, " must be >= 1"));
-  }
-  GlooDevice device;
-  try {
-    if (!gloo.bind_address.empty()) {
-      device = c10d::ProcessGroupGloo::createDeviceForHostname(gloo.bind_address);
-    } else if (IsLoopback(options.master_addr)) {
-      device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
-    } else {
-      device = c10d::ProcessGroupGloo::createDefaultDevice();
-    }
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("gloo transport device: ", e.what()));
-  }
+  RETURN_IF_ERROR(MakeDevice(options, gloo).status());
   ASSIGN_OR_RETURN(c10::intrusive_ptr<c10d::Store> store, ConnectStore(options));
+  return CreateGlooCommunicatorOnStore(std::move(store), "gloo", options, gloo);
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicatorOnStore(
+    c10::intrusive_ptr<c10d::Store> store, const std::string& prefix,
+    const RendezvousOptions& options, const GlooOptions& gloo) {
+  RETURN_IF_ERROR(CheckRendezvous(options));
+  ASSIGN_OR_RETURN(GlooDevice device, MakeDevice(options, gloo));
   ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
                    GlooCommunicator::Connect(
-                       c10::make_intrusive<c10d::PrefixStore>("gloo", std::move(store)),
+                       c10::make_intrusive<c10d::PrefixStore>(prefix, std::move(store)),
                        options.rank, options.world_size, device, gloo.threads, options.timeout));
   return std::unique_ptr<Communicator>(std::move(comm));
 }

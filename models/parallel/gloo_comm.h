@@ -2,6 +2,8 @@
 #ifndef DIFFMESH_MODELS_PARALLEL_GLOO_COMM_H_
 #define DIFFMESH_MODELS_PARALLEL_GLOO_COMM_H_
 
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
 #include <memory>
 #include <string>
 
@@ -24,6 +26,13 @@ struct GlooOptions {
 // passes. Operations accept CPU tensors of any dtype (reductions: floating and integral dtypes;
 // those Gloo lacks, such as bfloat16 and bool, are reduced in float32 / int64 and cast back).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
+    const RendezvousOptions& options, const GlooOptions& gloo = {});
+
+// The same over a store the caller already holds (see rendezvous.h), under its own `prefix`:
+// a group that re-forms connects each generation under a fresh prefix of one store.
+// options.master_addr only picks the transport address (as above); the store is not dialled.
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicatorOnStore(
+    c10::intrusive_ptr<c10d::Store> store, const std::string& prefix,
     const RendezvousOptions& options, const GlooOptions& gloo = {});
 
 }  // namespace diffmesh::models::parallel

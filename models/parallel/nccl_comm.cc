@@ -129,11 +129,26 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
         absl::StrCat("NCCL communicator: device ", device, " but ", count, " visible"));
   }
   ASSIGN_OR_RETURN(c10::intrusive_ptr<c10d::Store> tcp, ConnectStore(options));
-  c10::intrusive_ptr<c10d::Store> store =
-      c10::make_intrusive<c10d::PrefixStore>("nccl", std::move(tcp));
-  ASSIGN_OR_RETURN(ncclComm * comm, InitComm(*store, options.rank, options.world_size, device));
+  return CreateOnStore(std::move(tcp), "nccl", options, nccl);
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateOnStore(
+    c10::intrusive_ptr<c10d::Store> store, const std::string& prefix,
+    const RendezvousOptions& options, const NcclOptions& nccl) {
+  RETURN_IF_ERROR(CheckRendezvous(options));
+  int count = 0;
+  DIFFMESH_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (count == 0) return absl::FailedPreconditionError("NCCL communicator: no CUDA device");
+  const int device = nccl.device >= 0 ? nccl.device : options.rank % count;
+  if (device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("NCCL communicator: device ", device, " but ", count, " visible"));
+  }
+  c10::intrusive_ptr<c10d::Store> prefixed =
+      c10::make_intrusive<c10d::PrefixStore>(prefix, std::move(store));
+  ASSIGN_OR_RETURN(ncclComm * comm, InitComm(*prefixed, options.rank, options.world_size, device));
   return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(
-      options.rank, options.world_size, device, comm, std::move(store), nccl));
+      options.rank, options.world_size, device, comm, std::move(prefixed), nccl));
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -45,6 +46,11 @@ class NcclCommunicator final : public Communicator {
   // Joins the rendezvous (rank 0 serves the TCPStore, creates the ncclUniqueId and publishes
   // it there) and initializes the NCCL communicator, which blocks until all ranks have joined.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(
+      const RendezvousOptions& options, const NcclOptions& nccl = {});
+  // The same over a store the caller already holds, under its own `prefix` (a generation of a
+  // group that re-forms; see gloo_comm.h's CreateGlooCommunicatorOnStore).
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> CreateOnStore(
+      c10::intrusive_ptr<c10d::Store> store, const std::string& prefix,
       const RendezvousOptions& options, const NcclOptions& nccl = {});
 
   ~NcclCommunicator() override;

@@ -169,7 +169,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     ASSIGN_OR_RETURN(Prepared p, Prepare(r));
     std::string bytes;
     r.SerializeToString(&bytes);
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes));
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
     absl::Status s = Execute(r, p, &ctx, on_event);
     group_->Release();
     return s;
@@ -215,7 +215,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     RETURN_IF_ERROR(CheckRequest(header));
     std::string bytes;
     header.SerializeToString(&bytes);
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes));
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes, ctx.deadline()));
     absl::Status s = StreamAndExecute(ctx, header, inputs, on_event);
     group_->Release();
     return s;

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -20,6 +21,7 @@
 #include "absl/time/time.h"
 #include "models/glm_image/dit.h"
 #include "models/parallel/comm.h"
+#include "models/parallel/comm_membership.h"
 #include "models/parallel/groups.h"
 #include "models/parallel/layout.h"
 #include "services/denoise/cfg_policy.h"
@@ -37,7 +39,16 @@ struct DenoiseGroupOptions {
   bool cuda = false;
   // Rank 0 pings idle ranks this often so their waits never reach the collective timeout.
   absl::Duration keepalive = absl::Seconds(10);
+  // Heartbeats between the ranks, beside the collectives (models/parallel/comm_membership.h):
+  // a rank silent for heartbeat_timeout is lost, its group ends and re-forms once it is back.
+  absl::Duration heartbeat_interval = absl::Milliseconds(500);
+  absl::Duration heartbeat_timeout = absl::Seconds(4);
 };
+
+// This process's denoise-group health, for its health service: rank 0 serves while its group
+// is whole, another rank while it is in a formed group. `listener` is called from the group's
+// threads on every change (why: the reason when not serving). Set it before the group exists.
+void SetDenoiseGroupHealthListener(std::function<void(bool serving, const std::string& why)> listener);
 
 class DenoiseGroup {
  public:
@@ -56,16 +67,21 @@ class DenoiseGroup {
   const models::parallel::RankLayout& layout() const { return layout_; }
   bool is_main() const { return layout_.rank() == 0; }
   // Where this rank computes (cuda:<rank % visible GPUs> or the CPU).
-  at::Device device() const { return world_->device(); }
+  at::Device device() const { return device_; }
   int world_size() const { return layout_.world_size(); }
 
   // Rank 0: sends a command (and payload) to every rank. Holds the group until Release().
-  absl::Status Send(Command command, const std::string& payload);
+  // UNAVAILABLE (naming the lost rank) while the group is incomplete. Until Release(), every
+  // collective wait of this rank ends by `deadline` (plus a short grace, so a healthy step can
+  // finish and stop at the next AgreeToContinue); a wait ended so ends the group's generation.
+  absl::Status Send(Command command, const std::string& payload,
+                    absl::Time deadline = absl::InfiniteFuture());
   // Rank 0, while holding the group after Send: one more command of the same request (the
   // keepalive cannot ping while the group is held, so a long wait sends kPing itself).
   absl::Status SendMore(Command command, const std::string& payload);
   void Release();
-  // Other ranks: the next command from rank 0 (pings are answered internally).
+  // Other ranks: the next command from rank 0 (pings are answered internally). Joins the next
+  // generation of the group first when the last one ended (blocks until rank 0 invites).
   absl::StatusOr<std::pair<Command, std::string>> Receive();
 
   // Rank 0 decides, every rank learns: whether the request goes on (cancellation, deadlines).
@@ -88,13 +104,33 @@ class DenoiseGroup {
 
  private:
   DenoiseGroup(const DenoiseGroupOptions& options, models::parallel::RankLayout layout);
-  void KeepaliveLoop();
+  // Joins the next generation and splits its groups (rank 0: under mu_, every rank waiting).
+  absl::Status Form(absl::Time until);
+  // Hands the communicators of an ended generation to a thread that destroys them (a Gloo
+  // process group's destructor waits for an operation given up on).
+  void Drop();
+  // After a failed collective: ends the generation and returns the status to report (rank 0:
+  // UNAVAILABLE naming the lost rank once the heartbeats show it).
+  absl::Status Failed(const absl::Status& s);
+  // Throws with the status message (the DiT forward has no Status path), remembering it.
+  void ThrowIfError(const absl::Status& s);
+  // Rank 0: re-forms the group after a loss, and pings idle ranks.
+  void HealLoop();
+  bool WaitStop(absl::Duration d);
 
   const DenoiseGroupOptions options_;
   models::parallel::RankLayout layout_;
+  at::Device device_ = at::kCPU;
+  std::unique_ptr<models::parallel::Membership> membership_;
   std::unique_ptr<models::parallel::Communicator> world_;
   models::parallel::ParallelGroups groups_;
   models::glm_image::DitCollectives collectives_;
+  // Whether world_ is a formed generation (rank 0: written under mu_). A failed collective
+  // sets broken_; the generation is then dropped by Receive (other ranks) or HealLoop (rank 0).
+  std::atomic<bool> formed_{false};
+  std::atomic<bool> broken_{false};
+  absl::Status collective_error_;  // the last failure inside the DiT forward's collectives
+  std::string last_join_error_;   // ranks > 0: logged once
 
   // Rank 0: the world communicator is shared by requests and the keepalive.
   std::mutex mu_;
@@ -103,9 +139,10 @@ class DenoiseGroup {
   // the unlock, racing the next holder's assignment (which then found the group "not held"
   // and never released it).
   bool held_ = false;
+  std::mutex stop_mu_;
   bool stopping_ = false;
   std::condition_variable stop_cv_;
-  std::thread keepalive_;
+  std::thread heal_;
 };
 
 }  // namespace diffmesh

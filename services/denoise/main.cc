@@ -1,7 +1,13 @@
 // diffmesh-denoise: a rank of the denoise group (DiT + VAE decode). Rank 0 serves
 // DenoiseService over gRPC and, unless --launch_ranks=false, starts ranks 1..N-1 itself as
 // local processes; the other ranks take their work from rank 0.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
 #include <iostream>
+#include <mutex>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -14,10 +20,14 @@
 #include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
 #include "services/denoise/denoise_core.h"
+#include "services/denoise/denoise_group.h"
 #include "services/denoise/denoise_service.h"
 #include "services/stage_common/gpu_metrics.h"
 
-ABSL_FLAG(int, port, 50054, "Port of the DenoiseService (rank 0).");
+ABSL_FLAG(int, port, 50054,
+          "Port of the DenoiseService (rank 0; 0: a free port). Other ranks serve only gRPC "
+          "health there (for probes: \"\" while the process runs, diffmesh.v1.DenoiseService "
+          "while it is in a formed group); 0: none.");
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on (loopback by default: a stage serves the orchestrator only; "
           "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
@@ -43,6 +53,79 @@ ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda (one GPU per rank: rank % vi
 ABSL_FLAG(bool, launch_ranks, true,
           "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
           "separately, e.g. one per node or pod).");
+
+namespace {
+
+constexpr char kServiceName[] = "diffmesh.v1.DenoiseService";
+
+// The group's health as the health service reports it: NOT_SERVING for kServiceName while the
+// group is incomplete (rank 0) or this rank is outside a formed group (others). The group may
+// report before the server exists; the server picks up the last state when it starts.
+class GroupHealth {
+ public:
+  // Rank 0 starts serving (an engine without a DenoiseGroup never reports; one with a group
+  // has reported by the time the server starts), the other ranks once in a group.
+  explicit GroupHealth(bool serving) : serving_(serving) {}
+
+  void Set(bool serving, const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (serving != serving_ && !why.empty()) std::cerr << "health: NOT_SERVING: " << why << std::endl;
+    serving_ = serving;
+    Apply();
+  }
+  void Attach(grpc::Server* server) {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = server;
+    Apply();
+  }
+
+ private:
+  void Apply() {
+    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(kServiceName, serving_);
+  }
+  std::mutex mu_;
+  bool serving_;
+  grpc::Server* server_ = nullptr;
+};
+
+// Rank 0 with --launch-ranks: restarts a rank that exited (killed, OOM, lost rank 0's store),
+// with a backoff growing from 1 s to 30 s while it keeps failing; the group re-forms with the
+// new process. Ends with the process (the ranks die with it: PR_SET_PDEATHSIG).
+void SuperviseRanks(std::vector<pid_t>* ranks, std::vector<std::vector<std::string>> args,
+                    std::mutex* mu) {
+  const size_t n = ranks->size();
+  std::vector<absl::Duration> backoff(n, absl::Seconds(1));
+  std::vector<absl::Time> started(n, absl::Now());
+  std::vector<absl::Time> restart_at(n, absl::InfiniteFuture());  // set while a rank is down
+  while (true) {
+    absl::SleepFor(absl::Milliseconds(200));
+    std::lock_guard<std::mutex> lock(*mu);
+    for (size_t i = 0; i < n; ++i) {
+      int status = 0;
+      if ((*ranks)[i] > 0 && diffmesh::Exited((*ranks)[i], &status)) {
+        (*ranks)[i] = -1;
+        // A rank that ran for a while before exiting starts over with a short backoff.
+        if (absl::Now() - started[i] > absl::Minutes(1)) backoff[i] = absl::Seconds(1);
+        restart_at[i] = absl::Now() + backoff[i];
+        std::cerr << "diffmesh-denoise: rank " << i + 1 << " " << diffmesh::DescribeExit(status)
+                  << "; restarting it in " << absl::FormatDuration(backoff[i]) << std::endl;
+        backoff[i] = std::min(backoff[i] * 2, absl::Seconds(30));
+      }
+      if ((*ranks)[i] > 0 || absl::Now() < restart_at[i]) continue;
+      auto pid = diffmesh::Spawn(args[i]);
+      if (!pid.ok()) {
+        std::cerr << "diffmesh-denoise: restarting rank " << i + 1 << ": " << pid.status().message() << std::endl;
+        restart_at[i] = absl::Now() + backoff[i];
+        continue;
+      }
+      (*ranks)[i] = *pid;
+      started[i] = absl::Now();
+      restart_at[i] = absl::InfiniteFuture();
+    }
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
@@ -90,16 +173,24 @@ int main(int argc, char** argv) {
     stage_auth = *std::move(auth);
   }
 
+  GroupHealth health(/*serving=*/rank == 0);
+  diffmesh::SetDenoiseGroupHealthListener(
+      [&health](bool serving, const std::string& why) { health.Set(serving, why); });
+
   std::vector<pid_t> ranks;
+  std::vector<std::vector<std::string>> rank_args;
+  std::mutex ranks_mu;
   if (rank == 0 && o.rendezvous.world_size > 1 && absl::GetFlag(FLAGS_launch_ranks)) {
     for (int r = 1; r < o.rendezvous.world_size; ++r) {
       std::vector<std::string> args(argv, argv + argc);
       args[0] = "/proc/self/exe";
       args.push_back(absl::StrCat("--rank=", r));
       args.push_back("--launch_ranks=false");
-      // Ranks started here share this host and its ports: only rank 0 serves /metrics. (Ranks
-      // started one per machine or pod, e.g. by the Helm chart, each serve their own.)
+      // Ranks started here share this host and its ports: only rank 0 serves /metrics and
+      // health. (Ranks started one per machine or pod, e.g. by the Helm chart, each serve
+      // their own.)
       args.push_back("--metrics_port=0");
+      args.push_back("--port=0");
       auto pid = diffmesh::Spawn(args);
       if (!pid.ok()) {
         std::cerr << who << ": " << pid.status().message() << "\n";
@@ -107,6 +198,25 @@ int main(int argc, char** argv) {
         return 1;
       }
       ranks.push_back(*pid);
+      rank_args.push_back(std::move(args));
+    }
+  }
+  // Ranks > 0 serve gRPC health (for probes) from the start: "" SERVING while the process
+  // runs (it may load weights and wait for rank 0 for a while), kServiceName while in a group.
+  std::unique_ptr<diffmesh::RunningServer> worker_health;
+  if (rank != 0 && absl::GetFlag(FLAGS_port) > 0) {
+    diffmesh::ServerOptions options;
+    options.host = absl::GetFlag(FLAGS_host);
+    options.port = absl::GetFlag(FLAGS_port);
+    options.health_service_names = {"diffmesh.v1.DenoiseService"};  // = kServiceName
+    options.start_not_serving = true;
+    auto server = diffmesh::RunningServer::Start({}, options);
+    if (server.ok()) {
+      worker_health = *std::move(server);
+      health.Attach(worker_health->server());
+      std::cout << who << " health on " << options.host << ":" << worker_health->port() << std::endl;
+    } else {  // the rank works without it; its probes (if any) say so
+      std::cerr << who << ": no health service: " << server.status().message() << std::endl;
     }
   }
   // Every rank serves its own step times (labelled with its rank) where it has a metrics port;
@@ -140,9 +250,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (rank != 0) {
-    absl::Status s = (*core)->RunWorker();
-    if (!s.ok()) std::cerr << who << ": " << s.message() << "\n";
-    return s.ok() ? 0 : 1;
+    // SIGTERM / SIGINT end a worker at once: its state is rank 0's to rebuild, and a
+    // collective it waits in cannot be unwound from here.
+    std::thread([who] {
+      const int sig = diffmesh::WaitForTerminationSignal();
+      std::cerr << who << ": signal " << sig << ", exiting" << std::endl;
+      std::_Exit(0);
+    }).detach();
+    while (true) {
+      // A request that failed with the group (a lost rank) ends here; the next RunWorker
+      // joins the group's next generation once rank 0 re-forms it. kStop ends it with OK.
+      absl::Status s = (*core)->RunWorker();
+      if (s.ok()) return 0;
+      std::cerr << who << ": " << s.message() << "\n";
+      if (absl::IsCancelled(s) || absl::IsFailedPrecondition(s)) return 1;
+    }
   }
   diffmesh::DenoiseService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr,
                                    model_label);
@@ -150,10 +272,29 @@ int main(int argc, char** argv) {
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
-  options.health_service_names = {"diffmesh.v1.DenoiseService"};
+  options.health_service_names = {"diffmesh.v1.DenoiseService"};  // = kServiceName
+  options.start_not_serving = true;  // until the group says it is whole
   options.tls = std::move(tls);
-  const int code = diffmesh::ServeUntilSignal("diffmesh-denoise", {&service}, options);
+  auto server = diffmesh::RunningServer::Start({&service}, options);
+  if (!server.ok()) {
+    std::cerr << who << ": " << server.status().message() << std::endl;
+    std::lock_guard<std::mutex> lock(ranks_mu);
+    diffmesh::StopAll(ranks);
+    return 1;
+  }
+  health.Attach((*server)->server());
+  std::cout << "diffmesh-denoise serving on " << options.host << ":" << (*server)->port()
+            << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
+            << std::endl;
+  if (!ranks.empty()) {
+    std::thread(SuperviseRanks, &ranks, rank_args, &ranks_mu).detach();
+  }
+  const int sig = diffmesh::WaitForTerminationSignal();
+  std::cout << "diffmesh-denoise: signal " << sig << ", shutting down" << std::endl;
+  (*server)->Shutdown();
+  health.Attach(nullptr);
+  std::lock_guard<std::mutex> lock(ranks_mu);  // the supervisor restarts nothing from here on
   core->reset();  // tells the other ranks to stop
   diffmesh::StopAll(ranks);
-  return code;
+  return 0;
 }

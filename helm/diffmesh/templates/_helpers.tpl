@@ -70,7 +70,7 @@ app.kubernetes.io/component: {{ .component }}
 {{ $kind }}Probe:
   grpc:
     port: {{ $.svc.port }}
-    service: {{ if and (eq $.service "diffmesh.v1.GenerationService") (ne $kind "readiness") }}""{{ else }}{{ $.service }}{{ end }}
+    service: {{ if and (has $.service (list "diffmesh.v1.GenerationService" "diffmesh.v1.DenoiseService")) (ne $kind "readiness") }}""{{ else }}{{ $.service }}{{ end }}
   {{- toYaml (index $p $kind) | nindent 2 }}
 {{- end }}
 {{- end -}}
