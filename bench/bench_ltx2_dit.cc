@@ -13,6 +13,8 @@
 #include <iostream>
 #include <vector>
 
+#include <torch/version.h>
+
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
 #include "models/ltx2/ltx2_spec.h"
@@ -30,6 +32,8 @@ ABSL_FLAG(int, text_tokens, 1024, "Text tokens (connector output length).");
 ABSL_FLAG(int, batch, 1, "Batch rows (2 = batched CFG).");
 ABSL_FLAG(int, warmup, 2, "Untimed forwards first.");
 ABSL_FLAG(int, iters, 5, "Timed forwards (median reported).");
+ABSL_FLAG(std::string, sdpa, "default",
+          "Attention backend on CUDA: default (LibTorch's choice), flash, cudnn or efficient.");
 ABSL_FLAG(bool, dump_config, false,
           "Print the transformer config JSON (for bench/ltx2_dit_reference.py) and exit.");
 
@@ -80,6 +84,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   const bool cuda = at::hasCUDA();
+#if TORCH_VERSION_MAJOR >= 2
+  if (const std::string sdpa = absl::GetFlag(FLAGS_sdpa); sdpa != "default") {
+    auto& ctx = at::globalContext();
+    ctx.setSDPUseFlash(sdpa == "flash");
+    ctx.setSDPUseCuDNN(sdpa == "cudnn");
+    ctx.setSDPUseMemEfficient(sdpa == "efficient");
+    ctx.setSDPUseMath(false);
+  }
+#endif
   const at::Device dev = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
   const auto opts = at::TensorOptions().dtype(dtype).device(dev);
@@ -138,6 +151,7 @@ int main(int argc, char** argv) {
   const double median = ms[ms.size() / 2];
   const double flops = ForwardFlops(c, b, nv, na, t);
   nlohmann::json res = {{"device", cuda ? "cuda" : "cpu"},
+                        {"sdpa", absl::GetFlag(FLAGS_sdpa)},
                         {"dtype", cuda ? "bf16" : "f32"},
                         {"layers", c.num_layers},
                         {"video_tokens", nv},

@@ -9,6 +9,7 @@
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
 #include "models/core/config_json.h"
+#include "models/ltx2/conv3d.h"
 #include "models/core/ops.h"
 
 namespace diffmesh::models::ltx2 {
@@ -214,7 +215,7 @@ at::Tensor AudioVaeDecoder::Norm(const at::Tensor& x, const std::string& prefix)
                           Get(weights_, prefix + ".bias"), kNormEps);
   }
   // LTX2AudioPixelNorm: RMS over channels at each (time, bin).
-  return x / at::sqrt(x.pow(2).mean({1}, /*keepdim=*/true) + kNormEps);
+  return PixelNorm(x, kNormEps);
 }
 
 // `prefix` names the nn.Conv2d (its `.weight` [out, in, kh, kw] and `.bias`); stride 1.

@@ -86,7 +86,10 @@ at::Tensor DepthToSpace3d(const at::Tensor& x, const std::array<int64_t, 3>& s) 
 }
 
 at::Tensor PixelNorm(const at::Tensor& x, double eps) {
-  return x / at::sqrt(x.pow(2).mean({1}, /*keepdim=*/true) + eps);
+  if (x.scalar_type() == at::kFloat) return x / at::sqrt(x.pow(2).mean({1}, /*keepdim=*/true) + eps);
+  // bf16 / fp16: the mean of squares and the division in float32, one rounding at the end.
+  const at::Tensor xf = x.to(at::kFloat);
+  return (xf / at::sqrt(xf.pow(2).mean({1}, /*keepdim=*/true) + eps)).to(x.scalar_type());
 }
 
 }  // namespace diffmesh::models::ltx2
