@@ -359,6 +359,17 @@ absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg
   RETURN_IF_ERROR(ReadProto(m, "limits", model.limits, where));
   RETURN_IF_ERROR(CheckLimitsAndDefaults(model, where));
   RETURN_IF_ERROR(ReadStages(shape, cfg, model, where));
+  // A stage at a fraction of the size: the default size must divide down to whole multiples.
+  for (const StageSpec& stage : model.stages) {
+    const int multiple = model.limits.size_granularity() * stage.size_divisor;
+    for (int v : {model.defaults.height(), model.defaults.width()}) {
+      if (v % multiple != 0) {
+        return Bad(absl::StrCat(where, " default size ", v, " is not a multiple of ", multiple,
+                                " (stage '", stage.name, "' runs at 1/", stage.size_divisor,
+                                " of it)"));
+      }
+    }
+  }
   return model;
 }
 

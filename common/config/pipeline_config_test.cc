@@ -165,6 +165,13 @@ TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << key;
     EXPECT_NE(parsed.status().message().find(key), std::string::npos) << parsed.status();
   }
+  auto j = base;
+  j["models"][0]["defaults"]["width"] = 96;  // a multiple of 32, not of 64
+  auto parsed = PipelineConfig::Parse(j.dump());
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find("default size 96 is not a multiple of 64"),
+            std::string::npos)
+      << parsed.status();
 }
 
 class SnapshotEntryTest : public ::testing::Test {
