@@ -2,6 +2,9 @@
 // start from given latents, on ltx2-tiny: what the orchestrator's two-stage graph relies on.
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -9,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "models/ltx2/connectors.h"
 #include "models/ltx2/ltx2_spec.h"
+#include "models/ltx2/snapshot.h"
 #include "models/ltx2/upsampler.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/testing/denoise_outputs.h"
@@ -81,6 +85,40 @@ TEST_F(Ltx2UpsampleTest, UpsamplesVideoLatentsAsTheModelLayerAndPassesAudioOn) {
     EXPECT_TRUE(at::equal(*up, want)) << "adain " << adain << " tone " << tone;
     EXPECT_TRUE(at::equal(*passed, audio));
   }
+}
+
+// A snapshot of ltx2-tiny (diffmesh-snapshot's writer) carries the upsampler: the denoise
+// service serving it from --model-dir upsamples exactly as the built-in model.
+TEST_F(Ltx2UpsampleTest, SnapshotServesTheSameUpsampler) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      absl::StrCat("ltx2_upsample_snapshot_", ::getpid());
+  auto spec = ltx2::BuiltinSpec(kModel);
+  ASSERT_TRUE(spec.ok());
+  ASSERT_TRUE(ltx2::WriteSnapshot(*spec, dir.string()).ok());
+  DenoiseCore::Options o;
+  o.model_dir = dir.string();
+  auto snapshot_core = DenoiseCore::Create(o);
+  ASSERT_TRUE(snapshot_core.ok()) << snapshot_core.status();
+  auto served = ltx2::SpecFromSnapshot(dir.string());
+  ASSERT_TRUE(served.ok());
+  const at::Tensor video = at::randn({1, 8, 2, 4, 4}, at::make_generator<at::CPUGeneratorImpl>(5));
+  v1::DenoiseRequest r;
+  r.mutable_upsample();
+  *r.mutable_latents()->mutable_video_latents() = Wire(video);
+  std::vector<at::Tensor> results;
+  for (DenoiseCore* core : {core_, snapshot_core->get()}) {
+    r.set_model(core == core_ ? std::string(kModel) : served->name);
+    testing::DenoiseOutputs out;
+    CallContext ctx;
+    ASSERT_TRUE(core->Denoise(ctx, r, [&](const v1::DenoiseEvent& e) { out.Add(e); }).ok());
+    ASSERT_EQ(out.outputs.size(), 1u);  // no audio given, none passed on
+    auto up = testing::TensorOf(*out.Find("video_latents"));
+    ASSERT_TRUE(up.ok());
+    results.push_back(*up);
+  }
+  EXPECT_TRUE(at::equal(results[0], results[1]));
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(Ltx2UpsampleTest, BadUpsampleRequestsNameTheField) {
