@@ -5,6 +5,7 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -195,9 +196,44 @@ absl::Status CheckLimitsAndDefaults(const PipelineModel& model, const std::strin
   return absl::OkStatus();
 }
 
+// The multi-stage fields of a stage (StageSpec), each only on the kind it concerns.
+absl::Status ReadMultiStage(const json& js, StageSpec& stage, const std::string& at) {
+  const bool denoise = stage.kind == "denoise", upsample = stage.kind == "upsample";
+  for (const auto& [key, allowed] :
+       {std::pair{"size_divisor", denoise}, std::pair{"sigmas", denoise},
+        std::pair{"noise_scale", denoise}, std::pair{"unguided", denoise},
+        std::pair{"adain_factor", upsample}, std::pair{"tone_map_compression_ratio", upsample}}) {
+    if (js.contains(key) && !allowed) {
+      return Bad(absl::StrCat(at, ".", key, " does not apply to a stage of kind '", stage.kind,
+                              "'"));
+    }
+  }
+  RETURN_IF_ERROR(Read(js, "size_divisor", stage.size_divisor, false, at));
+  RETURN_IF_ERROR(Read(js, "sigmas", stage.sigmas, false, at));
+  RETURN_IF_ERROR(Read(js, "noise_scale", stage.noise_scale, false, at));
+  RETURN_IF_ERROR(Read(js, "unguided", stage.unguided, false, at));
+  RETURN_IF_ERROR(Read(js, "adain_factor", stage.adain_factor, false, at));
+  RETURN_IF_ERROR(
+      Read(js, "tone_map_compression_ratio", stage.tone_map_compression_ratio, false, at));
+  if (stage.size_divisor < 1 || stage.size_divisor > 16) {
+    return Bad(absl::StrCat(at, ".size_divisor: ", stage.size_divisor, " is outside 1..16"));
+  }
+  for (double sigma : stage.sigmas) {
+    if (!(sigma > 0 && sigma <= 1)) {
+      return Bad(absl::StrCat(at, ".sigmas: ", sigma, " is outside (0, 1]"));
+    }
+  }
+  for (auto [key, v] : {std::pair{"noise_scale", stage.noise_scale},
+                        std::pair{"adain_factor", stage.adain_factor},
+                        std::pair{"tone_map_compression_ratio", stage.tone_map_compression_ratio}}) {
+    if (!(v >= 0 && v <= 1)) return Bad(absl::StrCat(at, ".", key, ": ", v, " is outside 0..1"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel& model,
                         const std::string& where) {
-  static const std::set<std::string> kKinds = {"ar", "encoder", "denoise"};
+  static const std::set<std::string> kKinds = {"ar", "encoder", "denoise", "upsample"};
   if (!m.contains("stages") || !m["stages"].is_array() || m["stages"].empty()) {
     return Bad(absl::StrCat(where, ".stages must be a non-empty array"));
   }
@@ -212,8 +248,10 @@ absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel&
     RETURN_IF_ERROR(Read(js, "inputs", stage.inputs, false, at));
     RETURN_IF_ERROR(Read(js, "stream_inputs", stage.stream_inputs, false, at));
     if (!kKinds.count(stage.kind)) {
-      return Bad(absl::StrCat(at, " has unknown kind '", stage.kind, "' (ar, encoder, denoise)"));
+      return Bad(absl::StrCat(at, " has unknown kind '", stage.kind,
+                              "' (ar, encoder, denoise, upsample)"));
     }
+    RETURN_IF_ERROR(ReadMultiStage(js, stage, at));
     if (!cfg.services.count(stage.service)) {
       return Bad(absl::StrCat(at, " runs on undefined service '", stage.service, "'"));
     }
@@ -321,6 +359,17 @@ absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg
   RETURN_IF_ERROR(ReadProto(m, "limits", model.limits, where));
   RETURN_IF_ERROR(CheckLimitsAndDefaults(model, where));
   RETURN_IF_ERROR(ReadStages(shape, cfg, model, where));
+  // A stage at a fraction of the size: the default size must divide down to whole multiples.
+  for (const StageSpec& stage : model.stages) {
+    const int multiple = model.limits.size_granularity() * stage.size_divisor;
+    for (int v : {model.defaults.height(), model.defaults.width()}) {
+      if (v % multiple != 0) {
+        return Bad(absl::StrCat(where, " default size ", v, " is not a multiple of ", multiple,
+                                " (stage '", stage.name, "' runs at 1/", stage.size_divisor,
+                                " of it)"));
+      }
+    }
+  }
   return model;
 }
 

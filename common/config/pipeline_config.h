@@ -17,7 +17,8 @@ namespace diffmesh {
 struct StageSpec {
   // Unique within the model; progress, timings and metrics carry it.
   std::string name;
-  // What runs it, and so which stage API it speaks: "ar", "encoder" or "denoise".
+  // What runs it, and so which stage API it speaks: "ar", "encoder", "denoise" or "upsample"
+  // (the model's latent upsampler, served by the denoise service).
   std::string kind;
   // Key into PipelineConfig::services.
   std::string service;
@@ -26,6 +27,22 @@ struct StageSpec {
   // Fed with its inputs as they are produced (e.g. AR tokens streamed to the denoise group),
   // rather than once every input is complete.
   bool stream_inputs = false;
+
+  // Multi-stage pipelines (e.g. LTX-2 two-stage: denoise at half size → upsample → denoise).
+  // A stage whose outputs some stage consumes hands them on as latents instead of returning them.
+  // "denoise": runs at the request's height and width divided by this (the request's size is
+  // the final size; it must then be a multiple of the model's granularity times this).
+  int size_divisor = 1;
+  // "denoise": explicit sigmas (their count is the stage's steps; terminal 0 implied), and the
+  // noise its given latents are re-noised with (given latents become
+  // noise_scale·noise + (1 − noise_scale)·latents). Empty / 0: the request's steps, no noise.
+  std::vector<double> sigmas;
+  double noise_scale = 0.0;
+  // "denoise": no guidance (conditional branch only), as a distilled stage runs.
+  bool unguided = false;
+  // "upsample": the reference pipeline's AdaIN factor and tone-map compression (0 skips each).
+  double adain_factor = 0.0;
+  double tone_map_compression_ratio = 0.0;
 };
 
 enum class ModelKind { kImage, kVideoWithAudio };

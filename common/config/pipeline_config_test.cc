@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -122,6 +124,54 @@ TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
   auto zero = PipelineConfig::Load("/dev/zero");
   EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(zero.status().message().find("/dev/zero"), std::string::npos) << zero.status();
+}
+
+TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
+  auto cfg = PipelineConfig::Load(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const PipelineModel* m = cfg->FindModel("ltx2-tiny");
+  ASSERT_NE(m, nullptr);
+  ASSERT_EQ(m->stages.size(), 4u);
+  const StageSpec* half = m->FindStage("denoise_half");
+  const StageSpec* up = m->FindStage("upsample");
+  const StageSpec* full = m->FindStage("denoise_full");
+  ASSERT_TRUE(half != nullptr && up != nullptr && full != nullptr);
+  EXPECT_EQ(half->size_divisor, 2);
+  EXPECT_TRUE(half->sigmas.empty());
+  EXPECT_FALSE(half->unguided);
+  EXPECT_EQ(up->kind, "upsample");
+  EXPECT_EQ(up->inputs, (std::vector<std::string>{"denoise_half"}));
+  EXPECT_EQ(full->size_divisor, 1);
+  EXPECT_EQ(full->sigmas, (std::vector<double>{0.909375, 0.725, 0.421875}));
+  EXPECT_DOUBLE_EQ(full->noise_scale, 0.909375);
+  EXPECT_TRUE(full->unguided);
+  EXPECT_EQ(full->inputs, (std::vector<std::string>{"encoder", "upsample"}));
+
+  std::ifstream in(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+  const auto base = nlohmann::json::parse(in);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"sigmas", nlohmann::json::array({0.5})}, {"size_divisor", 2}, {"adain_factor", 0.5}}) {
+    auto j = base;
+    j["models"][0]["stages"][0][key] = value;  // not a field of an encoder stage
+    auto parsed = PipelineConfig::Parse(j.dump());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(parsed.status().message().find(key), std::string::npos) << parsed.status();
+  }
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"sigmas", nlohmann::json::array({1.5})}, {"size_divisor", 0}, {"noise_scale", -0.1}}) {
+    auto j = base;
+    j["models"][0]["stages"][1][key] = value;  // denoise_half
+    auto parsed = PipelineConfig::Parse(j.dump());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(parsed.status().message().find(key), std::string::npos) << parsed.status();
+  }
+  auto j = base;
+  j["models"][0]["defaults"]["width"] = 96;  // a multiple of 32, not of 64
+  auto parsed = PipelineConfig::Parse(j.dump());
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find("default size 96 is not a multiple of 64"),
+            std::string::npos)
+      << parsed.status();
 }
 
 class SnapshotEntryTest : public ::testing::Test {

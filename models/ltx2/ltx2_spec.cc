@@ -66,6 +66,13 @@ constexpr const char* kTinyVae = R"({
   "upsample_residual": [false, false, false, false],
   "upsample_type": ["spatiotemporal", "spatiotemporal", "temporal", "spatial"]})";
 
+// LTX-2.3-style spatial ×2 latent upsampler (conv + pixel shuffle, no rational resampler) on
+// the tiny VAE's 8 latent channels; mid width 32 (a multiple of its 32 GroupNorm groups).
+constexpr const char* kTinyLatentUpsampler = R"({
+  "_class_name": "LTX2LatentUpsamplerModel", "in_channels": 8, "mid_channels": 32,
+  "num_blocks_per_stage": 1, "dims": 3, "spatial_upsample": true, "temporal_upsample": false,
+  "rational_spatial_scale": 2.0, "use_rational_resampler": false})";
+
 constexpr const char* kTinyAudioVae = R"({
   "_class_name": "AutoencoderKLLTX2Audio", "attn_resolutions": null, "base_channels": 8,
   "causality_axis": "height", "ch_mult": [1, 2], "double_z": true, "dropout": 0.0,
@@ -175,7 +182,8 @@ absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name) {
   spec.vocoder = nlohmann::json::parse(kTinyVocoder);
   spec.text_encoder = nlohmann::json::parse(kTinyTextEncoder);
   spec.scheduler = nlohmann::json::parse(kScheduler);
-  spec.latent_upsampler = nullptr;
+  // Its own component seed: adding it left every other component's weights as they were.
+  spec.latent_upsampler = nlohmann::json::parse(kTinyLatentUpsampler);
   spec.seed = 20260805;
   spec.max_sequence_length = 16;
   return spec;

@@ -59,8 +59,8 @@ const char* ComponentFolder(Ltx2Component component);
 uint64_t ComponentSeed(const Ltx2Spec& spec, Ltx2Component component);
 
 // Names of the built-in models ("ltx2-tiny": LTX-2.3-style, 2 layers, Gemma-3 text encoder of
-// 4 layers, BWE vocoder at 48 kHz; a 3-step 9-frame 64x64 guided run with audio takes about a
-// second on 2 CPU cores).
+// 4 layers, BWE vocoder at 48 kHz, spatial ×2 latent upsampler; a 3-step 9-frame 64x64 guided
+// run with audio takes about a second on 2 CPU cores).
 std::vector<std::string> BuiltinModelNames();
 // NOT_FOUND naming the model when unknown.
 absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name);

@@ -22,6 +22,7 @@
 #include "models/ltx2/snapshot_pipeline.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
+#include "services/denoise/ltx2_upsample.h"
 #include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
@@ -65,13 +66,15 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
  public:
   Ltx2DenoiseEngine(DenoiseCore::Options options, ltx2::Ltx2Spec spec,
                     std::unique_ptr<DenoiseGroup> group, ltx2::Ltx2Models models,
-                    int64_t video_text_dim, int64_t audio_text_dim)
+                    int64_t video_text_dim, int64_t audio_text_dim,
+                    std::unique_ptr<Ltx2UpsampleStage> upsample)
       : options_(std::move(options)),
         spec_(std::move(spec)),
         group_(std::move(group)),
         models_(std::move(models)),
         video_text_dim_(video_text_dim),
-        audio_text_dim_(audio_text_dim) {
+        audio_text_dim_(audio_text_dim),
+        upsample_(std::move(upsample)) {
     const auto& tc = models_.transformer->config();
     const auto& vc = models_.video_vae->config();
     spatial_ = vc.spatial_compression_ratio * tc.patch_size;
@@ -86,6 +89,14 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
+    // An "upsample" stage call: rank 0 alone, the group stays idle.
+    if (Ltx2UpsampleStage::IsUpsampleRequest(r)) {
+      if (upsample_ == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("upsample: model '", spec_.name, "' has no latent upsampler"));
+      }
+      return upsample_->Run(ctx, r, on_event);
+    }
     RETURN_IF_ERROR(CheckRequest(r));
     ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
     std::string bytes;
@@ -211,6 +222,19 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
           "inputs: ", spec_.name, " takes no input media yet (image-to-video is not served)"));
     }
     RETURN_IF_ERROR(GuidanceOf(r).status());
+    // Stage-graph fields (a later stage of a multi-stage pipeline).
+    if (!std::isfinite(r.noise_scale()) || r.noise_scale() < 0 || r.noise_scale() > 1) {
+      return absl::InvalidArgumentError("noise_scale: must lie in 0..1");
+    }
+    if (r.sigmas_size() > 0 && r.sigmas_size() != r.steps()) {
+      return absl::InvalidArgumentError(absl::StrCat("sigmas: ", r.sigmas_size(),
+                                                     " values for ", r.steps(), " steps"));
+    }
+    for (double sigma : r.sigmas()) {
+      if (!std::isfinite(sigma) || sigma <= 0 || sigma > 1) {
+        return absl::InvalidArgumentError("sigmas: each must lie in (0, 1]");
+      }
+    }
     switch (r.output().format()) {
       case v1::OUTPUT_FORMAT_MP4:
       case v1::OUTPUT_FORMAT_RAW:
@@ -313,6 +337,33 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     return pipeline.StepGuided(state, guided);
   }
 
+  // A later stage of a stage graph: starts from the producer's raw latents (which must make the
+  // requested size and frames), re-noised with noise_scale, on the given sigmas.
+  absl::Status GivenLatents(const v1::DenoiseRequest& r, ltx2::Ltx2LatentInit& init) const {
+    init.sigmas.assign(r.sigmas().begin(), r.sigmas().end());
+    init.noise_scale = r.noise_scale();
+    if (!r.has_latents()) return absl::OkStatus();
+    if (r.latents().has_video_latents()) {
+      ASSIGN_OR_RETURN(init.video_latents, FromWire(r.latents().video_latents(),
+                                                    "latents.video_latents", DType::kFloat32, 5));
+      const int64_t spatial = models_.video_vae->config().spatial_compression_ratio;
+      const int64_t temporal = models_.video_vae->config().temporal_compression_ratio;
+      const at::Tensor& v = init.video_latents;
+      if (v.size(3) * spatial != r.height() || v.size(4) * spatial != r.width() ||
+          (v.size(2) - 1) * temporal + 1 != r.num_frames()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "latents.video_latents: a ", v.size(2), "x", v.size(3), "x", v.size(4),
+            " latent grid does not make ", r.num_frames(), " frames of ", r.width(), "x",
+            r.height()));
+      }
+    }
+    if (r.latents().has_audio_latents()) {
+      ASSIGN_OR_RETURN(init.audio_latents, FromWire(r.latents().audio_latents(),
+                                                    "latents.audio_latents", DType::kFloat32, 4));
+    }
+    return absl::OkStatus();
+  }
+
   // The step loop, every rank in lockstep; `ctx` and `on_event` on rank 0 only, which alone
   // decodes (video VAE, audio VAE, vocoder) and emits the output.
   absl::Status Execute(CallContext* ctx, const v1::DenoiseRequest& r,
@@ -328,6 +379,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     init.frame_rate = r.frame_rate();
     init.seed = r.seed();
     init.num_inference_steps = r.steps();
+    RETURN_IF_ERROR(GivenLatents(r, init));
     ASSIGN_OR_RETURN(ltx2::Ltx2DenoiseState state, pipeline->PrepareLatents(init));
     while (!state.done()) {
       const absl::Time step_start = absl::Now();
@@ -443,6 +495,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   const ltx2::Ltx2Models models_;
   const int64_t video_text_dim_, audio_text_dim_;
   int64_t spatial_ = 0, temporal_ = 0;  // pixels and frames per latent token
+  const std::unique_ptr<Ltx2UpsampleStage> upsample_;  // rank 0, when the model has one
 };
 
 }  // namespace
@@ -488,9 +541,14 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   // too once sequence / tensor parallelism is wired).
   group_options.num_heads = static_cast<int>(models.transformer->config().num_attention_heads);
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
-  return std::unique_ptr<DenoiseEngine>(
-      new Ltx2DenoiseEngine(options, std::move(spec), std::move(group), std::move(models),
-                            connectors.video.inner_dim(), connectors.audio.inner_dim()));
+  // The "upsample" stage kind runs beside rank 0 (ltx2_upsample.h).
+  std::unique_ptr<Ltx2UpsampleStage> upsample;
+  if (group->is_main() && !spec.latent_upsampler.is_null()) {
+    ASSIGN_OR_RETURN(upsample, Ltx2UpsampleStage::Create(options.model, options.model_dir));
+  }
+  return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(
+      options, std::move(spec), std::move(group), std::move(models), connectors.video.inner_dim(),
+      connectors.audio.inner_dim(), std::move(upsample)));
 }
 
 }  // namespace diffmesh

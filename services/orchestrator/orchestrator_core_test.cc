@@ -256,6 +256,40 @@ TEST_F(OrchestratorCoreTest, GraphsWhoseStagesDoNotFitAreRefusedAtStart) {
   EXPECT_NE(core.status().message().find("goes nowhere"), std::string::npos) << core.status();
 }
 
+TEST_F(OrchestratorCoreTest, UpsampleStagesFitOnlyBetweenDenoiseStages) {
+  auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  auto core_for = [&](const char* stages) {
+    j["models"][0]["stages"] = nlohmann::json::parse(stages);
+    auto pipeline = PipelineConfig::Parse(j.dump());
+    EXPECT_TRUE(pipeline.ok()) << pipeline.status();
+    return OrchestratorCore::Create({*pipeline, &stages_});
+  };
+  // The two-stage shape is accepted.
+  auto core = core_for(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "d1", "kind": "denoise", "service": "denoise", "inputs": ["encoder"],
+       "size_divisor": 2},
+      {"name": "up", "kind": "upsample", "service": "denoise", "inputs": ["d1"]},
+      {"name": "d2", "kind": "denoise", "service": "denoise", "inputs": ["encoder", "up"],
+       "sigmas": [0.9, 0.5], "noise_scale": 0.9, "unguided": true}])");
+  EXPECT_TRUE(core.ok()) << core.status();
+  // An upsample stage takes latents, not embeddings.
+  core = core_for(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "up", "kind": "upsample", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "d", "kind": "denoise", "service": "denoise", "inputs": ["encoder", "up"]}])");
+  ASSERT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(core.status().message().find("stage 'up' (upsample)"), std::string::npos)
+      << core.status();
+  // Its latents are not the request's outputs.
+  core = core_for(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "d", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "up", "kind": "upsample", "service": "denoise", "inputs": ["d"]}])");
+  ASSERT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(core.status().message().find("goes nowhere"), std::string::npos) << core.status();
+}
+
 TEST_F(OrchestratorCoreTest, BadInputIsRejectedNamingTheField) {
   struct Case {
     std::function<void(v1::GenerateRequest&)> edit;

@@ -1,5 +1,8 @@
 #include "services/orchestrator/pipeline_run.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "services/orchestrator/request_validator.h"
@@ -29,12 +32,31 @@ absl::Status PipelineRun::BuildNodes() {
   return absl::OkStatus();
 }
 
+absl::Status PipelineRun::CheckStageSizes() const {
+  int divisor = 1;
+  for (const StageSpec& spec : model_.stages) divisor = std::max(divisor, spec.size_divisor);
+  if (divisor == 1) return absl::OkStatus();
+  // Each stage's size must be a multiple of the model's granularity, so the final size one of
+  // granularity × divisor (LTX-2 two-stage: 64).
+  const int multiple = std::max(1, model_.limits.size_granularity()) * divisor;
+  for (auto [field, v] : {std::pair{"height", accepted_.height()},
+                          std::pair{"width", accepted_.width()}}) {
+    if (v % multiple == 0) continue;
+    const int nearest = std::max(multiple, (v + multiple / 2) / multiple * multiple);
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": ", v, " must be a multiple of ", multiple, " for model '", model_.name,
+        "', whose pipeline runs a stage at 1/", divisor, " of the size; nearest: ", nearest));
+  }
+  return absl::OkStatus();
+}
+
 bool PipelineRun::StartsAtOnce(const StageSpec& spec) const {
   return spec.inputs.empty() || spec.stream_inputs;
 }
 
 absl::Status PipelineRun::Run() {
   const absl::Time start = absl::Now();
+  if (absl::Status s = CheckStageSizes(); !s.ok()) return s;
   {
     v1::GenerateEvent e;
     e.mutable_accepted()->set_request_id(accepted_.request_id());

@@ -30,6 +30,8 @@ namespace diffmesh {
 struct StageOutput {
   const v1::ArTokenChunk* ar_chunk = nullptr;      // "ar": a chunk of the token stream
   const v1::EncodeResponse* embeddings = nullptr;  // "encoder": its whole output
+  // "denoise" / "upsample" with consumers: its latents, whole.
+  const v1::StageLatents* latents = nullptr;
 };
 
 class PipelineRun;
@@ -94,6 +96,9 @@ class PipelineRun {
   // A stage that timed itself finished: its timing, its metric and its FINISHED event.
   void StageTookSeconds(const StageSpec& stage, double seconds);
   void CountPriorTokens(int tokens);
+  // Whether some stage consumes `node`'s outputs (then they are not the request's). Valid from
+  // Start on.
+  bool HasConsumers(const StageNode& node) const { return consumers_.count(&node) > 0; }
   // From a node: a piece of its output, for its consumers.
   void Publish(const StageNode& node, const StageOutput& piece);
   // From a node, once: its call ended with `status`.
@@ -101,6 +106,8 @@ class PipelineRun {
 
  private:
   absl::Status BuildNodes();
+  // Sizes a stage graph that runs some stage at a fraction of the request's size requires.
+  absl::Status CheckStageSizes() const;
   bool StartsAtOnce(const StageSpec& spec) const;
   void Fail(const absl::Status& status);
   absl::Status Outcome();

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <map>
 #include <mutex>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -148,10 +151,12 @@ class EncoderNode final : public StageNode {
   CallOutcome outcome_;
 };
 
-// "denoise": the denoise group (and, beside its rank 0, the decode). Its outputs are the
-// request's. Streamed (stream_inputs): the call opens at Start and takes each producer's piece
-// as it comes; else it runs once every producer has finished, with their outputs in one
-// request.
+// "denoise": the denoise group (and, beside its rank 0, the decode); "upsample": the model's
+// latent upsampler, beside the denoise group's rank 0 (a DenoiseRequest with `upsample` set).
+// Without consumers its outputs are the request's; with consumers it asks for LATENTS and hands
+// them on whole (StageOutput::latents) once its call has ended. Streamed (stream_inputs): the
+// call opens at Start and takes each producer's piece as it comes; else it runs once every
+// producer has finished, with their outputs in one request.
 class DenoiseNode final : public StageNode {
  public:
   DenoiseNode(PipelineRun& run, const StageSpec& spec, DenoiseStageClient* client)
@@ -159,18 +164,33 @@ class DenoiseNode final : public StageNode {
     const v1::GenerateRequest& a = run_.accepted();
     request_.set_request_id(a.request_id());
     request_.set_model(a.model());
-    request_.set_height(a.height());
-    request_.set_width(a.width());
-    request_.set_steps(a.steps());
+    if (spec_.kind == "upsample") {
+      request_.mutable_upsample()->set_adain_factor(spec_.adain_factor);
+      request_.mutable_upsample()->set_tone_map_compression_ratio(
+          spec_.tone_map_compression_ratio);
+      return;
+    }
+    // Divisible: PipelineRun checked the request's size against every stage's divisor.
+    request_.set_height(a.height() / spec_.size_divisor);
+    request_.set_width(a.width() / spec_.size_divisor);
+    request_.set_steps(spec_.sigmas.empty() ? a.steps() : static_cast<int>(spec_.sigmas.size()));
+    for (double sigma : spec_.sigmas) request_.add_sigmas(sigma);
+    request_.set_noise_scale(spec_.noise_scale);
     request_.set_seed(a.seed());
     request_.set_num_frames(a.num_frames());  // video models; 0 for images
     request_.set_frame_rate(a.frame_rate());
-    *request_.mutable_guidance() = a.guidance();
+    if (!spec_.unguided) *request_.mutable_guidance() = a.guidance();  // unset: no guidance
     *request_.mutable_output() = a.output();
     *request_.mutable_inputs() = a.inputs();
   }
 
   absl::Status Start() override {
+    hands_on_ = run_.HasConsumers(*this);
+    if (hands_on_) {
+      v1::OutputOptions latents;
+      latents.set_format(v1::OUTPUT_FORMAT_LATENTS);
+      *request_.mutable_output() = latents;
+    }
     run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
     start_ = absl::Now();
     if (!spec_.stream_inputs) return absl::OkStatus();  // Wait makes the call
@@ -189,6 +209,8 @@ class DenoiseNode final : public StageNode {
         in.mutable_ar_tokens()->clear_prior_tokens();  // the tokens say it all
       } else if (piece.embeddings != nullptr) {
         *in.mutable_embeddings() = *piece.embeddings;
+      } else {
+        return;  // latents are not streamed (the stage's request would have to carry them)
       }
       Send(in);
       return;
@@ -202,6 +224,8 @@ class DenoiseNode final : public StageNode {
     } else if (piece.embeddings != nullptr) {
       *request_.mutable_prompt_embeds() = piece.embeddings->prompt_embeds();
       *request_.mutable_negative_prompt_embeds() = piece.embeddings->negative_prompt_embeds();
+    } else if (piece.latents != nullptr) {
+      *request_.mutable_latents() = *piece.latents;
     }
   }
 
@@ -219,12 +243,13 @@ class DenoiseNode final : public StageNode {
       run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
       status = client_->Denoise(run_.ctx(), request_, on_event);
     }
-    RETURN_IF_ERROR(status);
-    if (!have_result_ || outputs_ == 0) {
-      return absl::InternalError(absl::StrCat("stage '", spec_.name, "' returned no output"));
+    if (status.ok() && (!have_result_ || outputs_ == 0)) {
+      status = absl::InternalError(absl::StrCat("stage '", spec_.name, "' returned no output"));
     }
-    Report();
-    return absl::OkStatus();
+    if (status.ok() && hands_on_) status = HandOn();
+    if (status.ok()) Report();
+    if (hands_on_) run_.Finished(*this, status);
+    return status;
   }
 
  private:
@@ -240,17 +265,60 @@ class DenoiseNode final : public StageNode {
       run_.EmitProgress(spec_, "step", e.progress().done(), e.progress().total());
     } else if (e.has_output()) {
       if (e.output().has_info()) ++outputs_;
-      run_.EmitOutput(*this, e.output());
+      if (hands_on_) {
+        Collect(e.output());
+      } else {
+        run_.EmitOutput(*this, e.output());
+      }
     } else if (e.has_result()) {
       result_ = e.result();
       have_result_ = true;
     }
   }
 
+  // A LATENTS output chunk of a stage that hands its latents on: gathered by output index.
+  void Collect(const v1::OutputChunk& chunk) {
+    if (chunk.has_info()) {
+      CollectedTensor& c = collected_[chunk.index()];
+      c.name = chunk.info().name();
+      c.tensor.set_dtype(chunk.info().tensor_dtype());
+      *c.tensor.mutable_shape() = chunk.info().tensor_shape();
+    }
+    collected_[chunk.index()].tensor.mutable_data()->append(chunk.data());
+  }
+
+  // The gathered latents, to the consumers.
+  absl::Status HandOn() {
+    v1::StageLatents latents;
+    for (auto& [index, c] : collected_) {
+      if (c.name == "video_latents") {
+        *latents.mutable_video_latents() = std::move(c.tensor);
+      } else if (c.name == "audio_latents") {
+        *latents.mutable_audio_latents() = std::move(c.tensor);
+      } else {
+        return absl::InternalError(absl::StrCat("stage '", spec_.name, "' handed on output '",
+                                                c.name, "', which is not a latent"));
+      }
+    }
+    if (!latents.has_video_latents()) {
+      return absl::InternalError(
+          absl::StrCat("stage '", spec_.name, "' made no video_latents for its consumers"));
+    }
+    collected_.clear();
+    StageOutput piece;
+    piece.latents = &latents;
+    run_.Publish(*this, piece);
+    return absl::OkStatus();
+  }
+
   void Report() {
     const double seconds = Since(start_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
     run_.AddTiming(spec_.name, result_.denoise_seconds());
+    if (hands_on_) {  // no decode
+      run_.trace().StageFinished(spec_.name, result_.denoise_seconds());
+      return;
+    }
     run_.AddTiming("vae_decode", result_.vae_decode_seconds());
     RequestTrace& trace = run_.trace();
     if (!trace.on()) return;
@@ -272,12 +340,24 @@ class DenoiseNode final : public StageNode {
   v1::DenoiseEvent::Result result_;
   bool have_result_ = false;
   int outputs_ = 0;
+  bool hands_on_ = false;  // some stage consumes its outputs
+  struct CollectedTensor {
+    std::string name;
+    v1::Tensor tensor;
+  };
+  std::map<int, CollectedTensor> collected_;  // by output index
 };
 
 }  // namespace
 
 bool StageKindAccepts(const std::string& consumer, const std::string& producer) {
-  return consumer == "denoise" && (producer == "ar" || producer == "encoder");
+  // Latents go from a denoise stage to an upsample stage or another denoise stage, and from an
+  // upsample stage to a denoise stage.
+  if (consumer == "denoise") {
+    return producer == "ar" || producer == "encoder" || producer == "upsample" ||
+           producer == "denoise";
+  }
+  return consumer == "upsample" && producer == "denoise";
 }
 
 bool StageKindMakesOutputs(const std::string& kind) { return kind == "denoise"; }
@@ -292,7 +372,7 @@ absl::StatusOr<std::unique_ptr<StageNode>> MakeStageNode(PipelineRun& run, const
     ASSIGN_OR_RETURN(EncoderStageClient * client, stages.Encoder(spec.service));
     return std::make_unique<EncoderNode>(run, spec, client);
   }
-  if (spec.kind == "denoise") {
+  if (spec.kind == "denoise" || spec.kind == "upsample") {
     ASSIGN_OR_RETURN(DenoiseStageClient * client, stages.Denoise(spec.service));
     return std::make_unique<DenoiseNode>(run, spec, client);
   }

@@ -1,5 +1,6 @@
-// The stage kinds the orchestrator runs ("ar", "encoder", "denoise"): how each builds its
-// stage request from the accepted request and its producers' outputs, and what it reports.
+// The stage kinds the orchestrator runs ("ar", "encoder", "denoise", "upsample"): how each
+// builds its stage request from the accepted request and its producers' outputs, and what it
+// reports.
 // Adding a stage kind means a node class here and its stage client; no model is named.
 #ifndef DIFFMESH_SERVICES_ORCHESTRATOR_STAGE_NODES_H_
 #define DIFFMESH_SERVICES_ORCHESTRATOR_STAGE_NODES_H_
