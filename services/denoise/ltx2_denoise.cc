@@ -198,6 +198,21 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                                                      "k+1 in 1..", kMaxFrames,
                                                      "; nearest: ", k * temporal_ + 1));
     }
+    // Ulysses shards the video by whole latent frames (models/ltx2/transformer.h): their count
+    // (f − 1)/temporal + 1 must divide by the degree.
+    const int ulysses = options_.parallel.ulysses;
+    if (const int64_t latent = (f - 1) / temporal_ + 1; latent % ulysses != 0) {
+      // The nearest multiple of the degree (the smaller on a tie) that fits kMaxFrames.
+      const int64_t max_latent = (kMaxFrames - 1) / temporal_ + 1;
+      int64_t down = latent / ulysses * ulysses, up = down + ulysses;
+      if (up > max_latent) up = down;
+      if (down < ulysses) down = up;
+      const int64_t best = latent - down <= up - latent ? down : up;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "num_frames: ", f, " makes ", latent, " latent frames, which do not divide by the "
+          "Ulysses degree ", ulysses, " of this denoise group (the video is sharded by whole "
+          "latent frames); nearest: ", (best - 1) * temporal_ + 1));
+    }
     if (!std::isfinite(r.frame_rate()) || r.frame_rate() <= 0 || r.frame_rate() > 240) {
       return absl::InvalidArgumentError(
           absl::StrCat("frame_rate: ", r.frame_rate(), " must lie in (0, 240]"));
@@ -272,13 +287,13 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   // branch and no collective: every rank reuses its own last guided x0, which the all-reduce
   // made equal on all of them.
   //
-  // Seam for sequence / tensor parallelism: the transformer call is Ltx2Pipeline::RunBranches.
-  // Under Ulysses or TP every rank of one cfg rank's sp × tp block has the same cfg_rank, so it
-  // runs the same branches in the same order (a sharded forward is collective over the block:
-  // whole inputs in, whole outputs out), and CfgAllReduce pairs the ranks of equal sp / tp
-  // coordinates across the cfg axis — this step stays as it is. Should the video predictions be
-  // left sharded by frames instead (no final all-gather), pack this rank's frames here and
-  // all-reduce the rescale's std statistics (sums, sums of squares) over the block too.
+  // Sequence / tensor parallelism: every rank of one cfg rank's ulysses × tp block has the same
+  // cfg_rank, so it runs the same branches in the same order, each call one sharded forward
+  // (collective over the block: whole inputs in, whole outputs out, the same on every rank of
+  // the block to rounding), and CfgAllReduce pairs the ranks of equal ulysses / tp coordinates
+  // across the cfg axis; the rest of the step is as for CFG alone. (Leaving the video
+  // predictions sharded by frames instead would need this rank's frames packed here and the
+  // rescale's std statistics all-reduced over the block too.)
   absl::Status GuidedStep(const ltx2::Ltx2Pipeline& pipeline, ltx2::Ltx2DenoiseState& state,
                           const ltx2::Ltx2TextEmbeddings& text) {
     const std::vector<ltx2::Branch> live = pipeline.LiveBranches(state);
@@ -460,11 +475,11 @@ bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir) 
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options) {
   const models::parallel::ParallelConfig& p = options.parallel;
-  if (p.ulysses != 1 || p.ring != 1 || p.tp != 1) {
-    // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
+  // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
+  if (p.ring != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "parallel: LTX-2 is served with CFG parallelism only for now (ulysses, ring and tp "
-        "degrees 1; sequence and tensor parallelism are not wired yet); this group asks ",
+        "parallel: ring attention is not implemented for LTX-2 (ring degree must be 1; shard "
+        "the video with ulysses instead); this group asks ",
         p.ToString()));
   }
   if (options.cuda) {
@@ -479,15 +494,30 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
   ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
+  // Tensor parallelism splits both streams' heads; checked before the group meets (the
+  // transformer checks it again when it is sharded). Ulysses needs no head count: the
+  // transformer gathers the keys and values where a tp rank's heads do not divide by it.
+  const auto& tc = models.transformer->config();
+  if (tc.num_attention_heads % p.tp != 0 || tc.audio_num_attention_heads % p.tp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel: tp ", p.tp, " does not divide ", spec.name, "'s ", tc.num_attention_heads,
+        " video and ", tc.audio_num_attention_heads, " audio attention heads"));
+  }
   // Collective: every rank meets here once its networks are built.
   DenoiseGroupOptions group_options;
   group_options.parallel = p;
   group_options.rendezvous = options.rendezvous;
   group_options.cuda = options.cuda;
-  // Checked against ulysses × tp (the video stream's heads; the audio stream's have to divide
-  // too once sequence / tensor parallelism is wired).
-  group_options.num_heads = static_cast<int>(models.transformer->config().num_attention_heads);
+  group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
+  if (p.tp > 1 || p.ulysses > 1) {
+    // Whole weights in, this rank's tensor-parallel slices kept; every rank of one cfg rank's
+    // ulysses × tp block then runs the same branches as one sharded forward (GuidedStep).
+    ASSIGN_OR_RETURN(models.transformer,
+                     ltx2::Ltx2Transformer::Parallelize(
+                         std::move(models.transformer),
+                         ltx2::Ltx2ParallelContext{group->tp_group(), group->ulysses_group()}));
+  }
   return std::unique_ptr<DenoiseEngine>(
       new Ltx2DenoiseEngine(options, std::move(spec), std::move(group), std::move(models),
                             connectors.video.inner_dim(), connectors.audio.inner_dim()));

@@ -30,8 +30,16 @@ namespace diffmesh {
 // Whether `model` (or, when set, the snapshot in `model_dir`) is an LTX-2 model.
 bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir);
 
-// Collective over the group's ranks (options.rendezvous). Ulysses, ring or tp degree > 1, or
-// CUDA, is INVALID_ARGUMENT, before any rank meets (sequence / tensor parallelism not wired yet).
+// Sequence and tensor parallelism (options.parallel.ulysses, .tp): every ulysses × tp block runs
+// the transformer sharded (Ltx2Transformer::Parallelize over the group's tp and Ulysses
+// communicators: video tokens by whole latent frames over Ulysses, audio replicated, heads and
+// feed-forward columns over tp), the cfg axis as above. A request's latent frames
+// ((num_frames − 1)/8 + 1 for the released VAEs) must divide by the Ulysses degree
+// (INVALID_ARGUMENT naming the nearest valid num_frames).
+//
+// Collective over the group's ranks (options.rendezvous). A ring degree > 1 (ring attention is
+// not implemented for LTX-2), a tp degree that does not divide both streams' heads, or CUDA, is
+// INVALID_ARGUMENT, before any rank meets.
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options);
 
