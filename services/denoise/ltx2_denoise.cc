@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <tuple>
@@ -12,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/media/image_codec.h"
 #include "common/media/mp4_writer.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
@@ -20,6 +22,7 @@
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
 #include "models/ltx2/snapshot_pipeline.h"
+#include "models/ltx2/video_vae_encoder.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
 #include "services/stage_common/torch_wire.h"
@@ -221,10 +224,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       return absl::InvalidArgumentError(
           absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
     }
-    if (r.inputs_size() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "inputs: ", spec_.name, " takes no input media yet (image-to-video is not served)"));
-    }
+    RETURN_IF_ERROR(CheckInputs(r));
     RETURN_IF_ERROR(GuidanceOf(r).status());
     switch (r.output().format()) {
       case v1::OUTPUT_FORMAT_MP4:
@@ -240,6 +240,47 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       return absl::InvalidArgumentError("output.quality: not taken by video formats");
     }
     return absl::OkStatus();
+  }
+
+  // Image-to-video: at most one input, of role MEDIA_ROLE_FIRST_FRAME, an image that decodes
+  // (checked on rank 0 before the request is broadcast, so that no rank fails it later).
+  absl::Status CheckInputs(const v1::DenoiseRequest& r) const {
+    for (int i = 0; i < r.inputs_size(); ++i) {
+      const std::string field = absl::StrCat("inputs[", i, "]");
+      const v1::InputMedia& in = r.inputs(i);
+      if (in.role() != v1::MEDIA_ROLE_FIRST_FRAME) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".role: ", v1::MediaRole_Name(in.role()), " is not taken by ", spec_.name,
+            " (it takes one MEDIA_ROLE_FIRST_FRAME image: image-to-video)"));
+      }
+      if (i > 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": ", spec_.name, " takes one first-frame image, not ",
+                         r.inputs_size()));
+      }
+      if (models_.video_encoder == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            field, ": ", spec_.name, "'s snapshot has no video VAE encoder (vae/ holds the "
+            "decoder only), so it cannot take a first frame"));
+      }
+      if (auto image = media::DecodeImage(in.data()); !image.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".data: ", image.status().message()));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The first-frame latent of an image-to-video request (undefined for text-to-video): the
+  // image decoded and encoded by the video VAE encoder for the request's size
+  // (EncodeConditioningImage). Every rank computes it from the broadcast request's bytes: the
+  // same ops on the same input give the same latent on every rank (fp32 CPU), so it needs no
+  // collective of its own.
+  absl::StatusOr<at::Tensor> FirstFrameLatent(const v1::DenoiseRequest& r) const {
+    if (r.inputs_size() == 0) return at::Tensor();
+    ASSIGN_OR_RETURN(media::Rgb8Image rgb, media::DecodeImage(r.inputs(0).data()));
+    const at::Tensor image =
+        at::from_blob(rgb.pixels.data(), {rgb.height, rgb.width, 3}, at::kByte);
+    return ltx2::EncodeConditioningImage(*models_.video_encoder, image, r.height(), r.width());
   }
 
   // prompt_embeds-like field → (video, audio) embeddings [1, T, width] each.
@@ -343,6 +384,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     init.frame_rate = r.frame_rate();
     init.seed = r.seed();
     init.num_inference_steps = r.steps();
+    ASSIGN_OR_RETURN(init.first_frame_latent, FirstFrameLatent(r));
     ASSIGN_OR_RETURN(ltx2::Ltx2DenoiseState state, pipeline->PrepareLatents(init));
     while (!state.done()) {
       const absl::Time step_start = absl::Now();
@@ -491,6 +533,19 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   ltx2::Ltx2Models models;
   ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec));
   ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec));
+  // Image-to-video only: a snapshot written before the encoder was ported has none, and then
+  // serves text-to-video alone (a first-frame input is FAILED_PRECONDITION).
+  bool has_encoder = spec.dir.empty();
+  if (!has_encoder) {
+    ASSIGN_OR_RETURN(has_encoder,
+                     ltx2::CheckpointHasVideoEncoder(
+                         (std::filesystem::path(spec.dir) /
+                          ltx2::ComponentFolder(ltx2::Ltx2Component::kVae))
+                             .string()));
+  }
+  if (has_encoder) {
+    ASSIGN_OR_RETURN(models.video_encoder, ltx2::BuildVideoEncoder(spec));
+  }
   ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
   ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));

@@ -13,6 +13,10 @@
 // Inputs (from the encoder stage, services/encoder/encoder_core.h): prompt_embeds and
 // negative_prompt_embeds FLOAT32 [1, T, video width + audio width] — the text connectors'
 // video and audio embeddings of the prompt's valid tokens, concatenated on the last axis.
+// Image-to-video: DenoiseRequest.inputs may hold one image (PNG, JPEG or WebP) of role
+// MEDIA_ROLE_FIRST_FRAME; every rank encodes it with the video VAE encoder for the request's
+// size (models/ltx2/video_vae_encoder.h EncodeConditioningImage) and the pipeline holds the first
+// latent frame at it. Another role is INVALID_ARGUMENT naming inputs[i].role.
 // Guidance: DenoiseRequest.guidance.main drives the video stream, .audio the audio stream;
 // unset fields are off (cfg 1, stg 0, modality 1, rescale 0).
 #ifndef DIFFMESH_SERVICES_DENOISE_LTX2_DENOISE_H_

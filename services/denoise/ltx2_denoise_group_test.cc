@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/image/png.h"
 #include "gtest/gtest.h"
 #include "models/core/ops.h"
 #include "models/ltx2/connectors.h"
@@ -321,6 +322,22 @@ TEST(Ltx2DenoiseGroupTest, RankZeroDecodesAndStreamsTheOutput) {
     EXPECT_TRUE(at::isfinite(*a).all().item<bool>());
     EXPECT_GT(events.result.vae_decode_seconds(), 0.0);
   });
+}
+
+TEST(Ltx2DenoiseGroupTest, ImageToVideoOnEveryAxisMatchesOneRank) {
+  // A first-frame image: every rank encodes it, the conditioned frame (per-token timestep 0)
+  // sits on Ulysses rank 0 only.
+  const Case c = AllBranches(12);
+  v1::DenoiseRequest r = RequestOf(c);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor image = at::randint(0, 256, {40, 50, 3}, gen, at::kByte).contiguous();
+  auto png = EncodePng(image.data_ptr<uint8_t>(), 50, 40);
+  ASSERT_TRUE(png.ok()) << png.status();
+  v1::InputMedia* in = r.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_FIRST_FRAME);
+  in->set_data(*png);
+  const Latents want = RunGroup(Layout(1), r);
+  ExpectMatches(RunGroup(Layout(2, 2, 2), r), want, "image-to-video, cfg 2 × ulysses 2 × tp 2");
 }
 
 TEST(Ltx2DenoiseGroupTest, RefusesRingAttentionAndTpThatDoesNotDivideTheHeads) {
