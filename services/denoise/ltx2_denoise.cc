@@ -273,8 +273,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   // The first-frame latent of an image-to-video request (undefined for text-to-video): the
   // image decoded and encoded by the video VAE encoder for the request's size
   // (EncodeConditioningImage). Every rank computes it from the broadcast request's bytes: the
-  // same ops on the same input give the same latent on every rank (fp32 CPU), so it needs no
-  // collective of its own.
+  // same ops on the same input give the same latent on every rank (fp32 CPU; on CUDA the same
+  // deterministic kernels on GPUs of one kind), so it needs no collective of its own.
   absl::StatusOr<at::Tensor> FirstFrameLatent(const v1::DenoiseRequest& r) const {
     if (r.inputs_size() == 0) return at::Tensor();
     ASSIGN_OR_RETURN(media::Rgb8Image rgb, media::DecodeImage(r.inputs(0).data()));
@@ -304,13 +304,15 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                      SplitEmbeddings(r.negative_prompt_embeds(), "negative_prompt_embeds"));
     text.video = positive.first;
     text.audio = positive.second;
-    text.mask = at::ones({1, text.video.size(1)}, at::kLong);
     text.negative_video = negative.first;
     text.negative_audio = negative.second;
-    text.negative_mask = at::ones({1, text.negative_video.size(1)}, at::kLong);
+    const at::Device device = group_->device();
+    const at::TensorOptions mask = at::TensorOptions().dtype(at::kLong).device(device);
+    text.mask = at::ones({1, text.video.size(1)}, mask);
+    text.negative_mask = at::ones({1, text.negative_video.size(1)}, mask);
     const at::ScalarType dtype = models_.transformer->dtype();
     for (at::Tensor* t : {&text.video, &text.audio, &text.negative_video, &text.negative_audio}) {
-      *t = t->to(dtype);
+      *t = t->to(device, dtype);
     }
     return text;
   }
@@ -524,15 +526,18 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
         "the video with ulysses instead); this group asks ",
         p.ToString()));
   }
-  if (options.cuda) {
-    return absl::InvalidArgumentError("device: LTX-2 is served on the CPU for now");
-  }
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto connectors, ltx2::ConnectorsConfig::FromJson(spec.connectors));
-  // The denoise stage runs everything but the text encoder and the connectors (encoder stage).
-  ltx2::Ltx2Models models;
-  ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec));
-  ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec));
+  // Tensor parallelism splits both streams' heads; checked before the group meets (the
+  // transformer checks it again when it is sharded). Ulysses needs no head count: the
+  // transformer gathers the keys and values where a tp rank's heads do not divide by it.
+  ASSIGN_OR_RETURN(const ltx2::Ltx2TransformerConfig tc,
+                   ltx2::Ltx2TransformerConfig::FromJson(spec.transformer));
+  if (tc.num_attention_heads % p.tp != 0 || tc.audio_num_attention_heads % p.tp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel: tp ", p.tp, " does not divide ", spec.name, "'s ", tc.num_attention_heads,
+        " video and ", tc.audio_num_attention_heads, " audio attention heads"));
+  }
   // Image-to-video only: a snapshot written before the encoder was ported has none, and then
   // serves text-to-video alone (a first-frame input is FAILED_PRECONDITION).
   bool has_encoder = spec.dir.empty();
@@ -543,28 +548,29 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
                           ltx2::ComponentFolder(ltx2::Ltx2Component::kVae))
                              .string()));
   }
-  if (has_encoder) {
-    ASSIGN_OR_RETURN(models.video_encoder, ltx2::BuildVideoEncoder(spec));
-  }
-  ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
-  ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
-  ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
-  // Tensor parallelism splits both streams' heads; checked before the group meets (the
-  // transformer checks it again when it is sharded). Ulysses needs no head count: the
-  // transformer gathers the keys and values where a tp rank's heads do not divide by it.
-  const auto& tc = models.transformer->config();
-  if (tc.num_attention_heads % p.tp != 0 || tc.audio_num_attention_heads % p.tp != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parallel: tp ", p.tp, " does not divide ", spec.name, "'s ", tc.num_attention_heads,
-        " video and ", tc.audio_num_attention_heads, " audio attention heads"));
-  }
-  // Collective: every rank meets here once its networks are built.
+  // Collective: every rank meets here, then builds its networks on its own device (the CPU, or
+  // cuda:<rank % visible GPUs> with --device cuda).
   DenoiseGroupOptions group_options;
   group_options.parallel = p;
   group_options.rendezvous = options.rendezvous;
   group_options.cuda = options.cuda;
   group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
+  const at::Device device = group->device();
+  // CUDA: the transformer in bf16 (the serving dtype, models/ltx2/cuda_bf16_test.cc), the
+  // decoders and the video encoder in float32 as ltx2_spec builds them; the guidance sums, the
+  // scheduler and the latents stay float32 (Ltx2Pipeline).
+  const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;
+  // The denoise stage runs everything but the text encoder and the connectors (encoder stage).
+  ltx2::Ltx2Models models;
+  ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec, dtype, device));
+  ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec, at::kFloat, device));
+  if (has_encoder) {
+    ASSIGN_OR_RETURN(models.video_encoder, ltx2::BuildVideoEncoder(spec, at::kFloat, device));
+  }
+  ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
   if (p.tp > 1 || p.ulysses > 1) {
     // Whole weights in, this rank's tensor-parallel slices kept; every rank of one cfg rank's
     // ulysses × tp block then runs the same branches as one sharded forward (GuidedStep).

@@ -41,8 +41,12 @@ bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir);
 // ((num_frames − 1)/8 + 1 for the released VAEs) must divide by the Ulysses degree
 // (INVALID_ARGUMENT naming the nearest valid num_frames).
 //
+// CUDA (options.cuda): each rank on cuda:<rank % visible GPUs>, NCCL between ranks; the
+// transformer in bf16, the decoders and the video encoder in float32 (ltx2_spec's builders), the
+// latents, guidance sums and scheduler float32.
+//
 // Collective over the group's ranks (options.rendezvous). A ring degree > 1 (ring attention is
-// not implemented for LTX-2), a tp degree that does not divide both streams' heads, or CUDA, is
+// not implemented for LTX-2) or a tp degree that does not divide both streams' heads is
 // INVALID_ARGUMENT, before any rank meets.
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options);
