@@ -40,6 +40,7 @@ TEST(PipelineConfigTest, DefaultServesLtx2TinyVideoWithSound) {
   const PipelineModel* m = cfg->FindModel("ltx2-tiny");
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->kind, ModelKind::kVideoWithAudio);
+  EXPECT_EQ(m->input_roles, std::vector<v1::MediaRole>{v1::MEDIA_ROLE_FIRST_FRAME});
   EXPECT_EQ(m->FindStage("ar"), nullptr);
   const StageSpec* denoise = m->FindStage("denoise");
   ASSERT_NE(denoise, nullptr);
@@ -271,7 +272,7 @@ TEST_F(SnapshotEntryTest, Ltx2SnapshotTakesItsLimitsAndDefaultsFromItsConfigs) {
   const PipelineModel& m = cfg->models[0];
   EXPECT_EQ(m.name, "ltx");
   EXPECT_EQ(m.kind, ModelKind::kVideoWithAudio);
-  EXPECT_TRUE(m.input_roles.empty());
+  EXPECT_EQ(m.input_roles, std::vector<v1::MediaRole>{v1::MEDIA_ROLE_FIRST_FRAME});  // I2V
   ASSERT_EQ(m.stages.size(), 2u);  // encoder → denoise, no AR
   EXPECT_EQ(m.stages[0].kind, "encoder");
   EXPECT_EQ(m.stages[1].kind, "denoise");

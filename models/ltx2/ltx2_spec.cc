@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
 #include "models/ltx2/snapshot.h"
 
@@ -233,13 +234,23 @@ std::string BuiltinTokenizerProto() {
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(const Ltx2Spec& spec,
-                                                                  at::ScalarType dtype) {
-  if (!spec.dir.empty())
+                                                                  at::ScalarType dtype,
+                                                                  at::Device device) {
+  const bool cpu = device == at::Device(at::kCPU);
+  if (!spec.dir.empty() && cpu)
     return Ltx2Transformer::FromConfig(Dir(spec, Ltx2Component::kTransformer), dtype);
   ASSIGN_OR_RETURN(auto config, Ltx2TransformerConfig::FromJson(spec.transformer));
-  WeightMap weights =
-      InitSeeded(Ltx2Transformer::Params(config), ComponentSeed(spec, Ltx2Component::kTransformer));
-  for (auto& [name, t] : weights) t = t.to(dtype);
+  WeightMap weights;
+  if (!spec.dir.empty()) {
+    // As FromConfig reads it (in `dtype` on the host), then moved.
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
+                     Checkpoint::Open(Dir(spec, Ltx2Component::kTransformer)));
+    ASSIGN_OR_RETURN(weights, LoadWeights(*checkpoint, Ltx2Transformer::Params(config), dtype));
+  } else {
+    weights = InitSeeded(Ltx2Transformer::Params(config),
+                         ComponentSeed(spec, Ltx2Component::kTransformer));
+  }
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
   return Ltx2Transformer::Create(config, std::move(weights));
 }
 

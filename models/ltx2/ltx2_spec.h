@@ -76,7 +76,7 @@ std::string BuiltinTokenizerProto();
 // naming tensor and file); else they are the seeded ones. The video VAE and audio VAE builders
 // return the decoders (BuildVideoEncoder the video encoder; the audio encoder is not ported).
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(
-    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& spec,
                                                                 at::ScalarType dtype = at::kFloat);
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(

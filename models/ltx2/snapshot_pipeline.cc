@@ -146,7 +146,11 @@ absl::StatusOr<json> Ltx2SnapshotPipelineEntry(const std::string& dir) {
                               {"kind", "denoise"},
                               {"service", "denoise"},
                               {"inputs", json::array({"encoder"})}}});
+  // Image-to-video is served whenever the denoise stage has the video VAE encoder; a snapshot
+  // whose vae/ holds only the decoder has none, and there the stage refuses a first frame
+  // (FAILED_PRECONDITION naming the input) — its checkpoint is not opened here.
   return json{{"kind", "video_with_audio"},
+              {"input_roles", json::array({"first_frame"})},
               {"description", absl::StrCat(kLtx2PipelineClassName, v23 ? " (LTX-2.3)" : " (LTX-2)",
                                            " snapshot ", dir)},
               {"defaults", std::move(defaults)},

@@ -44,8 +44,9 @@ absl::StatusOr<RankLayout> RankLayout::Create(const ParallelConfig& config, int 
     return absl::InvalidArgumentError(
         absl::StrCat("rank ", rank, " out of range [0, ", world_size, ")"));
   }
-  if (num_heads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("num_heads ", num_heads, " must be >= 1"));
+  if (num_heads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_heads ", num_heads, " must be >= 1 (or 0: not checked)"));
   }
   if (num_heads % (config.ulysses * config.tp) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(

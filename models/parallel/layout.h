@@ -37,7 +37,9 @@ class RankLayout {
  public:
   // Validates everything up front (INVALID_ARGUMENT): degrees ≥ 1, world_size ==
   // config.world(), 0 ≤ rank < world_size, num_heads ≥ 1 and divisible by ulysses × tp (Ulysses
-  // hands each rank num_heads / (ulysses · tp) whole heads).
+  // hands each rank num_heads / (ulysses · tp) whole heads). num_heads 0: the heads are not
+  // checked here, the model splits them itself (LTX-2's transformer checks tp and gathers the
+  // keys and values where its heads do not divide by ulysses); heads_per_rank() is then 0.
   static absl::StatusOr<RankLayout> Create(const ParallelConfig& config, int world_size, int rank,
                                            int num_heads);
 
@@ -45,7 +47,7 @@ class RankLayout {
   int rank() const { return rank_; }
   int world_size() const { return config_.world(); }
   int num_heads() const { return num_heads_; }
-  // Heads each rank holds inside Ulysses attention: num_heads / (ulysses · tp).
+  // Heads each rank holds inside Ulysses attention: num_heads / (ulysses · tp); 0 for num_heads 0.
   int heads_per_rank() const { return num_heads_ / (config_.ulysses * config_.tp); }
 
   int tp_rank() const { return tp_rank_; }

@@ -127,8 +127,12 @@ TEST(RankLayoutTest, Errors) {
   EXPECT_EQ(rank.status().message(), "rank 2 out of range [0, 2)");
   EXPECT_THAT(RankLayout::Create({1, 1, 1, 1}, 1, -1, 8).status().message(),
               HasSubstr("rank -1 out of range"));
-  EXPECT_THAT(RankLayout::Create({1, 1, 1, 1}, 1, 0, 0).status().message(),
-              HasSubstr("num_heads 0 must be >= 1"));
+  EXPECT_THAT(RankLayout::Create({1, 1, 1, 1}, 1, 0, -1).status().message(),
+              HasSubstr("num_heads -1 must be >= 1"));
+  // num_heads 0: the model splits its heads itself, any ulysses × tp.
+  auto unchecked = RankLayout::Create({2, 3, 1, 1}, 6, 5, 0);
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status();
+  EXPECT_EQ(unchecked->heads_per_rank(), 0);
 
   // Ring parallelism does not split heads.
   EXPECT_TRUE(RankLayout::Create({1, 1, 3, 1}, 3, 2, 4).ok());

@@ -101,7 +101,7 @@ int RunMesh(const MeshOptions& o) {
       if (!o.model_dir.empty()) c.argv.push_back("--model_dir=" + o.model_dir);
     } else {
       c.argv.push_back(o.model_dir.empty() ? "--model=" + o.model : "--model_dir=" + o.model_dir);
-      if (c.name == "ar" || c.name == "denoise") c.argv.push_back("--device=" + o.device);
+      c.argv.push_back("--device=" + o.device);  // every stage service takes it
     }
     const MeshSecurity& sec = o.security;
     c.argv.push_back("--stage_token_file=" + stage_token_file);

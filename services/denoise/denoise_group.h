@@ -33,7 +33,8 @@ struct DenoiseGroupOptions {
   models::parallel::ParallelConfig parallel;
   // Where the ranks meet (ignored for a group of one).
   models::parallel::RendezvousOptions rendezvous;
-  // Attention heads of the DiT (checked against ulysses × tp).
+  // Attention heads of the DiT (checked against ulysses × tp); 0: not checked here, the model
+  // splits its heads itself (LTX-2, models/parallel/layout.h).
   int num_heads = 1;
   // Run on CUDA (one GPU per rank, NCCL between ranks) instead of the CPU (Gloo).
   bool cuda = false;
@@ -101,6 +102,15 @@ class DenoiseGroup {
 
   // The tp / sp collectives for this rank's DiT forward (empty functions where degree 1).
   const models::glm_image::DitCollectives& dit_collectives() const { return collectives_; }
+
+  // This rank's tensor-parallel and Ulysses communicators, for a model that runs its own
+  // sharded forward (LTX-2); null where the degree is 1. Owned by the group.
+  models::parallel::Communicator* tp_group() const {
+    return options_.parallel.tp > 1 ? groups_.tp.get() : nullptr;
+  }
+  models::parallel::Communicator* ulysses_group() const {
+    return options_.parallel.ulysses > 1 ? groups_.ulysses.get() : nullptr;
+  }
 
  private:
   DenoiseGroup(const DenoiseGroupOptions& options, models::parallel::RankLayout layout);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <tuple>
@@ -12,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/media/image_codec.h"
 #include "common/media/mp4_writer.h"
 #include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
@@ -20,6 +22,7 @@
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
 #include "models/ltx2/snapshot_pipeline.h"
+#include "models/ltx2/video_vae_encoder.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
 #include "services/denoise/ltx2_upsample.h"
@@ -209,6 +212,21 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                                                      "k+1 in 1..", kMaxFrames,
                                                      "; nearest: ", k * temporal_ + 1));
     }
+    // Ulysses shards the video by whole latent frames (models/ltx2/transformer.h): their count
+    // (f − 1)/temporal + 1 must divide by the degree.
+    const int ulysses = options_.parallel.ulysses;
+    if (const int64_t latent = (f - 1) / temporal_ + 1; latent % ulysses != 0) {
+      // The nearest multiple of the degree (the smaller on a tie) that fits kMaxFrames.
+      const int64_t max_latent = (kMaxFrames - 1) / temporal_ + 1;
+      int64_t down = latent / ulysses * ulysses, up = down + ulysses;
+      if (up > max_latent) up = down;
+      if (down < ulysses) down = up;
+      const int64_t best = latent - down <= up - latent ? down : up;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "num_frames: ", f, " makes ", latent, " latent frames, which do not divide by the "
+          "Ulysses degree ", ulysses, " of this denoise group (the video is sharded by whole "
+          "latent frames); nearest: ", (best - 1) * temporal_ + 1));
+    }
     if (!std::isfinite(r.frame_rate()) || r.frame_rate() <= 0 || r.frame_rate() > 240) {
       return absl::InvalidArgumentError(
           absl::StrCat("frame_rate: ", r.frame_rate(), " must lie in (0, 240]"));
@@ -217,10 +235,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       return absl::InvalidArgumentError(
           absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
     }
-    if (r.inputs_size() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "inputs: ", spec_.name, " takes no input media yet (image-to-video is not served)"));
-    }
+    RETURN_IF_ERROR(CheckInputs(r));
     RETURN_IF_ERROR(GuidanceOf(r).status());
     // Stage-graph fields (a later stage of a multi-stage pipeline).
     if (!std::isfinite(r.noise_scale()) || r.noise_scale() < 0 || r.noise_scale() > 1) {
@@ -251,6 +266,47 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     return absl::OkStatus();
   }
 
+  // Image-to-video: at most one input, of role MEDIA_ROLE_FIRST_FRAME, an image that decodes
+  // (checked on rank 0 before the request is broadcast, so that no rank fails it later).
+  absl::Status CheckInputs(const v1::DenoiseRequest& r) const {
+    for (int i = 0; i < r.inputs_size(); ++i) {
+      const std::string field = absl::StrCat("inputs[", i, "]");
+      const v1::InputMedia& in = r.inputs(i);
+      if (in.role() != v1::MEDIA_ROLE_FIRST_FRAME) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".role: ", v1::MediaRole_Name(in.role()), " is not taken by ", spec_.name,
+            " (it takes one MEDIA_ROLE_FIRST_FRAME image: image-to-video)"));
+      }
+      if (i > 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ": ", spec_.name, " takes one first-frame image, not ",
+                         r.inputs_size()));
+      }
+      if (models_.video_encoder == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            field, ": ", spec_.name, "'s snapshot has no video VAE encoder (vae/ holds the "
+            "decoder only), so it cannot take a first frame"));
+      }
+      if (auto image = media::DecodeImage(in.data()); !image.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".data: ", image.status().message()));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The first-frame latent of an image-to-video request (undefined for text-to-video): the
+  // image decoded and encoded by the video VAE encoder for the request's size
+  // (EncodeConditioningImage). Every rank computes it from the broadcast request's bytes: the
+  // same ops on the same input give the same latent on every rank (fp32 CPU; on CUDA the same
+  // deterministic kernels on GPUs of one kind), so it needs no collective of its own.
+  absl::StatusOr<at::Tensor> FirstFrameLatent(const v1::DenoiseRequest& r) const {
+    if (r.inputs_size() == 0) return at::Tensor();
+    ASSIGN_OR_RETURN(media::Rgb8Image rgb, media::DecodeImage(r.inputs(0).data()));
+    const at::Tensor image =
+        at::from_blob(rgb.pixels.data(), {rgb.height, rgb.width, 3}, at::kByte);
+    return ltx2::EncodeConditioningImage(*models_.video_encoder, image, r.height(), r.width());
+  }
+
   // prompt_embeds-like field → (video, audio) embeddings [1, T, width] each.
   absl::StatusOr<std::pair<at::Tensor, at::Tensor>> SplitEmbeddings(const v1::Tensor& wire,
                                                                     const char* field) const {
@@ -272,13 +328,15 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                      SplitEmbeddings(r.negative_prompt_embeds(), "negative_prompt_embeds"));
     text.video = positive.first;
     text.audio = positive.second;
-    text.mask = at::ones({1, text.video.size(1)}, at::kLong);
     text.negative_video = negative.first;
     text.negative_audio = negative.second;
-    text.negative_mask = at::ones({1, text.negative_video.size(1)}, at::kLong);
+    const at::Device device = group_->device();
+    const at::TensorOptions mask = at::TensorOptions().dtype(at::kLong).device(device);
+    text.mask = at::ones({1, text.video.size(1)}, mask);
+    text.negative_mask = at::ones({1, text.negative_video.size(1)}, mask);
     const at::ScalarType dtype = models_.transformer->dtype();
     for (at::Tensor* t : {&text.video, &text.audio, &text.negative_video, &text.negative_audio}) {
-      *t = t->to(dtype);
+      *t = t->to(device, dtype);
     }
     return text;
   }
@@ -296,13 +354,13 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   // branch and no collective: every rank reuses its own last guided x0, which the all-reduce
   // made equal on all of them.
   //
-  // Seam for sequence / tensor parallelism: the transformer call is Ltx2Pipeline::RunBranches.
-  // Under Ulysses or TP every rank of one cfg rank's sp × tp block has the same cfg_rank, so it
-  // runs the same branches in the same order (a sharded forward is collective over the block:
-  // whole inputs in, whole outputs out), and CfgAllReduce pairs the ranks of equal sp / tp
-  // coordinates across the cfg axis — this step stays as it is. Should the video predictions be
-  // left sharded by frames instead (no final all-gather), pack this rank's frames here and
-  // all-reduce the rescale's std statistics (sums, sums of squares) over the block too.
+  // Sequence / tensor parallelism: every rank of one cfg rank's ulysses × tp block has the same
+  // cfg_rank, so it runs the same branches in the same order, each call one sharded forward
+  // (collective over the block: whole inputs in, whole outputs out, the same on every rank of
+  // the block to rounding), and CfgAllReduce pairs the ranks of equal ulysses / tp coordinates
+  // across the cfg axis; the rest of the step is as for CFG alone. (Leaving the video
+  // predictions sharded by frames instead would need this rank's frames packed here and the
+  // rescale's std statistics all-reduced over the block too.)
   absl::Status GuidedStep(const ltx2::Ltx2Pipeline& pipeline, ltx2::Ltx2DenoiseState& state,
                           const ltx2::Ltx2TextEmbeddings& text) {
     const std::vector<ltx2::Branch> live = pipeline.LiveBranches(state);
@@ -380,6 +438,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     init.seed = r.seed();
     init.num_inference_steps = r.steps();
     RETURN_IF_ERROR(GivenLatents(r, init));
+    ASSIGN_OR_RETURN(init.first_frame_latent, FirstFrameLatent(r));
     ASSIGN_OR_RETURN(ltx2::Ltx2DenoiseState state, pipeline->PrepareLatents(init));
     while (!state.done()) {
       const absl::Time step_start = absl::Now();
@@ -513,34 +572,66 @@ bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir) 
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options) {
   const models::parallel::ParallelConfig& p = options.parallel;
-  if (p.ulysses != 1 || p.ring != 1 || p.tp != 1) {
-    // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
+  // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
+  if (p.ring != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "parallel: LTX-2 is served with CFG parallelism only for now (ulysses, ring and tp "
-        "degrees 1; sequence and tensor parallelism are not wired yet); this group asks ",
+        "parallel: ring attention is not implemented for LTX-2 (ring degree must be 1; shard "
+        "the video with ulysses instead); this group asks ",
         p.ToString()));
-  }
-  if (options.cuda) {
-    return absl::InvalidArgumentError("device: LTX-2 is served on the CPU for now");
   }
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto connectors, ltx2::ConnectorsConfig::FromJson(spec.connectors));
-  // The denoise stage runs everything but the text encoder and the connectors (encoder stage).
-  ltx2::Ltx2Models models;
-  ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec));
-  ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec));
-  ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec));
-  ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec));
-  ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
-  // Collective: every rank meets here once its networks are built.
+  // Tensor parallelism splits both streams' heads; checked before the group meets (the
+  // transformer checks it again when it is sharded). Ulysses needs no head count: the
+  // transformer gathers the keys and values where a tp rank's heads do not divide by it.
+  ASSIGN_OR_RETURN(const ltx2::Ltx2TransformerConfig tc,
+                   ltx2::Ltx2TransformerConfig::FromJson(spec.transformer));
+  if (tc.num_attention_heads % p.tp != 0 || tc.audio_num_attention_heads % p.tp != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel: tp ", p.tp, " does not divide ", spec.name, "'s ", tc.num_attention_heads,
+        " video and ", tc.audio_num_attention_heads, " audio attention heads"));
+  }
+  // Image-to-video only: a snapshot written before the encoder was ported has none, and then
+  // serves text-to-video alone (a first-frame input is FAILED_PRECONDITION).
+  bool has_encoder = spec.dir.empty();
+  if (!has_encoder) {
+    ASSIGN_OR_RETURN(has_encoder,
+                     ltx2::CheckpointHasVideoEncoder(
+                         (std::filesystem::path(spec.dir) /
+                          ltx2::ComponentFolder(ltx2::Ltx2Component::kVae))
+                             .string()));
+  }
+  // Collective: every rank meets here, then builds its networks on its own device (the CPU, or
+  // cuda:<rank % visible GPUs> with --device cuda).
   DenoiseGroupOptions group_options;
   group_options.parallel = p;
   group_options.rendezvous = options.rendezvous;
   group_options.cuda = options.cuda;
-  // Checked against ulysses × tp (the video stream's heads; the audio stream's have to divide
-  // too once sequence / tensor parallelism is wired).
-  group_options.num_heads = static_cast<int>(models.transformer->config().num_attention_heads);
+  group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
+  const at::Device device = group->device();
+  // CUDA: the transformer in bf16 (the serving dtype, models/ltx2/cuda_bf16_test.cc), the
+  // decoders and the video encoder in float32 as ltx2_spec builds them; the guidance sums, the
+  // scheduler and the latents stay float32 (Ltx2Pipeline).
+  const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;
+  // The denoise stage runs everything but the text encoder and the connectors (encoder stage).
+  ltx2::Ltx2Models models;
+  ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec, dtype, device));
+  ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec, at::kFloat, device));
+  if (has_encoder) {
+    ASSIGN_OR_RETURN(models.video_encoder, ltx2::BuildVideoEncoder(spec, at::kFloat, device));
+  }
+  ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
+  if (p.tp > 1 || p.ulysses > 1) {
+    // Whole weights in, this rank's tensor-parallel slices kept; every rank of one cfg rank's
+    // ulysses × tp block then runs the same branches as one sharded forward (GuidedStep).
+    ASSIGN_OR_RETURN(models.transformer,
+                     ltx2::Ltx2Transformer::Parallelize(
+                         std::move(models.transformer),
+                         ltx2::Ltx2ParallelContext{group->tp_group(), group->ulysses_group()}));
+  }
   // The "upsample" stage kind runs beside rank 0 (ltx2_upsample.h).
   std::unique_ptr<Ltx2UpsampleStage> upsample;
   if (group->is_main() && !spec.latent_upsampler.is_null()) {

@@ -13,6 +13,10 @@
 // Inputs (from the encoder stage, services/encoder/encoder_core.h): prompt_embeds and
 // negative_prompt_embeds FLOAT32 [1, T, video width + audio width] — the text connectors'
 // video and audio embeddings of the prompt's valid tokens, concatenated on the last axis.
+// Image-to-video: DenoiseRequest.inputs may hold one image (PNG, JPEG or WebP) of role
+// MEDIA_ROLE_FIRST_FRAME; every rank encodes it with the video VAE encoder for the request's
+// size (models/ltx2/video_vae_encoder.h EncodeConditioningImage) and the pipeline holds the first
+// latent frame at it. Another role is INVALID_ARGUMENT naming inputs[i].role.
 // Guidance: DenoiseRequest.guidance.main drives the video stream, .audio the audio stream;
 // unset fields are off (cfg 1, stg 0, modality 1, rescale 0).
 #ifndef DIFFMESH_SERVICES_DENOISE_LTX2_DENOISE_H_
@@ -30,8 +34,20 @@ namespace diffmesh {
 // Whether `model` (or, when set, the snapshot in `model_dir`) is an LTX-2 model.
 bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir);
 
-// Collective over the group's ranks (options.rendezvous). Ulysses, ring or tp degree > 1, or
-// CUDA, is INVALID_ARGUMENT, before any rank meets (sequence / tensor parallelism not wired yet).
+// Sequence and tensor parallelism (options.parallel.ulysses, .tp): every ulysses × tp block runs
+// the transformer sharded (Ltx2Transformer::Parallelize over the group's tp and Ulysses
+// communicators: video tokens by whole latent frames over Ulysses, audio replicated, heads and
+// feed-forward columns over tp), the cfg axis as above. A request's latent frames
+// ((num_frames − 1)/8 + 1 for the released VAEs) must divide by the Ulysses degree
+// (INVALID_ARGUMENT naming the nearest valid num_frames).
+//
+// CUDA (options.cuda): each rank on cuda:<rank % visible GPUs>, NCCL between ranks; the
+// transformer in bf16, the decoders and the video encoder in float32 (ltx2_spec's builders), the
+// latents, guidance sums and scheduler float32.
+//
+// Collective over the group's ranks (options.rendezvous). A ring degree > 1 (ring attention is
+// not implemented for LTX-2) or a tp degree that does not divide both streams' heads is
+// INVALID_ARGUMENT, before any rank meets.
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options);
 

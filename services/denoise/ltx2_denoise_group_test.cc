@@ -1,6 +1,7 @@
-// LTX-2 on a CFG-parallel denoise group of Gloo ranks (threads of this process): every CFG degree,
-// with all four guidance branches live and with some off (idle ranks), reproduces the single-rank
-// pipeline's final video and audio latents (Ltx2Pipeline::Denoise, the serial combine) in fp32.
+// LTX-2 on a denoise group of Gloo ranks (threads of this process): every layout of
+// {CFG 1, 2, 3, 4} × {Ulysses 1, 2} × {TP 1, 2}, with all four guidance branches live and with
+// some off (idle ranks), reproduces the single-rank pipeline's final video and audio latents
+// (Ltx2Pipeline::Denoise, the serial combine) in fp32.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/image/png.h"
 #include "gtest/gtest.h"
 #include "models/core/ops.h"
 #include "models/ltx2/connectors.h"
@@ -133,19 +135,31 @@ Latents Reference(const Case& c, const v1::DenoiseRequest& r) {
   return {out->video_latents, out->audio_latents};
 }
 
-// Starts `cfg` ranks (threads) of ltx2-tiny: ranks > 0 run as workers, rank 0 runs `main` with
-// its core; rank 0's core is destroyed when `main` returns, which stops the others.
-void RunRanks(int cfg, const std::function<void(DenoiseCore&)>& main) {
+ParallelConfig Layout(int cfg, int ulysses = 1, int tp = 1) {
+  ParallelConfig p;
+  p.cfg = cfg;
+  p.ulysses = ulysses;
+  p.tp = tp;
+  return p;
+}
+
+std::string Name(const ParallelConfig& p) {
+  return absl::StrCat("cfg ", p.cfg, " × ulysses ", p.ulysses, " × tp ", p.tp);
+}
+
+// Starts the ranks (threads) of a group of ltx2-tiny: ranks > 0 run as workers, rank 0 runs
+// `main` with its core; rank 0's core is destroyed when `main` returns, which stops the others.
+void RunRanks(const ParallelConfig& layout, const std::function<void(DenoiseCore&)>& main) {
   // Ranks as threads share LibTorch's process-wide Gloo flight recorder: keep it off.
   setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   const int port = models::parallel::testing::FreeLoopbackPort();
   std::vector<std::thread> ranks;
-  for (int rank = 0; rank < cfg; ++rank) {
+  for (int rank = 0; rank < layout.world(); ++rank) {
     ranks.emplace_back([&, rank] {
       DenoiseCore::Options o;
       o.model = kModel;
-      o.parallel.cfg = cfg;
-      o.rendezvous.world_size = cfg;
+      o.parallel = layout;
+      o.rendezvous.world_size = layout.world();
       o.rendezvous.rank = rank;
       o.rendezvous.master_port = port;
       o.rendezvous.timeout = std::chrono::seconds(60);
@@ -178,11 +192,12 @@ Latents LatentsOf(const testing::DenoiseOutputs& events) {
   return out;
 }
 
-// Runs `r` on a group of `cfg` ranks; with `streamed` also through DenoiseStreamed (the request,
+// Runs `r` on a group of `layout`; with `streamed` also through DenoiseStreamed (the request,
 // then the embeddings) and expects the same latents.
-Latents RunGroup(int cfg, const v1::DenoiseRequest& r, bool streamed = false) {
+Latents RunGroup(const ParallelConfig& layout, const v1::DenoiseRequest& r,
+                 bool streamed = false) {
   Latents out;
-  RunRanks(cfg, [&](DenoiseCore& core) {
+  RunRanks(layout, [&](DenoiseCore& core) {
     CallContext ctx;
     testing::DenoiseOutputs events;
     absl::Status s = core.Denoise(ctx, r, [&](const v1::DenoiseEvent& e) { events.Add(e); });
@@ -233,13 +248,22 @@ Case AllBranches(uint64_t seed) {
   return c;
 }
 
-TEST(Ltx2DenoiseGroupTest, EveryCfgDegreeWithFourLiveBranchesMatchesOneRank) {
+// The parity matrix: 9 frames are 2 latent frames (one per Ulysses rank); the tiny
+// model's 2 heads per stream leave each rank of Ulysses 2 × tp 2 one head, so that layout takes
+// the transformer's key/value all-gather path, the others the Ulysses all-to-alls.
+TEST(Ltx2DenoiseGroupTest, EveryLayoutWithFourLiveBranchesMatchesOneRank) {
   const Case c = AllBranches(21);
   const v1::DenoiseRequest r = RequestOf(c);
   const Latents want = Reference(c, r);
   // Degree 3 deals 4 branches as {cond, modality}, {negative}, {perturbed}: uneven shares.
   for (int cfg : {1, 2, 3, 4}) {
-    ExpectMatches(RunGroup(cfg, r, /*streamed=*/cfg == 2), want, absl::StrCat("cfg ", cfg));
+    for (int ulysses : {1, 2}) {
+      for (int tp : {1, 2}) {
+        const ParallelConfig layout = Layout(cfg, ulysses, tp);
+        const bool streamed = cfg == 2 && ulysses == 2 && tp == 2;
+        ExpectMatches(RunGroup(layout, r, streamed), want, Name(layout));
+      }
+    }
   }
 }
 
@@ -252,12 +276,15 @@ TEST(Ltx2DenoiseGroupTest, RanksBeyondTheLiveBranchesIdle) {
   c.guidance.stg_blocks = {0};  // given, but the perturbed branch is off (stg 0)
   c.negative_tokens = 3;
   const v1::DenoiseRequest r = RequestOf(c);
-  ExpectMatches(RunGroup(4, r), Reference(c, r), "cfg 4, 2 live branches");
+  const Latents want = Reference(c, r);
+  ExpectMatches(RunGroup(Layout(4), r), want, "cfg 4, 2 live branches");
+  // Two idle ulysses × tp blocks: they run no sharded forward either.
+  ExpectMatches(RunGroup(Layout(4, 2, 1), r), want, "cfg 4 × ulysses 2, 2 live branches");
   // Guidance off: only cond runs; rank 1 idles.
   Case off;
   off.seed = 9;
   const v1::DenoiseRequest r_off = RequestOf(off);
-  ExpectMatches(RunGroup(2, r_off), Reference(off, r_off), "cfg 2, 1 live branch");
+  ExpectMatches(RunGroup(Layout(2), r_off), Reference(off, r_off), "cfg 2, 1 live branch");
 }
 
 TEST(Ltx2DenoiseGroupTest, SkipStepGuidanceOnEveryRank) {
@@ -266,7 +293,7 @@ TEST(Ltx2DenoiseGroupTest, SkipStepGuidanceOnEveryRank) {
   c.guidance.skip_step = 1;
   c.steps = 4;
   const v1::DenoiseRequest r = RequestOf(c);
-  ExpectMatches(RunGroup(3, r), Reference(c, r), "cfg 3, skip_step 1");
+  ExpectMatches(RunGroup(Layout(3, 2), r), Reference(c, r), "cfg 3 × ulysses 2, skip_step 1");
 }
 
 TEST(Ltx2DenoiseGroupTest, RankZeroDecodesAndStreamsTheOutput) {
@@ -274,7 +301,7 @@ TEST(Ltx2DenoiseGroupTest, RankZeroDecodesAndStreamsTheOutput) {
   Case c = AllBranches(5);
   v1::DenoiseRequest r = RequestOf(c);
   r.mutable_output()->set_format(v1::OUTPUT_FORMAT_RAW);
-  RunRanks(3, [&](DenoiseCore& core) {
+  RunRanks(Layout(3, 1, 2), [&](DenoiseCore& core) {
     CallContext ctx;
     testing::DenoiseOutputs events;
     absl::Status s = core.Denoise(ctx, r, [&](const v1::DenoiseEvent& e) { events.Add(e); });
@@ -297,21 +324,57 @@ TEST(Ltx2DenoiseGroupTest, RankZeroDecodesAndStreamsTheOutput) {
   });
 }
 
-TEST(Ltx2DenoiseGroupTest, RefusesSequenceAndTensorParallelLayouts) {
-  for (auto [ulysses, ring, tp] : {std::tuple{2, 1, 1}, std::tuple{1, 2, 1}, std::tuple{1, 1, 2}}) {
+TEST(Ltx2DenoiseGroupTest, ImageToVideoOnEveryAxisMatchesOneRank) {
+  // A first-frame image: every rank encodes it, the conditioned frame (per-token timestep 0)
+  // sits on Ulysses rank 0 only.
+  const Case c = AllBranches(12);
+  v1::DenoiseRequest r = RequestOf(c);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const at::Tensor image = at::randint(0, 256, {40, 50, 3}, gen, at::kByte).contiguous();
+  auto png = EncodePng(image.data_ptr<uint8_t>(), 50, 40);
+  ASSERT_TRUE(png.ok()) << png.status();
+  v1::InputMedia* in = r.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_FIRST_FRAME);
+  in->set_data(*png);
+  const Latents want = RunGroup(Layout(1), r);
+  ExpectMatches(RunGroup(Layout(2, 2, 2), r), want, "image-to-video, cfg 2 × ulysses 2 × tp 2");
+}
+
+TEST(Ltx2DenoiseGroupTest, RefusesRingAttentionAndTpThatDoesNotDivideTheHeads) {
+  for (auto [ring, tp, message] : {std::tuple{2, 1, "ring attention is not implemented for LTX-2"},
+                                   std::tuple{1, 4, "tp 4 does not divide"}}) {
     DenoiseCore::Options o;
     o.model = kModel;
     o.parallel.cfg = 2;
-    o.parallel.ulysses = ulysses;
     o.parallel.ring = ring;
     o.parallel.tp = tp;
     o.rendezvous.world_size = o.parallel.world();
     // Refused before the rendezvous: this returns at once although no other rank exists.
     auto core = DenoiseCore::Create(o);
     EXPECT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(core.status().message().find("CFG parallelism only"), std::string::npos)
-        << core.status();
+    EXPECT_NE(core.status().message().find(message), std::string::npos) << core.status();
   }
+}
+
+TEST(Ltx2DenoiseGroupTest, LatentFramesMustDivideByTheUlyssesDegree) {
+  // 17 frames are 3 latent frames: not shardable over 2 Ulysses ranks; 9 (2 latent frames) and
+  // 25 (4) are equally near, the smaller is named. Refused on rank 0 before the group runs it.
+  Case c;
+  v1::DenoiseRequest r = RequestOf(c);
+  r.set_num_frames(17);
+  RunRanks(Layout(1, 2), [&](DenoiseCore& core) {
+    CallContext ctx;
+    absl::Status s = core.Denoise(ctx, r, [](const v1::DenoiseEvent&) {});
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("num_frames: 17 makes 3 latent frames"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("nearest: 9"), std::string::npos) << s;
+    // The group still serves the next request.
+    r.set_num_frames(9);
+    testing::DenoiseOutputs events;
+    s = core.Denoise(ctx, r, [&](const v1::DenoiseEvent& e) { events.Add(e); });
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(events.have_result);
+  });
 }
 
 }  // namespace

@@ -1,12 +1,23 @@
-// The denoise stage serving ltx2-tiny: embeddings from the encoder stage core, one rank.
+// The denoise stage serving ltx2-tiny: embeddings from the encoder stage core, one rank;
+// text-to-video and image-to-video (a MEDIA_ROLE_FIRST_FRAME input).
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
+#include <cstdio>
 #include <string>
+#include <utility>
 
+#include "common/image/png.h"
 #include "gtest/gtest.h"
+#include "models/core/ops.h"
+#include "models/ltx2/connectors.h"
+#include "models/ltx2/ltx2_spec.h"
+#include "models/ltx2/pipeline.h"
+#include "models/ltx2/video_vae_encoder.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/testing/denoise_outputs.h"
 #include "services/encoder/encoder_core.h"
+#include "services/stage_common/torch_wire.h"
 
 namespace diffmesh {
 namespace {
@@ -191,14 +202,127 @@ TEST_F(Ltx2DenoiseTest, RejectsBadFramesSizesAndLayouts) {
   r.set_model("glm-image-tiny");
   EXPECT_EQ(Run(r, &out).code(), absl::StatusCode::kNotFound);
 
-  // CFG-parallel groups are served (ltx2_denoise_group_test.cc); sequence parallel not yet.
+  // CFG, Ulysses and tp groups are served (ltx2_denoise_group_test.cc); ring attention is not.
   DenoiseCore::Options o;
   o.model = kModel;
-  o.parallel.ulysses = 2;
+  o.parallel.ring = 2;
   o.rendezvous.world_size = 2;
   auto grouped = DenoiseCore::Create(o);
   EXPECT_EQ(grouped.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(grouped.status().message().find("ulysses"), std::string::npos) << grouped.status();
+  EXPECT_NE(grouped.status().message().find("ring"), std::string::npos) << grouped.status();
+}
+
+// A 45 × 61 random RGB image (another size than the video's: the encoder's preprocessing
+// resizes it) as PNG bytes, and as the HWC uint8 tensor it decodes to.
+std::pair<std::string, at::Tensor> FirstFrameImage() {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(77);
+  const at::Tensor image = at::randint(0, 256, {45, 61, 3}, gen, at::kByte).contiguous();
+  auto png = EncodePng(image.data_ptr<uint8_t>(), 61, 45);
+  EXPECT_TRUE(png.ok()) << png.status();
+  return {png.ok() ? *png : std::string(), image};
+}
+
+// Image-to-video through the stage: the image changes the result, and the stage's latents are
+// the model-layer pipeline's given EncodeConditioningImage of the same image.
+TEST_F(Ltx2DenoiseTest, FirstFrameInputIsImageToVideo) {
+  const auto [png, image] = FirstFrameImage();
+  v1::DenoiseRequest t2v = Request();
+  t2v.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  v1::DenoiseRequest i2v = t2v;
+  v1::InputMedia* in = i2v.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_FIRST_FRAME);
+  in->set_data(png);
+  testing::DenoiseOutputs text_only, with_image;
+  ASSERT_TRUE(Run(t2v, &text_only).ok());
+  absl::Status s = Run(i2v, &with_image);
+  ASSERT_TRUE(s.ok()) << s;
+  const at::Tensor video = Output(with_image, "video_latents");
+  const at::Tensor audio = Output(with_image, "audio_latents");
+  ASSERT_TRUE(video.defined() && audio.defined());
+  EXPECT_FALSE(at::allclose(video, Output(text_only, "video_latents")));
+
+  // The model layer: the same networks, guidance, noise and text, Ltx2Pipeline::Denoise.
+  namespace ltx2 = models::ltx2;
+  auto spec = ltx2::BuiltinSpec(kModel);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ltx2::Ltx2Models m;
+  m.transformer = std::move(ltx2::BuildTransformer(*spec)).value();
+  m.video_vae = std::move(ltx2::BuildVideoDecoder(*spec)).value();
+  m.audio_vae = std::move(ltx2::BuildAudioDecoder(*spec)).value();
+  m.scheduler = ltx2::BuildSchedulerConfig(*spec).value();
+  auto encoder = ltx2::BuildVideoEncoder(*spec);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  ltx2::GuidanceOptions guidance;
+  guidance.video.cfg = 3;
+  guidance.video.stg = 1;
+  guidance.audio.cfg = 7;
+  guidance.stg_blocks = {1};
+  auto pipeline = ltx2::Ltx2Pipeline::Create(m.networks(), guidance);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  auto connectors = ltx2::ConnectorsConfig::FromJson(spec->connectors);
+  ASSERT_TRUE(connectors.ok()) << connectors.status();
+  const int64_t video_width = connectors->video.inner_dim();
+  const int64_t audio_width = connectors->audio.inner_dim();
+  const at::Tensor pos = FromWire(i2v.prompt_embeds(), "prompt_embeds").value();
+  const at::Tensor neg = FromWire(i2v.negative_prompt_embeds(), "negative_prompt_embeds").value();
+  ltx2::Ltx2TextEmbeddings text;
+  text.video = pos.narrow(2, 0, video_width).contiguous();
+  text.audio = pos.narrow(2, video_width, audio_width).contiguous();
+  text.mask = at::ones({1, pos.size(1)}, at::kLong);
+  text.negative_video = neg.narrow(2, 0, video_width).contiguous();
+  text.negative_audio = neg.narrow(2, video_width, audio_width).contiguous();
+  text.negative_mask = at::ones({1, neg.size(1)}, at::kLong);
+  ltx2::Ltx2LatentInit init;
+  init.num_frames = i2v.num_frames();
+  init.height = i2v.height();
+  init.width = i2v.width();
+  init.frame_rate = i2v.frame_rate();
+  init.seed = i2v.seed();
+  init.num_inference_steps = i2v.steps();
+  auto first = ltx2::EncodeConditioningImage(**encoder, image, i2v.height(), i2v.width());
+  ASSERT_TRUE(first.ok()) << first.status();
+  init.first_frame_latent = *first;
+  auto state = (*pipeline)->PrepareLatents(init);
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_TRUE((*pipeline)->Denoise(*state, text).ok());
+  ltx2::Ltx2DecodeOptions d;
+  d.decode_video = false;
+  d.decode_audio = false;
+  auto want = (*pipeline)->Decode(*state, d);
+  ASSERT_TRUE(want.ok()) << want.status();
+  const double video_err = models::RelativeError(video, want->video_latents);
+  const double audio_err = models::RelativeError(audio, want->audio_latents);
+  std::printf("image-to-video against the pipeline: relative error video %.3g, audio %.3g\n",
+              video_err, audio_err);
+  EXPECT_LE(video_err, 1e-5);
+  EXPECT_LE(audio_err, 1e-5);
+  // The conditioned frame is held at the image's latent.
+  EXPECT_LE(models::RelativeError(video.narrow(2, 0, 1), *first), 1e-5);
+}
+
+TEST_F(Ltx2DenoiseTest, RejectsOtherInputRolesAndBadImages) {
+  const auto [png, image] = FirstFrameImage();
+  testing::DenoiseOutputs out;
+  v1::DenoiseRequest r = Request();
+  v1::InputMedia* in = r.add_inputs();
+  in->set_role(v1::MEDIA_ROLE_EDIT_IMAGE);
+  in->set_data(png);
+  absl::Status s = Run(r, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("inputs[0].role"), std::string::npos) << s;
+  in->set_role(v1::MEDIA_ROLE_FIRST_FRAME);
+  in->set_data("not an image");
+  s = Run(r, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("inputs[0].data"), std::string::npos) << s;
+  in->set_data(png);
+  *r.add_inputs() = *in;
+  s = Run(r, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("inputs[1]"), std::string::npos) << s;
+  r.mutable_inputs(1)->set_role(v1::MEDIA_ROLE_REFERENCE);
+  s = Run(r, &out);
+  EXPECT_NE(s.message().find("inputs[1].role"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const Opt
   EncoderCore::Options enc;
   enc.model = o.model;
   enc.model_dir = o.model_dir;
+  enc.cuda = o.cuda;
   ASSIGN_OR_RETURN(s->encoder_, EncoderCore::Create(enc));
   DenoiseCore::Options den;
   den.model = o.model;

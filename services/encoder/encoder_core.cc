@@ -47,7 +47,7 @@ class EncoderCore::Impl {
 
 absl::StatusOr<std::unique_ptr<EncoderCore>> EncoderCore::Create(const Options& options) {
   if (IsLtx2EncoderModel(options.model, options.model_dir)) {
-    ASSIGN_OR_RETURN(auto ltx2, Ltx2PromptEncoder::Create(options.model, options.model_dir));
+    ASSIGN_OR_RETURN(auto ltx2, Ltx2PromptEncoder::Create(options.model, options.model_dir, options.cuda));
     return std::unique_ptr<EncoderCore>(
         new EncoderCore(std::make_unique<Impl>(options, std::move(ltx2))));
   }

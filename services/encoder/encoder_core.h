@@ -23,6 +23,9 @@ class EncoderCore {
     std::string model_dir;
     // Longest glyph text in ByT5 tokens (longer texts are cut, as the reference does).
     int max_sequence_length = 2048;
+    // LTX-2: the text encoder and connectors in bf16 on cuda:0 (GLM-Image's glyph encoder stays
+    // on the CPU).
+    bool cuda = false;
   };
   static absl::StatusOr<std::unique_ptr<EncoderCore>> Create(const Options& options);
   ~EncoderCore();

@@ -29,13 +29,39 @@ bool IsLtx2EncoderModel(const std::string& model, const std::string& model_dir) 
   return false;
 }
 
+namespace {
+
+// `weights` moved to `device` (the builders read them on the host, in their dtype).
+models::WeightMap OnDevice(const models::WeightMap& weights, const at::Device& device) {
+  models::WeightMap out;
+  for (const auto& [name, t] : weights) out.emplace(name, t.to(device));
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Ltx2PromptEncoder::Create(
-    const std::string& model, const std::string& model_dir) {
+    const std::string& model, const std::string& model_dir, bool cuda) {
+  if (cuda && !at::hasCUDA()) {
+    return absl::FailedPreconditionError("--device cuda: no CUDA device here");
+  }
   auto state = std::make_unique<State>();
   ASSIGN_OR_RETURN(state->spec, ltx2::ResolveSpec(model, model_dir));
   ASSIGN_OR_RETURN(state->models.tokenizer, ltx2::BuildTokenizer(state->spec));
-  ASSIGN_OR_RETURN(state->models.text_encoder, ltx2::BuildTextEncoder(state->spec));
-  ASSIGN_OR_RETURN(state->models.connectors, ltx2::BuildConnectors(state->spec));
+  const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
+  ASSIGN_OR_RETURN(auto text_encoder, ltx2::BuildTextEncoder(state->spec, dtype));
+  ASSIGN_OR_RETURN(auto connectors, ltx2::BuildConnectors(state->spec, dtype));
+  if (cuda) {
+    const at::Device device(at::kCUDA, 0);
+    ASSIGN_OR_RETURN(text_encoder,
+                     ltx2::Gemma3TextModel::Create(text_encoder->config(),
+                                                   OnDevice(text_encoder->weights(), device)));
+    ASSIGN_OR_RETURN(connectors,
+                     ltx2::TextConnectors::Create(connectors->config(),
+                                                  OnDevice(connectors->weights(), device)));
+  }
+  state->models.text_encoder = std::move(text_encoder);
+  state->models.connectors = std::move(connectors);
   return std::unique_ptr<Ltx2PromptEncoder>(new Ltx2PromptEncoder(std::move(state)));
 }
 
@@ -58,6 +84,7 @@ absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
     at::Tensor embeds =
         at::cat({c.video_text_embedding.to(at::kFloat), c.audio_text_embedding.to(at::kFloat)}, -1)
             .index_select(1, keep)
+            .cpu()
             .contiguous();
     ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(embeds));
     *(i == 0 ? out.mutable_prompt_embeds() : out.mutable_negative_prompt_embeds()) =

@@ -25,8 +25,11 @@ bool IsLtx2EncoderModel(const std::string& model, const std::string& model_dir);
 
 class Ltx2PromptEncoder {
  public:
+  // `cuda`: the text encoder and the connectors in bf16 on cuda:0 (the output stays float32 on
+  // the wire); FAILED_PRECONDITION where no CUDA device is present. Else float32 on the CPU.
   static absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Create(const std::string& model,
-                                                                   const std::string& model_dir);
+                                                                   const std::string& model_dir,
+                                                                   bool cuda = false);
   ~Ltx2PromptEncoder();
   const std::string& model_name() const;
   // Not thread-safe: the caller serialises calls.

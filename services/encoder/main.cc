@@ -14,6 +14,9 @@ ABSL_FLAG(int, port, 50053, "Port of the EncoderService.");
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on (loopback by default: a stage serves the orchestrator only; "
           "0.0.0.0 or a pod IP to serve it from elsewhere, then with --stage-token-file).");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, or cuda (LTX-2: text encoder and connectors in bf16 on cuda:0; GLM-Image's "
+          "glyph encoder stays on the CPU).");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
 ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
 ABSL_FLAG(std::string, model_dir, "",
@@ -41,6 +44,12 @@ int main(int argc, char** argv) {
   diffmesh::EncoderCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
   o.model_dir = absl::GetFlag(FLAGS_model_dir);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device != "cpu" && device != "cuda") {
+    std::cerr << "diffmesh-encoder: --device must be cpu or cuda, not '" << device << "'\n";
+    return 2;
+  }
+  o.cuda = device == "cuda";
   auto core = diffmesh::EncoderCore::Create(o);
   if (!core.ok()) {
     std::cerr << "diffmesh-encoder: " << core.status().message() << "\n";
