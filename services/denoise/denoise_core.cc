@@ -139,6 +139,23 @@ class StreamedInputs {
 // How long rank 0 waits for the next input before it pings the other ranks.
 constexpr absl::Duration kInputWait = absl::Seconds(1);
 
+// The idle limit of a streamed request: DEADLINE_EXCEEDED once no input came for `limit`.
+class InputIdleLimit {
+ public:
+  explicit InputIdleLimit(absl::Duration limit) : limit_(limit) {}
+  void Arrived() { last_ = absl::Now(); }
+  bool Expired() const { return absl::Now() - last_ > limit_; }
+  absl::Status Error(const std::string& waiting_for) const {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "DenoiseStream: no input for ", absl::FormatDuration(limit_), " while waiting for ",
+        waiting_for, " (the stream's idle limit, --stream-idle-timeout)"));
+  }
+
+ private:
+  absl::Duration limit_;
+  absl::Time last_ = absl::Now();
+};
+
 // A request's tensors, checked.
 struct Prepared {
   at::Tensor prior_ids;  // [1, N] int64, the AR grid upsampled 2× to the patch grid
@@ -197,6 +214,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     // A cancelled call wakes the wait for inputs at once (a deadline within kInputWait).
     ScopedCancelHook wake(ctx, [&inputs] { inputs.Close(absl::CancelledError("denoise: cancelled")); });
     v1::DenoiseRequest header;
+    const InputIdleLimit idle(options_.stream_idle_timeout);
     while (true) {  // the request comes first
       RETURN_IF_ERROR(ctx.Check("denoise"));
       auto next = inputs.Next(kInputWait);
@@ -204,7 +222,10 @@ class DenoiseCore::Impl final : public DenoiseEngine {
         return absl::InvalidArgumentError("DenoiseStream: the inputs ended before the request");
       }
       RETURN_IF_ERROR(next.status());
-      if (!next->has_value()) continue;
+      if (!next->has_value()) {
+        if (idle.Expired()) return idle.Error("the request");
+        continue;
+      }
       if (!(*next)->has_request()) {
         return absl::InvalidArgumentError("DenoiseStream: the first input must be the request");
       }
@@ -233,8 +254,12 @@ class DenoiseCore::Impl final : public DenoiseEngine {
       return why;
     };
     std::string bytes;
+    InputIdleLimit idle(options_.stream_idle_timeout);
     while (!assembly.complete()) {
       if (absl::Status live = ctx.Check("denoise"); !live.ok()) return abort(live);
+      if (idle.Expired()) {
+        return abort(idle.Error(absl::StrCat("the rest of the inputs (", assembly.Progress(), ")")));
+      }
       auto next = inputs.Next(kInputWait);
       if (absl::IsOutOfRange(next.status())) {
         return abort(absl::InvalidArgumentError(absl::StrCat(
@@ -245,6 +270,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
         RETURN_IF_ERROR(group_->SendMore(DenoiseGroup::Command::kPing, ""));
         continue;
       }
+      idle.Arrived();
       v1::DenoiseInput& in = **next;
       if (in.has_ar_tokens()) {
         auto piece = assembly.GridPiece(in.ar_tokens());

@@ -38,6 +38,9 @@ class DenoiseCore {
     bool cuda = false;
     // This rank and where the ranks meet (world_size must equal parallel.world()).
     models::parallel::RendezvousOptions rendezvous;
+    // A streamed request (DenoiseStream) whose next input takes longer than this is ended
+    // with DEADLINE_EXCEEDED and the group released, so a stalled client cannot hold the group.
+    absl::Duration stream_idle_timeout = absl::Seconds(60);
     // Optional: called on every rank after each denoising step with its wall time (this rank's
     // DiT passes plus its waits in the collectives).
     std::function<void(double seconds)> on_step;

@@ -290,6 +290,29 @@ TEST_F(DenoiseCoreTest, CancelWhileWaitingForInputs) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
 }
 
+// A stream that sends its request and then nothing holds the group only for the idle limit;
+// the next request gets the group.
+TEST(DenoiseCoreIdleTest, AStalledStreamEndsAtTheIdleLimitAndFreesTheGroup) {
+  DenoiseCore::Options options;
+  options.stream_idle_timeout = absl::Seconds(2);
+  auto core = DenoiseCore::Create(options);
+  ASSERT_TRUE(core.ok()) << core.status();
+  for (size_t sent : {size_t{0}, size_t{1}}) {  // nothing at all; the request only
+    InputQueue<v1::DenoiseInput> queue;
+    const auto inputs = testing::StreamedInputsOf(Request(64, 41), 16);
+    for (size_t i = 0; i < sent; ++i) queue.Push(inputs[i]);
+    CallContext ctx;
+    const absl::Time t0 = absl::Now();
+    absl::Status s = (*core)->DenoiseStreamed(ctx, queue, [](const v1::DenoiseEvent&) {});
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+    EXPECT_NE(s.message().find("--stream-idle-timeout"), std::string::npos) << s;
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+  }
+  CallContext ctx;
+  absl::Status s = (*core)->Denoise(ctx, Request(64, 42), [](const v1::DenoiseEvent&) {});
+  EXPECT_TRUE(s.ok()) << s;
+}
+
 // The group runs one request at a time; concurrent whole and streamed requests queue for it
 // and each hands it on to the next (a hand-over that lost track of the holder once made a
 // later request fail with "not held" and never release the group).

@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/config/pipeline_config.h"
 #include "common/flags/flags.h"
 #include "common/metrics/families.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(std::string, model_dir, "",
           "safetensors): a GlmImagePipeline or an LTX2Pipeline, told by model_index.json's "
           "_class_name, checked by tensor name, shape and dtype before serving; served under its "
           "own name. The orchestrator's pipeline config must list that name.");
+ABSL_FLAG(absl::Duration, stream_idle_timeout, absl::Seconds(60),
+          "A streamed request whose next input takes longer than this ends with "
+          "DEADLINE_EXCEEDED and releases the group (e.g. 60s, 2m).");
 ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
 ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
 ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");
@@ -144,6 +148,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.cuda = device == "cuda";
+  o.stream_idle_timeout = absl::GetFlag(FLAGS_stream_idle_timeout);
+  if (o.stream_idle_timeout <= absl::ZeroDuration()) {
+    std::cerr << "diffmesh-denoise: --stream_idle_timeout must be positive\n";
+    return 2;
+  }
   o.parallel.cfg = absl::GetFlag(FLAGS_cfg_degree);
   o.parallel.ulysses = absl::GetFlag(FLAGS_ulysses_degree);
   o.parallel.ring = absl::GetFlag(FLAGS_ring_degree);
