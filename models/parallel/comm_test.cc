@@ -443,5 +443,27 @@ TEST(WaitLimitTest, DeadlineAndAbortEndABlockedCollective) {
   }
 }
 
+// A waiting rank polls its collective in kWaitPollInterval slices; a collective that completes
+// just as a slice times out is a success, not a timeout. Rank 0 joins about one slice late, so
+// the other ranks' collectives complete close to the end of their first slice.
+TEST(WaitLimitTest, CollectivesEndingAtAPollSliceSucceed) {
+  RunGlooRanks(4, [&](Communicator& comm) {
+    auto limit = std::make_shared<WaitLimit>();
+    comm.set_wait_limit(limit);
+    std::mt19937 rng(static_cast<uint32_t>(Seed()));
+    const int64_t slice_us = absl::ToInt64Microseconds(kWaitPollInterval);
+    std::uniform_int_distribution<int64_t> delay_us(slice_us - 1500, slice_us + 1500);
+    int failures = 0;
+    for (int i = 0; i < 100; ++i) {
+      const int64_t delay = delay_us(rng);  // every rank draws, so the streams stay in step
+      if (comm.rank() == 0) absl::SleepFor(absl::Microseconds(delay));
+      at::Tensor t = at::ones({4});
+      absl::Status s = comm.AllReduce(t);
+      if (!s.ok() && ++failures <= 3) ADD_FAILURE() << "rank " << comm.rank() << " round " << i << ": " << s;
+      if (s.ok()) EXPECT_EQ(t[0].item<float>(), 4.0f);
+    }
+  });
+}
+
 }  // namespace
 }  // namespace diffmesh::models::parallel

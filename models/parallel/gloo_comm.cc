@@ -69,7 +69,15 @@ absl::Status WaitLimited(const c10::intrusive_ptr<c10d::Work>& work, const char*
         work->wait(slice);
         return absl::OkStatus();
       } catch (const std::exception&) {
-        if (work->isCompleted()) throw;  // the operation's own error
+        // wait(slice) throws "Operation timed out" when the slice ends first, and the operation
+        // may complete between that throw and this check (often, on a loaded machine): a
+        // completed operation is waited for once more, which returns at once with its own
+        // outcome (OK, or its error thrown). Rethrowing the slice's timeout here reported a
+        // finished collective as timed out, and that rank then left the group.
+        if (work->isCompleted()) {
+          work->wait();
+          return absl::OkStatus();
+        }
       }
       if (absl::Status s = limit->Check(); !s.ok()) {
         *given_up = true;
@@ -311,6 +319,9 @@ class GlooCommunicator final : public Communicator {
         work->wait(std::chrono::milliseconds(ms));
         return absl::OkStatus();
       } catch (const std::exception& e) {
+        // As in WaitLimited: an operation that completed right after its wait timed out has
+        // its own outcome.
+        if (work->isCompleted()) return Wait(work, op);
         s = limit->Check();
         if (s.ok()) s = FromException(op, e);
       }
