@@ -1,28 +1,12 @@
 #include "models/glm_image/cuda/qk_norm_rope.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "models/core/cuda/element_convert.cuh"
 
 namespace diffmesh::models::glm_image::cuda {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T x);
-template <>
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <>
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half FromFloat(float x) { return __float2half(x); }
-template <>
-__device__ __forceinline__ float FromFloat(float x) { return x; }
+using models::cuda::FromFloat;
+using models::cuda::ToFloat;
 
 // One warp per (token, head, q|k) row of D = 32·kPer elements; lane l holds elements
 // [l·kPer, (l+1)·kPer). rotate_half pairs element i with i ± D/2, which lives in lane l ^ 16.

@@ -1,30 +1,14 @@
 #include "models/ltx2/cuda/fused_norm.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "models/core/cuda/element_convert.cuh"
 
 namespace diffmesh::models::ltx2::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T x);
-template <>
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <>
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half FromFloat(float x) { return __float2half(x); }
-template <>
-__device__ __forceinline__ float FromFloat(float x) { return x; }
+using models::cuda::FromFloat;
+using models::cuda::ToFloat;
 
 // Sum over the block; every thread gets the total.
 __device__ __forceinline__ float BlockSum(float v) {
