@@ -36,7 +36,7 @@
 //   StepGuided(state, FinishGuidance(sum, cond_std))   // StepGuided(state, {}) when skipped
 //
 // Image-to-video: the first latent frame is replaced by a given latent (the video VAE's encoding
-// of the image — the VAE encoder is not ported, so the caller supplies the latent), its tokens
+// of the image, models/ltx2/video_vae_encoder.h EncodeConditioningImage), its tokens
 // get timestep 0 (per-token timestep t·(1 − mask)) and are held exactly after every step.
 //
 // All latents are float32 on the transformer's device; the transformer computes in its dtype.
@@ -127,8 +127,8 @@ struct Ltx2LatentInit {
   // Given latents become noise_scale·noise + (1 − noise_scale)·latents (conditioned frame kept);
   // video noise is drawn from `seed`, audio noise from `seed + 1`.
   double noise_scale = 0.0;
-  // Image-to-video: raw first-frame latent [B, C, 1, H, W] (the video VAE encoding of the image;
-  // the encoder is not ported). Undefined = text-to-video.
+  // Image-to-video: raw first-frame latent [B, C, 1, H, W] (the video VAE encoding of the image,
+  // EncodeConditioningImage). Undefined = text-to-video.
   at::Tensor first_frame_latent;
   int64_t num_inference_steps = 30;
   // Explicit sigmas (N values, terminal 0 appended by the scheduler); empty = linspace(1, 1/N, N)

@@ -1,5 +1,5 @@
 // The denoise stage core: CFG-guided FlowMatch Euler denoising with the GLM-Image DiT, then the
-// VAE decode; or, for an LTX-2 model, its audio-video pipeline on one rank
+// VAE decode; or, for an LTX-2 model, its audio-video pipeline
 // (services/denoise/ltx2_denoise.h), behind the same calls (denoise_engine.h). gRPC-free. One
 // DenoiseCore per rank of the denoise group: rank 0 takes requests (Denoise) and broadcasts them;
 // the other ranks run RunWorker until rank 0 stops them. A group runs one request at a time (the
