@@ -459,8 +459,12 @@ TEST(WaitLimitTest, CollectivesEndingAtAPollSliceSucceed) {
       if (comm.rank() == 0) absl::SleepFor(absl::Microseconds(delay));
       at::Tensor t = at::ones({4});
       absl::Status s = comm.AllReduce(t);
-      if (!s.ok() && ++failures <= 3) ADD_FAILURE() << "rank " << comm.rank() << " round " << i << ": " << s;
-      if (s.ok()) EXPECT_EQ(t[0].item<float>(), 4.0f);
+      if (!s.ok() && ++failures <= 3) {
+        ADD_FAILURE() << "rank " << comm.rank() << " round " << i << ": " << s;
+      }
+      if (s.ok()) {
+        EXPECT_EQ(t[0].item<float>(), 4.0f);
+      }
     }
   });
 }

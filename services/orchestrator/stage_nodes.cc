@@ -23,7 +23,7 @@ class CallOutcome {
   CallOutcome() = default;
   CallOutcome(const CallOutcome&) = delete;
   CallOutcome& operator=(const CallOutcome&) = delete;
-  ~CallOutcome() { Wait(); }
+  ~CallOutcome() { Wait().IgnoreError(); }  // only waits: the status went to the run
 
   void Arm() { running_ = true; }
   void Set(absl::Status status) {
