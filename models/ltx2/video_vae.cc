@@ -9,6 +9,7 @@
 #include "common/status/status_macros.h"
 #include "models/core/config_json.h"
 #include "models/core/ops.h"
+#include "models/ltx2/vae_config.h"
 
 namespace diffmesh::models::ltx2 {
 namespace {
@@ -19,25 +20,6 @@ constexpr int64_t kTimestepProjDim = 256;
 template <typename T>
 absl::Status ReadField(const nlohmann::json& json, const char* key, T& out) {
   return ReadConfigField(json, "video vae", key, out);
-}
-
-// A config entry that may be one bool (repeated `count` times, as the reference does) or a list.
-absl::Status ReadBoolOrList(const nlohmann::json& json, const char* key, size_t count,
-                            std::vector<bool>& out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_boolean()) {
-    out.assign(count, it->get<bool>());
-    return absl::OkStatus();
-  }
-  if (it->is_array() &&
-      std::all_of(it->begin(), it->end(), [](const auto& v) { return v.is_boolean(); })) {
-    out.clear();
-    for (const auto& v : *it) out.push_back(v.get<bool>());
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("video vae config: bad value for '", key, "': ", it->dump()));
 }
 
 // Element `i` of `list` walked backwards (the reference reverses these tuples).
@@ -157,11 +139,13 @@ absl::StatusOr<VideoVaeConfig> VideoVaeConfig::FromJson(const nlohmann::json& js
   RETURN_IF_ERROR(ReadField(json, "decoder_layers_per_block", c.decoder_layers_per_block));
   const size_t n_blocks = c.decoder_layers_per_block.size();
   const size_t n_up = n_blocks == 0 ? 0 : n_blocks - 1;
-  RETURN_IF_ERROR(ReadBoolOrList(json, "decoder_spatio_temporal_scaling", n_up,
+  RETURN_IF_ERROR(ReadBoolOrList(json, "video vae", "decoder_spatio_temporal_scaling", n_up,
                                  c.decoder_spatio_temporal_scaling));
-  RETURN_IF_ERROR(ReadBoolOrList(json, "decoder_inject_noise", n_blocks, c.decoder_inject_noise));
+  RETURN_IF_ERROR(
+      ReadBoolOrList(json, "video vae", "decoder_inject_noise", n_blocks, c.decoder_inject_noise));
   RETURN_IF_ERROR(ReadField(json, "upsample_type", c.upsample_type));
-  RETURN_IF_ERROR(ReadBoolOrList(json, "upsample_residual", n_up, c.upsample_residual));
+  RETURN_IF_ERROR(
+      ReadBoolOrList(json, "video vae", "upsample_residual", n_up, c.upsample_residual));
   RETURN_IF_ERROR(ReadField(json, "upsample_factor", c.upsample_factor));
   RETURN_IF_ERROR(ReadField(json, "timestep_conditioning", c.timestep_conditioning));
   RETURN_IF_ERROR(ReadField(json, "patch_size", c.patch_size));
@@ -181,7 +165,7 @@ absl::StatusOr<VideoVaeConfig> VideoVaeConfig::FromJson(const nlohmann::json& js
   std::vector<int64_t> encoder_layers = {4, 6, 6, 2, 2};
   RETURN_IF_ERROR(ReadField(json, "layers_per_block", encoder_layers));
   std::vector<bool> encoder_scaling = {true, true, true, true};
-  RETURN_IF_ERROR(ReadBoolOrList(json, "spatio_temporal_scaling",
+  RETURN_IF_ERROR(ReadBoolOrList(json, "video vae", "spatio_temporal_scaling",
                                  encoder_layers.empty() ? 0 : encoder_layers.size() - 1,
                                  encoder_scaling));
   const int64_t scalings = std::count(encoder_scaling.begin(), encoder_scaling.end(), true);

@@ -9,6 +9,7 @@
 #include "common/status/status_macros.h"
 #include "models/core/config_json.h"
 #include "models/ltx2/pil_resize.h"
+#include "models/ltx2/vae_config.h"
 
 namespace diffmesh::models::ltx2 {
 namespace {
@@ -16,25 +17,6 @@ namespace {
 template <typename T>
 absl::Status ReadField(const nlohmann::json& json, const char* key, T& out) {
   return ReadConfigField(json, "video vae encoder", key, out);
-}
-
-// A config entry that may be one bool (repeated `count` times, as the reference does) or a list.
-absl::Status ReadBoolOrList(const nlohmann::json& json, const char* key, size_t count,
-                            std::vector<bool>& out) {
-  auto it = json.find(key);
-  if (it == json.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_boolean()) {
-    out.assign(count, it->get<bool>());
-    return absl::OkStatus();
-  }
-  if (it->is_array() &&
-      std::all_of(it->begin(), it->end(), [](const auto& v) { return v.is_boolean(); })) {
-    out.clear();
-    for (const auto& v : *it) out.push_back(v.get<bool>());
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("video vae encoder config: bad value for '", key, "': ", it->dump()));
 }
 
 std::array<int64_t, 3> DownsampleStride(const std::string& type) {
@@ -99,7 +81,7 @@ absl::StatusOr<VideoVaeEncoderConfig> VideoVaeEncoderConfig::FromJson(const nloh
   RETURN_IF_ERROR(ReadField(json, "block_out_channels", c.block_out_channels));
   RETURN_IF_ERROR(ReadField(json, "down_block_types", c.down_block_types));
   RETURN_IF_ERROR(ReadField(json, "layers_per_block", c.layers_per_block));
-  RETURN_IF_ERROR(ReadBoolOrList(json, "spatio_temporal_scaling",
+  RETURN_IF_ERROR(ReadBoolOrList(json, "video vae encoder", "spatio_temporal_scaling",
                                  c.layers_per_block.empty() ? 0 : c.layers_per_block.size() - 1,
                                  c.spatio_temporal_scaling));
   RETURN_IF_ERROR(ReadField(json, "downsample_type", c.downsample_type));
