@@ -3,12 +3,16 @@
 // independent reader (FFmpeg through PyAV) decodes to the requested frames and soundtrack.
 #include <cmath>
 #include <fstream>
+#include <iterator>
+#include <set>
+#include <utility>
 #include <string>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "diffmesh/client.h"
 #include "gtest/gtest.h"
@@ -130,6 +134,97 @@ TEST_F(Ltx2MeshTest, MeshAndEmbeddedGiveTheSamePlayableMp4WithSound) {
   // 17 frames at 24 fps; the soundtrack covers the clip within an AAC frame and a latent frame.
   EXPECT_NEAR(v[7], 17.0 / 24, 1.0 / 24) << "video duration";
   EXPECT_NEAR(v[6], 17.0 / 24, 8.0 / 24) << "audio duration";
+}
+
+// The two-stage graph (encoder → denoise at half size → upsample → denoise → decode) over gRPC,
+// with the decode stage on the denoise service beside rank 0 and, through a second
+// orchestrator in front of the same stages, on a --role decode service of its own: the same MP4.
+TEST(Ltx2TwoStageMeshTest, DecodingApartFromTheGroupGivesTheSameClip) {
+  const int base = testing::FreePorts(6);
+  ASSERT_GT(base, 0);
+  auto addr = [&](int i) { return absl::StrCat("127.0.0.1:", base + i); };
+  std::ifstream in(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+  ASSERT_TRUE(in.good());
+  const std::string config((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Services: encoder at +2, denoise at +3, decode at +4; orchestrators at +0 and +1.
+  std::string beside = absl::StrReplaceAll(
+      config, {{"\"127.0.0.1:50053\"", absl::StrCat("\"", addr(2), "\"")},
+               {"\"127.0.0.1:50054\"", absl::StrCat("\"", addr(3), "\"")}});
+  ASSERT_NE(beside, config);
+  std::string apart = absl::StrReplaceAll(
+      beside, {{"\"services\": {", absl::StrCat("\"services\": {\"decode\": \"", addr(4), "\", ")},
+               {"{\"name\": \"vae_decode\", \"kind\": \"decode\", \"service\": \"denoise\"",
+                "{\"name\": \"vae_decode\", \"kind\": \"decode\", \"service\": \"decode\""}});
+  ASSERT_NE(apart.find("\"service\": \"decode\""), std::string::npos);
+  const std::string dir = ::testing::TempDir();
+  for (auto [name, text] : {std::pair{"beside.json", &beside}, std::pair{"apart.json", &apart}}) {
+    std::ofstream(dir + "/" + name) << *text;
+  }
+  const std::string log = dir + "/ltx2_two_stage_mesh";
+  auto port = [&](int i) { return absl::StrCat("--port=", base + i); };
+  Process encoder({Binary("encoder"), "--model=ltx2-tiny", port(2)}, log + ".encoder");
+  Process denoise({Binary("denoise"), "--model=ltx2-tiny", port(3),
+                   absl::StrCat("--master_port=", base + 5)},
+                  log + ".denoise");
+  Process decode({Binary("denoise"), "--model=ltx2-tiny", "--role=decode", port(4)},
+                 log + ".decode");
+  Process orch_beside({Binary("orchestrator"), "--host=127.0.0.1", port(0),
+                       "--pipeline=" + dir + "/beside.json"},
+                      log + ".orchestrator0");
+  Process orch_apart({Binary("orchestrator"), "--host=127.0.0.1", port(1),
+                      "--pipeline=" + dir + "/apart.json"},
+                     log + ".orchestrator1");
+  std::vector<std::string> clips;
+  for (int i : {0, 1}) {
+    sdk::ClientOptions o;
+    o.address = addr(i);
+    auto client = sdk::Client::Create(o);
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::Status up = (*client)->WaitUntilServing(absl::Seconds(120));
+    ASSERT_TRUE(up.ok()) << up << "\n"
+                         << ReadFile(log + ".orchestrator" + std::to_string(i)) << "\n"
+                         << ReadFile(log + ".decode");
+    v1::GenerateRequest r;
+    r.set_model("ltx2-tiny");
+    r.set_prompt("waves breaking on a rocky shore");
+    r.set_seed(11);
+    r.set_steps(2);
+    r.set_width(128);
+    r.set_height(64);
+    r.set_num_frames(9);
+    std::set<std::string> stages;
+    auto result = (*client)->Generate(r, [&](const v1::GenerateEvent& e) {
+      if (e.has_progress()) stages.insert(e.progress().stage());
+      if (e.has_stage()) stages.insert(e.stage().stage());
+    });
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(stages, (std::set<std::string>{"encoder", "denoise_half", "upsample",
+                                             "denoise_full", "vae_decode"}));
+    ASSERT_EQ(result->outputs_size(), 1);
+    EXPECT_EQ(result->outputs(0).info().mime_type(), "video/mp4");
+    EXPECT_EQ(result->outputs(0).info().width(), 128);
+    EXPECT_EQ(result->outputs(0).info().frames(), 9);
+    clips.push_back(result->outputs(0).data());
+  }
+  EXPECT_EQ(clips[0], clips[1]);
+  // The second orchestrator's decode stage runs on the decode service alone: without it that
+  // orchestrator fails, naming the stage, while the first one still serves.
+  decode.Stop();
+  for (int i : {1, 0}) {
+    sdk::ClientOptions o;
+    o.address = addr(i);
+    auto client = sdk::Client::Create(o);
+    ASSERT_TRUE(client.ok());
+    v1::GenerateRequest r;
+    r.set_model("ltx2-tiny");
+    r.set_prompt("a lighthouse");
+    r.set_steps(1);  // one step of random weights overflows the vocoder: silence in the MP4
+    r.set_width(64);
+    r.set_height(64);
+    r.set_num_frames(9);
+    auto result = (*client)->Generate(r);
+    EXPECT_EQ(result.ok(), i == 0) << i << ": " << result.status();
+  }
 }
 
 }  // namespace

@@ -122,7 +122,7 @@ TEST_F(Ltx2SnapshotMeshTest, MeshUpServesTheSnapshotWithItsOwnLimits) {
   EXPECT_EQ(m.limits().frames().multiple(), 8);
   EXPECT_EQ(m.limits().frames().offset(), 1);
   EXPECT_EQ(m.defaults().steps(), 30);  // LTX-2.3's
-  EXPECT_EQ(m.stages_size(), 2);        // encoder → denoise: no AR service started
+  EXPECT_EQ(m.stages_size(), 3);  // encoder → denoise → decode: no AR service started
 
   std::string out;
   std::vector<std::string> args =

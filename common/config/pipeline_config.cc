@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -233,7 +234,7 @@ absl::Status ReadMultiStage(const json& js, StageSpec& stage, const std::string&
 
 absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel& model,
                         const std::string& where) {
-  static const std::set<std::string> kKinds = {"ar", "encoder", "denoise", "upsample"};
+  static const std::set<std::string> kKinds = {"ar", "encoder", "denoise", "upsample", "decode"};
   if (!m.contains("stages") || !m["stages"].is_array() || m["stages"].empty()) {
     return Bad(absl::StrCat(where, ".stages must be a non-empty array"));
   }
@@ -249,7 +250,7 @@ absl::Status ReadStages(const json& m, const PipelineConfig& cfg, PipelineModel&
     RETURN_IF_ERROR(Read(js, "stream_inputs", stage.stream_inputs, false, at));
     if (!kKinds.count(stage.kind)) {
       return Bad(absl::StrCat(at, " has unknown kind '", stage.kind,
-                              "' (ar, encoder, denoise, upsample)"));
+                              "' (ar, encoder, denoise, upsample, decode)"));
     }
     RETURN_IF_ERROR(ReadMultiStage(js, stage, at));
     if (!cfg.services.count(stage.service)) {
@@ -275,7 +276,11 @@ json GlmImageStages() {
                        {"kind", "denoise"},
                        {"service", "denoise"},
                        {"inputs", json::array({"ar", "encoder"})},
-                       {"stream_inputs", true}}});
+                       {"stream_inputs", true}},
+                      {{"name", "vae_decode"},
+                       {"kind", "decode"},
+                       {"service", "denoise"},
+                       {"inputs", json::array({"denoise"})}}});
 }
 
 json ProtoToJson(const google::protobuf::Message& message) {
@@ -319,6 +324,42 @@ absl::StatusOr<json> SnapshotEntry(const std::string& dir) {
                    class_name, "' is not a pipeline diffmesh serves (", known, ")"));
 }
 
+// A stage at 1/d of the request's size needs sizes that are multiples of d times the model's
+// granularity: the model's granularity becomes the least common multiple over its stages, so
+// that ListModels and the request validator state the rule the graph really has (LTX-2
+// two-stage: 32 → 64). The defaults and the size range must then still fit.
+absl::Status ApplyStageSizes(PipelineModel& model, const std::string& where) {
+  const int base = model.limits.size_granularity();
+  int64_t multiple = base;
+  for (const StageSpec& stage : model.stages) {
+    multiple = std::lcm(multiple, static_cast<int64_t>(base) * stage.size_divisor);
+  }
+  if (multiple == base) return absl::OkStatus();
+  for (const StageSpec& stage : model.stages) {
+    for (int v : {model.defaults.height(), model.defaults.width()}) {
+      if (v % (base * stage.size_divisor) != 0) {
+        return Bad(absl::StrCat(where, " default size ", v, " is not a multiple of ",
+                                base * stage.size_divisor, " (stage '", stage.name,
+                                "' runs at 1/", stage.size_divisor, " of it)"));
+      }
+    }
+  }
+  if (multiple > model.limits.max_size()) {
+    return Bad(absl::StrCat(where, ": its stages need sizes that are multiples of ", multiple,
+                            ", above limits.max_size ", model.limits.max_size()));
+  }
+  model.limits.set_size_granularity(static_cast<int>(multiple));
+  // The smallest size left is the first multiple at or above the old minimum.
+  const int64_t min_size = (model.limits.min_size() + multiple - 1) / multiple * multiple;
+  if (min_size > model.limits.max_size()) {
+    return Bad(absl::StrCat(where, ": no size in limits ", model.limits.min_size(), "..",
+                            model.limits.max_size(), " is a multiple of ", multiple,
+                            ", which its stages need"));
+  }
+  model.limits.set_min_size(static_cast<int>(min_size));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg) {
   PipelineModel model;
   if (!m.is_object()) return Bad("each model must be an object");
@@ -359,17 +400,7 @@ absl::StatusOr<PipelineModel> ReadModel(const json& m, const PipelineConfig& cfg
   RETURN_IF_ERROR(ReadProto(m, "limits", model.limits, where));
   RETURN_IF_ERROR(CheckLimitsAndDefaults(model, where));
   RETURN_IF_ERROR(ReadStages(shape, cfg, model, where));
-  // A stage at a fraction of the size: the default size must divide down to whole multiples.
-  for (const StageSpec& stage : model.stages) {
-    const int multiple = model.limits.size_granularity() * stage.size_divisor;
-    for (int v : {model.defaults.height(), model.defaults.width()}) {
-      if (v % multiple != 0) {
-        return Bad(absl::StrCat(where, " default size ", v, " is not a multiple of ", multiple,
-                                " (stage '", stage.name, "' runs at 1/", stage.size_divisor,
-                                " of it)"));
-      }
-    }
-  }
+  RETURN_IF_ERROR(ApplyStageSizes(model, where));
   return model;
 }
 
@@ -395,6 +426,27 @@ absl::StatusOr<PipelineConfig> PipelineConfig::Parse(const std::string& json_tex
     return Bad(absl::StrCat("default_model '", cfg.default_model, "' is not defined"));
   }
   return cfg;
+}
+
+absl::Status PipelineConfig::KeepModels(const std::vector<std::string>& names) {
+  if (names.empty()) return absl::InvalidArgumentError("models: name at least one model");
+  std::set<std::string> keep;
+  for (const std::string& name : names) {
+    if (FindModel(name) == nullptr) {
+      std::string known;
+      for (const PipelineModel& m : models) absl::StrAppend(&known, known.empty() ? "" : ", ", m.name);
+      return absl::NotFoundError(absl::StrCat("models: '", name,
+                                              "' is not in the pipeline (it has: ", known, ")"));
+    }
+    keep.insert(name);
+  }
+  std::vector<PipelineModel> kept;
+  for (PipelineModel& m : models) {
+    if (keep.count(m.name)) kept.push_back(std::move(m));
+  }
+  models = std::move(kept);
+  if (!keep.count(default_model)) default_model = models.front().name;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<PipelineConfig> PipelineConfig::Load(const std::string& path) {

@@ -75,6 +75,12 @@ struct PipelineConfig {
 
   const PipelineModel* FindModel(const std::string& name) const;
 
+  // Keeps only the models named in `names` (in the config's order), for a mesh whose stage
+  // services serve those alone (`diffmesh up --model M`); the default model becomes the first
+  // kept one unless it is kept. NOT_FOUND naming a model the config lacks; INVALID_ARGUMENT
+  // for an empty list.
+  absl::Status KeepModels(const std::vector<std::string>& names);
+
   // Parses and validates (known stage kinds, inputs defined before use, services defined,
   // sane limits and defaults). Defaults and limits use the field names of
   // diffmesh.v1.GenerateRequest and diffmesh.v1.ModelLimits.

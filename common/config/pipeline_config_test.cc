@@ -127,12 +127,27 @@ TEST(PipelineConfigTest, RejectsBrokenConfigsWithReasons) {
   EXPECT_NE(zero.status().message().find("/dev/zero"), std::string::npos) << zero.status();
 }
 
+TEST(PipelineConfigTest, KeepModelsLeavesTheNamedOnes) {
+  auto cfg = PipelineConfig::Parse(PipelineConfig::DefaultJson());
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_TRUE(cfg->KeepModels({"ltx2-tiny"}).ok());
+  ASSERT_EQ(cfg->models.size(), 1u);
+  EXPECT_EQ(cfg->models[0].name, "ltx2-tiny");
+  EXPECT_EQ(cfg->default_model, "ltx2-tiny");  // the old default is gone
+  absl::Status s = cfg->KeepModels({"glm-image-tiny"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("'glm-image-tiny' is not in the pipeline (it has: ltx2-tiny)"),
+            std::string::npos)
+      << s;
+  EXPECT_EQ(cfg->KeepModels({}).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
   auto cfg = PipelineConfig::Load(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   const PipelineModel* m = cfg->FindModel("ltx2-tiny");
   ASSERT_NE(m, nullptr);
-  ASSERT_EQ(m->stages.size(), 4u);
+  ASSERT_EQ(m->stages.size(), 5u);
   const StageSpec* half = m->FindStage("denoise_half");
   const StageSpec* up = m->FindStage("upsample");
   const StageSpec* full = m->FindStage("denoise_full");
@@ -147,6 +162,14 @@ TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
   EXPECT_DOUBLE_EQ(full->noise_scale, 0.909375);
   EXPECT_TRUE(full->unguided);
   EXPECT_EQ(full->inputs, (std::vector<std::string>{"encoder", "upsample"}));
+  const StageSpec* decode = m->FindStage("vae_decode");
+  ASSERT_NE(decode, nullptr);
+  EXPECT_EQ(decode->kind, "decode");
+  EXPECT_EQ(decode->inputs, (std::vector<std::string>{"denoise_full"}));
+  // Stage 1 runs at half size: every size must halve to the model's 32, so the model's rule,
+  // as ListModels and the validator state it, is 64.
+  EXPECT_EQ(m->limits.size_granularity(), 64);
+  EXPECT_EQ(m->limits.min_size(), 64);
 
   std::ifstream in(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
   const auto base = nlohmann::json::parse(in);
@@ -273,10 +296,12 @@ TEST_F(SnapshotEntryTest, Ltx2SnapshotTakesItsLimitsAndDefaultsFromItsConfigs) {
   EXPECT_EQ(m.name, "ltx");
   EXPECT_EQ(m.kind, ModelKind::kVideoWithAudio);
   EXPECT_EQ(m.input_roles, std::vector<v1::MediaRole>{v1::MEDIA_ROLE_FIRST_FRAME});  // I2V
-  ASSERT_EQ(m.stages.size(), 2u);  // encoder → denoise, no AR
+  ASSERT_EQ(m.stages.size(), 3u);  // encoder → denoise → decode, no AR
   EXPECT_EQ(m.stages[0].kind, "encoder");
   EXPECT_EQ(m.stages[1].kind, "denoise");
   EXPECT_EQ(m.stages[1].inputs, std::vector<std::string>{"encoder"});
+  EXPECT_EQ(m.stages[2].kind, "decode");
+  EXPECT_EQ(m.stages[2].inputs, std::vector<std::string>{"denoise"});
   // 16 × 2 pixels per token; sizes up to the RoPE base (1000 → 992); 4k+1 frames within
   // 10 s at 24 fps; steps up to the scheduler's training timesteps.
   EXPECT_EQ(m.limits.size_granularity(), 32);
@@ -320,7 +345,7 @@ TEST_F(SnapshotEntryTest, Ltx2ConfigErrorsNameTheFileAndAConfigEntryMayOverride)
   EXPECT_EQ(m->defaults.guidance().main().stg_scale(), 0) << "not perturbed_attn";
   EXPECT_EQ(m->defaults.guidance().stg_blocks().blocks(0), 1);
   EXPECT_EQ(m->limits.size_granularity(), 16);
-  EXPECT_EQ(m->stages.size(), 2u);
+  EXPECT_EQ(m->stages.size(), 3u);
 }
 
 TEST_F(SnapshotEntryTest, UnknownPipelineClassesAreRefusedNamingTheFile) {

@@ -51,6 +51,8 @@ CASES = [
     ("2 groups of 8 GPUs on a LeaderWorkerSet", ["-f", EXAMPLE, "--set", "denoise.replicas=2"], "default"),
     ("8 GPUs on a StatefulSet", ["-f", EXAMPLE, "--set", "denoise.leaderWorkerSet.enabled=false"], "default"),
     ("LTX-2: CFG 4 × Ulysses 2 denoise group, no AR service", ["-f", LTX2_EXAMPLE], "default"),
+    ("LTX-2, decoding on its own Deployment", ["-f", LTX2_EXAMPLE, "--set", "decode.enabled=true"],
+     "default"),
     ("CPU, ServiceMonitor, HPA through prometheus-adapter",
      ["--name", "prod", "--set", "gpu.enabled=false,serviceMonitor.enabled=true,autoscaling.enabled=true",
       "--set", "denoise.scrapeAllRanks=true,denoise.parallel.ulysses=2,denoise.leaderWorkerSet.enabled=false",
@@ -180,6 +182,8 @@ class Pod:
                 raise Failure(f"{self}: --{flag} given twice")
             self.flags[flag] = m.group(2)
         self.ports = {p.get("name"): p.get("containerPort") for p in self.container.get("ports") or []}
+        # A rank of a denoise group (diffmesh-denoise --role decode is a lone decode service).
+        self.is_rank = self.binary == "diffmesh-denoise" and self.flags.get("role", "denoise") == "denoise"
 
     def __repr__(self):
         return f"pod {self.name} ({self.workload['kind']} {self.workload['metadata']['name']}, {self.role})"
@@ -240,7 +244,7 @@ def check_containers(pods, binaries, seen_binaries):
         check(pod.ports.get("metrics") == int(pod.flags["metrics_port"]),
               f"{pod}: container port `metrics` {pod.ports.get('metrics')} != --metrics-port {pod.flags['metrics_port']}")
         # Every denoise rank serves gRPC health at --port (rank 0 also DenoiseService).
-        serves_grpc = pod.role in ("replica", "leader") or pod.binary == "diffmesh-denoise"
+        serves_grpc = pod.role in ("replica", "leader") or pod.is_rank
         port = int(pod.flags.get("port", 0))
         check(port > 0, f"{pod}: no --port")
         if "grpc" in pod.ports:
@@ -249,7 +253,7 @@ def check_containers(pods, binaries, seen_binaries):
             check(not serves_grpc, f"{pod}: serves gRPC but declares no container port `grpc`")
         # Probes.
         grpc_probes = {k: c[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if c.get(k, {}).get("grpc")}
-        if pod.binary == "diffmesh-denoise" and grpc_probes:
+        if pod.is_rank and grpc_probes:
             # A rank waiting for a lost peer stays alive: only readiness asks for the group.
             for kind in ("startupProbe", "livenessProbe"):
                 check(grpc_probes.get(kind, {}).get("grpc", {}).get("service", "") == "",
@@ -296,7 +300,7 @@ def check_containers(pods, binaries, seen_binaries):
 
 
 def check_denoise_groups(pods, objs, namespace, domain):
-    ranks = [p for p in pods if p.binary == "diffmesh-denoise"]
+    ranks = [p for p in pods if p.is_rank]
     by_workload = {}
     for p in ranks:
         by_workload.setdefault(id(p.workload), []).append(p)
@@ -393,8 +397,8 @@ def check_stage_access(pods, objs):
                 check(set(src) == {"podSelector"}, f"{pod}: ingress source {src} is not a pod selector")
                 admitted = [p for p in pods if policy_selects(src["podSelector"], p.labels)]
                 check(admitted, f"{pod}: ingress source {src} selects no pod")
-                allowed = set(orchestrators) | (set(p for p in pods if p.binary == "diffmesh-denoise")
-                                                if pod.binary == "diffmesh-denoise" else set())
+                allowed = set(orchestrators) | (set(p for p in pods if p.is_rank)
+                                                if pod.is_rank else set())
                 check(set(admitted) <= allowed,
                       f"{pod}: --port {port} admits {sorted(str(p) for p in set(admitted) - allowed)}")
         grpc_from = [src for rule in spec.get("ingress") or [] if port in {p.get("port") for p in rule.get("ports") or []}
@@ -451,8 +455,18 @@ def check_pipeline(pods, objs, namespace, domain, orchestrator, work_dir, source
         grpc_ports = [sp["port"] for sp in svc["spec"]["ports"] if sp.get("name") == "grpc"]
         check(int(port) in grpc_ports, f"pipeline service {stage}: {address}: Service port {port} is not its grpc port")
         targets = [q for q in pods if selects(svc["spec"].get("selector"), q.labels)]
-        check(targets and all(q.binary == f"diffmesh-{stage}" for q in targets),
+        # The decode service is diffmesh-denoise --role decode; the others the stage's binary.
+        want = ("diffmesh-denoise", "decode") if stage == "decode" else (f"diffmesh-{stage}", "denoise")
+        check(targets and all(q.binary == want[0] and (q.binary != "diffmesh-denoise" or
+                                                        q.flags.get("role", "denoise") == want[1])
+                              for q in targets),
               f"pipeline service {stage}: {address} reaches {[q.binary for q in targets]}")
+    # Every "decode" stage runs where the values put decoding.
+    for model in config["models"]:
+        for st in model.get("stages", []):
+            if st.get("kind") == "decode":
+                check(st["service"] in config["services"],
+                      f"model {model['name']}: decode stage on unknown service {st['service']}")
     if not case_args:
         default = json.load(open(os.path.join(source_dir, "common/config/default_pipeline.json")))
         check(config["models"] == default["models"] and config["default_model"] == default["default_model"],

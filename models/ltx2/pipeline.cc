@@ -552,29 +552,40 @@ absl::StatusOr<Ltx2Output> Ltx2Pipeline::Decode(const Ltx2DenoiseState& state,
   // [B, C, F, H, W] normalised, then denormalised.
   at::Tensor video = UnpackVideoLatents(state.video, state.latent_frames, state.latent_height,
                                         state.latent_width, tc.patch_size, tc.patch_size_t);
-  std::optional<at::Tensor> decode_t;
   if (networks_.video_vae->config().timestep_conditioning) {
-    const int64_t b = video.size(0);
     const double ns = options.decode_noise_scale.value_or(options.decode_timestep);
     const at::Tensor noise = SeededNoise(video.sizes(), options.noise_seed, video.device());
     video = (1.0 - ns) * video + ns * noise;
-    decode_t = at::full({b}, options.decode_timestep, video.options());
   }
   out.video_latents = networks_.video_vae->DenormalizeLatents(video);
   out.audio_latents = UnpackAudioLatents(networks_.audio_vae->DenormalizePacked(state.audio),
                                          state.latent_mel_bins);
+  RETURN_IF_ERROR(DecodeLatents(networks_, options, out));
+  return out;
+}
+
+absl::Status DecodeLatents(const Ltx2Networks& networks, const Ltx2DecodeOptions& options,
+                           Ltx2Output& out) {
   if (options.decode_video) {
-    out.video = networks_.video_vae->Decode(out.video_latents, decode_t);
+    if (networks.video_vae == nullptr) return absl::FailedPreconditionError("no video VAE");
+    std::optional<at::Tensor> decode_t;
+    if (networks.video_vae->config().timestep_conditioning) {
+      decode_t = at::full({out.video_latents.size(0)}, options.decode_timestep,
+                          out.video_latents.options());
+    }
+    out.video = networks.video_vae->Decode(out.video_latents, decode_t);
     out.frames = VideoToUnitFrames(out.video).to(at::kFloat);
     out.frames_uint8 = VideoToUint8Frames(out.video);
   }
   if (options.decode_audio) {
-    if (networks_.vocoder == nullptr) return absl::FailedPreconditionError("no vocoder");
-    out.mel = networks_.audio_vae->Decode(out.audio_latents);
-    out.waveform = networks_.vocoder->Run(out.mel);
-    out.sample_rate = networks_.vocoder->sample_rate();
+    if (networks.audio_vae == nullptr || networks.vocoder == nullptr) {
+      return absl::FailedPreconditionError("no audio VAE and vocoder");
+    }
+    out.mel = networks.audio_vae->Decode(out.audio_latents);
+    out.waveform = networks.vocoder->Run(out.mel);
+    out.sample_rate = networks.vocoder->sample_rate();
   }
-  return out;
+  return absl::OkStatus();
 }
 
 }  // namespace diffmesh::models::ltx2

@@ -202,6 +202,15 @@ struct Ltx2Networks {
   SchedulerConfig scheduler;
 };
 
+// Decodes denormalised latents (Ltx2Output::video_latents / audio_latents, what a LATENTS output
+// or a stage graph's "decode" stage carries): the video VAE (at options.decode_timestep where
+// it is timestep-conditioned; the decode noise was mixed in before denormalising, by
+// Ltx2Pipeline::Decode) when options.decode_video, the audio VAE and vocoder when
+// options.decode_audio. Fills everything but the latents in the result. Only the decoders of
+// `networks` are used; those not asked for may be null.
+absl::Status DecodeLatents(const Ltx2Networks& networks, const Ltx2DecodeOptions& options,
+                           Ltx2Output& out);
+
 class Ltx2Pipeline {
  public:
   // The VAE statistics are needed for latent preparation: video_vae and audio_vae must be set.

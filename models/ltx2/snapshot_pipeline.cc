@@ -145,7 +145,11 @@ absl::StatusOr<json> Ltx2SnapshotPipelineEntry(const std::string& dir) {
                              {{"name", "denoise"},
                               {"kind", "denoise"},
                               {"service", "denoise"},
-                              {"inputs", json::array({"encoder"})}}});
+                              {"inputs", json::array({"encoder"})}},
+                             {{"name", "vae_decode"},
+                              {"kind", "decode"},
+                              {"service", "denoise"},
+                              {"inputs", json::array({"denoise"})}}});
   // Image-to-video is served whenever the denoise stage has the video VAE encoder; a snapshot
   // whose vae/ holds only the decoder has none, and there the stage refuses a first frame
   // (FAILED_PRECONDITION naming the input) — its checkpoint is not opened here.

@@ -98,7 +98,11 @@ int RunMesh(const MeshOptions& o) {
       c.argv.push_back("--ar_address=" + children[0].address);
       c.argv.push_back("--encoder_address=" + children[1].address);
       c.argv.push_back("--denoise_address=" + children[2].address);
-      if (!o.model_dir.empty()) c.argv.push_back("--model_dir=" + o.model_dir);
+      if (!o.model_dir.empty()) {
+        c.argv.push_back("--model_dir=" + o.model_dir);
+      } else {
+        c.argv.push_back("--models=" + o.model);  // the stages serve this one model only
+      }
     } else {
       c.argv.push_back(o.model_dir.empty() ? "--model=" + o.model : "--model_dir=" + o.model_dir);
       c.argv.push_back("--device=" + o.device);  // every stage service takes it

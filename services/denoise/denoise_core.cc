@@ -16,7 +16,9 @@
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
 #include "services/denoise/cfg_policy.h"
+#include "services/denoise/decode_engine.h"
 #include "services/denoise/denoise_group.h"
+#include "services/denoise/glm_image_decode.h"
 #include "services/denoise/ltx2_denoise.h"
 #include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
@@ -175,13 +177,35 @@ class DenoiseCore::Impl final : public DenoiseEngine {
       : options_(std::move(options)), spec_(std::move(spec)), group_(std::move(group)),
         dit_(std::move(dit)), vae_(std::move(vae)), vae_scale_(vae_scale),
         granularity_(vae_scale * static_cast<int>(dit_->config().patch_size) *
-                     static_cast<int>(models::glm_image::kPriorTokenUpsample)) {}
+                     static_cast<int>(models::glm_image::kPriorTokenUpsample)),
+        decoder_(spec_.name, vae_.get(), options_.max_image_size) {}
 
   int rank() const override { return group_->layout().rank(); }
+
+  v1::StageDescription Describe() const override {
+    v1::StageDescription d;
+    d.add_kinds("denoise");
+    d.add_kinds("decode");
+    v1::ServedModel* m = d.add_models();
+    m->set_name(spec_.name);
+    m->set_family("glm_image");
+    const int width = static_cast<int>(dit_->config().text_embed_dim);
+    (*m->mutable_embedding_widths())["prompt_embeds"] = width;
+    (*m->mutable_embedding_widths())["negative_prompt_embeds"] = width;
+    m->set_size_granularity(granularity_);
+    m->set_max_steps(kMaxSteps);
+    return d;
+  }
 
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
     if (!group_->is_main()) return absl::FailedPreconditionError("only rank 0 takes requests");
+    // A "decode" stage call: rank 0 alone, the group free for the next request.
+    if (r.has_decode()) return decoder_.Run(ctx, r, on_event);
+    if (r.has_upsample()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("upsample: model '", spec_.name, "' has no latent upsampler"));
+    }
     // Checked here first, so a bad request never reaches the other ranks.
     ASSIGN_OR_RETURN(Prepared p, Prepare(r));
     std::string bytes;
@@ -342,27 +366,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
       return absl::InvalidArgumentError(absl::StrCat("steps: ", r.steps(), " is outside 1..", kMaxSteps));
     }
     RETURN_IF_ERROR(GuidanceOf(r).status());
-    switch (r.output().format()) {
-      case v1::OUTPUT_FORMAT_PNG:
-      case v1::OUTPUT_FORMAT_JPEG:
-      case v1::OUTPUT_FORMAT_WEBP:
-      case v1::OUTPUT_FORMAT_RAW:
-      case v1::OUTPUT_FORMAT_LATENTS:
-        break;
-      default:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "output.format: ", v1::OutputFormat_Name(r.output().format()),
-            " is not made by this stage (PNG, JPEG, WEBP, RAW, LATENTS)"));
-    }
-    if (r.output().has_quality()) {
-      const int q = r.output().quality();
-      const bool jpeg = r.output().format() == v1::OUTPUT_FORMAT_JPEG;
-      const bool webp = r.output().format() == v1::OUTPUT_FORMAT_WEBP;
-      if ((!jpeg && !webp) || q < (jpeg ? 1 : 0) || q > 100) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("output.quality: ", q, " (JPEG 1..100, WEBP 0..100, no other format)"));
-      }
-    }
+    RETURN_IF_ERROR(GlmImageDecoder::CheckOutput(r.output()));
     return absl::OkStatus();
   }
 
@@ -538,65 +542,9 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     v1::DenoiseEvent done;
     auto* result = done.mutable_result();
     result->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
-    const absl::Time t1 = absl::Now();
-    RETURN_IF_ERROR(EmitOutput(r.output(), latents, *ctx, on_event));
-    if (r.output().format() != v1::OUTPUT_FORMAT_LATENTS) {
-      result->set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - t1));
-    }
+    RETURN_IF_ERROR(decoder_.EmitOutputs(*ctx, r.output(), latents, on_event, *result));
     on_event(done);
     return absl::OkStatus();
-  }
-
-  // Rank 0: the request's output from the final latents, in chunks.
-  absl::Status EmitOutput(const v1::OutputOptions& output, const at::Tensor& latents,
-                          CallContext& ctx,
-                          const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-    v1::OutputInfo info;
-    std::string data;
-    if (output.format() == v1::OUTPUT_FORMAT_LATENTS) {
-      ASSIGN_OR_RETURN(v1::Tensor t, ToWire(latents));
-      SetTensorInfo("latents", t, info);
-      data = std::move(*t.mutable_data());
-    } else {
-      RETURN_IF_ERROR(ctx.Check("vae_decode"));
-      at::Tensor image = vae_->DecodeNormalized(latents);
-      at::Tensor pixels = models::glm_image::ImageToUint8Hwc(image).cpu().contiguous();  // [1, H, W, 3]
-      info.set_width(static_cast<int>(pixels.size(2)));
-      info.set_height(static_cast<int>(pixels.size(1)));
-      info.set_frames(1);
-      if (output.format() == v1::OUTPUT_FORMAT_RAW) {
-        ASSIGN_OR_RETURN(v1::Tensor t, ToWire(pixels));
-        SetTensorInfo("frames", t, info);
-        data = std::move(*t.mutable_data());
-      } else {
-        const media::MediaFormat format = output.format() == v1::OUTPUT_FORMAT_JPEG
-                                              ? media::MediaFormat::kJpeg
-                                          : output.format() == v1::OUTPUT_FORMAT_WEBP
-                                              ? media::MediaFormat::kWebp
-                                              : media::MediaFormat::kPng;
-        info.set_name("image");
-        info.set_kind(v1::OUTPUT_KIND_IMAGE);
-        info.set_mime_type(std::string(media::MimeType(format)));
-        ASSIGN_OR_RETURN(data, media::EncodeImage(pixels.data_ptr<uint8_t>(), info.width(),
-                                                  info.height(), format,
-                                                  output.has_quality() ? output.quality()
-                                                                       : media::kDefaultQuality));
-      }
-    }
-    ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {
-      v1::DenoiseEvent e;
-      *e.mutable_output() = std::move(chunk);
-      on_event(e);
-    });
-    return absl::OkStatus();
-  }
-
-  static void SetTensorInfo(const char* name, const v1::Tensor& t, v1::OutputInfo& info) {
-    info.set_name(name);
-    info.set_kind(v1::OUTPUT_KIND_TENSOR);
-    info.set_mime_type("application/octet-stream");
-    info.set_tensor_dtype(t.dtype());
-    *info.mutable_tensor_shape() = t.shape();
   }
 
   const Options options_;
@@ -608,9 +556,14 @@ class DenoiseCore::Impl final : public DenoiseEngine {
   // Pixels per latent, and per prior token (a multiple of every valid image side).
   const int vae_scale_;
   const int granularity_;
+  const GlmImageDecoder decoder_;  // rank 0 decodes
 };
 
 absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& options) {
+  if (options.role == Options::Role::kDecode) {
+    ASSIGN_OR_RETURN(auto engine, CreateDecodeEngine(options));
+    return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::move(engine)));
+  }
   if (IsLtx2DenoiseModel(options.model, options.model_dir)) {
     ASSIGN_OR_RETURN(auto engine, CreateLtx2DenoiseEngine(options));
     return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::move(engine)));
@@ -658,5 +611,7 @@ absl::Status DenoiseCore::RunWorker() {
 }
 
 int DenoiseCore::rank() const { return impl_->rank(); }
+
+v1::StageDescription DenoiseCore::Describe() const { return impl_->Describe(); }
 
 }  // namespace diffmesh

@@ -24,6 +24,11 @@ namespace diffmesh {
 class DenoiseCore {
  public:
   struct Options {
+    // What the service runs. kDenoise: the denoise group, whose rank 0 also serves the model's
+    // "upsample" and "decode" stage kinds. kDecode: only those two kinds, on one device,
+    // without a DiT or a group (decode_engine.h).
+    enum class Role { kDenoise, kDecode };
+    Role role = Role::kDenoise;
     // Built-in model to serve (ignored when model_dir is set).
     std::string model = "glm-image-tiny";
     // A GlmImagePipeline snapshot folder to serve instead of a built-in model, under the
@@ -67,6 +72,9 @@ class DenoiseCore {
   absl::Status RunWorker();
 
   int rank() const;
+
+  // Rank 0 (or a --role decode service): what it serves, for DenoiseService.Describe.
+  v1::StageDescription Describe() const;
 
  private:
   class Impl;  // GLM-Image's engine

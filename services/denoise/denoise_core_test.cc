@@ -1,5 +1,6 @@
 #include "services/denoise/denoise_core.h"
 
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -389,6 +390,59 @@ TEST_F(DenoiseCoreTest, EditInputsThatDoNotFitAreRejected) {
   std::vector<int64_t> grid(9, 1);
   *wrong_grid.mutable_condition_prior_tokens(0) = MakeTensor(DType::kInt64, {3, 3}, grid.data(), 72);
   EXPECT_EQ(Run(wrong_grid).status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The "decode" stage kind: a decode call on the latents of a LATENTS call gives the PNG the
+// denoise call makes itself, byte for byte — beside rank 0 and in a --role decode service.
+TEST_F(DenoiseCoreTest, ADecodeStageOnTheLatentsGivesTheSameImage) {
+  v1::DenoiseRequest r = Request(128, 21);
+  Outcome direct = Run(r);
+  ASSERT_TRUE(direct.status.ok()) << direct.status;
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  Outcome latents = Run(r);
+  ASSERT_TRUE(latents.status.ok()) << latents.status;
+  const v1::Output* l = latents.events.Find("latents");
+  ASSERT_NE(l, nullptr);
+  v1::DenoiseRequest decode;
+  decode.set_model("glm-image-tiny");
+  decode.mutable_decode();
+  decode.set_height(128);
+  decode.set_width(128);
+  decode.mutable_output()->set_format(v1::OUTPUT_FORMAT_PNG);
+  v1::Tensor* t = decode.mutable_latents()->mutable_image_latents();
+  t->set_dtype(l->info().tensor_dtype());
+  *t->mutable_shape() = l->info().tensor_shape();
+  t->set_data(l->data());
+  DenoiseCore::Options decode_only;
+  decode_only.role = DenoiseCore::Options::Role::kDecode;
+  auto decoder = DenoiseCore::Create(decode_only);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  for (DenoiseCore* core : {core_, decoder->get()}) {
+    testing::DenoiseOutputs out;
+    CallContext ctx;
+    ASSERT_TRUE(core->Denoise(ctx, decode, [&](const v1::DenoiseEvent& e) { out.Add(e); }).ok());
+    ASSERT_NE(out.Find("image"), nullptr);
+    EXPECT_EQ(out.Find("image")->data(), direct.png());
+    EXPECT_GT(out.result.vae_decode_seconds(), 0.0);
+  }
+  for (auto [edit, field] :
+       std::vector<std::pair<std::function<void(v1::DenoiseRequest&)>, std::string>>{
+           {[](auto& d) { d.set_width(256); }, "latents.image_latents"},
+           {[](auto& d) { d.mutable_latents()->clear_image_latents(); }, "latents.image_latents"},
+           {[](auto& d) { d.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS); },
+            "output.format"},
+           {[](auto& d) { d.mutable_output()->set_quality(50); }, "output.quality"},
+           {[](auto& d) { d.set_height(1 << 20); }, "height"}}) {
+    v1::DenoiseRequest bad = decode;
+    edit(bad);
+    CallContext ctx;
+    absl::Status st = (*decoder)->Denoise(ctx, bad, [](const v1::DenoiseEvent&) {});
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_EQ(st.message().substr(0, field.size()), field) << st;
+  }
+  CallContext ctx;
+  EXPECT_EQ((*decoder)->Denoise(ctx, Request(64, 1), [](const v1::DenoiseEvent&) {}).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

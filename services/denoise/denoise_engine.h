@@ -24,6 +24,9 @@ class DenoiseEngine {
       const std::function<void(const v1::DenoiseEvent&)>& on_event) = 0;
   virtual absl::Status RunWorker() = 0;
   virtual int rank() const = 0;
+  // What it serves (DenoiseService.Describe): the stage kinds, the model and its family, the
+  // embedding widths it takes, its size granularity and step limit.
+  virtual v1::StageDescription Describe() const = 0;
 };
 
 }  // namespace diffmesh

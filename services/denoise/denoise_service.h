@@ -28,6 +28,9 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
                                                       const v1::DenoiseRequest* request) override;
   grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseStream(
       grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx,
+                                     const v1::DescribeRequest* request,
+                                     v1::StageDescription* response) override;
 
  private:
   struct Metrics;

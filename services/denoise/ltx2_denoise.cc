@@ -14,8 +14,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/media/image_codec.h"
-#include "common/media/mp4_writer.h"
-#include "common/output/output_chunks.h"
 #include "common/status/status_macros.h"
 #include "models/ltx2/connectors.h"
 #include "models/ltx2/ltx2_spec.h"
@@ -25,6 +23,7 @@
 #include "models/ltx2/video_vae_encoder.h"
 #include "services/denoise/cfg_policy.h"
 #include "services/denoise/denoise_group.h"
+#include "services/denoise/ltx2_decode.h"
 #include "services/denoise/ltx2_upsample.h"
 #include "services/stage_common/torch_wire.h"
 
@@ -33,10 +32,9 @@ namespace {
 
 namespace ltx2 = models::ltx2;
 
-// A bound on the work one request may ask (the orchestrator applies the model's own limits).
-constexpr int kMaxSteps = 1000;
-constexpr int kMaxSide = 4096;
-constexpr int kMaxFrames = 1024;
+constexpr int kMaxSteps = Ltx2StageBounds::kMaxSteps;
+constexpr int kMaxSide = Ltx2StageBounds::kMaxSide;
+constexpr int kMaxFrames = Ltx2StageBounds::kMaxFrames;
 
 absl::StatusOr<ltx2::StreamGuidance> StreamOf(const v1::StreamGuidance& g, const char* field) {
   ltx2::StreamGuidance s;
@@ -56,15 +54,6 @@ absl::StatusOr<ltx2::StreamGuidance> StreamOf(const v1::StreamGuidance& g, const
   return s;
 }
 
-void SetTensorInfo(int index, const char* name, const v1::Tensor& t, v1::OutputInfo& info) {
-  info.set_index(index);
-  info.set_name(name);
-  info.set_kind(v1::OUTPUT_KIND_TENSOR);
-  info.set_mime_type("application/octet-stream");
-  info.set_tensor_dtype(t.dtype());
-  *info.mutable_tensor_shape() = t.shape();
-}
-
 class Ltx2DenoiseEngine final : public DenoiseEngine {
  public:
   Ltx2DenoiseEngine(DenoiseCore::Options options, ltx2::Ltx2Spec spec,
@@ -77,7 +66,9 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
         models_(std::move(models)),
         video_text_dim_(video_text_dim),
         audio_text_dim_(audio_text_dim),
-        upsample_(std::move(upsample)) {
+        upsample_(std::move(upsample)),
+        decoder_(spec_.name, models_.video_vae.get(), models_.audio_vae.get(),
+                 models_.vocoder.get()) {
     const auto& tc = models_.transformer->config();
     const auto& vc = models_.video_vae->config();
     spatial_ = vc.spatial_compression_ratio * tc.patch_size;
@@ -85,6 +76,22 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   }
 
   int rank() const override { return group_->layout().rank(); }
+
+  v1::StageDescription Describe() const override {
+    v1::StageDescription d;
+    d.add_kinds("denoise");
+    d.add_kinds("decode");
+    if (upsample_ != nullptr) d.add_kinds("upsample");
+    v1::ServedModel* m = d.add_models();
+    m->set_name(spec_.name);
+    m->set_family("ltx2");
+    const int width = static_cast<int>(video_text_dim_ + audio_text_dim_);
+    (*m->mutable_embedding_widths())["prompt_embeds"] = width;
+    (*m->mutable_embedding_widths())["negative_prompt_embeds"] = width;
+    m->set_size_granularity(static_cast<int>(spatial_));
+    m->set_max_steps(kMaxSteps);
+    return d;
+  }
 
   // Rank 0: checks the request (a bad one never reaches the other ranks), broadcasts it whole
   // (the text embeddings reach every rank once) and runs it with the group, which it holds
@@ -100,6 +107,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
       }
       return upsample_->Run(ctx, r, on_event);
     }
+    // A "decode" stage call: rank 0 alone, the group free for the next request.
+    if (r.has_decode()) return decoder_.Run(ctx, r, on_event);
     RETURN_IF_ERROR(CheckRequest(r));
     ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
     std::string bytes;
@@ -459,92 +468,16 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     v1::DenoiseEvent done;
     auto* result = done.mutable_result();
     result->set_denoise_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
-    const absl::Time t1 = absl::Now();
-    const bool decode = r.output().format() != v1::OUTPUT_FORMAT_LATENTS;
-    if (decode) RETURN_IF_ERROR(ctx->Check("vae_decode"));
-    ltx2::Ltx2DecodeOptions decode_options;
-    decode_options.decode_video = decode;
-    decode_options.decode_audio = decode;
-    decode_options.noise_seed = r.seed();
-    ASSIGN_OR_RETURN(ltx2::Ltx2Output out, pipeline->Decode(state, decode_options));
-    RETURN_IF_ERROR(EmitOutputs(r, out, on_event));
-    if (decode) result->set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - t1));
+    // The latents (denormalised, with the decode noise of a timestep-conditioned VAE), then
+    // the outputs: the latents themselves, or decoded by decoder_ (the same code as a "decode"
+    // stage call on them).
+    ltx2::Ltx2DecodeOptions latents_only;
+    latents_only.decode_video = false;
+    latents_only.decode_audio = false;
+    latents_only.noise_seed = r.seed();
+    ASSIGN_OR_RETURN(ltx2::Ltx2Output out, pipeline->Decode(state, latents_only));
+    RETURN_IF_ERROR(decoder_.EmitOutputs(*ctx, r, out, on_event, *result));
     on_event(done);
-    return absl::OkStatus();
-  }
-
-  static void Emit(const v1::OutputInfo& info, const std::string& data,
-                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-    ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {
-      v1::DenoiseEvent e;
-      *e.mutable_output() = std::move(chunk);
-      on_event(e);
-    });
-  }
-
-  absl::Status EmitOutputs(const v1::DenoiseRequest& r, const ltx2::Ltx2Output& out,
-                           const std::function<void(const v1::DenoiseEvent&)>& on_event) {
-    if (r.output().format() == v1::OUTPUT_FORMAT_LATENTS) {
-      int index = 0;
-      for (auto [name, t] : {std::pair{"video_latents", out.video_latents},
-                             std::pair{"audio_latents", out.audio_latents}}) {
-        ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(t.to(at::kFloat).cpu().contiguous()));
-        v1::OutputInfo info;
-        SetTensorInfo(index++, name, wire, info);
-        Emit(info, wire.data(), on_event);
-      }
-      return absl::OkStatus();
-    }
-    const at::Tensor frames = out.frames_uint8[0].cpu().contiguous();  // [F, H, W, 3]
-    // float32 [C, samples]; the vocoder's range is about [-1, 1], the AAC input's exactly.
-    const at::Tensor audio = out.waveform[0].to(at::kFloat).clamp(-1.0, 1.0).cpu().contiguous();
-    const int num_frames = static_cast<int>(frames.size(0));
-    const int height = static_cast<int>(frames.size(1)), width = static_cast<int>(frames.size(2));
-    const int channels = static_cast<int>(audio.size(0));
-    auto media_info = [&](v1::OutputInfo& info) {
-      info.set_width(width);
-      info.set_height(height);
-      info.set_frames(num_frames);
-      info.set_frame_rate(r.frame_rate());
-      info.set_audio_sample_rate(static_cast<int>(out.sample_rate));
-      info.set_audio_channels(channels);
-    };
-    if (r.output().format() == v1::OUTPUT_FORMAT_RAW) {
-      ASSIGN_OR_RETURN(v1::Tensor wire_frames, ToWire(frames));
-      v1::OutputInfo frames_info;
-      SetTensorInfo(0, "frames", wire_frames, frames_info);
-      media_info(frames_info);
-      Emit(frames_info, wire_frames.data(), on_event);
-      ASSIGN_OR_RETURN(v1::Tensor wire_audio, ToWire(audio));
-      v1::OutputInfo audio_info;
-      SetTensorInfo(1, "audio", wire_audio, audio_info);
-      media_info(audio_info);
-      Emit(audio_info, wire_audio.data(), on_event);
-      return absl::OkStatus();
-    }
-    // The soundtrack is fitted to the clip: cut, or padded with silence, to num_frames /
-    // frame_rate seconds. A released model's vocoder makes about that much (its upsampling equals
-    // the mel hop); the built-in tiny one makes 4 samples per mel frame against a hop of 160, so
-    // its waveform is far shorter than the video. RAW keeps the vocoder's waveform as it is.
-    const int64_t track_samples =
-        std::llround(num_frames / r.frame_rate() * static_cast<double>(out.sample_rate));
-    at::Tensor track = at::zeros({channels, track_samples}, at::kFloat);
-    const int64_t copied = std::min<int64_t>(track_samples, audio.size(1));
-    track.narrow(1, 0, copied).copy_(audio.narrow(1, 0, copied));
-    media::Mp4Options mp4;
-    mp4.width = width;
-    mp4.height = height;
-    mp4.fps = media::FrameRateFromDouble(r.frame_rate());
-    mp4.audio_sample_rate = static_cast<int>(out.sample_rate);
-    mp4.audio_channels = channels;
-    ASSIGN_OR_RETURN(std::string data, media::EncodeMp4(frames.data_ptr<uint8_t>(), num_frames, mp4,
-                                                        track.data_ptr<float>(), track_samples));
-    v1::OutputInfo info;
-    info.set_name("video");
-    info.set_kind(v1::OUTPUT_KIND_VIDEO);
-    info.set_mime_type("video/mp4");
-    media_info(info);
-    Emit(info, data, on_event);
     return absl::OkStatus();
   }
 
@@ -555,6 +488,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   const int64_t video_text_dim_, audio_text_dim_;
   int64_t spatial_ = 0, temporal_ = 0;  // pixels and frames per latent token
   const std::unique_ptr<Ltx2UpsampleStage> upsample_;  // rank 0, when the model has one
+  const Ltx2Decoder decoder_;  // rank 0 decodes
 };
 
 }  // namespace

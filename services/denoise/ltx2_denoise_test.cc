@@ -4,8 +4,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/image/png.h"
 #include "gtest/gtest.h"
@@ -323,6 +325,103 @@ TEST_F(Ltx2DenoiseTest, RejectsOtherInputRolesAndBadImages) {
   r.mutable_inputs(1)->set_role(v1::MEDIA_ROLE_REFERENCE);
   s = Run(r, &out);
   EXPECT_NE(s.message().find("inputs[1].role"), std::string::npos) << s;
+}
+
+// The "decode" stage kind: the latents of a LATENTS call, decoded by a decode stage call (on
+// the denoise service beside rank 0, or a --role decode service), give the outputs the denoise
+// call gives when it decodes them itself — the same bytes.
+TEST_F(Ltx2DenoiseTest, ADecodeStageOnTheLatentsGivesTheSameOutputs) {
+  v1::DenoiseRequest whole = Request();
+  testing::DenoiseOutputs direct;
+  ASSERT_TRUE(Run(whole, &direct).ok());
+  v1::DenoiseRequest latents_request = Request();
+  latents_request.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  testing::DenoiseOutputs latents;
+  ASSERT_TRUE(Run(latents_request, &latents).ok());
+  EXPECT_EQ(latents.result.vae_decode_seconds(), 0.0);  // nothing decoded
+
+  v1::DenoiseRequest decode;
+  decode.set_model(kModel);
+  decode.mutable_decode();
+  decode.set_height(whole.height());
+  decode.set_width(whole.width());
+  decode.set_num_frames(whole.num_frames());
+  decode.set_frame_rate(whole.frame_rate());
+  decode.mutable_output()->set_format(v1::OUTPUT_FORMAT_RAW);
+  for (const char* name : {"video_latents", "audio_latents"}) {
+    const v1::Output* o = latents.Find(name);
+    ASSERT_NE(o, nullptr) << name;
+    v1::Tensor t;
+    t.set_dtype(o->info().tensor_dtype());
+    *t.mutable_shape() = o->info().tensor_shape();
+    t.set_data(o->data());
+    *(std::string(name) == "video_latents" ? decode.mutable_latents()->mutable_video_latents()
+                                           : decode.mutable_latents()->mutable_audio_latents()) = t;
+  }
+  DenoiseCore::Options decode_only;
+  decode_only.model = kModel;
+  decode_only.role = DenoiseCore::Options::Role::kDecode;
+  auto decoder = DenoiseCore::Create(decode_only);
+  ASSERT_TRUE(decoder.ok()) << decoder.status();
+  for (DenoiseCore* core : {core_, decoder->get()}) {
+    testing::DenoiseOutputs decoded;
+    CallContext ctx;
+    ASSERT_TRUE(
+        core->Denoise(ctx, decode, [&](const v1::DenoiseEvent& e) { decoded.Add(e); }).ok());
+    ASSERT_TRUE(decoded.have_result);
+    EXPECT_GT(decoded.result.vae_decode_seconds(), 0.0);
+    EXPECT_EQ(decoded.steps, 0);
+    for (const char* name : {"frames", "audio"}) {
+      ASSERT_NE(decoded.Find(name), nullptr) << name;
+      EXPECT_EQ(decoded.Find(name)->data(), direct.Find(name)->data()) << name;
+      EXPECT_EQ(decoded.Find(name)->info().frame_rate(), 24);
+    }
+  }
+  // MP4 too, through the decode-only service.
+  decode.mutable_output()->set_format(v1::OUTPUT_FORMAT_MP4);
+  whole.mutable_output()->set_format(v1::OUTPUT_FORMAT_MP4);
+  testing::DenoiseOutputs direct_mp4, decoded_mp4;
+  ASSERT_TRUE(Run(whole, &direct_mp4).ok());
+  CallContext ctx;
+  ASSERT_TRUE((*decoder)
+                  ->Denoise(ctx, decode,
+                            [&](const v1::DenoiseEvent& e) { decoded_mp4.Add(e); })
+                  .ok());
+  ASSERT_NE(decoded_mp4.Find("video"), nullptr);
+  EXPECT_EQ(decoded_mp4.Find("video")->data(), direct_mp4.Find("video")->data());
+
+  // What a decode stage refuses, naming the field.
+  struct Case {
+    std::function<void(v1::DenoiseRequest&)> edit;
+    absl::StatusCode code;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& r) { r.set_num_frames(17); }, absl::StatusCode::kInvalidArgument,
+       "latents.video_latents"},
+      {[](auto& r) { r.set_width(64); }, absl::StatusCode::kInvalidArgument,
+       "latents.video_latents"},
+      {[](auto& r) { r.mutable_latents()->clear_audio_latents(); },
+       absl::StatusCode::kInvalidArgument, "latents"},
+      {[](auto& r) { r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS); },
+       absl::StatusCode::kInvalidArgument, "output.format"},
+      {[](auto& r) { r.set_frame_rate(0); }, absl::StatusCode::kInvalidArgument, "frame_rate"},
+      {[](auto& r) { r.set_model("other"); }, absl::StatusCode::kNotFound, "model"},
+      {[](auto& r) { r.mutable_latents()->mutable_video_latents()->mutable_data()->resize(3); },
+       absl::StatusCode::kInvalidArgument, "latents.video_latents"},
+  };
+  for (const Case& c : cases) {
+    v1::DenoiseRequest r = decode;
+    c.edit(r);
+    CallContext call;
+    absl::Status s = (*decoder)->Denoise(call, r, [](const v1::DenoiseEvent&) {});
+    EXPECT_EQ(s.code(), c.code) << s;
+    EXPECT_EQ(s.message().substr(0, c.field.size()), c.field) << s;
+  }
+  // A decode-only service takes no denoise request.
+  CallContext call;
+  absl::Status s = (*decoder)->Denoise(call, Request(), [](const v1::DenoiseEvent&) {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 }
 
 }  // namespace

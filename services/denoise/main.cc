@@ -54,6 +54,12 @@ ABSL_FLAG(int, rank, 0, "This process's rank (0 serves gRPC).");
 ABSL_FLAG(std::string, master_addr, "127.0.0.1", "Where rank 0's rendezvous store listens.");
 ABSL_FLAG(int, master_port, 29500, "Port of rank 0's rendezvous store.");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda (one GPU per rank: rank % visible GPUs, bf16, NCCL).");
+ABSL_FLAG(std::string, role, "denoise",
+          "denoise: a rank of the denoise group (rank 0 also serves the model's \"upsample\" and "
+          "\"decode\" stage kinds beside the group). decode: only the \"decode\" and "
+          "\"upsample\" stage kinds, on one device, without the DiT or a group (a pipeline whose "
+          "decode stage names this service decodes apart from the group, which meanwhile "
+          "denoises the next request).");
 ABSL_FLAG(bool, launch_ranks, true,
           "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
           "separately, e.g. one per node or pod).");
@@ -133,11 +139,14 @@ void SuperviseRanks(std::vector<pid_t>* ranks, std::vector<std::vector<std::stri
 
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
-                       "diffmesh-denoise --port P [--model M] [--cfg-degree C --ulysses-degree U "
-                       "--ring-degree R --tp-degree T]\n"
-                       "A rank of the denoise group: CFG-guided FlowMatch Euler denoising with the "
-                       "GLM-Image DiT (CFG × sequence × tensor parallel), then the VAE decode to PNG. "
-                       "Rank 0 serves diffmesh.v1.DenoiseService.");
+                       "diffmesh-denoise --port P [--model M | --model-dir DIR] [--cfg-degree C "
+                       "--ulysses-degree U --ring-degree R --tp-degree T] [--role decode]\n"
+                       "A rank of the denoise group: guided FlowMatch denoising with the model's "
+                       "DiT (GLM-Image or LTX-2; CFG × sequence × tensor parallel); beside rank 0, "
+                       "the model's decoders (VAE; for LTX-2 also the audio VAE, vocoder and MP4 "
+                       "muxing) and latent upsampler as the \"decode\" and \"upsample\" stage "
+                       "kinds. Rank 0 serves diffmesh.v1.DenoiseService. With --role decode, a "
+                       "service of those two kinds alone.");
   diffmesh::BlockTerminationSignals();
   diffmesh::DenoiseCore::Options o;
   o.model = absl::GetFlag(FLAGS_model);
@@ -148,6 +157,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.cuda = device == "cuda";
+  const std::string role = absl::GetFlag(FLAGS_role);
+  if (role != "denoise" && role != "decode") {
+    std::cerr << "diffmesh-denoise: --role must be denoise or decode, not '" << role << "'\n";
+    return 2;
+  }
+  o.role = role == "decode" ? diffmesh::DenoiseCore::Options::Role::kDecode
+                            : diffmesh::DenoiseCore::Options::Role::kDenoise;
   o.stream_idle_timeout = absl::GetFlag(FLAGS_stream_idle_timeout);
   if (o.stream_idle_timeout <= absl::ZeroDuration()) {
     std::cerr << "diffmesh-denoise: --stream_idle_timeout must be positive\n";
@@ -159,6 +175,11 @@ int main(int argc, char** argv) {
   o.parallel.tp = absl::GetFlag(FLAGS_tp_degree);
   o.rendezvous.world_size =
       absl::GetFlag(FLAGS_world_size) > 0 ? absl::GetFlag(FLAGS_world_size) : o.parallel.world();
+  if (o.role == diffmesh::DenoiseCore::Options::Role::kDecode && o.rendezvous.world_size != 1) {
+    std::cerr << "diffmesh-denoise: --role decode runs on one device without a group; leave "
+                 "the degrees and --world_size at 1\n";
+    return 2;
+  }
   o.rendezvous.rank = absl::GetFlag(FLAGS_rank);
   o.rendezvous.master_addr = absl::GetFlag(FLAGS_master_addr);
   o.rendezvous.master_port = absl::GetFlag(FLAGS_master_port);

@@ -140,7 +140,8 @@ TEST_F(Ltx2TwoStageTest, TwoStageGraphEqualsTheModelLayerByHand) {
   const Generated g = Generate(Request());
   ASSERT_TRUE(g.status.ok()) << g.status;
   EXPECT_EQ(g.finished_stages,
-            (std::vector<std::string>{"encoder", "denoise_half", "upsample", "denoise_full"}));
+            (std::vector<std::string>{"encoder", "denoise_half", "upsample", "denoise_full",
+                                      "vae_decode"}));
   // Only the last stage's outputs are the request's: frames and audio at the final size.
   ASSERT_EQ(g.outputs.size(), 2u);
   const v1::Output& frames_out = g.outputs.at(0);
@@ -285,8 +286,9 @@ TEST_F(Ltx2TwoStageTest, SizeNotAMultipleOf64SaysTheNearest) {
   r.set_height(96);  // a multiple of the model's 32, not of 2 × 32
   const Generated g = Generate(r);
   EXPECT_EQ(g.status.code(), absl::StatusCode::kInvalidArgument) << g.status;
-  EXPECT_NE(g.status.message().find("height: 96 must be a multiple of 64"), std::string::npos)
-      << g.status;
+  // The graph's rule is the model's granularity (ListModels says 64), checked before any stage.
+  EXPECT_NE(g.status.message().find("height: 96 is not allowed"), std::string::npos) << g.status;
+  EXPECT_NE(g.status.message().find("a multiple of 64"), std::string::npos) << g.status;
   EXPECT_NE(g.status.message().find("nearest: 128"), std::string::npos) << g.status;
   EXPECT_TRUE(g.outputs.empty());
 }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
 #include "models/glm_image/glm_image_spec.h"
+#include "models/glm_image/t5_encoder.h"
 #include "services/encoder/ltx2_encoder.h"
 #include "services/stage_common/torch_errors.h"
 #include "services/stage_common/torch_wire.h"
@@ -18,6 +19,20 @@ class EncoderCore::Impl {
       : options_(std::move(options)), model_name_(std::move(model_name)), encoder_(std::move(encoder)) {}
   Impl(Options options, std::unique_ptr<Ltx2PromptEncoder> ltx2)
       : options_(std::move(options)), model_name_(ltx2->model_name()), ltx2_(std::move(ltx2)) {}
+
+  v1::StageDescription Describe() const {
+    v1::StageDescription d;
+    d.add_kinds("encoder");
+    v1::ServedModel* m = d.add_models();
+    m->set_name(model_name_);
+    m->set_family(ltx2_ != nullptr ? "ltx2" : "glm_image");
+    const int64_t width =
+        ltx2_ != nullptr ? ltx2_->embedding_width() : encoder_->config().d_model;
+    for (const char* field : {"prompt_embeds", "negative_prompt_embeds"}) {
+      (*m->mutable_embedding_widths())[field] = static_cast<int32_t>(width);
+    }
+    return d;
+  }
 
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request) {
     if (request.model() != model_name_) {
@@ -59,6 +74,8 @@ absl::StatusOr<std::unique_ptr<EncoderCore>> EncoderCore::Create(const Options& 
 
 EncoderCore::EncoderCore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 EncoderCore::~EncoderCore() = default;
+
+v1::StageDescription EncoderCore::Describe() const { return impl_->Describe(); }
 
 absl::StatusOr<v1::EncodeResponse> EncoderCore::Encode(CallContext& ctx,
                                                        const v1::EncodeRequest& request) {

@@ -34,6 +34,10 @@ class EncoderCore {
   // [1, T, video + audio width] (LTX-2, ltx2_encoder.h).
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request);
 
+  // What it serves (EncoderService.Describe): kind "encoder", its model and family, and the
+  // width of each embedding it produces.
+  v1::StageDescription Describe() const;
+
  private:
   class Impl;
   explicit EncoderCore(std::unique_ptr<Impl> impl);

@@ -20,6 +20,9 @@ class EncoderService final : public v1::EncoderService::CallbackService {
         metrics_(registry ? std::make_unique<metrics::StageServiceFamilies>(*registry) : nullptr) {}
   grpc::ServerUnaryReactor* Encode(grpc::CallbackServerContext* ctx, const v1::EncodeRequest* request,
                                    v1::EncodeResponse* response) override;
+  grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx,
+                                     const v1::DescribeRequest* request,
+                                     v1::StageDescription* response) override;
   // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
   // before serving, must outlive the service.
   void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }

@@ -70,6 +70,11 @@ Ltx2PromptEncoder::~Ltx2PromptEncoder() = default;
 
 const std::string& Ltx2PromptEncoder::model_name() const { return state_->spec.name; }
 
+int64_t Ltx2PromptEncoder::embedding_width() const {
+  const ltx2::ConnectorsConfig& c = state_->models.connectors->config();
+  return c.video.inner_dim() + c.audio.inner_dim();
+}
+
 absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
                                                              const v1::EncodeRequest& request) {
   v1::EncodeResponse out;

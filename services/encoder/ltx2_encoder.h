@@ -32,6 +32,8 @@ class Ltx2PromptEncoder {
                                                                    bool cuda = false);
   ~Ltx2PromptEncoder();
   const std::string& model_name() const;
+  // The last dimension of prompt_embeds / negative_prompt_embeds: video + audio width.
+  int64_t embedding_width() const;
   // Not thread-safe: the caller serialises calls.
   absl::StatusOr<v1::EncodeResponse> Encode(CallContext& ctx, const v1::EncodeRequest& request);
 

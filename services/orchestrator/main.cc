@@ -31,6 +31,9 @@ ABSL_FLAG(std::string, pipeline, "",
 ABSL_FLAG(std::string, model_dir, "",
           "Serve one model: the GlmImagePipeline snapshot in this folder, which the stage services "
           "load with their own --model-dir (the pipeline is generated for it; not with --pipeline).");
+ABSL_FLAG(std::vector<std::string>, models, {},
+          "Serve only these models of the pipeline (comma-separated; default: all of them), for "
+          "stage services that serve only those (diffmesh up passes its --model).");
 ABSL_FLAG(std::string, ar_address, "", "Overrides the address of service 'ar'.");
 ABSL_FLAG(std::string, encoder_address, "", "Overrides the address of service 'encoder'.");
 ABSL_FLAG(std::string, denoise_address, "", "Overrides the address of service 'denoise'.");
@@ -102,6 +105,12 @@ int main(int argc, char** argv) {
                             std::pair{"encoder", absl::GetFlag(FLAGS_encoder_address)},
                             std::pair{"denoise", absl::GetFlag(FLAGS_denoise_address)}}) {
     if (!flag.empty()) pipeline->services[name] = flag;
+  }
+  if (const auto models = absl::GetFlag(FLAGS_models); !models.empty()) {
+    if (absl::Status s = pipeline->KeepModels(models); !s.ok()) {
+      std::cerr << "diffmesh-orchestrator: --" << s.message() << "\n";
+      return 2;
+    }
   }
   auto server_tls = diffmesh::ServerTlsFromFlags();
   if (!server_tls.ok()) {

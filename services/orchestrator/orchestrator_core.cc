@@ -18,6 +18,11 @@ std::string ModelLabel(const PipelineConfig& p, const v1::GenerateRequest& r) {
 absl::Status CheckStageGraph(const PipelineModel& m) {
   std::set<std::string> consumed;
   for (const StageSpec& s : m.stages) {
+    if (StageKindTakesOneProducer(s.kind) && s.inputs.size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", m.name, "': stage '", s.name, "' (", s.kind,
+                       ") takes the latents of exactly one stage, not ", s.inputs.size()));
+    }
     for (const std::string& in : s.inputs) {
       const StageSpec* producer = m.FindStage(in);
       if (!StageKindAccepts(s.kind, producer->kind)) {

@@ -1,5 +1,6 @@
 #include "services/orchestrator/orchestrator_core.h"
 
+#include <cstring>
 #include <set>
 #include <thread>
 #include <vector>
@@ -141,7 +142,92 @@ TEST_F(OrchestratorCoreTest, GuidanceAndOutputOptionsReachTheDenoiseStageResolve
   EXPECT_FLOAT_EQ(g.main().stg_scale(), 0.5f);  // given
   EXPECT_FALSE(g.main().has_modality_scale());  // unset stays unset: no branch added
   EXPECT_EQ(g.stg_blocks().blocks_size(), 1);
-  EXPECT_EQ(stages_.last_denoise.output().format(), v1::OUTPUT_FORMAT_RAW);
+  // The decode stage makes the output asked for, from the latents the denoise stage handed on.
+  EXPECT_EQ(stages_.last_denoise.output().format(), v1::OUTPUT_FORMAT_LATENTS);
+  EXPECT_EQ(stages_.last_decode.output().format(), v1::OUTPUT_FORMAT_RAW);
+}
+
+TEST_F(OrchestratorCoreTest, TheDecodeStageDecodesTheLatentsTheDenoiseStageHandsOn) {
+  v1::GenerateRequest r = Request();
+  r.set_seed(77);
+  std::vector<v1::GenerateEvent> events;
+  ASSERT_TRUE(Run(r, &events).ok());
+  EXPECT_EQ(stages_.decode_calls, 1);
+  const v1::DenoiseRequest& d = stages_.last_decode;
+  EXPECT_TRUE(d.has_decode());
+  EXPECT_EQ(d.height(), 256);
+  EXPECT_EQ(d.width(), 256);
+  EXPECT_EQ(d.output().format(), v1::OUTPUT_FORMAT_PNG);
+  // The fake denoise stage's latents, whole: [1, 1, 32, 32] of the seed.
+  ASSERT_TRUE(d.latents().has_image_latents());
+  const v1::Tensor& t = d.latents().image_latents();
+  ASSERT_EQ(t.shape_size(), 4);
+  EXPECT_EQ(t.shape(2), 32);
+  ASSERT_EQ(t.data().size(), 32u * 32u * 4u);
+  float first = 0;
+  std::memcpy(&first, t.data().data(), 4);
+  EXPECT_EQ(first, 77.0f);
+  EXPECT_TRUE(d.prompt_embeds().data().empty());  // nothing else travels to it
+  // Progress and FINISHED events name the decode stage; its time is its decode time.
+  bool finished = false;
+  for (const auto& e : events) {
+    if (e.has_stage() && e.stage().stage() == "vae_decode" &&
+        e.stage().kind() == v1::StageEvent::KIND_FINISHED) {
+      finished = true;
+    }
+  }
+  EXPECT_TRUE(finished);
+  auto result = Assemble(events);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->outputs_size(), 1);
+  EXPECT_EQ(result->outputs(0).data(), stages_.png);
+  for (const auto& timing : result->metadata().stage_timings()) {
+    if (timing.stage() == "vae_decode") EXPECT_DOUBLE_EQ(timing.seconds(), 0.25);
+    if (timing.stage() == "denoise") EXPECT_DOUBLE_EQ(timing.seconds(), 0.5);
+  }
+}
+
+TEST_F(OrchestratorCoreTest, ALatentsRequestSkipsTheDecodeStage) {
+  v1::GenerateRequest r = Request();
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  std::vector<v1::GenerateEvent> events;
+  ASSERT_TRUE(Run(r, &events).ok());
+  EXPECT_EQ(stages_.decode_calls, 0);
+  auto result = Assemble(events);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->outputs_size(), 1);
+  EXPECT_EQ(result->outputs(0).info().name(), "latents");
+  EXPECT_EQ(result->outputs(0).info().kind(), v1::OUTPUT_KIND_TENSOR);
+}
+
+TEST_F(OrchestratorCoreTest, ADecodeStageFailureEndsTheRequestWithItsStatus) {
+  stages_.decode_error = absl::ResourceExhaustedError("decode: out of memory");
+  std::vector<v1::GenerateEvent> events;
+  absl::Status s = Run(Request(), &events);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("decode"), std::string::npos) << s;
+}
+
+TEST_F(OrchestratorCoreTest, WithoutADecodeStageTheDenoiseStageDecodes) {
+  auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  for (auto& m : j["models"]) {
+    auto& stages = m["stages"];
+    stages.erase(stages.end() - 1);  // the decode stage
+  }
+  auto pipeline = PipelineConfig::Parse(j.dump());
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  auto core = OrchestratorCore::Create({*pipeline, &stages_});
+  ASSERT_TRUE(core.ok()) << core.status();
+  std::vector<v1::GenerateEvent> events;
+  CallContext ctx;
+  ASSERT_TRUE((*core)->Generate(ctx, Request(), [&](const v1::GenerateEvent& e) {
+                   events.push_back(e);
+                 }).ok());
+  EXPECT_EQ(stages_.decode_calls, 0);
+  EXPECT_EQ(stages_.last_denoise.output().format(), v1::OUTPUT_FORMAT_PNG);
+  auto result = Assemble(events);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->outputs(0).data(), stages_.png);
 }
 
 TEST_F(OrchestratorCoreTest, DenoiseGetsTheInputsHandedOverAsTheyAreProduced) {
@@ -254,6 +340,41 @@ TEST_F(OrchestratorCoreTest, GraphsWhoseStagesDoNotFitAreRefusedAtStart) {
   core = OrchestratorCore::Create({*pipeline, &stages_});
   ASSERT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(core.status().message().find("goes nowhere"), std::string::npos) << core.status();
+}
+
+TEST_F(OrchestratorCoreTest, DecodeStagesTakeTheLatentsOfOneDenoiseStage) {
+  auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
+  auto core_for = [&](const char* stages) {
+    j["models"][0]["stages"] = nlohmann::json::parse(stages);
+    auto pipeline = PipelineConfig::Parse(j.dump());
+    EXPECT_TRUE(pipeline.ok()) << pipeline.status();
+    return OrchestratorCore::Create({*pipeline, &stages_});
+  };
+  auto core = core_for(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "d", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "dec", "kind": "decode", "service": "denoise", "inputs": ["encoder"]}])");
+  ASSERT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(core.status().message().find("stage 'dec' (decode)"), std::string::npos)
+      << core.status();
+  core = core_for(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "d1", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "d2", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "dec", "kind": "decode", "service": "denoise", "inputs": ["d1", "d2"]}])");
+  ASSERT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(core.status().message().find("exactly one stage, not 2"), std::string::npos)
+      << core.status();
+  // Its own kind's fields only: a decode stage has no size divisor.
+  j["models"][0]["stages"] = nlohmann::json::parse(R"([
+      {"name": "encoder", "kind": "encoder", "service": "encoder"},
+      {"name": "d", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
+      {"name": "dec", "kind": "decode", "service": "denoise", "inputs": ["d"],
+       "size_divisor": 2}])");
+  auto pipeline = PipelineConfig::Parse(j.dump());
+  ASSERT_FALSE(pipeline.ok());
+  EXPECT_NE(pipeline.status().message().find("size_divisor does not apply"), std::string::npos)
+      << pipeline.status();
 }
 
 TEST_F(OrchestratorCoreTest, UpsampleStagesFitOnlyBetweenDenoiseStages) {
@@ -380,7 +501,10 @@ TEST_F(OrchestratorCoreTest, Ltx2TinyGetsItsFramesAndAudioGuidanceResolved) {
   EXPECT_FLOAT_EQ(d.guidance().audio().cfg_scale(), 5);        // given
   EXPECT_FLOAT_EQ(d.guidance().main().cfg_scale(), 3);         // default
   EXPECT_EQ(d.guidance().stg_blocks().blocks_size(), 1);
-  EXPECT_EQ(d.output().format(), v1::OUTPUT_FORMAT_MP4);
+  EXPECT_EQ(d.output().format(), v1::OUTPUT_FORMAT_LATENTS);  // the decode stage makes the MP4
+  EXPECT_EQ(stages_.last_decode.output().format(), v1::OUTPUT_FORMAT_MP4);
+  EXPECT_EQ(stages_.last_decode.num_frames(), d.num_frames());
+  EXPECT_EQ(stages_.last_decode.frame_rate(), d.frame_rate());
 
   for (auto [frames, nearest] : {std::pair{10, "nearest: 9"}, std::pair{20, "nearest: 17"}}) {
     v1::GenerateRequest bad = r;
@@ -445,7 +569,7 @@ TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   EXPECT_EQ(m.kind(), v1::MODEL_KIND_IMAGE);
   EXPECT_EQ(m.limits().size_granularity(), 32);
   EXPECT_EQ(m.limits().max_steps(), 200);
-  EXPECT_EQ(m.stages_size(), 3);
+  EXPECT_EQ(m.stages_size(), 4);  // ar, encoder, denoise, vae_decode
   EXPECT_EQ(m.defaults().height(), 256);
   EXPECT_FLOAT_EQ(m.defaults().guidance().main().cfg_scale(), 1.5f);
   ASSERT_EQ(m.input_roles_size(), 1);

@@ -22,6 +22,9 @@ PipelineRun::PipelineRun(CallContext& ctx, const PipelineModel& model, v1::Gener
 absl::Status PipelineRun::BuildNodes() {
   std::map<std::string, StageNode*> by_name;
   for (const StageSpec& spec : model_.stages) {
+    // Left out (e.g. a decode when the latents are asked for): its producer's outputs are then
+    // the request's. Such a kind has no consumers.
+    if (!StageKindRunsFor(spec.kind, accepted_)) continue;
     auto node = MakeStageNode(*this, spec);
     if (!node.ok()) return node.status();
     by_name[spec.name] = node->get();
@@ -32,31 +35,12 @@ absl::Status PipelineRun::BuildNodes() {
   return absl::OkStatus();
 }
 
-absl::Status PipelineRun::CheckStageSizes() const {
-  int divisor = 1;
-  for (const StageSpec& spec : model_.stages) divisor = std::max(divisor, spec.size_divisor);
-  if (divisor == 1) return absl::OkStatus();
-  // Each stage's size must be a multiple of the model's granularity, so the final size one of
-  // granularity × divisor (LTX-2 two-stage: 64).
-  const int multiple = std::max(1, model_.limits.size_granularity()) * divisor;
-  for (auto [field, v] : {std::pair{"height", accepted_.height()},
-                          std::pair{"width", accepted_.width()}}) {
-    if (v % multiple == 0) continue;
-    const int nearest = std::max(multiple, (v + multiple / 2) / multiple * multiple);
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": ", v, " must be a multiple of ", multiple, " for model '", model_.name,
-        "', whose pipeline runs a stage at 1/", divisor, " of the size; nearest: ", nearest));
-  }
-  return absl::OkStatus();
-}
-
 bool PipelineRun::StartsAtOnce(const StageSpec& spec) const {
   return spec.inputs.empty() || spec.stream_inputs;
 }
 
 absl::Status PipelineRun::Run() {
   const absl::Time start = absl::Now();
-  if (absl::Status s = CheckStageSizes(); !s.ok()) return s;
   {
     v1::GenerateEvent e;
     e.mutable_accepted()->set_request_id(accepted_.request_id());
@@ -142,6 +126,12 @@ void PipelineRun::EmitOutput(const StageNode& node, const v1::OutputChunk& chunk
 
 void PipelineRun::AddTiming(const std::string& stage, double seconds) {
   std::lock_guard<std::mutex> lock(mu_);
+  for (v1::StageTiming& t : *meta_.mutable_stage_timings()) {
+    if (t.stage() == stage) {  // e.g. "transfer" of several stage calls: their sum
+      t.set_seconds(t.seconds() + seconds);
+      return;
+    }
+  }
   v1::StageTiming* t = meta_.add_stage_timings();
   t->set_stage(stage);
   t->set_seconds(seconds);

@@ -66,6 +66,11 @@ class StageNode {
 // whether a kind's outputs are the request's outputs (it must then have no consumers).
 bool StageKindAccepts(const std::string& consumer, const std::string& producer);
 bool StageKindMakesOutputs(const std::string& kind);
+// Whether a kind works on the latents of exactly one producer ("upsample", "decode").
+bool StageKindTakesOneProducer(const std::string& kind);
+// Whether a stage of this kind runs for the request: a "decode" does not when the request asks
+// for the latents themselves (OUTPUT_FORMAT_LATENTS).
+bool StageKindRunsFor(const std::string& kind, const v1::GenerateRequest& accepted);
 
 class PipelineRun {
  public:
@@ -106,8 +111,6 @@ class PipelineRun {
 
  private:
   absl::Status BuildNodes();
-  // Sizes a stage graph that runs some stage at a fraction of the request's size requires.
-  absl::Status CheckStageSizes() const;
   bool StartsAtOnce(const StageSpec& spec) const;
   void Fail(const absl::Status& status);
   absl::Status Outcome();

@@ -151,8 +151,10 @@ class EncoderNode final : public StageNode {
   CallOutcome outcome_;
 };
 
-// "denoise": the denoise group (and, beside its rank 0, the decode); "upsample": the model's
-// latent upsampler, beside the denoise group's rank 0 (a DenoiseRequest with `upsample` set).
+// The stage kinds the denoise service answers: "denoise" (the denoise group; decoding its
+// own latents when no "decode" stage follows); "upsample", the model's latent upsampler (a
+// DenoiseRequest with `upsample` set) and "decode", the model's decoders on a denoise stage's
+// latents (`decode` set), both beside the group's rank 0 or in a --role decode service.
 // Without consumers its outputs are the request's; with consumers it asks for LATENTS and hands
 // them on whole (StageOutput::latents) once its call has ended. Streamed (stream_inputs): the
 // call opens at Start and takes each producer's piece as it comes; else it runs once every
@@ -168,6 +170,15 @@ class DenoiseNode final : public StageNode {
       request_.mutable_upsample()->set_adain_factor(spec_.adain_factor);
       request_.mutable_upsample()->set_tone_map_compression_ratio(
           spec_.tone_map_compression_ratio);
+      return;
+    }
+    if (spec_.kind == "decode") {  // the media the latents make, and the format asked for
+      request_.mutable_decode();
+      request_.set_height(a.height());
+      request_.set_width(a.width());
+      request_.set_num_frames(a.num_frames());
+      request_.set_frame_rate(a.frame_rate());
+      *request_.mutable_output() = a.output();
       return;
     }
     // Divisible: PipelineRun checked the request's size against every stage's divisor.
@@ -295,14 +306,16 @@ class DenoiseNode final : public StageNode {
         *latents.mutable_video_latents() = std::move(c.tensor);
       } else if (c.name == "audio_latents") {
         *latents.mutable_audio_latents() = std::move(c.tensor);
+      } else if (c.name == "latents") {
+        *latents.mutable_image_latents() = std::move(c.tensor);
       } else {
         return absl::InternalError(absl::StrCat("stage '", spec_.name, "' handed on output '",
                                                 c.name, "', which is not a latent"));
       }
     }
-    if (!latents.has_video_latents()) {
+    if (!latents.has_video_latents() && !latents.has_image_latents()) {
       return absl::InternalError(
-          absl::StrCat("stage '", spec_.name, "' made no video_latents for its consumers"));
+          absl::StrCat("stage '", spec_.name, "' made no latents for its consumers"));
     }
     collected_.clear();
     StageOutput piece;
@@ -311,24 +324,25 @@ class DenoiseNode final : public StageNode {
     return absl::OkStatus();
   }
 
+  // Timings: the stage's own compute under its name (a "decode" stage's is its decode time),
+  // a decode made inside a denoise stage's call as "vae_decode"; and, for the stage whose
+  // outputs are the request's, the rest of its call's wall time (wire, (de)serialisation,
+  // waiting for the denoise group) to the observer as "transfer" — left out when the stage
+  // reported no times.
   void Report() {
     const double seconds = Since(start_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
-    run_.AddTiming(spec_.name, result_.denoise_seconds());
-    if (hands_on_) {  // no decode
-      run_.trace().StageFinished(spec_.name, result_.denoise_seconds());
-      return;
+    const bool decode_stage = spec_.kind == "decode";
+    const double own = decode_stage ? result_.vae_decode_seconds() : result_.denoise_seconds();
+    const double inner_decode = decode_stage ? 0.0 : result_.vae_decode_seconds();
+    run_.AddTiming(spec_.name, own);
+    run_.trace().StageFinished(spec_.name, own);
+    if (!decode_stage && !hands_on_) {
+      run_.AddTiming("vae_decode", inner_decode);
+      run_.trace().StageFinished("vae_decode", inner_decode);
     }
-    run_.AddTiming("vae_decode", result_.vae_decode_seconds());
-    RequestTrace& trace = run_.trace();
-    if (!trace.on()) return;
-    trace.StageFinished(spec_.name, result_.denoise_seconds());
-    trace.StageFinished("vae_decode", result_.vae_decode_seconds());
-    // Wire, (de)serialisation and waiting for the denoise group: what the stage did not
-    // report as its own compute. Left out when the stage reported no times.
-    if (result_.denoise_seconds() > 0) {
-      trace.StageFinished("transfer", std::max(0.0, seconds - result_.denoise_seconds() -
-                                                        result_.vae_decode_seconds()));
+    if (!hands_on_ && own > 0) {
+      run_.trace().StageFinished("transfer", std::max(0.0, seconds - own - inner_decode));
     }
   }
 
@@ -351,16 +365,26 @@ class DenoiseNode final : public StageNode {
 }  // namespace
 
 bool StageKindAccepts(const std::string& consumer, const std::string& producer) {
-  // Latents go from a denoise stage to an upsample stage or another denoise stage, and from an
-  // upsample stage to a denoise stage.
+  // Latents go from a denoise stage to an upsample, decode or another denoise stage, and from
+  // an upsample stage to a denoise stage.
   if (consumer == "denoise") {
     return producer == "ar" || producer == "encoder" || producer == "upsample" ||
            producer == "denoise";
   }
-  return consumer == "upsample" && producer == "denoise";
+  return (consumer == "upsample" || consumer == "decode") && producer == "denoise";
 }
 
-bool StageKindMakesOutputs(const std::string& kind) { return kind == "denoise"; }
+bool StageKindRunsFor(const std::string& kind, const v1::GenerateRequest& accepted) {
+  return !(kind == "decode" && accepted.output().format() == v1::OUTPUT_FORMAT_LATENTS);
+}
+
+bool StageKindTakesOneProducer(const std::string& kind) {
+  return kind == "upsample" || kind == "decode";
+}
+
+bool StageKindMakesOutputs(const std::string& kind) {
+  return kind == "denoise" || kind == "decode";
+}
 
 absl::StatusOr<std::unique_ptr<StageNode>> MakeStageNode(PipelineRun& run, const StageSpec& spec) {
   StageClientFactory& stages = run.stages();
@@ -372,7 +396,7 @@ absl::StatusOr<std::unique_ptr<StageNode>> MakeStageNode(PipelineRun& run, const
     ASSIGN_OR_RETURN(EncoderStageClient * client, stages.Encoder(spec.service));
     return std::make_unique<EncoderNode>(run, spec, client);
   }
-  if (spec.kind == "denoise" || spec.kind == "upsample") {
+  if (spec.kind == "denoise" || spec.kind == "upsample" || spec.kind == "decode") {
     ASSIGN_OR_RETURN(DenoiseStageClient * client, stages.Denoise(spec.service));
     return std::make_unique<DenoiseNode>(run, spec, client);
   }

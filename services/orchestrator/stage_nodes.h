@@ -1,5 +1,5 @@
-// The stage kinds the orchestrator runs ("ar", "encoder", "denoise", "upsample"): how each
-// builds its stage request from the accepted request and its producers' outputs, and what it
+// The stage kinds the orchestrator runs ("ar", "encoder", "denoise", "upsample", "decode"): how
+// each builds its stage request from the accepted request and its producers' outputs, and what it
 // reports.
 // Adding a stage kind means a node class here and its stage client; no model is named.
 #ifndef DIFFMESH_SERVICES_ORCHESTRATOR_STAGE_NODES_H_

@@ -118,7 +118,7 @@ containers:
   - name: {{ .name }}
     image: {{ include "diffmesh.image" (dict "root" $root "svc" $svc "gpu" .gpu) | quote }}
     imagePullPolicy: {{ $v.image.pullPolicy }}
-    command: ["/usr/local/bin/diffmesh-{{ .name }}"]
+    command: ["/usr/local/bin/diffmesh-{{ default .name .binary }}"]
     args:
       {{- range .args }}
       - {{ . | quote }}
@@ -209,9 +209,10 @@ volumes:
 {{- .Values.stageToken.existingSecret | default (printf "%s-stage-token" (include "diffmesh.fullname" .)) -}}
 {{- end -}}
 
-{{/* A Deployment + Service for one stage (orchestrator, ar, encoder).
+{{/* A Deployment + Service for one stage (orchestrator, ar, encoder, decode).
      (dict "root" $ "name" "ar" "svc" .Values.ar "gpu" bool "args" (list ...) "health" "..."
-           "configMounts" (list ...) "podAnnotations" (dict ...)) */}}
+           "configMounts" (list ...) "podAnnotations" (dict ...) "binary" "denoise") — binary:
+     the diffmesh-<binary> it runs, <name> when unset. */}}
 {{- define "diffmesh.deployment" -}}
 {{- $root := .root -}}
 {{- $svc := .svc -}}
@@ -243,7 +244,7 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
     spec:
-      {{- include "diffmesh.podSpec" (dict "root" $root "name" .name "svc" $svc "gpu" .gpu "args" $args "ports" $ports "health" .health "configMounts" .configMounts) | nindent 6 }}
+      {{- include "diffmesh.podSpec" (dict "root" $root "name" .name "binary" .binary "svc" $svc "gpu" .gpu "args" $args "ports" $ports "health" .health "configMounts" .configMounts) | nindent 6 }}
 ---
 apiVersion: v1
 kind: Service

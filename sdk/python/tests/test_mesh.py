@@ -17,7 +17,7 @@ from _mesh import Mesh
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = dict(height=64, width=64, steps=2)
-PIPELINE = ("ar", "encoder", "denoise")  # glm-image-tiny's stages, in config order
+PIPELINE = ("ar", "encoder", "denoise", "vae_decode")  # glm-image-tiny's stages, in config order
 # Timings the server adds to the pipeline's stages (GenerationService's StageTiming).
 SERVER_TIMINGS = {"transfer", "vae_decode", "orchestrator"}
 

@@ -2,10 +2,12 @@
 #ifndef DIFFMESH_SERVICES_ORCHESTRATOR_TESTING_FAKE_STAGES_H_
 #define DIFFMESH_SERVICES_ORCHESTRATOR_TESTING_FAKE_STAGES_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -89,7 +91,7 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
 
   absl::Status Denoise(CallContext& ctx, const v1::DenoiseRequest& r,
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) override {
-    ++whole_denoise_calls;
+    if (!r.has_decode()) ++whole_denoise_calls;  // decode stage calls are counted apart
     return Run(ctx, r, on_event);
   }
 
@@ -152,6 +154,7 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
 
   absl::Status Run(CallContext& ctx, const v1::DenoiseRequest& r,
                    const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    if (r.has_decode()) return Decode(r, on_event);
     last_denoise = r;
     if (!denoise_error.ok()) return denoise_error;
     for (int i = 1; i <= r.steps(); ++i) {
@@ -162,22 +165,71 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
       e.mutable_progress()->set_total(r.steps());
       on_event(e);
     }
+    v1::DenoiseEvent e;
+    e.mutable_result()->set_denoise_seconds(0.5);
+    if (r.output().format() == v1::OUTPUT_FORMAT_LATENTS) {  // a decode stage follows
+      EmitLatents(r, on_event);
+    } else {
+      EmitImage(r, on_event);
+      e.mutable_result()->set_vae_decode_seconds(0.25);
+    }
+    on_event(e);
+    return absl::OkStatus();
+  }
+
+  // A "decode" stage call: the image from the latents a denoise call made.
+  v1::DenoiseRequest last_decode;
+  int decode_calls = 0;
+  absl::Status decode_error;
+  absl::Status Decode(const v1::DenoiseRequest& r,
+                      const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    last_decode = r;
+    ++decode_calls;
+    if (!decode_error.ok()) return decode_error;
+    if (!r.latents().has_image_latents()) {
+      return absl::InvalidArgumentError("latents.image_latents: missing");
+    }
+    EmitImage(r, on_event);
+    v1::DenoiseEvent e;
+    e.mutable_result()->set_vae_decode_seconds(0.25);
+    on_event(e);
+    return absl::OkStatus();
+  }
+
+ private:
+  void EmitImage(const v1::DenoiseRequest& r,
+                 const std::function<void(const v1::DenoiseEvent&)>& on_event) {
     v1::OutputInfo info;
     info.set_name("image");
     info.set_kind(v1::OUTPUT_KIND_IMAGE);
     info.set_mime_type("image/png");
     info.set_width(r.width());
     info.set_height(r.height());
-    ForEachOutputChunk(info, png, [&](v1::OutputChunk&& chunk) {
+    Emit(info, png, on_event);
+  }
+
+  // FLOAT32 [1, 1, h, w] latents named as an image model's LATENTS output ("latents"), h × w
+  // the request's size / 8, each value the seed.
+  void EmitLatents(const v1::DenoiseRequest& r,
+                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    const int h = std::max(1, r.height() / 8), w = std::max(1, r.width() / 8);
+    std::vector<float> values(static_cast<size_t>(h) * w, static_cast<float>(r.seed() % 1000));
+    v1::OutputInfo info;
+    info.set_name("latents");
+    info.set_kind(v1::OUTPUT_KIND_TENSOR);
+    info.set_tensor_dtype(v1::FLOAT32);
+    for (int d : {1, 1, h, w}) info.add_tensor_shape(d);
+    Emit(info, std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4),
+         on_event);
+  }
+
+  static void Emit(const v1::OutputInfo& info, const std::string& data,
+                   const std::function<void(const v1::DenoiseEvent&)>& on_event) {
+    ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {
       v1::DenoiseEvent e;
       *e.mutable_output() = std::move(chunk);
       on_event(e);
     });
-    v1::DenoiseEvent e;
-    e.mutable_result()->set_denoise_seconds(0.5);
-    e.mutable_result()->set_vae_decode_seconds(0.25);
-    on_event(e);
-    return absl::OkStatus();
   }
 };
 
