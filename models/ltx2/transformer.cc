@@ -164,6 +164,7 @@ Ltx2Transformer::~Ltx2Transformer() = default;
 
 int Ltx2Transformer::tp_size() const { return GroupSize(parallel_.tp); }
 int Ltx2Transformer::ulysses_size() const { return GroupSize(parallel_.ulysses); }
+int Ltx2Transformer::ring_size() const { return GroupSize(parallel_.ring); }
 
 absl::Status Ltx2Transformer::CheckParallel(const Ltx2TransformerConfig& c,
                                             const Ltx2ParallelContext& parallel) {
@@ -176,6 +177,12 @@ absl::Status Ltx2Transformer::CheckParallel(const Ltx2TransformerConfig& c,
   if (parallel.tp != nullptr && parallel.tp == parallel.ulysses && tp > 1) {
     return absl::InvalidArgumentError(
         "ltx2 transformer: the tp and Ulysses groups must be different communicators");
+  }
+  if (parallel.ring != nullptr && GroupSize(parallel.ring) > 1 &&
+      (parallel.ring == parallel.tp || parallel.ring == parallel.ulysses)) {
+    return absl::InvalidArgumentError(
+        "ltx2 transformer: the ring group must be a communicator of its own (not the tp or "
+        "Ulysses group)");
   }
   return absl::OkStatus();
 }
@@ -366,25 +373,30 @@ absl::StatusOr<Ltx2VideoShard> Ltx2Transformer::VideoShard(const Ltx2Transformer
   const int64_t tokens = in.hidden_states.size(1);
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   const int64_t frames = in.num_frames > 0 ? ceil_div(in.num_frames, config_.patch_size_t) : 0;
-  const int u = ulysses_size();
-  if (u == 1) return Ltx2VideoShard{0, frames, 0, tokens};
+  const int u = ulysses_size(), r = ring_size(), shards = u * r;
+  if (shards == 1) return Ltx2VideoShard{0, frames, 0, tokens};
   const int64_t per_frame = ceil_div(std::max<int64_t>(in.height, 0), config_.patch_size) *
                             ceil_div(std::max<int64_t>(in.width, 0), config_.patch_size);
   if (frames <= 0 || per_frame <= 0 || frames * per_frame != tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ltx2 transformer input 'num_frames/height/width': ", in.num_frames, "x", in.height, "x",
         in.width, " latent grid does not give the ", tokens,
-        " video tokens; a Ulysses-sharded forward needs it (also with video_coords) to split "
-        "the video by latent frames"));
+        " video tokens; a sequence-parallel (Ulysses × ring) forward needs it (also with "
+        "video_coords) to split the video by latent frames"));
   }
-  if (frames % u != 0) {
+  if (frames % shards != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "ltx2 transformer: ", frames, " latent frames do not divide by the Ulysses degree ", u,
-        " (the video is sharded by whole latent frames, without padding); use a frame count "
-        "with a multiple of ", u, " latent frames or a Ulysses degree dividing ", frames));
+        "ltx2 transformer: ", frames, " latent frames do not divide by the sequence-parallel "
+        "degree ", shards, " (Ulysses degree ", u, " × ring degree ", r,
+        "; the video is sharded by whole latent frames, without padding); use a frame count "
+        "with a multiple of ", shards, " latent frames or degrees whose product divides ",
+        frames));
   }
-  const int64_t count = frames / u, rank = parallel_.ulysses->rank();
-  return Ltx2VideoShard{rank * count, count, rank * count * per_frame, count * per_frame};
+  // Shard u + U·r: the U Ulysses ranks of ring rank r hold one contiguous ring block.
+  const int64_t count = frames / shards;
+  const int64_t shard = (u > 1 ? parallel_.ulysses->rank() : 0) +
+                        static_cast<int64_t>(u) * (r > 1 ? parallel_.ring->rank() : 0);
+  return Ltx2VideoShard{shard * count, count, shard * count * per_frame, count * per_frame};
 }
 
 absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
@@ -430,11 +442,15 @@ absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
     Ltx2TransformerOutputs out{Output(video, ctx.embedded_timestep, ""),
                                Output(audio, ctx.audio_embedded_timestep, "audio_")};
     if (seq_sharded && options.gather_video) {
-      ASSIGN_OR_RETURN(out.video, parallel::GatherSequence(*parallel_.ulysses, out.video, 1));
+      // Ulysses first (the ring block), then ring: shard order u + U·r.
+      for (parallel::Communicator* group : {parallel_.ulysses, parallel_.ring}) {
+        if (GroupSize(group) == 1) continue;
+        ASSIGN_OR_RETURN(out.video, parallel::GatherSequence(*group, out.video, 1));
+      }
     }
     return out;
   };
-  if (tp_size() == 1 && ulysses_size() == 1) return run();
+  if (tp_size() == 1 && ulysses_size() == 1 && ring_size() == 1) return run();
   // Collective failures inside the blocks surface as c10::Error.
   try {
     return run();

@@ -5,32 +5,38 @@
 // cross-attention, audio↔video cross-attention and a GELU-tanh feed-forward per stream, each
 // AdaLN-modulated by the stream's timestep. Parameters carry the checkpoint's exact names.
 //
-// Sharded forward (Ltx2ParallelContext): every rank of a Ulysses × tensor-parallel group builds
-// the model from the same whole weights, calls Forward with the same whole inputs and gets the
-// same whole outputs back as one rank would (to rounding).
-//  * Video tokens are sequence parallel over the Ulysses group, by whole latent frames: rank u
-//    of U holds frames [u·F/U, (u+1)·F/U) — contiguous tokens, as they are ordered (f, h, w) —
-//    with its own RoPE positions and per-token timesteps. F must divide by U (no padding: a
-//    padded frame would have to be masked out of every attention and would still cost a frame
-//    of compute; LTX-2 frame counts are 8k+1 pixel frames = k+1 latent frames, so U = 2 needs
-//    an odd k). The video self-attention swaps sequence for heads with Ulysses all-to-alls when
-//    the heads of a tensor-parallel rank divide by U; otherwise (tiny models with fewer heads
-//    than ranks) each rank all-gathers the keys and values of the other frames instead. Text
-//    cross-attention and audio→video attention need no communication (video queries local,
-//    their keys and values whole).
-//  * Audio is REPLICATED on every Ulysses rank (it is ~1/50 of the video tokens): its blocks
-//    run whole on each rank. Video→audio attention (audio queries over the sharded video keys)
-//    attends to the local frames and merges the ranks' partial results by log-sum-exp (one
-//    all-gather of [B, heads, Na, head_dim + 1] per block), in rank order, so the audio stays
-//    bit-identical on every rank.
+// Sharded forward (Ltx2ParallelContext): every rank of a Ulysses × ring × tensor-parallel group
+// builds the model from the same whole weights, calls Forward with the same whole inputs and
+// gets the same whole outputs back as one rank would (to rounding).
+//  * Video tokens are sequence parallel over Ulysses × ring (SP = U·R shards), by whole latent
+//    frames: the rank of Ulysses rank u and ring rank r holds shard s = u + U·r, frames
+//    [s·F/SP, (s+1)·F/SP) — contiguous tokens, as they are ordered (f, h, w) — with its own
+//    RoPE positions and per-token timesteps; the U Ulysses ranks of one ring rank together hold
+//    a contiguous "ring block" of U shards. F must divide by U·R (no padding: a padded frame
+//    would have to be masked out of every attention and would still cost a frame of compute;
+//    LTX-2 frame counts are 8k+1 pixel frames = k+1 latent frames, so SP = 2 needs an odd k).
+//    The video self-attention swaps sequence for heads with Ulysses all-to-alls when the heads
+//    of a tensor-parallel rank divide by U (otherwise — tiny models with fewer heads than ranks
+//    — each rank all-gathers the keys and values of its ring block instead); under ring
+//    (R > 1) the key/value ring blocks then travel around the ring group, each rank attending
+//    to one block while receiving the next, and the partial results (fp32, with their
+//    log-sum-exp; the video self-attention mask cut to the block) merge in block order. There
+//    is no replicated prefix in this attention (text enters by cross-attention), so nothing is
+//    counted twice. Text cross-attention and audio→video attention need no communication
+//    (video queries local, their keys and values whole).
+//  * Audio is REPLICATED on every Ulysses × ring rank (it is ~1/50 of the video tokens): its
+//    blocks run whole on each rank. Video→audio attention (audio queries over the sharded video
+//    keys) attends to the local frames and merges the U·R shards' partial results by
+//    log-sum-exp (one all-gather of [B, heads, Na, head_dim + 1] over Ulysses, then one over
+//    ring, per block), in shard order, so the audio stays bit-identical on every rank.
 //  * Tensor parallel, both streams: every attention (self, text, audio↔video) splits its heads
 //    (column-parallel to_q/to_k/to_v and gate logits, row-parallel to_out.0 + one all-reduce);
 //    the q/k RMSNorm across heads all-reduces the per-token sums of squares; the feed-forward is
 //    column-parallel ff.net.0 → GELU-tanh on the 4·D/tp shard → row-parallel ff.net.2 and one
 //    all-reduce (no all-gather of the hidden). Each rank keeps only its slices of the split
 //    block weights.
-//  * The video output is all-gathered over the Ulysses group at the end (out_channels wide)
-//    unless Ltx2ForwardOptions::gather_video is false.
+//  * The video output is all-gathered over the Ulysses, then the ring group at the end
+//    (out_channels wide) unless Ltx2ForwardOptions::gather_video is false.
 #ifndef DIFFMESH_MODELS_LTX2_TRANSFORMER_H_
 #define DIFFMESH_MODELS_LTX2_TRANSFORMER_H_
 
@@ -174,12 +180,14 @@ struct Ltx2TransformerOutputs {
 
 // The groups of a sharded forward (see the top of this file). Null or a group of one: no
 // sharding along that axis. The communicators must outlive the model; its Forward calls are
-// collective over both groups (every member calls Forward, with the same inputs and options, in
-// the same order), so one model is used by one thread at a time. The tp and Ulysses groups of
-// a denoise rank are parallel::ParallelGroups::tp and ::ulysses of its RankLayout.
+// collective over all groups (every member calls Forward, with the same inputs and options, in
+// the same order), so one model is used by one thread at a time. The groups of a denoise rank
+// are parallel::ParallelGroups::tp, ::ulysses and ::ring of its RankLayout (ranks ordered by
+// their coordinate, so the video shard of a rank is its RankLayout::sp_rank()).
 struct Ltx2ParallelContext {
   parallel::Communicator* tp = nullptr;       // heads / feed-forward columns
-  parallel::Communicator* ulysses = nullptr;  // video latent frames
+  parallel::Communicator* ulysses = nullptr;  // video latent frames (all-to-all)
+  parallel::Communicator* ring = nullptr;     // video latent frames (key/value ring)
 };
 
 // This rank's part of the video tokens in a sharded forward.
@@ -227,14 +235,16 @@ class Ltx2Transformer {
                                                  const Ltx2ForwardOptions& options = {}) const;
 
   // The video frames this rank holds in a sharded forward of `inputs` (all of them without a
-  // Ulysses group). INVALID_ARGUMENT, naming the sizes, when the latent frames do not divide by
-  // the Ulysses degree, or when num_frames/height/width are not set (they are required under
-  // Ulysses even with video_coords, to find the frame boundaries).
+  // Ulysses or ring group). INVALID_ARGUMENT, naming the sizes, when the latent frames do not
+  // divide by the sequence-parallel degree Ulysses × ring, or when num_frames/height/width are
+  // not set (they are required under sequence parallelism even with video_coords, to find the
+  // frame boundaries).
   absl::StatusOr<Ltx2VideoShard> VideoShard(const Ltx2TransformerInputs& inputs) const;
 
   const Ltx2ParallelContext& parallel() const { return parallel_; }
   int tp_size() const;
   int ulysses_size() const;
+  int ring_size() const;
 
   // The four rotary modules (self video/audio, cross video/audio) as the forward builds them.
   RopeSpec VideoRopeSpec() const;

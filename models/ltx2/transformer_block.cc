@@ -125,13 +125,14 @@ at::Tensor Ltx2Attention::Attend(const at::Tensor& q, const at::Tensor& k, const
     return t.view({t.size(0), t.size(1), heads_, head_dim_}).transpose(1, 2);
   };
   at::Tensor out;
-  const bool sharded = GroupSize(sharding.ulysses) > 1;
+  const bool sharded = GroupSize(sharding.ulysses) > 1 || GroupSize(sharding.ring) > 1;
   if (sharded && sharding.layout == SequenceLayout::kShardedSelf) {
-    out = FrameShardedSelfAttention(*sharding.ulysses, heads_first(q), heads_first(k),
-                                    heads_first(v), mask, sharding.query_offset);
+    out = FrameShardedSelfAttention(sharding.ulysses, sharding.ring, heads_first(q),
+                                    heads_first(k), heads_first(v), mask, sharding.query_offset);
   } else if (sharded && sharding.layout == SequenceLayout::kShardedKeys) {
     TORCH_CHECK(!mask.defined(), "ltx2 attention: no mask over sharded keys");
-    out = ShardedKeysAttention(*sharding.ulysses, heads_first(q), heads_first(k), heads_first(v));
+    out = ShardedKeysAttention(sharding.ulysses, sharding.ring, heads_first(q), heads_first(k),
+                               heads_first(v));
   } else {
     std::optional<at::Tensor> m;
     if (mask.defined()) m = mask.to(q.scalar_type());
@@ -293,6 +294,7 @@ void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
   AttentionSharding a2v_sharding, v2a_sharding;
   a2v_sharding.tp = v2a_sharding.tp = ctx.parallel.tp;
   v2a_sharding.ulysses = ctx.parallel.ulysses;
+  v2a_sharding.ring = ctx.parallel.ring;
   v2a_sharding.layout = SequenceLayout::kShardedKeys;
   at::Tensor a2v = a2v_.Forward(video_in(0, 1), audio_in(0, 1), at::Tensor(), &ctx.ca_video_rope,
                                 &ctx.ca_audio_rope, {}, a2v_sharding);
@@ -323,9 +325,10 @@ void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockCon
   AttentionSharding video_self;
   video_self.tp = tp;
   video_self.ulysses = ctx.parallel.ulysses;
+  video_self.ring = ctx.parallel.ring;
   video_self.layout = SequenceLayout::kShardedSelf;
   video_self.query_offset = ctx.video_offset;
-  AttentionSharding audio_self;  // audio is replicated over the Ulysses group
+  AttentionSharding audio_self;  // audio is replicated over the Ulysses × ring ranks
   audio_self.tp = tp;
   SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg, video_self);
   SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg, audio_self);

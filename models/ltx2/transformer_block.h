@@ -1,6 +1,6 @@
 // Internals of Ltx2Transformer: one attention module (LTX2Attention) and one transformer block
 // (LTX2VideoTransformerBlock), over weights resolved once at construction. Each attention step
-// is its own method so that sequence-parallel (Ulysses: Attend) and tensor-parallel versions
+// is its own method so that sequence-parallel (Ulysses × ring: Attend) and tensor-parallel versions
 // (column-parallel projections, row-parallel ProjectOut, q/k norm statistics summed over ranks)
 // can replace single steps.
 #ifndef DIFFMESH_MODELS_LTX2_TRANSFORMER_BLOCK_H_
@@ -57,7 +57,8 @@ enum class SequenceLayout {
 // The groups and layout of one attention call; the defaults are a single-rank call.
 struct AttentionSharding {
   parallel::Communicator* tp = nullptr;       // heads split over it (matching the weights)
-  parallel::Communicator* ulysses = nullptr;  // video frames split over it
+  parallel::Communicator* ulysses = nullptr;  // video frames split over Ulysses × ring
+  parallel::Communicator* ring = nullptr;
   SequenceLayout layout = SequenceLayout::kWhole;
   int64_t query_offset = 0;  // kShardedSelf: global index of this rank's first token
 };

@@ -1,5 +1,7 @@
 #include "models/ltx2/transformer_parallel.h"
 
+#include <cmath>
+#include <future>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -37,40 +39,113 @@ void TpAllReduce(parallel::Communicator* tp, at::Tensor& t) {
   TORCH_CHECK(status.ok(), "ltx2 tensor-parallel all-reduce: ", status.ToString());
 }
 
-at::Tensor FrameShardedSelfAttention(parallel::Communicator& ulysses, const at::Tensor& q,
-                                     const at::Tensor& k, const at::Tensor& v,
+namespace {
+
+// Attention of q [B, h, Sq, D] over one block of keys/values [B, h, L, D] with its
+// log-sum-exp, in fp32: `mask` additive, broadcastable to [B, h, Sq, L] (these queries, these
+// keys), or undefined. → {out [B, h, Sq, D], lse [B, h, Sq, 1]}.
+std::pair<at::Tensor, at::Tensor> BlockAttention(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& mask) {
+  if (!mask.defined()) return parallel::AttentionWithLse(q, k, v, at::Tensor());
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  at::Tensor s = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-2, -1)) * scale +
+                 mask.to(at::kFloat);
+  at::Tensor m = std::get<0>(s.max(-1, /*keepdim=*/true));
+  m = at::where(at::isinf(m), at::zeros_like(m), m);  // a row masked out entirely: out 0, lse -inf
+  at::Tensor p = at::exp(s - m);
+  at::Tensor l = p.sum(-1, /*keepdim=*/true);
+  at::Tensor out = at::matmul(p, v.to(at::kFloat)) / at::clamp_min(l, 1e-30);
+  return {out, m + at::log(l)};
+}
+
+// Ring attention: queries q [B, h, Sq, D] at global rows [q_begin, q_begin + Sq) over the whole
+// sequence, whose keys/values come as R ring blocks of L tokens, block j (global keys
+// [j·L, (j+1)·L)) held by ring rank j; `kv` [2, B, h, L, D] is this rank's. Each step sends the
+// block in hand to the next ring rank while attending to it; partials merge in block order.
+at::Tensor RingAttention(parallel::Communicator& ring, const at::Tensor& q, at::Tensor kv,
+                         const std::optional<at::Tensor>& mask, int64_t q_begin) {
+  const int R = ring.size(), r = ring.rank();
+  const int64_t block_len = kv.size(3);
+  at::Tensor rows;  // this rank's query rows of the whole mask
+  if (mask.has_value()) rows = mask->narrow(-2, q_begin, q.size(2));
+  std::vector<std::pair<at::Tensor, at::Tensor>> partials(R);
+  const int next = (r + 1) % R, prev = (r + R - 1) % R;
+  for (int step = 0; step < R; ++step) {
+    const int src = (r - step + R) % R;  // ring rank whose block `kv` holds
+    at::Tensor incoming;
+    std::future<absl::Status> transfer;
+    if (step + 1 < R) {
+      incoming = at::empty_like(kv);
+      transfer = std::async(std::launch::async, [&] {
+        return ring.SendRecv(kv, next, incoming, prev, /*tag=*/step);
+      });
+    }
+    at::Tensor block_mask =
+        rows.defined() ? rows.narrow(-1, src * block_len, block_len) : at::Tensor();
+    partials[src] = BlockAttention(q, kv[0], kv[1], block_mask);
+    if (transfer.valid()) {
+      const absl::Status status = transfer.get();
+      TORCH_CHECK(status.ok(), "ltx2 video self-attention (ring step ", step, "): ",
+                  status.ToString());
+      kv = incoming;
+    }
+  }
+  return parallel::MergeAttention(partials).to(q.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor FrameShardedSelfAttention(parallel::Communicator* ulysses, parallel::Communicator* ring,
+                                     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& mask, int64_t offset) {
-  const int64_t u = ulysses.size();
+  const int u = GroupSize(ulysses), R = GroupSize(ring);
   std::optional<at::Tensor> m;
   if (mask.defined()) m = mask.to(q.scalar_type());
+  // Queries qf at global rows [q_begin, q_begin + Sq) over the whole sequence, given this ring
+  // rank's ring block of keys/values kf/vf (the whole sequence when R = 1).
+  auto over_ring = [&](const at::Tensor& qf, const at::Tensor& kf, const at::Tensor& vf,
+                       int64_t q_begin) {
+    if (R > 1) return RingAttention(*ring, qf, at::stack({kf, vf}, 0), m, q_begin);
+    std::optional<at::Tensor> rows = m;
+    if (m.has_value() && qf.size(2) != m->size(-2)) rows = m->narrow(-2, q_begin, qf.size(2));
+    return models::Attention(qf, kf, vf, rows);
+  };
+  if (u == 1) return over_ring(q, k, v, offset);
   if (q.size(1) % u == 0) {
+    // After the all-to-all this rank holds its ring block (U shards, global tokens from
+    // ring rank · U·n on) for h/U heads.
+    const int64_t block_begin = static_cast<int64_t>(R > 1 ? ring->rank() : 0) * u * q.size(2);
     parallel::UlyssesOptions options;
-    // After the all-to-all every rank holds the whole sequence: the whole mask applies.
-    options.inner = [&m](const at::Tensor& qf, const at::Tensor& kf, const at::Tensor& vf) {
-      return models::Attention(qf, kf, vf, m);
+    options.inner = [&](const at::Tensor& qf, const at::Tensor& kf, const at::Tensor& vf) {
+      return over_ring(qf, kf, vf, block_begin);
     };
-    absl::StatusOr<at::Tensor> out = parallel::UlyssesAttention(ulysses, q, k, v, options);
+    absl::StatusOr<at::Tensor> out = parallel::UlyssesAttention(*ulysses, q, k, v, options);
     TORCH_CHECK(out.ok(), "ltx2 video self-attention: ", out.status().ToString());
     return *std::move(out);
   }
-  // Fewer heads than ranks: gather the keys and values of every frame instead ([B, h, N, D]).
-  absl::StatusOr<at::Tensor> kv = parallel::GatherSequence(ulysses, at::stack({k, v}, 0), 3);
+  // Fewer heads than Ulysses ranks: gather the keys and values of the ring block instead
+  // ([B, h, U·n, D]); the queries stay this rank's.
+  absl::StatusOr<at::Tensor> kv = parallel::GatherSequence(*ulysses, at::stack({k, v}, 0), 3);
   TORCH_CHECK(kv.ok(), "ltx2 video self-attention: ", kv.status().ToString());
-  if (m.has_value()) m = m->narrow(-2, offset, q.size(2));  // this rank's query rows
-  return models::Attention(q, (*kv)[0], (*kv)[1], m);
+  return over_ring(q, (*kv)[0], (*kv)[1], offset);
 }
 
-at::Tensor ShardedKeysAttention(parallel::Communicator& ulysses, const at::Tensor& q,
-                                const at::Tensor& k, const at::Tensor& v) {
+at::Tensor ShardedKeysAttention(parallel::Communicator* ulysses, parallel::Communicator* ring,
+                                const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   // fp32 partial result and log-sum-exp over the local keys, travelling as one tensor.
   auto [out, lse] = parallel::AttentionWithLse(q, k, v, at::Tensor());
   at::Tensor packed = at::cat({out, lse}, -1).unsqueeze(0);  // [1, B, h, Sq, D + 1]
-  absl::StatusOr<at::Tensor> all = ulysses.AllGather(packed);
-  TORCH_CHECK(all.ok(), "ltx2 video-to-audio attention: ", all.status().ToString());
+  // Over Ulysses, then ring: row u + U·r of [U·R, B, h, Sq, D + 1] is shard u + U·r's.
+  for (parallel::Communicator* group : {ulysses, ring}) {
+    if (GroupSize(group) == 1) continue;
+    absl::StatusOr<at::Tensor> all = group->AllGather(packed);
+    TORCH_CHECK(all.ok(), "ltx2 video-to-audio attention: ", all.status().ToString());
+    packed = *std::move(all);
+  }
   const int64_t d = q.size(-1);
   std::vector<std::pair<at::Tensor, at::Tensor>> partials;
-  for (int64_t r = 0; r < ulysses.size(); ++r) {
-    at::Tensor p = (*all)[r];
+  for (int64_t s = 0; s < packed.size(0); ++s) {
+    at::Tensor p = packed[s];
     partials.emplace_back(p.narrow(-1, 0, d), p.narrow(-1, d, 1));
   }
   return parallel::MergeAttention(partials).to(q.scalar_type());

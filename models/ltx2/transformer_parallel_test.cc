@@ -1,6 +1,7 @@
-// The sharded LTX-2 transformer forward (Ulysses over video frames × tensor parallel, Gloo ranks
-// as threads) against the single-rank forward of the same weights: video and audio, plain,
-// STG, modality-isolated and image-conditioned (per-token timestep, self-attention mask) calls.
+// The sharded LTX-2 transformer forward (Ulysses × ring over video frames × tensor parallel,
+// Gloo ranks as threads) against the single-rank forward of the same weights: video and audio,
+// plain, STG, modality-isolated and image-conditioned (per-token timestep, self-attention mask)
+// calls.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -127,18 +128,21 @@ std::vector<Call> Calls(const Ltx2TransformerConfig& c, int64_t frames) {
   return calls;
 }
 
-// This rank's tp and Ulysses groups of `config` (ring 1, cfg 1), split off `world`.
+// This rank's tp, Ulysses and ring groups of `config` (cfg 1), split off `world`.
 struct Groups {
-  std::unique_ptr<Communicator> tp, ulysses;
+  std::unique_ptr<Communicator> tp, ulysses, ring;
+
+  Ltx2ParallelContext context() const { return {tp.get(), ulysses.get(), ring.get()}; }
 };
 
 Groups SplitGroups(Communicator& world, const ParallelConfig& config) {
   Groups g;
-  for (Axis axis : {Axis::kTp, Axis::kUlysses}) {
+  for (Axis axis : {Axis::kTp, Axis::kUlysses, Axis::kRing}) {
     for (const std::vector<int>& ranks : RankLayout::AllGroups(config, axis)) {
       auto comm = world.Split(ranks);
       EXPECT_TRUE(comm.ok()) << comm.status();
-      if (comm.ok() && *comm != nullptr) (axis == Axis::kTp ? g.tp : g.ulysses) = *std::move(comm);
+      if (!comm.ok() || *comm == nullptr) continue;
+      (axis == Axis::kTp ? g.tp : axis == Axis::kUlysses ? g.ulysses : g.ring) = *std::move(comm);
     }
   }
   return g;
@@ -147,6 +151,7 @@ Groups SplitGroups(Communicator& world, const ParallelConfig& config) {
 struct Layout {
   int ulysses;
   int tp;
+  int ring = 1;
 };
 
 constexpr int kWorld = 4;  // every layout below fits; smaller ones run as several copies
@@ -155,10 +160,12 @@ constexpr int kWorld = 4;  // every layout below fits; smaller ones run as sever
 void RunLayout(Communicator& world, const std::string& label, const Ltx2TransformerConfig& config,
                const Layout& layout, const std::vector<Call>& calls,
                const std::vector<Ltx2TransformerOutputs>& expected) {
-  SCOPED_TRACE(absl::StrCat(label, " ulysses ", layout.ulysses, " tp ", layout.tp));
+  SCOPED_TRACE(absl::StrCat(label, " ulysses ", layout.ulysses, " tp ", layout.tp, " ring ",
+                            layout.ring));
   ParallelConfig pc;
   pc.tp = layout.tp;
   pc.ulysses = layout.ulysses;
+  pc.ring = layout.ring;
   std::unique_ptr<Communicator> copy;
   for (int first = 0; first < world.size(); first += pc.world()) {
     std::vector<int> ranks;
@@ -169,9 +176,9 @@ void RunLayout(Communicator& world, const std::string& label, const Ltx2Transfor
   }
   ASSERT_NE(copy, nullptr);
   Groups g = SplitGroups(*copy, pc);
-  ASSERT_TRUE(g.tp != nullptr && g.ulysses != nullptr);
+  ASSERT_TRUE(g.tp != nullptr && g.ulysses != nullptr && g.ring != nullptr);
   // Built whole and sliced, as every layout shares one rank's weights.
-  auto model = Ltx2Transformer::InitSeeded(config, kWeightSeed, {g.tp.get(), g.ulysses.get()});
+  auto model = Ltx2Transformer::InitSeeded(config, kWeightSeed, g.context());
   ASSERT_TRUE(model.ok()) << model.status();
   for (size_t i = 0; i < calls.size(); ++i) {
     auto out = (*model)->Forward(calls[i].in, calls[i].options);
@@ -180,19 +187,20 @@ void RunLayout(Communicator& world, const std::string& label, const Ltx2Transfor
     const double audio_err = RelativeError(out->audio, expected[i].audio);
     EXPECT_LE(video_err, kTolerance) << calls[i].name << " video, rank " << world.rank();
     EXPECT_LE(audio_err, kTolerance) << calls[i].name << " audio, rank " << world.rank();
-    // The replicated audio is the same on every rank of the Ulysses group, to the bit.
-    auto audios = g.ulysses->AllGatherList(out->audio.contiguous());
+    // The replicated audio is the same on every rank, to the bit.
+    auto audios = copy->AllGatherList(out->audio.contiguous());
     ASSERT_TRUE(audios.ok()) << audios.status();
     for (const at::Tensor& a : *audios) EXPECT_TRUE(at::equal(a, out->audio)) << calls[i].name;
     if (world.rank() == 0) {
-      std::printf("%s u%d tp%d %-12s video %.2e audio %.2e\n", label.c_str(), layout.ulysses,
-                  layout.tp, calls[i].name.c_str(), video_err, audio_err);
+      std::printf("%s u%d tp%d ring%d %-12s video %.2e audio %.2e\n", label.c_str(),
+                  layout.ulysses, layout.tp, layout.ring, calls[i].name.c_str(), video_err,
+                  audio_err);
     }
   }
   // A whole model from any builder, sharded afterwards, computes the same.
   auto whole = Ltx2Transformer::InitSeeded(config, kWeightSeed);
   ASSERT_TRUE(whole.ok()) << whole.status();
-  auto resharded = Ltx2Transformer::Parallelize(*std::move(whole), {g.tp.get(), g.ulysses.get()});
+  auto resharded = Ltx2Transformer::Parallelize(*std::move(whole), g.context());
   ASSERT_TRUE(resharded.ok()) << resharded.status();
   auto again = (*resharded)->Forward(calls[0].in, calls[0].options);
   ASSERT_TRUE(again.ok()) << again.status();
@@ -205,8 +213,10 @@ void RunLayout(Communicator& world, const std::string& label, const Ltx2Transfor
   ASSERT_TRUE(shard.ok()) << shard.status();
   auto local = (*model)->Forward(calls[0].in, local_options);
   ASSERT_TRUE(local.ok()) << local.status();
-  EXPECT_EQ(shard->frame_count * layout.ulysses, calls[0].in.num_frames);
-  EXPECT_EQ(shard->frame_offset, g.ulysses->rank() * shard->frame_count);
+  // Shard u + U·r (RankLayout::sp_rank).
+  EXPECT_EQ(shard->frame_count * layout.ulysses * layout.ring, calls[0].in.num_frames);
+  EXPECT_EQ(shard->frame_offset,
+            (g.ulysses->rank() + layout.ulysses * g.ring->rank()) * shard->frame_count);
   EXPECT_LE(RelativeError(local->video, expected[0].video.narrow(1, shard->token_offset,
                                                                   shard->token_count)),
             kTolerance);
@@ -217,7 +227,7 @@ void ExpectShardedMatchesSingleRank(const std::string& label, const Ltx2Transfor
                                     const std::vector<Layout>& layouts) {
   auto single = Ltx2Transformer::InitSeeded(config, kWeightSeed);
   ASSERT_TRUE(single.ok()) << single.status();
-  const std::vector<Call> calls = Calls(config, /*frames=*/4);  // 2 per rank at Ulysses 2
+  const std::vector<Call> calls = Calls(config, /*frames=*/4);  // 1 per rank at Ulysses × ring 4
   std::vector<Ltx2TransformerOutputs> expected;
   for (const Call& call : calls) {
     auto out = (*single)->Forward(call.in, call.options);
@@ -251,6 +261,26 @@ TEST(Ltx2TransformerParallelTest, UlyssesAllToAllWithTensorParallelMatchesSingle
   ExpectShardedMatchesSingleRank("v23x2heads-interleaved", interleaved, {{2, 2}, {2, 1}});
 }
 
+// Ring attention over the video frames, alone and with Ulysses or tensor parallelism: every
+// call (STG partial and all-perturbed, modality isolation, the image call's self-attention
+// mask cut per key block) on both streams. Under Ulysses 2 × ring 2 the fixture's 2 heads take
+// the all-to-all inside each ring block; under tp 2 × ring 2 each tp rank rings its one head.
+TEST(Ltx2TransformerParallelTest, RingAttentionMatchesSingleRank) {
+  ExpectShardedMatchesSingleRank("v23", FixtureConfig("v23"), {{1, 1, 2}, {2, 1, 2}, {1, 2, 2}});
+  ExpectShardedMatchesSingleRank("v20", FixtureConfig("v20"), {{2, 1, 2}});
+}
+
+// One head per stream (of twice the width), so Ulysses 2 × ring 2 takes the key/value
+// all-gather inside each ring block.
+TEST(Ltx2TransformerParallelTest, RingWithKeyValueGatherMatchesSingleRank) {
+  Ltx2TransformerConfig one_head = FixtureConfig("v23");
+  one_head.attention_head_dim *= one_head.num_attention_heads;
+  one_head.num_attention_heads = 1;
+  one_head.audio_attention_head_dim *= one_head.audio_num_attention_heads;
+  one_head.audio_num_attention_heads = 1;
+  ExpectShardedMatchesSingleRank("v23x1head", one_head, {{2, 1, 2}});
+}
+
 TEST(Ltx2TransformerParallelTest, RejectsFramesNotDividingAndHeadsNotDividing) {
   const Ltx2TransformerConfig config = FixtureConfig("v23");
   RunGlooRanks(2, [&](Communicator& world) {
@@ -262,11 +292,21 @@ TEST(Ltx2TransformerParallelTest, RejectsFramesNotDividingAndHeadsNotDividing) {
     EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(out.status().message(), HasSubstr("3 latent frames"));
     EXPECT_THAT(out.status().message(), HasSubstr("Ulysses degree 2"));
+    EXPECT_THAT(out.status().message(), HasSubstr("sequence-parallel degree 2"));
     in.num_frames = 0;  // coordinates alone do not say where the frames are
     in.video_coords = at::zeros({2, 3, in.hidden_states.size(1), 2});
     out = (*model)->Forward(in);
     EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(out.status().message(), HasSubstr("num_frames/height/width"));
+    // The whole world as the ring group: the same rule for the sequence-parallel degree
+    // Ulysses × ring.
+    auto ring = Ltx2Transformer::InitSeeded(config, kWeightSeed, {nullptr, nullptr, &world});
+    ASSERT_TRUE(ring.ok()) << ring.status();
+    out = (*ring)->Forward(RandomInputs(config, /*frames=*/3, 1));
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(out.status().message(),
+                HasSubstr("3 latent frames do not divide by the sequence-parallel degree 2 "
+                          "(Ulysses degree 1 × ring degree 2"));
   });
   Ltx2TransformerConfig odd = config;
   odd.num_attention_heads = 3;

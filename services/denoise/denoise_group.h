@@ -103,13 +103,16 @@ class DenoiseGroup {
   // The tp / sp collectives for this rank's DiT forward (empty functions where degree 1).
   const models::glm_image::DitCollectives& dit_collectives() const { return collectives_; }
 
-  // This rank's tensor-parallel and Ulysses communicators, for a model that runs its own
+  // This rank's tensor-parallel, Ulysses and ring communicators, for a model that runs its own
   // sharded forward (LTX-2); null where the degree is 1. Owned by the group.
   models::parallel::Communicator* tp_group() const {
     return options_.parallel.tp > 1 ? groups_.tp.get() : nullptr;
   }
   models::parallel::Communicator* ulysses_group() const {
     return options_.parallel.ulysses > 1 ? groups_.ulysses.get() : nullptr;
+  }
+  models::parallel::Communicator* ring_group() const {
+    return options_.parallel.ring > 1 ? groups_.ring.get() : nullptr;
   }
 
  private:

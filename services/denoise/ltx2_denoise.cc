@@ -221,19 +221,20 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                                                      "k+1 in 1..", kMaxFrames,
                                                      "; nearest: ", k * temporal_ + 1));
     }
-    // Ulysses shards the video by whole latent frames (models/ltx2/transformer.h): their count
-    // (f − 1)/temporal + 1 must divide by the degree.
-    const int ulysses = options_.parallel.ulysses;
-    if (const int64_t latent = (f - 1) / temporal_ + 1; latent % ulysses != 0) {
+    // Ulysses × ring shard the video by whole latent frames (models/ltx2/transformer.h): their
+    // count (f − 1)/temporal + 1 must divide by the sequence-parallel degree.
+    const int sp = options_.parallel.sp();
+    if (const int64_t latent = (f - 1) / temporal_ + 1; latent % sp != 0) {
       // The nearest multiple of the degree (the smaller on a tie) that fits kMaxFrames.
       const int64_t max_latent = (kMaxFrames - 1) / temporal_ + 1;
-      int64_t down = latent / ulysses * ulysses, up = down + ulysses;
+      int64_t down = latent / sp * sp, up = down + sp;
       if (up > max_latent) up = down;
-      if (down < ulysses) down = up;
+      if (down < sp) down = up;
       const int64_t best = latent - down <= up - latent ? down : up;
       return absl::InvalidArgumentError(absl::StrCat(
           "num_frames: ", f, " makes ", latent, " latent frames, which do not divide by the "
-          "Ulysses degree ", ulysses, " of this denoise group (the video is sharded by whole "
+          "sequence-parallel degree ", sp, " (ulysses ", options_.parallel.ulysses, " × ring ",
+          options_.parallel.ring, ") of this denoise group (the video is sharded by whole "
           "latent frames); nearest: ", (best - 1) * temporal_ + 1));
     }
     if (!std::isfinite(r.frame_rate()) || r.frame_rate() <= 0 || r.frame_rate() > 240) {
@@ -506,18 +507,13 @@ bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir) 
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options) {
   const models::parallel::ParallelConfig& p = options.parallel;
-  // Refused before the group meets, so no rank waits on a rendezvous that cannot serve.
-  if (p.ring != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parallel: ring attention is not implemented for LTX-2 (ring degree must be 1; shard "
-        "the video with ulysses instead); this group asks ",
-        p.ToString()));
-  }
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(options.model, options.model_dir));
   ASSIGN_OR_RETURN(auto connectors, ltx2::ConnectorsConfig::FromJson(spec.connectors));
   // Tensor parallelism splits both streams' heads; checked before the group meets (the
-  // transformer checks it again when it is sharded). Ulysses needs no head count: the
-  // transformer gathers the keys and values where a tp rank's heads do not divide by it.
+  // transformer checks it again when it is sharded), so no rank waits on a rendezvous that
+  // cannot serve. Ulysses and ring need no head count (the transformer gathers the keys and
+  // values where a tp rank's heads do not divide by Ulysses); their product must divide a
+  // request's latent frames (checked per request).
   ASSIGN_OR_RETURN(const ltx2::Ltx2TransformerConfig tc,
                    ltx2::Ltx2TransformerConfig::FromJson(spec.transformer));
   if (tc.num_attention_heads % p.tp != 0 || tc.audio_num_attention_heads % p.tp != 0) {
@@ -558,13 +554,14 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec, at::kFloat, device));
   ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec, at::kFloat, device));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
-  if (p.tp > 1 || p.ulysses > 1) {
+  if (p.tp > 1 || p.sp() > 1) {
     // Whole weights in, this rank's tensor-parallel slices kept; every rank of one cfg rank's
-    // ulysses × tp block then runs the same branches as one sharded forward (GuidedStep).
+    // ulysses × ring × tp block then runs the same branches as one sharded forward (GuidedStep).
     ASSIGN_OR_RETURN(models.transformer,
                      ltx2::Ltx2Transformer::Parallelize(
                          std::move(models.transformer),
-                         ltx2::Ltx2ParallelContext{group->tp_group(), group->ulysses_group()}));
+                         ltx2::Ltx2ParallelContext{group->tp_group(), group->ulysses_group(),
+                                                   group->ring_group()}));
   }
   // The "upsample" stage kind runs beside rank 0 (ltx2_upsample.h).
   std::unique_ptr<Ltx2UpsampleStage> upsample;

@@ -34,20 +34,19 @@ namespace diffmesh {
 // Whether `model` (or, when set, the snapshot in `model_dir`) is an LTX-2 model.
 bool IsLtx2DenoiseModel(const std::string& model, const std::string& model_dir);
 
-// Sequence and tensor parallelism (options.parallel.ulysses, .tp): every ulysses × tp block runs
-// the transformer sharded (Ltx2Transformer::Parallelize over the group's tp and Ulysses
-// communicators: video tokens by whole latent frames over Ulysses, audio replicated, heads and
-// feed-forward columns over tp), the cfg axis as above. A request's latent frames
-// ((num_frames − 1)/8 + 1 for the released VAEs) must divide by the Ulysses degree
-// (INVALID_ARGUMENT naming the nearest valid num_frames).
+// Sequence and tensor parallelism (options.parallel.ulysses, .ring, .tp): every
+// ulysses × ring × tp block runs the transformer sharded (Ltx2Transformer::Parallelize over the
+// group's tp, Ulysses and ring communicators: video tokens by whole latent frames over
+// Ulysses × ring, audio replicated, heads and feed-forward columns over tp), the cfg axis as
+// above. A request's latent frames ((num_frames − 1)/8 + 1 for the released VAEs) must divide by
+// ulysses × ring (INVALID_ARGUMENT naming the nearest valid num_frames).
 //
 // CUDA (options.cuda): each rank on cuda:<rank % visible GPUs>, NCCL between ranks; the
 // transformer in bf16, the decoders and the video encoder in float32 (ltx2_spec's builders), the
 // latents, guidance sums and scheduler float32.
 //
-// Collective over the group's ranks (options.rendezvous). A ring degree > 1 (ring attention is
-// not implemented for LTX-2) or a tp degree that does not divide both streams' heads is
-// INVALID_ARGUMENT, before any rank meets.
+// Collective over the group's ranks (options.rendezvous). A tp degree that does not divide both
+// streams' heads is INVALID_ARGUMENT, before any rank meets.
 absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options);
 

@@ -1,7 +1,8 @@
 // LTX-2 on a denoise group of Gloo ranks (threads of this process): every layout of
-// {CFG 1, 2, 3, 4} × {Ulysses 1, 2} × {TP 1, 2}, with all four guidance branches live and with
-// some off (idle ranks), reproduces the single-rank pipeline's final video and audio latents
-// (Ltx2Pipeline::Denoise, the serial combine) in fp32.
+// {CFG 1, 2, 3, 4} × {Ulysses 1, 2} × {TP 1, 2}, and ring 2 alone and with Ulysses 2, TP 2 or
+// CFG 2, with all four guidance branches live and with some off (idle ranks), reproduces the
+// single-rank pipeline's final video and audio latents (Ltx2Pipeline::Denoise, the serial
+// combine) in fp32.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -10,7 +11,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -135,16 +135,18 @@ Latents Reference(const Case& c, const v1::DenoiseRequest& r) {
   return {out->video_latents, out->audio_latents};
 }
 
-ParallelConfig Layout(int cfg, int ulysses = 1, int tp = 1) {
+ParallelConfig Layout(int cfg, int ulysses = 1, int tp = 1, int ring = 1) {
   ParallelConfig p;
   p.cfg = cfg;
   p.ulysses = ulysses;
   p.tp = tp;
+  p.ring = ring;
   return p;
 }
 
 std::string Name(const ParallelConfig& p) {
-  return absl::StrCat("cfg ", p.cfg, " × ulysses ", p.ulysses, " × tp ", p.tp);
+  return absl::StrCat("cfg ", p.cfg, " × ulysses ", p.ulysses, " × ring ", p.ring, " × tp ",
+                      p.tp);
 }
 
 // Starts the ranks (threads) of a group of ltx2-tiny: ranks > 0 run as workers, rank 0 runs
@@ -267,6 +269,39 @@ TEST(Ltx2DenoiseGroupTest, EveryLayoutWithFourLiveBranchesMatchesOneRank) {
   }
 }
 
+// Ring attention over the video frames: ring 2 alone, with tp 2 and with CFG 2 on 9 frames (one
+// latent frame per ring rank), and Ulysses 2 × ring 2, which shards 4 ways: 9 frames (2 latent
+// frames) are refused, naming 25 (4 latent frames, one per shard; the tiny model's 2 heads take
+// the Ulysses all-to-all inside each ring block), which then matches one rank. Few groups: each
+// costs more than its two steps.
+TEST(Ltx2DenoiseGroupTest, RingLayoutsMatchOneRank) {
+  const Case c = AllBranches(21);
+  v1::DenoiseRequest r = RequestOf(c);
+  const Latents want = Reference(c, r);
+  for (const ParallelConfig& layout :
+       {Layout(1, 1, 1, 2), Layout(1, 1, 2, 2), Layout(2, 1, 1, 2)}) {
+    ExpectMatches(RunGroup(layout, r), want, Name(layout));
+  }
+  v1::DenoiseRequest r25 = r;
+  r25.set_num_frames(25);
+  const Latents want25 = Reference(c, r25);
+  const ParallelConfig usp = Layout(1, 2, 1, 2);
+  RunRanks(usp, [&](DenoiseCore& core) {
+    CallContext ctx;
+    absl::Status s = core.Denoise(ctx, r, [](const v1::DenoiseEvent&) {});
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("2 latent frames, which do not divide by the sequence-parallel "
+                               "degree 4 (ulysses 2 × ring 2)"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.message().find("nearest: 25"), std::string::npos) << s;
+    testing::DenoiseOutputs events;
+    s = core.Denoise(ctx, r25, [&](const v1::DenoiseEvent& e) { events.Add(e); });
+    ASSERT_TRUE(s.ok()) << s;
+    ExpectMatches(LatentsOf(events), want25, Name(usp) + ", 25 frames");
+  });
+}
+
 TEST(Ltx2DenoiseGroupTest, RanksBeyondTheLiveBranchesIdle) {
   // stg 0 and modality 1 in both streams: cond and negative only; degree 4 leaves two ranks idle.
   Case c;
@@ -340,25 +375,26 @@ TEST(Ltx2DenoiseGroupTest, ImageToVideoOnEveryAxisMatchesOneRank) {
   ExpectMatches(RunGroup(Layout(2, 2, 2), r), want, "image-to-video, cfg 2 × ulysses 2 × tp 2");
 }
 
-TEST(Ltx2DenoiseGroupTest, RefusesRingAttentionAndTpThatDoesNotDivideTheHeads) {
-  for (auto [ring, tp, message] : {std::tuple{2, 1, "ring attention is not implemented for LTX-2"},
-                                   std::tuple{1, 4, "tp 4 does not divide"}}) {
+TEST(Ltx2DenoiseGroupTest, RefusesTpThatDoesNotDivideTheHeads) {
+  for (int ring : {1, 2}) {
     DenoiseCore::Options o;
     o.model = kModel;
     o.parallel.cfg = 2;
     o.parallel.ring = ring;
-    o.parallel.tp = tp;
+    o.parallel.tp = 4;
     o.rendezvous.world_size = o.parallel.world();
     // Refused before the rendezvous: this returns at once although no other rank exists.
     auto core = DenoiseCore::Create(o);
     EXPECT_EQ(core.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(core.status().message().find(message), std::string::npos) << core.status();
+    EXPECT_NE(core.status().message().find("parallel: tp 4 does not divide"), std::string::npos)
+        << core.status();
   }
 }
 
-TEST(Ltx2DenoiseGroupTest, LatentFramesMustDivideByTheUlyssesDegree) {
+TEST(Ltx2DenoiseGroupTest, LatentFramesMustDivideByTheSequenceParallelDegree) {
   // 17 frames are 3 latent frames: not shardable over 2 Ulysses ranks; 9 (2 latent frames) and
   // 25 (4) are equally near, the smaller is named. Refused on rank 0 before the group runs it.
+  // (Ulysses × ring: RingLayoutsMatchOneRank.)
   Case c;
   v1::DenoiseRequest r = RequestOf(c);
   r.set_num_frames(17);
@@ -367,6 +403,9 @@ TEST(Ltx2DenoiseGroupTest, LatentFramesMustDivideByTheUlyssesDegree) {
     absl::Status s = core.Denoise(ctx, r, [](const v1::DenoiseEvent&) {});
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(s.message().find("num_frames: 17 makes 3 latent frames"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("sequence-parallel degree 2 (ulysses 2 × ring 1)"),
+              std::string::npos)
+        << s;
     EXPECT_NE(s.message().find("nearest: 9"), std::string::npos) << s;
     // The group still serves the next request.
     r.set_num_frames(9);

@@ -204,14 +204,16 @@ TEST_F(Ltx2DenoiseTest, RejectsBadFramesSizesAndLayouts) {
   r.set_model("glm-image-tiny");
   EXPECT_EQ(Run(r, &out).code(), absl::StatusCode::kNotFound);
 
-  // CFG, Ulysses and tp groups are served (ltx2_denoise_group_test.cc); ring attention is not.
+  // Groups of every axis are served (ltx2_denoise_group_test.cc); a tp degree that does not
+  // divide the heads is refused before the group meets.
   DenoiseCore::Options o;
   o.model = kModel;
   o.parallel.ring = 2;
-  o.rendezvous.world_size = 2;
+  o.parallel.tp = 4;
+  o.rendezvous.world_size = o.parallel.world();
   auto grouped = DenoiseCore::Create(o);
   EXPECT_EQ(grouped.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(grouped.status().message().find("ring"), std::string::npos) << grouped.status();
+  EXPECT_NE(grouped.status().message().find("tp 4"), std::string::npos) << grouped.status();
 }
 
 // A 45 × 61 random RGB image (another size than the video's: the encoder's preprocessing
