@@ -258,6 +258,30 @@ class Ltx2LoraLoadErrorTest : public ::testing::Test {
 
 TEST_F(Ltx2LoraLoadErrorTest, TheUnchangedFileLoads) { EXPECT_TRUE(Load().ok()); }
 
+TEST_F(Ltx2LoraLoadErrorTest, LoraDownAndUpNamesLoadAsAAndB) {
+  std::map<std::string, at::Tensor> renamed;
+  for (const auto& [name, t] : tensors_) {
+    std::string n = name;
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{".lora_A.", ".lora_down."},
+                                   {".lora_B.", ".lora_up."}}) {
+      if (const size_t at = n.find(from); at != std::string::npos) n.replace(at, from.size(), to);
+    }
+    renamed[n] = t;
+  }
+  const std::map<std::string, at::Tensor> original = tensors_;
+  tensors_ = renamed;
+  ASSERT_TRUE(Load().ok());
+  auto a = Ltx2Lora::FromTensors(original, config_, {}, "original");
+  auto b = Ltx2Lora::FromTensors(renamed, config_, {}, "renamed");
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->num_layers(), (*b)->num_layers());
+  const LoraLayer* la = (*a)->Find("transformer_blocks.1.audio_to_video_attn.to_out.0");
+  const LoraLayer* lb = (*b)->Find("transformer_blocks.1.audio_to_video_attn.to_out.0");
+  ASSERT_TRUE(la != nullptr && lb != nullptr);
+  EXPECT_TRUE(at::equal(la->down, lb->down));
+  EXPECT_TRUE(at::equal(la->up, lb->up));
+}
+
 TEST_F(Ltx2LoraLoadErrorTest, UnknownModule) {
   const std::string key = "diffusion_model.transformer_blocks.0.attn1.to_qq.lora_A.weight";
   tensors_[key] = at::randn({4, 32});
