@@ -1,5 +1,6 @@
 #include "common/config/pipeline_config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -197,13 +198,32 @@ absl::Status CheckLimitsAndDefaults(const PipelineModel& model, const std::strin
   return absl::OkStatus();
 }
 
+// "lora": {"name": ..., "strength": ...} (strength optional, 1 by default).
+absl::Status ReadLora(const json& js, StageSpec& stage, const std::string& at) {
+  if (!js.contains("lora")) return absl::OkStatus();
+  const json& lora = js["lora"];
+  const std::string where = at + ".lora";
+  if (!lora.is_object()) return Bad(where + " must be an object {\"name\", \"strength\"}");
+  for (const auto& [key, value] : lora.items()) {
+    if (key != "name" && key != "strength") {
+      return Bad(absl::StrCat(where, ": unknown key '", key, "'"));
+    }
+  }
+  RETURN_IF_ERROR(Read(lora, "name", stage.lora, true, where));
+  RETURN_IF_ERROR(Read(lora, "strength", stage.lora_strength, false, where));
+  if (stage.lora.empty()) return Bad(where + ".name is empty");
+  if (!std::isfinite(stage.lora_strength)) return Bad(where + ".strength is not finite");
+  return absl::OkStatus();
+}
+
 // The multi-stage fields of a stage (StageSpec), each only on the kind it concerns.
 absl::Status ReadMultiStage(const json& js, StageSpec& stage, const std::string& at) {
   const bool denoise = stage.kind == "denoise", upsample = stage.kind == "upsample";
   for (const auto& [key, allowed] :
        {std::pair{"size_divisor", denoise}, std::pair{"sigmas", denoise},
         std::pair{"noise_scale", denoise}, std::pair{"unguided", denoise},
-        std::pair{"adain_factor", upsample}, std::pair{"tone_map_compression_ratio", upsample}}) {
+        std::pair{"lora", denoise}, std::pair{"adain_factor", upsample},
+        std::pair{"tone_map_compression_ratio", upsample}}) {
     if (js.contains(key) && !allowed) {
       return Bad(absl::StrCat(at, ".", key, " does not apply to a stage of kind '", stage.kind,
                               "'"));
@@ -213,6 +233,7 @@ absl::Status ReadMultiStage(const json& js, StageSpec& stage, const std::string&
   RETURN_IF_ERROR(Read(js, "sigmas", stage.sigmas, false, at));
   RETURN_IF_ERROR(Read(js, "noise_scale", stage.noise_scale, false, at));
   RETURN_IF_ERROR(Read(js, "unguided", stage.unguided, false, at));
+  RETURN_IF_ERROR(ReadLora(js, stage, at));
   RETURN_IF_ERROR(Read(js, "adain_factor", stage.adain_factor, false, at));
   RETURN_IF_ERROR(
       Read(js, "tone_map_compression_ratio", stage.tone_map_compression_ratio, false, at));

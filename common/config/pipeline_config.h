@@ -40,6 +40,11 @@ struct StageSpec {
   double noise_scale = 0.0;
   // "denoise": no guidance (conditional branch only), as a distilled stage runs.
   bool unguided = false;
+  // "denoise": a LoRA adapter of the model that this stage's transformer calls apply, by the
+  // name the denoise service loaded it under (its --lora flag), at lora_strength; JSON
+  // "lora": {"name": "distilled", "strength": 1.0}. Empty: the plain weights.
+  std::string lora;
+  double lora_strength = 1.0;
   // "upsample": the reference pipeline's AdaIN factor and tone-map compression (0 skips each).
   double adain_factor = 0.0;
   double tone_map_compression_ratio = 0.0;

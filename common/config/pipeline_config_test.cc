@@ -173,8 +173,11 @@ TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
 
   std::ifstream in(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
   const auto base = nlohmann::json::parse(in);
-  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-           {"sigmas", nlohmann::json::array({0.5})}, {"size_divisor", 2}, {"adain_factor", 0.5}}) {
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"sigmas", nlohmann::json::array({0.5})},
+                                                           {"size_divisor", 2},
+                                                           {"adain_factor", 0.5},
+                                                           {"lora", {{"name", "distilled"}}}}) {
     auto j = base;
     j["models"][0]["stages"][0][key] = value;  // not a field of an encoder stage
     auto parsed = PipelineConfig::Parse(j.dump());
@@ -189,6 +192,29 @@ TEST(PipelineConfigTest, TwoStageGraphReadsItsStageParameters) {
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << key;
     EXPECT_NE(parsed.status().message().find(key), std::string::npos) << parsed.status();
   }
+  // A LoRA adapter by name, strength 1 unless given; malformed entries name the field.
+  EXPECT_TRUE(full->lora.empty());
+  for (const auto& [lora, strength] : std::vector<std::pair<nlohmann::json, double>>{
+           {{{"name", "distilled"}}, 1.0}, {{{"name", "distilled"}, {"strength", 0.25}}, 0.25}}) {
+    auto j = base;
+    j["models"][0]["stages"][3]["lora"] = lora;  // denoise_full
+    auto parsed = PipelineConfig::Parse(j.dump());
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    const StageSpec* stage = parsed->FindModel("ltx2-tiny")->FindStage("denoise_full");
+    EXPECT_EQ(stage->lora, "distilled");
+    EXPECT_DOUBLE_EQ(stage->lora_strength, strength);
+  }
+  for (const nlohmann::json& lora :
+       {nlohmann::json("distilled"), nlohmann::json{{"strength", 1.0}},
+        nlohmann::json{{"name", ""}}, nlohmann::json{{"name", "d"}, {"scale", 1.0}},
+        nlohmann::json{{"name", "d"}, {"strength", "high"}}}) {
+    auto j = base;
+    j["models"][0]["stages"][3]["lora"] = lora;
+    auto parsed = PipelineConfig::Parse(j.dump());
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << lora.dump();
+    EXPECT_NE(parsed.status().message().find("lora"), std::string::npos) << parsed.status();
+  }
+
   auto j = base;
   j["models"][0]["defaults"]["width"] = 96;  // a multiple of 32, not of 64
   auto parsed = PipelineConfig::Parse(j.dump());

@@ -328,6 +328,8 @@ absl::StatusOr<BranchCall> Ltx2Pipeline::MakeBranchCall(const Ltx2DenoiseState& 
   in.fps = state.frame_rate;
   in.audio_num_frames = state.audio_frames;
   call.options.use_cross_timestep = guidance_.use_cross_timestep;
+  call.options.lora = networks_.transformer_lora;
+  call.options.lora_strength = networks_.transformer_lora_strength;
   if (branch == Branch::kPerturbed) call.options.stg_blocks = guidance_.stg_blocks;
   if (branch == Branch::kModality) call.options.isolate_modalities = true;
   return call;

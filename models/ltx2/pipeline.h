@@ -200,6 +200,10 @@ struct Ltx2Networks {
   const AudioVaeDecoder* audio_vae = nullptr;
   const Vocoder* vocoder = nullptr;
   SchedulerConfig scheduler;
+  // A LoRA adapter every transformer call applies (Ltx2ForwardOptions::lora), at this strength;
+  // null: the plain weights (e.g. stage 2 of the two-stage pipeline runs the distilled LoRA).
+  const Ltx2Lora* transformer_lora = nullptr;
+  double transformer_lora_strength = 1.0;
 };
 
 // Decodes denormalised latents (Ltx2Output::video_latents / audio_latents, what a LATENTS output

@@ -11,6 +11,7 @@
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
 #include "models/core/ops.h"
+#include "models/ltx2/lora.h"
 #include "models/ltx2/transformer_block.h"
 #include "models/ltx2/transformer_parallel.h"
 #include "models/parallel/comm.h"
@@ -47,13 +48,19 @@ struct AdaLnOut {
   at::Tensor embedded;  // [B, T, D], the embedding before SiLU + linear
 };
 
+// Linear layer `prefix` with the call's LoRA update, if it has one.
+at::Tensor AdaptedLinear(const at::Tensor& x, const WeightMap& w, const std::string& prefix,
+                         const LoraCall& lora) {
+  return lora.Add(Linear(x, w, prefix), prefix, x);
+}
+
 // LTX2AdaLayerNormSingle on timesteps `t` (numel B or B·T).
 AdaLnOut AdaLnSingle(const WeightMap& w, const std::string& prefix, const at::Tensor& t,
-                     int64_t batch, at::ScalarType dtype) {
+                     int64_t batch, at::ScalarType dtype, const LoraCall& lora) {
   at::Tensor proj = TimestepSinusoid(t.flatten()).to(dtype);
-  at::Tensor emb = Linear(proj, w, prefix + ".emb.timestep_embedder.linear_1");
-  emb = Linear(at::silu(emb), w, prefix + ".emb.timestep_embedder.linear_2");
-  at::Tensor mod = Linear(at::silu(emb), w, prefix + ".linear");
+  at::Tensor emb = AdaptedLinear(proj, w, prefix + ".emb.timestep_embedder.linear_1", lora);
+  emb = AdaptedLinear(at::silu(emb), w, prefix + ".emb.timestep_embedder.linear_2", lora);
+  at::Tensor mod = AdaptedLinear(at::silu(emb), w, prefix + ".linear", lora);
   return {mod.view({batch, -1, mod.size(-1)}), emb.view({batch, -1, emb.size(-1)})};
 }
 
@@ -308,16 +315,17 @@ void Ltx2Transformer::EmbedTimesteps(const Ltx2TransformerInputs& in,
   const at::Tensor sigma = dev(in.sigma);
   const at::Tensor audio_sigma = in.audio_sigma.defined() ? dev(in.audio_sigma) : sigma;
 
-  AdaLnOut video = AdaLnSingle(weights_, "time_embed", timestep, batch, dtype_);
-  AdaLnOut audio = AdaLnSingle(weights_, "audio_time_embed", audio_timestep, batch, dtype_);
+  AdaLnOut video = AdaLnSingle(weights_, "time_embed", timestep, batch, dtype_, ctx.lora);
+  AdaLnOut audio =
+      AdaLnSingle(weights_, "audio_time_embed", audio_timestep, batch, dtype_, ctx.lora);
   ctx.temb = video.mod;
   ctx.embedded_timestep = video.embedded;
   ctx.temb_audio = audio.mod;
   ctx.audio_embedded_timestep = audio.embedded;
   if (config_.prompt_modulation() && config_.use_prompt_adaln_single) {
-    ctx.temb_prompt = AdaLnSingle(weights_, "prompt_adaln", sigma, batch, dtype_).mod;
+    ctx.temb_prompt = AdaLnSingle(weights_, "prompt_adaln", sigma, batch, dtype_, ctx.lora).mod;
     ctx.temb_prompt_audio =
-        AdaLnSingle(weights_, "audio_prompt_adaln", audio_sigma, batch, dtype_).mod;
+        AdaLnSingle(weights_, "audio_prompt_adaln", audio_sigma, batch, dtype_, ctx.lora).mod;
   }
   // Cross-modal modulation follows the other stream's sigma (2.3) or the stream's own timestep.
   const double gate_scale =
@@ -325,14 +333,16 @@ void Ltx2Transformer::EmbedTimesteps(const Ltx2TransformerInputs& in,
   const at::Tensor video_ca_t = options.use_cross_timestep ? audio_sigma : timestep;
   const at::Tensor audio_ca_t = options.use_cross_timestep ? sigma : audio_timestep;
   ctx.temb_ca_video =
-      AdaLnSingle(weights_, "av_cross_attn_video_scale_shift", video_ca_t, batch, dtype_).mod;
+      AdaLnSingle(weights_, "av_cross_attn_video_scale_shift", video_ca_t, batch, dtype_, ctx.lora)
+          .mod;
   ctx.temb_ca_video_gate = AdaLnSingle(weights_, "av_cross_attn_video_a2v_gate",
-                                       video_ca_t.flatten() * gate_scale, batch, dtype_)
+                                       video_ca_t.flatten() * gate_scale, batch, dtype_, ctx.lora)
                                .mod;
   ctx.temb_ca_audio =
-      AdaLnSingle(weights_, "av_cross_attn_audio_scale_shift", audio_ca_t, batch, dtype_).mod;
+      AdaLnSingle(weights_, "av_cross_attn_audio_scale_shift", audio_ca_t, batch, dtype_, ctx.lora)
+          .mod;
   ctx.temb_ca_audio_gate = AdaLnSingle(weights_, "av_cross_attn_audio_v2a_gate",
-                                       audio_ca_t.flatten() * gate_scale, batch, dtype_)
+                                       audio_ca_t.flatten() * gate_scale, batch, dtype_, ctx.lora)
                                .mod;
 }
 
@@ -342,8 +352,8 @@ void Ltx2Transformer::PrepareContext(const Ltx2TransformerInputs& in, Ltx2BlockC
   at::Tensor audio = in.audio_encoder_hidden_states.to(device, dtype_);
   if (config_.use_prompt_embeddings) {  // LTX-2.0: PixArt-style caption projection
     auto project = [&](const at::Tensor& x, const std::string& p) {
-      at::Tensor h = at::gelu(Linear(x, weights_, p + ".linear_1"), "tanh");
-      return Linear(h, weights_, p + ".linear_2");
+      at::Tensor h = at::gelu(AdaptedLinear(x, weights_, p + ".linear_1", ctx.lora), "tanh");
+      return AdaptedLinear(h, weights_, p + ".linear_2", ctx.lora);
     };
     video = project(video, "caption_projection");
     audio = project(audio, "audio_caption_projection");
@@ -356,14 +366,14 @@ void Ltx2Transformer::PrepareContext(const Ltx2TransformerInputs& in, Ltx2BlockC
 }
 
 at::Tensor Ltx2Transformer::Output(const at::Tensor& hidden, const at::Tensor& embedded,
-                                   const std::string& prefix) const {
+                                   const std::string& prefix, const LoraCall& lora) const {
   const at::Tensor& table = Get(weights_, prefix + "scale_shift_table");  // [2, D]
   // [1, 1, 2, D] + [B, T, 1, D]: row 0 shift, row 1 scale.
   at::Tensor values = table.view({1, 1, 2, table.size(1)}) + embedded.unsqueeze(2);
   at::Tensor shift = values.select(2, 0), scale = values.select(2, 1);
   at::Tensor x = at::layer_norm(hidden, {hidden.size(-1)}, {}, {}, kOutputNormEps);
   x = x * (1 + scale) + shift;
-  return Linear(x, weights_, prefix + "proj_out");
+  return AdaptedLinear(x, weights_, prefix + "proj_out", lora);
 }
 
 absl::StatusOr<Ltx2VideoShard> Ltx2Transformer::VideoShard(const Ltx2TransformerInputs& in) const {
@@ -404,6 +414,17 @@ absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
   RETURN_IF_ERROR(ValidateInputs(in, options));
   ASSIGN_OR_RETURN(const Ltx2VideoShard shard, VideoShard(in));
   const at::Device device = Get(weights_, "proj_in.weight").device();
+  if (const Ltx2Lora* lora = options.lora; lora != nullptr) {
+    const TpSlice tp = SliceOf(parallel_.tp);
+    if (lora->tp().rank != tp.rank || lora->tp().size != tp.size || lora->dtype() != dtype_ ||
+        lora->device() != device || !std::isfinite(options.lora_strength)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ltx2 transformer: LoRA ", lora->source(), " was loaded for tp rank ", lora->tp().rank,
+          "/", lora->tp().size, ", ", c10::toString(lora->dtype()), " on ", lora->device().str(),
+          "; this model is tp rank ", tp.rank, "/", tp.size, ", ", c10::toString(dtype_), " on ",
+          device.str(), " (strength ", options.lora_strength, ")"));
+    }
+  }
   const int64_t batch = in.hidden_states.size(0), nv = in.hidden_states.size(1);
   // This rank's frames of every per-video-token input (everything else is whole).
   Ltx2TransformerInputs local = in;
@@ -417,9 +438,12 @@ absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
   Ltx2BlockContext ctx;
   ctx.parallel = parallel_;
   ctx.video_offset = shard.token_offset;
+  ctx.lora = {options.lora, options.lora_strength};
   BuildRope(in, shard, ctx);
-  at::Tensor video = Linear(local.hidden_states.to(device, dtype_), weights_, "proj_in");
-  at::Tensor audio = Linear(in.audio_hidden_states.to(device, dtype_), weights_, "audio_proj_in");
+  at::Tensor video =
+      AdaptedLinear(local.hidden_states.to(device, dtype_), weights_, "proj_in", ctx.lora);
+  at::Tensor audio =
+      AdaptedLinear(in.audio_hidden_states.to(device, dtype_), weights_, "audio_proj_in", ctx.lora);
   EmbedTimesteps(local, options, ctx);
   PrepareContext(in, ctx);  // the video self-attention mask stays whole: [B, 1, Nv, Nv]
   ctx.isolate_modalities = options.isolate_modalities;
@@ -439,8 +463,8 @@ absl::StatusOr<Ltx2TransformerOutputs> Ltx2Transformer::Forward(
       blocks_[i]->Forward(video, audio, ctx, stg && stg_blocks.count(i) > 0);
       if (options.block_observer) options.block_observer(i, video, audio);
     }
-    Ltx2TransformerOutputs out{Output(video, ctx.embedded_timestep, ""),
-                               Output(audio, ctx.audio_embedded_timestep, "audio_")};
+    Ltx2TransformerOutputs out{Output(video, ctx.embedded_timestep, "", ctx.lora),
+                               Output(audio, ctx.audio_embedded_timestep, "audio_", ctx.lora)};
     if (seq_sharded && options.gather_video) {
       // Ulysses first (the ring block), then ring: shard order u + U·r.
       for (parallel::Communicator* group : {parallel_.ulysses, parallel_.ring}) {

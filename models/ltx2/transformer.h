@@ -61,6 +61,9 @@ class Communicator;
 
 namespace diffmesh::models::ltx2 {
 
+class Ltx2Lora;
+struct LoraCall;
+
 // transformer/config.json. Absent keys take the diffusers constructor defaults (which are not
 // those of any released checkpoint: e.g. rope_type "interleaved", attention_head_dim 128).
 struct Ltx2TransformerConfig {
@@ -166,6 +169,11 @@ struct Ltx2ForwardOptions {
   // Sharded forward only: false returns this rank's video frames [B, count, out_channels]
   // (VideoShard) instead of all-gathering the whole video.
   bool gather_video = true;
+  // Run-time LoRA (lora.h): every Linear layer it adapts computes W x + b + lora_strength ·
+  // scale · B(A x) in this call. Null: the plain weights. It must be loaded for this model's
+  // config, dtype, device and tp rank (INVALID_ARGUMENT otherwise) and outlive the call.
+  const Ltx2Lora* lora = nullptr;
+  double lora_strength = 1.0;
   // Called after each block with the video [B, Nv, D] and audio [B, Na, Da] hidden states (in a
   // sharded forward: this rank's video frames and, under tensor parallelism, still whole D).
   std::function<void(int64_t block, const at::Tensor& video, const at::Tensor& audio)>
@@ -276,7 +284,7 @@ class Ltx2Transformer {
   void PrepareContext(const Ltx2TransformerInputs& in, Ltx2BlockContext& ctx) const;
   // norm_out, output modulation and proj_out of one stream.
   at::Tensor Output(const at::Tensor& hidden, const at::Tensor& embedded_timestep,
-                    const std::string& prefix) const;
+                    const std::string& prefix, const LoraCall& lora) const;
 
   Ltx2TransformerConfig config_;
   Ltx2ParallelContext parallel_;

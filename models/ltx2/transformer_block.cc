@@ -8,12 +8,13 @@
 
 namespace diffmesh::models::ltx2 {
 
-at::Tensor LinearWeights::operator()(const at::Tensor& x) const {
-  return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+at::Tensor LinearWeights::operator()(const at::Tensor& x, const LoraCall& lora) const {
+  return lora.Add(bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight), name, x);
 }
 
 LinearWeights GetLinear(const WeightMap& weights, const std::string& prefix) {
   LinearWeights l;
+  l.name = prefix;
   l.weight = Get(weights, prefix + ".weight");
   auto it = weights.find(prefix + ".bias");
   if (it != weights.end()) l.bias = it->second;
@@ -54,19 +55,21 @@ namespace {
 
 // A column-parallel layer: this rank's output rows (weight and bias).
 LinearWeights ColumnSlice(const LinearWeights& l, TpSlice tp) {
-  return {SliceForRank(l.weight, 0, tp), SliceForRank(l.bias, 0, tp)};
+  return {SliceForRank(l.weight, 0, tp), SliceForRank(l.bias, 0, tp), l.name};
 }
 
 // A row-parallel layer: this rank's input columns; the bias stays whole (added once, after the
 // all-reduce).
 LinearWeights RowSlice(const LinearWeights& l, TpSlice tp) {
-  return {SliceForRank(l.weight, 1, tp), l.bias};
+  return {SliceForRank(l.weight, 1, tp), l.bias, l.name};
 }
 
-// x·Wᵀ summed over `tp`, then + bias: the row-parallel product (plain Linear without tp).
-at::Tensor RowParallel(const LinearWeights& l, const at::Tensor& x, parallel::Communicator* tp) {
-  if (GroupSize(tp) == 1) return l(x);
-  at::Tensor partial = at::linear(x, l.weight);
+// x·Wᵀ summed over `tp`, then + bias: the row-parallel product (plain Linear without tp). A LoRA
+// update joins the partial product before the all-reduce (its lora_A holds this rank's columns).
+at::Tensor RowParallel(const LinearWeights& l, const at::Tensor& x, parallel::Communicator* tp,
+                       const LoraCall& lora) {
+  if (GroupSize(tp) == 1) return l(x, lora);
+  at::Tensor partial = lora.Add(at::linear(x, l.weight), l.name, x);
   TpAllReduce(tp, partial);
   return l.bias.defined() ? partial + l.bias : partial;
 }
@@ -92,10 +95,18 @@ Ltx2Attention::Ltx2Attention(const WeightMap& weights, const std::string& prefix
   if (gated_) to_gate_logits_ = ColumnSlice(GetLinear(weights, prefix + ".to_gate_logits"), tp);
 }
 
-at::Tensor Ltx2Attention::GateLogits(const at::Tensor& x) const { return to_gate_logits_(x); }
-at::Tensor Ltx2Attention::ProjectQuery(const at::Tensor& x) const { return to_q_(x); }
-at::Tensor Ltx2Attention::ProjectKey(const at::Tensor& context) const { return to_k_(context); }
-at::Tensor Ltx2Attention::ProjectValue(const at::Tensor& context) const { return to_v_(context); }
+at::Tensor Ltx2Attention::GateLogits(const at::Tensor& x, const LoraCall& lora) const {
+  return to_gate_logits_(x, lora);
+}
+at::Tensor Ltx2Attention::ProjectQuery(const at::Tensor& x, const LoraCall& lora) const {
+  return to_q_(x, lora);
+}
+at::Tensor Ltx2Attention::ProjectKey(const at::Tensor& context, const LoraCall& lora) const {
+  return to_k_(context, lora);
+}
+at::Tensor Ltx2Attention::ProjectValue(const at::Tensor& context, const LoraCall& lora) const {
+  return to_v_(context, lora);
+}
 
 at::Tensor Ltx2Attention::NormAcrossHeads(const at::Tensor& x, const at::Tensor& weight,
                                           parallel::Communicator* tp) const {
@@ -148,17 +159,18 @@ at::Tensor Ltx2Attention::ApplyGates(const at::Tensor& out, const at::Tensor& ga
   return (per_head * gates.unsqueeze(-1)).flatten(2, 3);
 }
 
-at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out, parallel::Communicator* tp) const {
-  return RowParallel(to_out_, out, tp);
+at::Tensor Ltx2Attention::ProjectOut(const at::Tensor& out, parallel::Communicator* tp,
+                                     const LoraCall& lora) const {
+  return RowParallel(to_out_, out, tp, lora);
 }
 
 at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context,
                                   const at::Tensor& mask, const RopeTables* q_rope,
                                   const RopeTables* k_rope, const Perturbation& perturbation,
-                                  const AttentionSharding& sharding) const {
+                                  const AttentionSharding& sharding, const LoraCall& lora) const {
   const at::Tensor& kv_in = context.defined() ? context : x;
-  at::Tensor gate_logits = gated_ ? GateLogits(x) : at::Tensor();
-  at::Tensor value = ProjectValue(kv_in);
+  at::Tensor gate_logits = gated_ ? GateLogits(x, lora) : at::Tensor();
+  at::Tensor value = ProjectValue(kv_in, lora);
   at::Tensor out;
   if (perturbation.active && perturbation.all_perturbed) {
     out = value;  // STG: the values pass straight through
@@ -167,15 +179,15 @@ at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context
         q_rope == nullptr ? nullptr : k_rope != nullptr ? k_rope : q_rope;
     at::Tensor q, k;
     if (sharding.tp != nullptr && sharding.tp->size() > 1) {  // the norm spans the TP ranks
-      q = NormQuery(ProjectQuery(x), sharding.tp);
-      k = NormKey(ProjectKey(kv_in), sharding.tp);
+      q = NormQuery(ProjectQuery(x, lora), sharding.tp);
+      k = NormKey(ProjectKey(kv_in, lora), sharding.tp);
       if (q_rope != nullptr) {
         q = Rotate(q, *q_rope);
         k = Rotate(k, *k_tables);
       }
     } else {
-      q = NormRope(ProjectQuery(x), norm_q_, eps_, q_rope, rope_type_);
-      k = NormRope(ProjectKey(kv_in), norm_k_, eps_, k_tables, rope_type_);
+      q = NormRope(ProjectQuery(x, lora), norm_q_, eps_, q_rope, rope_type_);
+      k = NormRope(ProjectKey(kv_in, lora), norm_k_, eps_, k_tables, rope_type_);
     }
     out = Attend(q, k, value, mask, sharding);
     if (perturbation.active && perturbation.mask.defined()) {
@@ -183,7 +195,7 @@ at::Tensor Ltx2Attention::Forward(const at::Tensor& x, const at::Tensor& context
     }
   }
   if (gated_) out = ApplyGates(out, gate_logits);
-  return ProjectOut(out, sharding.tp);
+  return ProjectOut(out, sharding.tp, lora);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,16 +260,18 @@ at::Tensor Ltx2Block::Norm(const at::Tensor& x, const at::Tensor& weight) const 
 void Ltx2Block::SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                               const Ltx2Attention& attn, const RopeTables& rope,
                               const at::Tensor& mask, const Perturbation& stg,
-                              const AttentionSharding& sharding) const {
+                              const AttentionSharding& sharding, const LoraCall& lora) const {
   // rows: 0 shift, 1 scale, 2 gate (msa).
   at::Tensor normed = NormModulate(x, s.norm1, rows[1], rows[0], eps_);
-  x = AddGated(x, attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg, sharding), rows[2]);
+  x = AddGated(x, attn.Forward(normed, at::Tensor(), mask, &rope, nullptr, stg, sharding, lora),
+               rows[2]);
 }
 
 void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
                                    const std::vector<at::Tensor>& rows, const Ltx2Attention& attn,
                                    const at::Tensor& context, const at::Tensor& temb_prompt,
-                                   const at::Tensor& mask, parallel::Communicator* tp) const {
+                                   const at::Tensor& mask, parallel::Communicator* tp,
+                                   const LoraCall& lora) const {
   at::Tensor kv = context;
   if (prompt_modulation_) {  // prompt rows: 0 shift, 1 scale
     std::vector<at::Tensor> prompt = ModulationRows(s.prompt_table, temb_prompt);
@@ -269,7 +283,7 @@ void Ltx2Block::TextCrossAttention(at::Tensor& x, const Stream& s,
                                    adaln ? rows[6] : at::Tensor(), eps_);
   AttentionSharding sharding;  // queries local, text whole
   sharding.tp = tp;
-  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr, {}, sharding);
+  at::Tensor out = attn.Forward(normed, kv, mask, nullptr, nullptr, {}, sharding, lora);
   x = adaln ? AddGated(x, out, rows[8]) : x + out;
 }
 
@@ -297,22 +311,25 @@ void Ltx2Block::AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
   v2a_sharding.ring = ctx.parallel.ring;
   v2a_sharding.layout = SequenceLayout::kShardedKeys;
   at::Tensor a2v = a2v_.Forward(video_in(0, 1), audio_in(0, 1), at::Tensor(), &ctx.ca_video_rope,
-                                &ctx.ca_audio_rope, {}, a2v_sharding);
+                                &ctx.ca_audio_rope, {}, a2v_sharding, ctx.lora);
   at::Tensor v2a = v2a_.Forward(audio_in(2, 3), video_in(2, 3), at::Tensor(), &ctx.ca_audio_rope,
-                                &ctx.ca_video_rope, {}, v2a_sharding);
+                                &ctx.ca_video_rope, {}, v2a_sharding, ctx.lora);
   video = AddGated(video, a2v, a2v_gate);
   audio = AddGated(audio, v2a, v2a_gate);
 }
 
-void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s,
-                            const std::vector<at::Tensor>& rows,
-                            parallel::Communicator* tp) const {
+void Ltx2Block::FeedForward(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
+                            parallel::Communicator* tp, const LoraCall& lora) const {
   // rows: 3 shift, 4 scale, 5 gate (mlp).
   at::Tensor normed = NormModulate(x, s.norm3, rows[4], rows[3], eps_);
-  // [B, S, 4·D/tp]
-  at::Tensor h = gelu_tanh_ ? LinearGeluTanh(normed, s.ff_in.weight, s.ff_in.bias)
-                            : at::gelu(s.ff_in(normed));
-  x = AddGated(x, RowParallel(s.ff_out, h, tp), rows[5]);
+  // [B, S, 4·D/tp]; the fused GEMM + GELU only without an update of ff_in.
+  at::Tensor h;
+  if (gelu_tanh_ && lora.Find(s.ff_in.name) == nullptr) {
+    h = LinearGeluTanh(normed, s.ff_in.weight, s.ff_in.bias);
+  } else {
+    h = gelu_tanh_ ? at::gelu(s.ff_in(normed, lora), "tanh") : at::gelu(s.ff_in(normed, lora));
+  }
+  x = AddGated(x, RowParallel(s.ff_out, h, tp, lora), rows[5]);
 }
 
 void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockContext& ctx,
@@ -330,15 +347,17 @@ void Ltx2Block::Forward(at::Tensor& video, at::Tensor& audio, const Ltx2BlockCon
   video_self.query_offset = ctx.video_offset;
   AttentionSharding audio_self;  // audio is replicated over the Ulysses × ring ranks
   audio_self.tp = tp;
-  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg, video_self);
-  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg, audio_self);
-  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask,
-                     tp);
+  SelfAttention(video, video_, v, attn1_, ctx.video_rope, ctx.video_self_mask, stg, video_self,
+                ctx.lora);
+  SelfAttention(audio, audio_, a, audio_attn1_, ctx.audio_rope, at::Tensor(), stg, audio_self,
+                ctx.lora);
+  TextCrossAttention(video, video_, v, attn2_, ctx.context, ctx.temb_prompt, ctx.context_mask, tp,
+                     ctx.lora);
   TextCrossAttention(audio, audio_, a, audio_attn2_, ctx.audio_context, ctx.temb_prompt_audio,
-                     ctx.audio_context_mask, tp);
+                     ctx.audio_context_mask, tp, ctx.lora);
   AudioVideoCrossAttention(video, audio, ctx);
-  FeedForward(video, video_, v, tp);
-  FeedForward(audio, audio_, a, tp);
+  FeedForward(video, video_, v, tp, ctx.lora);
+  FeedForward(audio, audio_, a, tp, ctx.lora);
 }
 
 }  // namespace diffmesh::models::ltx2

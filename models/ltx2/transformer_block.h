@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "models/core/weights.h"
+#include "models/ltx2/lora.h"
 #include "models/ltx2/rope.h"
 #include "models/ltx2/transformer.h"
 #include "models/ltx2/transformer_parallel.h"
@@ -23,7 +24,9 @@ namespace diffmesh::models::ltx2 {
 struct LinearWeights {
   at::Tensor weight;  // [out, in]
   at::Tensor bias;    // [out]
-  at::Tensor operator()(const at::Tensor& x) const;
+  std::string name;   // the weight's prefix: the key of its LoRA update
+  // x·Wᵀ + b, plus the layer's update when `lora` adapts it.
+  at::Tensor operator()(const at::Tensor& x, const LoraCall& lora = {}) const;
 };
 LinearWeights GetLinear(const WeightMap& weights, const std::string& prefix);
 
@@ -73,16 +76,18 @@ class Ltx2Attention {
   // broadcastable to [B, heads, Sq, Sk] (kShardedSelf: over the whole sequence) or undefined;
   // q_rope/k_rope may be null (k_rope null → q_rope) and are cut to this rank's heads.
   // Returns [B, Sq, Dq], whole (summed over the tp group).
+  // `lora` adapts the projections it has updates for.
   at::Tensor Forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& mask,
                      const RopeTables* q_rope, const RopeTables* k_rope,
-                     const Perturbation& perturbation = {},
-                     const AttentionSharding& sharding = {}) const;
+                     const Perturbation& perturbation = {}, const AttentionSharding& sharding = {},
+                     const LoraCall& lora = {}) const;
 
   // Steps. Rows are [B, S, heads·head_dim] over this rank's heads unless stated.
-  at::Tensor GateLogits(const at::Tensor& x) const;  // [B, Sq, heads], from the query input
-  at::Tensor ProjectQuery(const at::Tensor& x) const;
-  at::Tensor ProjectKey(const at::Tensor& context) const;
-  at::Tensor ProjectValue(const at::Tensor& context) const;
+  // [B, Sq, heads], from the query input
+  at::Tensor GateLogits(const at::Tensor& x, const LoraCall& lora = {}) const;
+  at::Tensor ProjectQuery(const at::Tensor& x, const LoraCall& lora = {}) const;
+  at::Tensor ProjectKey(const at::Tensor& context, const LoraCall& lora = {}) const;
+  at::Tensor ProjectValue(const at::Tensor& context, const LoraCall& lora = {}) const;
   // RMSNorm across ALL heads: the sums of squares are summed over `tp` first.
   at::Tensor NormQuery(const at::Tensor& q, parallel::Communicator* tp = nullptr) const;
   at::Tensor NormKey(const at::Tensor& k, parallel::Communicator* tp = nullptr) const;
@@ -92,7 +97,8 @@ class Ltx2Attention {
                     const at::Tensor& mask, const AttentionSharding& sharding = {}) const;
   at::Tensor ApplyGates(const at::Tensor& out, const at::Tensor& gate_logits) const;
   // Row-parallel under tp: the partial products are summed over `tp`, then the bias added.
-  at::Tensor ProjectOut(const at::Tensor& out, parallel::Communicator* tp = nullptr) const;
+  at::Tensor ProjectOut(const at::Tensor& out, parallel::Communicator* tp = nullptr,
+                        const LoraCall& lora = {}) const;
 
   int64_t heads() const { return heads_; }  // this rank's
   int64_t head_dim() const { return head_dim_; }
@@ -136,6 +142,7 @@ struct Ltx2BlockContext {
   // frames.
   Ltx2ParallelContext parallel;
   int64_t video_offset = 0;
+  LoraCall lora;  // the call's adapter (Ltx2ForwardOptions::lora), or none
 };
 
 class Ltx2Block {
@@ -161,16 +168,17 @@ class Ltx2Block {
   };
   void SelfAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                      const Ltx2Attention& attn, const RopeTables& rope, const at::Tensor& mask,
-                     const Perturbation& stg, const AttentionSharding& sharding) const;
+                     const Perturbation& stg, const AttentionSharding& sharding,
+                     const LoraCall& lora) const;
   void TextCrossAttention(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
                           const Ltx2Attention& attn, const at::Tensor& context,
                           const at::Tensor& temb_prompt, const at::Tensor& mask,
-                          parallel::Communicator* tp) const;
+                          parallel::Communicator* tp, const LoraCall& lora) const;
   void AudioVideoCrossAttention(at::Tensor& video, at::Tensor& audio,
                                 const Ltx2BlockContext& ctx) const;
   // Column-parallel ff.net.0 → GELU → row-parallel ff.net.2 under tp (one all-reduce).
   void FeedForward(at::Tensor& x, const Stream& s, const std::vector<at::Tensor>& rows,
-                   parallel::Communicator* tp) const;
+                   parallel::Communicator* tp, const LoraCall& lora) const;
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight) const;
 
   Stream video_, audio_;

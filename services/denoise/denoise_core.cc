@@ -355,6 +355,10 @@ class DenoiseCore::Impl final : public DenoiseEngine {
       return absl::NotFoundError(
           absl::StrCat("model: this denoise group serves '", spec_.name, "', not '", r.model(), "'"));
     }
+    if (r.has_lora()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("lora: this denoise group holds no LoRA adapter '", r.lora().name(), "'"));
+    }
     const int g = granularity_;
     for (auto [field, v] : {std::pair{"height", r.height()}, std::pair{"width", r.width()}}) {
       if (v < g || v > options_.max_image_size || v % g != 0) {
@@ -567,6 +571,11 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   if (IsLtx2DenoiseModel(options.model, options.model_dir)) {
     ASSIGN_OR_RETURN(auto engine, CreateLtx2DenoiseEngine(options));
     return std::unique_ptr<DenoiseCore>(new DenoiseCore(std::move(engine)));
+  }
+  if (!options.loras.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora: LoRA adapters are implemented for LTX-2 models only, not '",
+                     options.model_dir.empty() ? options.model : options.model_dir, "'"));
   }
   ASSIGN_OR_RETURN(GlmImageSpec spec,
                    models::glm_image::ResolveSpec(options.model, options.model_dir));

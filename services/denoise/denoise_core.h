@@ -8,6 +8,7 @@
 #define DIFFMESH_SERVICES_DENOISE_DENOISE_CORE_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -46,6 +47,10 @@ class DenoiseCore {
     // A streamed request (DenoiseStream) whose next input takes longer than this is ended
     // with DEADLINE_EXCEEDED and the group released, so a stalled client cannot hold the group.
     absl::Duration stream_idle_timeout = absl::Seconds(60);
+    // LoRA adapters of the model's transformer (LTX-2), name → safetensors file (--lora
+    // name=path). Every rank loads its slices at start; a request names one in
+    // DenoiseRequest.lora. Empty: none (a request naming one is FAILED_PRECONDITION).
+    std::map<std::string, std::string> loras;
     // Optional: called on every rank after each denoising step with its wall time (this rank's
     // DiT passes plus its waits in the collectives).
     std::function<void(double seconds)> on_step;

@@ -16,6 +16,7 @@
 #include "common/media/image_codec.h"
 #include "common/status/status_macros.h"
 #include "models/ltx2/connectors.h"
+#include "models/ltx2/lora.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
@@ -59,7 +60,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   Ltx2DenoiseEngine(DenoiseCore::Options options, ltx2::Ltx2Spec spec,
                     std::unique_ptr<DenoiseGroup> group, ltx2::Ltx2Models models,
                     int64_t video_text_dim, int64_t audio_text_dim,
-                    std::unique_ptr<Ltx2UpsampleStage> upsample)
+                    std::unique_ptr<Ltx2UpsampleStage> upsample,
+                    std::map<std::string, std::unique_ptr<ltx2::Ltx2Lora>> loras)
       : options_(std::move(options)),
         spec_(std::move(spec)),
         group_(std::move(group)),
@@ -67,6 +69,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
         video_text_dim_(video_text_dim),
         audio_text_dim_(audio_text_dim),
         upsample_(std::move(upsample)),
+        loras_(std::move(loras)),
         decoder_(spec_.name, models_.video_vae.get(), models_.audio_vae.get(),
                  models_.vocoder.get()) {
     const auto& tc = models_.transformer->config();
@@ -248,6 +251,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     RETURN_IF_ERROR(CheckInputs(r));
     RETURN_IF_ERROR(GuidanceOf(r).status());
     // Stage-graph fields (a later stage of a multi-stage pipeline).
+    RETURN_IF_ERROR(LoraOf(r).status());
     if (!std::isfinite(r.noise_scale()) || r.noise_scale() < 0 || r.noise_scale() > 1) {
       return absl::InvalidArgumentError("noise_scale: must lie in 0..1");
     }
@@ -405,6 +409,25 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     return pipeline.StepGuided(state, guided);
   }
 
+  // The adapter a request names (DenoiseRequest.lora), null for none.
+  absl::StatusOr<const ltx2::Ltx2Lora*> LoraOf(const v1::DenoiseRequest& r) const {
+    if (!r.has_lora()) return nullptr;
+    auto it = loras_.find(r.lora().name());
+    if (it == loras_.end()) {
+      std::string held;
+      for (const auto& [name, lora] : loras_) {
+        absl::StrAppend(&held, held.empty() ? "" : ", ", name);
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "lora: this denoise group holds no LoRA adapter '", r.lora().name(),
+          "' (it holds: ", held.empty() ? "none; start it with --lora name=path" : held, ")"));
+    }
+    if (!std::isfinite(r.lora().strength())) {
+      return absl::InvalidArgumentError("lora.strength: not finite");
+    }
+    return it->second.get();
+  }
+
   // A later stage of a stage graph: starts from the producer's raw latents (which must make the
   // requested size and frames), re-noised with noise_scale, on the given sigmas.
   absl::Status GivenLatents(const v1::DenoiseRequest& r, ltx2::Ltx2LatentInit& init) const {
@@ -439,7 +462,10 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
                        const std::function<void(const v1::DenoiseEvent&)>& on_event) {
     const absl::Time t0 = absl::Now();
     ASSIGN_OR_RETURN(ltx2::GuidanceOptions guidance, GuidanceOf(r));
-    ASSIGN_OR_RETURN(auto pipeline, ltx2::Ltx2Pipeline::Create(models_.networks(), guidance));
+    ltx2::Ltx2Networks networks = models_.networks();
+    ASSIGN_OR_RETURN(networks.transformer_lora, LoraOf(r));
+    networks.transformer_lora_strength = r.lora().strength();
+    ASSIGN_OR_RETURN(auto pipeline, ltx2::Ltx2Pipeline::Create(networks, guidance));
     ltx2::Ltx2LatentInit init;
     init.num_frames = r.num_frames();
     init.height = r.height();
@@ -489,6 +515,8 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
   const int64_t video_text_dim_, audio_text_dim_;
   int64_t spatial_ = 0, temporal_ = 0;  // pixels and frames per latent token
   const std::unique_ptr<Ltx2UpsampleStage> upsample_;  // rank 0, when the model has one
+  // LoRA adapters by name (options.loras), this rank's tensor-parallel slices.
+  const std::map<std::string, std::unique_ptr<ltx2::Ltx2Lora>> loras_;
   const Ltx2Decoder decoder_;  // rank 0 decodes
 };
 
@@ -563,6 +591,18 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
                          ltx2::Ltx2ParallelContext{group->tp_group(), group->ulysses_group(),
                                                    group->ring_group()}));
   }
+  // LoRA adapters, applied at run time per request (models/ltx2/lora.h): each rank keeps the
+  // slices of its tp rank, in the transformer's dtype on its device.
+  std::map<std::string, std::unique_ptr<ltx2::Ltx2Lora>> loras;
+  for (const auto& [name, path] : options.loras) {
+    auto lora = ltx2::Ltx2Lora::Load(
+        path, tc, {models.transformer->dtype(), device, ltx2::SliceOf(group->tp_group())});
+    if (!lora.ok()) {
+      return absl::Status(lora.status().code(),
+                          absl::StrCat("lora '", name, "': ", lora.status().message()));
+    }
+    loras[name] = *std::move(lora);
+  }
   // The "upsample" stage kind runs beside rank 0 (ltx2_upsample.h).
   std::unique_ptr<Ltx2UpsampleStage> upsample;
   if (group->is_main() && !spec.latent_upsampler.is_null()) {
@@ -570,7 +610,7 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   }
   return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(
       options, std::move(spec), std::move(group), std::move(models), connectors.video.inner_dim(),
-      connectors.audio.inner_dim(), std::move(upsample)));
+      connectors.audio.inner_dim(), std::move(upsample), std::move(loras)));
 }
 
 }  // namespace diffmesh

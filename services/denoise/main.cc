@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -60,6 +62,10 @@ ABSL_FLAG(std::string, role, "denoise",
           "\"upsample\" stage kinds, on one device, without the DiT or a group (a pipeline whose "
           "decode stage names this service decodes apart from the group, which meanwhile "
           "denoises the next request).");
+ABSL_FLAG(std::vector<std::string>, lora, {},
+          "LoRA adapters of the transformer (LTX-2), comma-separated name=path.safetensors "
+          "entries, e.g. distilled=/models/ltx-2-19b-distilled-lora-384.safetensors; a pipeline "
+          "stage applies one by name (its \"lora\" field).");
 ABSL_FLAG(bool, launch_ranks, true,
           "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
           "separately, e.g. one per node or pod).");
@@ -168,6 +174,15 @@ int main(int argc, char** argv) {
   if (o.stream_idle_timeout <= absl::ZeroDuration()) {
     std::cerr << "diffmesh-denoise: --stream_idle_timeout must be positive\n";
     return 2;
+  }
+  for (const std::string& entry : absl::GetFlag(FLAGS_lora)) {
+    const size_t eq = entry.find('=');
+    if (eq == 0 || eq == std::string::npos || eq + 1 == entry.size() ||
+        !o.loras.emplace(entry.substr(0, eq), entry.substr(eq + 1)).second) {
+      std::cerr << "diffmesh-denoise: --lora entry '" << entry
+                << "' is not name=path with a new name\n";
+      return 2;
+    }
   }
   o.parallel.cfg = absl::GetFlag(FLAGS_cfg_degree);
   o.parallel.ulysses = absl::GetFlag(FLAGS_ulysses_degree);

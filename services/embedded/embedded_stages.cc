@@ -122,23 +122,27 @@ absl::StatusOr<std::unique_ptr<EmbeddedStages>> EmbeddedStages::Create(const Opt
   den.model_dir = o.model_dir;
   den.cuda = o.cuda;
   den.parallel = o.parallel;
+  den.loras = o.denoise_loras;
   den.rendezvous.world_size = o.parallel.world();
   den.rendezvous.rank = 0;
   if (o.parallel.world() > 1) {
     den.rendezvous.master_port = FreeLoopbackPort();
     const std::string binary = FindServiceBinary("denoise", o.bin_dir);
     if (binary.empty()) return absl::NotFoundError("cannot find diffmesh-denoise for the other ranks");
+    std::string loras;
+    for (const auto& [name, path] : o.denoise_loras) {
+      absl::StrAppend(&loras, loras.empty() ? "" : ",", name, "=", path);
+    }
     for (int r = 1; r < o.parallel.world(); ++r) {
-      ASSIGN_OR_RETURN(
-          pid_t pid,
-          Spawn({binary, "--model=" + o.model, "--model_dir=" + o.model_dir,
-                 absl::StrCat("--rank=", r), "--launch_ranks=false",
-                 std::string("--device=") + (o.cuda ? "cuda" : "cpu"),
-                 absl::StrCat("--cfg_degree=", o.parallel.cfg),
-                 absl::StrCat("--ulysses_degree=", o.parallel.ulysses),
-                 absl::StrCat("--ring_degree=", o.parallel.ring),
-                 absl::StrCat("--tp_degree=", o.parallel.tp),
-                 absl::StrCat("--master_port=", den.rendezvous.master_port)}));
+      ASSIGN_OR_RETURN(pid_t pid, Spawn({binary, "--model=" + o.model, "--model_dir=" + o.model_dir,
+                                         absl::StrCat("--rank=", r), "--launch_ranks=false",
+                                         std::string("--device=") + (o.cuda ? "cuda" : "cpu"),
+                                         absl::StrCat("--cfg_degree=", o.parallel.cfg),
+                                         absl::StrCat("--ulysses_degree=", o.parallel.ulysses),
+                                         absl::StrCat("--ring_degree=", o.parallel.ring),
+                                         absl::StrCat("--tp_degree=", o.parallel.tp),
+                                         absl::StrCat("--master_port=", den.rendezvous.master_port),
+                                         "--lora=" + loras}));
       s->denoise_ranks_.push_back(pid);
     }
   }

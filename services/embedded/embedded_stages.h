@@ -3,12 +3,12 @@
 #ifndef DIFFMESH_SERVICES_EMBEDDED_EMBEDDED_STAGES_H_
 #define DIFFMESH_SERVICES_EMBEDDED_EMBEDDED_STAGES_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "models/parallel/layout.h"
-
 #include "services/ar/ar_core.h"
 #include "services/denoise/denoise_core.h"
 #include "services/encoder/encoder_core.h"
@@ -33,6 +33,8 @@ class EmbeddedStages final : public StageClientFactory {
     bool cuda = false;
     // Start the AR stage; false for models whose pipeline has none (LTX-2).
     bool ar = true;
+    // LoRA adapters the denoise group loads, name → file (DenoiseCore::Options::loras).
+    std::map<std::string, std::string> denoise_loras;
   };
   static absl::StatusOr<std::unique_ptr<EmbeddedStages>> Create(const Options& options);
   ~EmbeddedStages() override;

@@ -2,22 +2,34 @@
 // encoder → denoise at half size → upsample → denoise at full size) run by the orchestrator
 // core over the in-process stage cores of ltx2-tiny. The result has the requested (final) size
 // and equals the model-layer computation done by hand: Ltx2Pipeline stage 1 → latent upsampler
-// → Ltx2Pipeline stage 2 from the re-noised upsampled latents on the stage's sigmas.
+// → Ltx2Pipeline stage 2 from the re-noised upsampled latents on the stage's sigmas, with a LoRA
+// adapter ("distilled", a random one here) that the graph names for stage 2 only.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/config/pipeline_config.h"
+#include "common/safetensors/safetensors.h"
 #include "gtest/gtest.h"
 #include "models/core/ops.h"
+#include "models/core/weights.h"
 #include "models/ltx2/connectors.h"
+#include "models/ltx2/lora.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/upsampler.h"
+#include "nlohmann/json.hpp"
 #include "services/embedded/embedded_stages.h"
 #include "services/orchestrator/orchestrator_core.h"
 #include "services/stage_common/torch_wire.h"
@@ -28,6 +40,42 @@ namespace {
 namespace ltx2 = models::ltx2;
 
 constexpr char kModel[] = "ltx2-tiny";
+constexpr char kLora[] = "distilled";
+constexpr double kLoraStrength = 0.8;
+
+// A random rank-2 LoRA of every Linear layer of the model's transformer, written to `path`.
+void WriteRandomLora(const std::string& path) {
+  auto spec = ltx2::BuiltinSpec(kModel);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto config = ltx2::Ltx2TransformerConfig::FromJson(spec->transformer);
+  ASSERT_TRUE(config.ok()) << config.status();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(77);
+  std::map<std::string, OwnedTensor> tensors;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    const at::Tensor t = at::randn(shape, gen, at::kFloat) * 0.1;
+    OwnedTensor o{DType::kFloat32, shape, std::string(t.nbytes(), '\0')};
+    std::memcpy(o.bytes.data(), t.data_ptr(), t.nbytes());
+    tensors[name] = std::move(o);
+  };
+  for (const models::ParamSpec& p : ltx2::Ltx2Transformer::Params(*config)) {
+    if (p.shape.size() != 2 || !absl::EndsWith(p.name, ".weight")) continue;
+    const std::string module = "diffusion_model." + p.name.substr(0, p.name.size() - 7);
+    add(module + ".lora_A.weight", {2, p.shape[1]});
+    add(module + ".lora_B.weight", {p.shape[0], 2});
+  }
+  ASSERT_TRUE(WriteSafetensors(path, tensors).ok());
+}
+
+// The two-stage graph with the adapter on its last stage.
+absl::StatusOr<PipelineConfig> GraphWithLora(const std::string& name) {
+  std::ifstream in(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+  nlohmann::json j = nlohmann::json::parse(in);
+  for (auto& stage : j["models"][0]["stages"]) {
+    if (stage["name"] == "denoise_full")
+      stage["lora"] = {{"name", name}, {"strength", kLoraStrength}};
+  }
+  return PipelineConfig::Parse(j.dump());
+}
 
 struct Generated {
   absl::Status status;
@@ -39,11 +87,15 @@ struct Generated {
 class Ltx2TwoStageTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto pipeline = PipelineConfig::Load(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+    lora_path_ = new std::string(
+        absl::StrCat(::testing::TempDir(), "/ltx2_two_stage_lora_", getpid(), ".safetensors"));
+    WriteRandomLora(*lora_path_);
+    auto pipeline = GraphWithLora(kLora);
     ASSERT_TRUE(pipeline.ok()) << pipeline.status();
     EmbeddedStages::Options so;
     so.model = kModel;
     so.ar = false;
+    so.denoise_loras = {{kLora, *lora_path_}};
     auto stages = EmbeddedStages::Create(so);
     ASSERT_TRUE(stages.ok()) << stages.status();
     stages_ = stages->release();
@@ -57,6 +109,8 @@ class Ltx2TwoStageTest : public ::testing::Test {
   static void TearDownTestSuite() {
     delete core_;
     delete stages_;
+    std::filesystem::remove(*lora_path_);
+    delete lora_path_;
   }
 
   static v1::GenerateRequest Request() {
@@ -102,9 +156,11 @@ class Ltx2TwoStageTest : public ::testing::Test {
 
   static EmbeddedStages* stages_;
   static OrchestratorCore* core_;
+  static std::string* lora_path_;
 };
 EmbeddedStages* Ltx2TwoStageTest::stages_ = nullptr;
 OrchestratorCore* Ltx2TwoStageTest::core_ = nullptr;
+std::string* Ltx2TwoStageTest::lora_path_ = nullptr;
 
 ltx2::StreamGuidance StreamOf(const v1::StreamGuidance& g) {
   ltx2::StreamGuidance s;
@@ -161,7 +217,7 @@ TEST_F(Ltx2TwoStageTest, TwoStageGraphEqualsTheModelLayerByHand) {
 
   // By hand. The text embeddings from the encoder stage (its output is the denoise stages').
   // The stage parameters, from the graph.
-  auto config = PipelineConfig::Load(DIFFMESH_LTX2_TWO_STAGE_CONFIG);
+  auto config = GraphWithLora(kLora);
   ASSERT_TRUE(config.ok());
   const PipelineModel* model = config->FindModel(kModel);
   ASSERT_NE(model, nullptr);
@@ -243,8 +299,16 @@ TEST_F(Ltx2TwoStageTest, TwoStageGraphEqualsTheModelLayerByHand) {
   EXPECT_EQ(upsampled.size(3), out1->video_latents.size(3) * 2);
   EXPECT_EQ(upsampled.size(4), out1->video_latents.size(4) * 2);
 
-  // Stage 2: unguided, from the re-noised upsampled latents (audio: stage 1's), on the sigmas.
-  auto stage2 = ltx2::Ltx2Pipeline::Create(models.networks(), ltx2::GuidanceOptions{});
+  // Stage 2: unguided, with the adapter, from the re-noised upsampled latents (audio: stage
+  // 1's), on the sigmas.
+  EXPECT_TRUE(half->lora.empty());
+  ASSERT_EQ(full->lora, kLora);
+  auto lora = ltx2::Ltx2Lora::Load(*lora_path_, models.transformer->config());
+  ASSERT_TRUE(lora.ok()) << lora.status();
+  ltx2::Ltx2Networks networks2 = models.networks();
+  networks2.transformer_lora = lora->get();
+  networks2.transformer_lora_strength = full->lora_strength;
+  auto stage2 = ltx2::Ltx2Pipeline::Create(networks2, ltx2::GuidanceOptions{});
   ASSERT_TRUE(stage2.ok());
   ltx2::Ltx2LatentInit init2;
   init2.video_latents = upsampled;
@@ -279,6 +343,31 @@ TEST_F(Ltx2TwoStageTest, TwoStageGraphEqualsTheModelLayerByHand) {
               audio_error);
   EXPECT_LE(frames_error, 1e-5);
   EXPECT_LE(audio_error, 1e-5);
+
+  // The adapter matters: stage 2 without it ends elsewhere.
+  auto plain2 = ltx2::Ltx2Pipeline::Create(models.networks(), ltx2::GuidanceOptions{});
+  ASSERT_TRUE(plain2.ok());
+  auto plain_state = (*plain2)->PrepareLatents(init2);
+  ASSERT_TRUE(plain_state.ok()) << plain_state.status();
+  DenoiseByHand(**plain2, *plain_state, text);
+  const double lora_effect = models::RelativeError(plain_state->video, state2->video);
+  std::printf("stage 2 with vs without the LoRA: video latents rel diff %.3g\n", lora_effect);
+  EXPECT_GT(lora_effect, 1e-3);
+}
+
+TEST_F(Ltx2TwoStageTest, AdapterTheDenoiseGroupLacksIsFailedPrecondition) {
+  auto pipeline = GraphWithLora("missing");
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  OrchestratorCore::Options o;
+  o.pipeline = *std::move(pipeline);
+  o.stages = stages_;
+  auto core = OrchestratorCore::Create(std::move(o));
+  ASSERT_TRUE(core.ok()) << core.status();
+  CallContext ctx;
+  absl::Status s = (*core)->Generate(ctx, Request(), [](v1::GenerateEvent&&) {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("'missing'"), std::string::npos) << s;
+  EXPECT_NE(s.message().find(kLora), std::string::npos) << s;  // what it holds
 }
 
 TEST_F(Ltx2TwoStageTest, SizeNotAMultipleOf64SaysTheNearest) {

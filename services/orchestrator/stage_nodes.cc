@@ -187,6 +187,10 @@ class DenoiseNode final : public StageNode {
     request_.set_steps(spec_.sigmas.empty() ? a.steps() : static_cast<int>(spec_.sigmas.size()));
     for (double sigma : spec_.sigmas) request_.add_sigmas(sigma);
     request_.set_noise_scale(spec_.noise_scale);
+    if (!spec_.lora.empty()) {
+      request_.mutable_lora()->set_name(spec_.lora);
+      request_.mutable_lora()->set_strength(spec_.lora_strength);
+    }
     request_.set_seed(a.seed());
     request_.set_num_frames(a.num_frames());  // video models; 0 for images
     request_.set_frame_rate(a.frame_rate());
