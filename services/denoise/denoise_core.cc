@@ -626,6 +626,8 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   group_options.rendezvous = options.rendezvous;
   group_options.num_heads = static_cast<int>(dit_config.num_attention_heads);
   group_options.cuda = options.cuda;
+  group_options.heartbeat_interval = options.heartbeat_interval;
+  group_options.heartbeat_timeout = options.heartbeat_timeout;
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   models::glm_image::TensorParallelShard tp{group->layout().tp_rank(), options.parallel.tp};
   const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;

@@ -41,6 +41,11 @@ class DenoiseCore {
     // A streamed request (DenoiseStream) whose next input takes longer than this is ended
     // with DEADLINE_EXCEEDED and the group released, so a stalled client cannot hold the group.
     absl::Duration stream_idle_timeout = absl::Seconds(60);
+    // The group's heartbeats (models/parallel/comm_membership.h): every rank beats each
+    // heartbeat_interval; a rank silent for heartbeat_timeout (> 2 × interval) is lost and the
+    // group re-forms without waiting for a collective to time out.
+    absl::Duration heartbeat_interval = absl::Milliseconds(500);
+    absl::Duration heartbeat_timeout = absl::Seconds(4);
     // Optional: called on every rank after each denoising step with its wall time (this rank's
     // DiT passes plus its waits in the collectives).
     std::function<void(double seconds)> on_step;

@@ -607,6 +607,8 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   group_options.parallel = p;
   group_options.rendezvous = options.rendezvous;
   group_options.cuda = options.cuda;
+  group_options.heartbeat_interval = options.heartbeat_interval;
+  group_options.heartbeat_timeout = options.heartbeat_timeout;
   group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   const at::Device device = group->device();
