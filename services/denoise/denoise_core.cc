@@ -186,8 +186,9 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     ASSIGN_OR_RETURN(Prepared p, Prepare(r));
     std::string bytes;
     r.SerializeToString(&bytes);
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
     RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
-    absl::Status s = Execute(r, p, &ctx, on_event);
+    absl::Status s = Execute(r, p, &ctx, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }
@@ -236,8 +237,10 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     RETURN_IF_ERROR(CheckRequest(header));
     std::string bytes;
     header.SerializeToString(&bytes);
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
     RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes, ctx.deadline()));
-    absl::Status s = StreamAndExecute(ctx, header, inputs, on_event);
+    absl::Status s =
+        StreamAndExecute(ctx, header, inputs, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }

@@ -104,8 +104,10 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
     std::string bytes;
     r.SerializeToString(&bytes);
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes));
-    absl::Status s = Execute(&ctx, r, text, on_event);
+    // The request's deadline bounds the group's collective waits too (DenoiseGroup::Send).
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
+    absl::Status s = Execute(&ctx, r, text, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }

@@ -315,6 +315,7 @@ class DenoiseNode final : public StageNode {
     const double seconds = Since(start_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
     run_.AddTiming(spec_.name, result_.denoise_seconds());
+    run_.trace().StageQueued(result_.queue_seconds());  // waiting for the denoise group
     if (hands_on_) {  // no decode
       run_.trace().StageFinished(spec_.name, result_.denoise_seconds());
       return;
@@ -324,11 +325,12 @@ class DenoiseNode final : public StageNode {
     if (!trace.on()) return;
     trace.StageFinished(spec_.name, result_.denoise_seconds());
     trace.StageFinished("vae_decode", result_.vae_decode_seconds());
-    // Wire, (de)serialisation and waiting for the denoise group: what the stage did not
-    // report as its own compute. Left out when the stage reported no times.
+    // Wire and (de)serialisation: what the stage did not report as its own compute or as
+    // waiting for the group (queue time). Left out when the stage reported no times.
     if (result_.denoise_seconds() > 0) {
       trace.StageFinished("transfer", std::max(0.0, seconds - result_.denoise_seconds() -
-                                                        result_.vae_decode_seconds()));
+                                                        result_.vae_decode_seconds() -
+                                                        result_.queue_seconds()));
     }
   }
 
