@@ -54,8 +54,9 @@ struct RendezvousOptions {
 // Ends a communicator's waits early: a backend that supports it (Gloo; NCCL through its
 // watchdog, nccl_comm.h) polls Check() while an operation waits (every kWaitPollInterval) and
 // returns its status once it is not OK, so a dead or stopped peer, or a request's deadline,
-// bounds every wait rather than the backend's own timeout. After such an early return the ranks are no longer in step: the communicator
-// (and every one split from it, which shares its WaitLimit) must be replaced. Thread-safe.
+// bounds every wait rather than the backend's own timeout. After such an early return the ranks
+// are no longer in step: the communicator (and every one split from it, which shares its
+// WaitLimit) must be replaced. Thread-safe.
 class WaitLimit {
  public:
   // Sticky: every later Check() returns `why` (which must not be OK).
