@@ -14,6 +14,9 @@ covers the whole request phase (at least 10 s), so that every rate() sees the re
 Exempt: the GPU-memory panel, when it returns nothing. `diffmesh up` runs the stages on the CPU
 (--device defaults to cpu), so no process holds GPU memory and diffmesh_gpu_memory_bytes has no
 samples; on a mesh whose stages use CUDA the panel is checked like the others.
+Also exempt: the video panels (diffmesh_video_*, diffmesh_audio_*), when they return nothing:
+`diffmesh up` serves an image model, whose requests make no video or sound; the observer's test
+(services/orchestrator/prometheus_observer_test.cc) checks those series.
 
 Environment: DIFFMESH_BINARY_DIR (the build tree), DIFFMESH_SOURCE_DIR (the repository),
 DIFFMESH_PROMETHEUS (the prometheus binary; default: `prometheus` on PATH). Python 3 stdlib only.
@@ -39,6 +42,7 @@ import procs  # noqa: E402
 
 MODEL = "glm-image-tiny"
 GPU_METRIC = "diffmesh_gpu_memory_bytes"
+VIDEO_METRICS = ("diffmesh_video_", "diffmesh_audio_")
 
 
 def log(*args):
@@ -240,6 +244,10 @@ def main():
                 if GPU_METRIC in query:
                     exempt += 1
                     log(f"exempt (no GPU memory in this CPU mesh): [{title}] {query}")
+                    continue
+                if any(m in query for m in VIDEO_METRICS):
+                    exempt += 1
+                    log(f"exempt (an image model makes no video): [{title}] {query}")
                     continue
                 failures.append(f"[{title}] no data: {query}")
             elif not has_finite_value(data):

@@ -23,6 +23,8 @@ inline constexpr char kStageAr[] = "ar";
 inline constexpr char kStageEncoder[] = "encoder";
 inline constexpr char kStageDenoise[] = "denoise";
 inline constexpr char kStageVaeDecode[] = "vae_decode";
+// A decode stage of the pipeline (the VAE decode as a stage of its own) reports under its
+// pipeline name, e.g. "decode": dashboards read decode time as stage=~"vae_decode|decode".
 // Orchestrator-observed stage time minus the stage's own reported compute time: the wire,
 // (de)serialisation and waiting inside the stage service.
 inline constexpr char kStageTransfer[] = "transfer";
@@ -57,7 +59,9 @@ struct RequestFamilies {
   prometheus::Family<prometheus::Counter>& requests;
   // diffmesh_request_duration_seconds{model}: arrival to result, successful requests.
   prometheus::Family<prometheus::Histogram>& request_duration;
-  // diffmesh_queue_duration_seconds{model}: arrival to the first stage's start.
+  // diffmesh_queue_duration_seconds{model}: a started request's time spent waiting to run:
+  // arrival to the first stage's start, plus what stages reported waiting for their turn (the
+  // denoise group's one request at a time). Observed once per request, when it ends.
   prometheus::Family<prometheus::Histogram>& queue_duration;
   // diffmesh_time_to_first_event_seconds{model}: arrival to the first progress event (AR
   // tokens or a denoise step) streamed to the client.
@@ -70,6 +74,17 @@ struct RequestFamilies {
   prometheus::Family<prometheus::Histogram>& stage_duration;
   // diffmesh_stage_bytes_total{stage, direction}: serialized stage messages.
   prometheus::Family<prometheus::Counter>& stage_bytes;
+  // Video models' successful requests (image outputs are not counted):
+  // diffmesh_video_frames_total{model}: video frames generated.
+  prometheus::Family<prometheus::Counter>& video_frames;
+  // diffmesh_video_seconds_total{model}: playing time of the video generated (frames / rate).
+  prometheus::Family<prometheus::Counter>& video_seconds;
+  // diffmesh_audio_seconds_total{model}: sound generated (an MP4's track, RAW audio samples).
+  prometheus::Family<prometheus::Counter>& audio_seconds;
+  // diffmesh_video_frame_seconds{model}: one request's arrival-to-result time over its video
+  // frames: how fast the mesh makes video (frames per second = 1 / this; a histogram in the
+  // base unit, as every diffmesh histogram).
+  prometheus::Family<prometheus::Histogram>& video_frame_seconds;
 };
 
 // Per-call metrics every stage service records (server side).

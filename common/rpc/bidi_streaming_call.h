@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/call/call_context.h"
 #include "common/call/input_queue.h"
 #include "common/rpc/streaming_call.h"
@@ -25,10 +26,12 @@ class BidiStreamingCall final
   using Emit = typename Base::Emit;
   using Work = std::function<absl::Status(CallContext& ctx, InputQueue<In>& inputs, const Emit& emit)>;
 
-  // Returns the reactor for a CallbackService method to return.
-  static grpc::ServerBidiReactor<In, Event>* Start(grpc::CallbackServerContext* server_ctx,
-                                                   Work work) {
-    auto* call = new BidiStreamingCall(server_ctx);
+  // Returns the reactor for a CallbackService method to return. The work's CallContext ends
+  // at the client's deadline or `max_duration` from now, whichever comes first.
+  static grpc::ServerBidiReactor<In, Event>* Start(
+      grpc::CallbackServerContext* server_ctx, Work work,
+      absl::Duration max_duration = absl::InfiniteDuration()) {
+    auto* call = new BidiStreamingCall(server_ctx, max_duration);
     call->StartRead(&call->in_);
     call->StartWork([call, work = std::move(work)](CallContext& ctx, const Emit& emit) {
       return work(ctx, call->inputs_, emit);
@@ -52,7 +55,8 @@ class BidiStreamingCall final
   }
 
  private:
-  explicit BidiStreamingCall(grpc::CallbackServerContext* server_ctx) : Base(server_ctx) {}
+  BidiStreamingCall(grpc::CallbackServerContext* server_ctx, absl::Duration max_duration)
+      : Base(server_ctx, max_duration) {}
 
   In in_;  // the read in flight
   InputQueue<In> inputs_;

@@ -6,12 +6,14 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <functional>
 #include <mutex>
 
 #include "absl/status/status.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/call/call_context.h"
 #include "common/call/thread_cache.h"
@@ -19,12 +21,19 @@
 
 namespace diffmesh {
 
-inline absl::Time DeadlineOf(const grpc::ServerContextBase& server_ctx) {
+// The call's deadline: the client's, capped at `max_duration` from now. The cap is the server's
+// own limit on one call (a stage's --max-request-time), so a client that sends no deadline, or
+// a far one, cannot hold the server's work past it: the work's CallContext reports
+// DEADLINE_EXCEEDED from then on.
+inline absl::Time DeadlineOf(const grpc::ServerContextBase& server_ctx,
+                             absl::Duration max_duration = absl::InfiniteDuration()) {
   auto d = server_ctx.deadline();
-  if (d >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
-    return absl::InfiniteFuture();
+  absl::Time client = absl::InfiniteFuture();
+  if (d < std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    client = absl::FromChrono(d);
   }
-  return absl::FromChrono(d);
+  if (max_duration == absl::InfiniteDuration()) return client;
+  return std::min(client, absl::Now() + max_duration);
 }
 
 // The write side of a server-streaming or bidirectional call (Base is gRPC's
@@ -68,8 +77,9 @@ class EventStreamReactor : public Base {
   void OnDone() override { Unref(); }
 
  protected:
-  explicit EventStreamReactor(grpc::CallbackServerContext* server_ctx)
-      : ctx_(DeadlineOf(*server_ctx)) {}
+  // `max_duration`: the server's limit on the call (DeadlineOf).
+  EventStreamReactor(grpc::CallbackServerContext* server_ctx, absl::Duration max_duration)
+      : ctx_(DeadlineOf(*server_ctx, max_duration)) {}
 
   // Starts the call's work; call once, from the factory, after the reactor is set up.
   void StartWork(std::function<absl::Status(CallContext& ctx, const Emit& emit)> work) {
@@ -139,25 +149,31 @@ class StreamingCall final : public EventStreamReactor<grpc::ServerWriteReactor<E
   using Emit = typename Base::Emit;
   using Work = std::function<absl::Status(CallContext& ctx, const Emit& emit)>;
 
-  // Returns the reactor for a CallbackService method to return.
-  static grpc::ServerWriteReactor<Event>* Start(grpc::CallbackServerContext* server_ctx,
-                                                Work work) {
-    auto* call = new StreamingCall(server_ctx);
+  // Returns the reactor for a CallbackService method to return. The work's CallContext ends
+  // at the client's deadline or `max_duration` from now, whichever comes first.
+  static grpc::ServerWriteReactor<Event>* Start(
+      grpc::CallbackServerContext* server_ctx, Work work,
+      absl::Duration max_duration = absl::InfiniteDuration()) {
+    auto* call = new StreamingCall(server_ctx, max_duration);
     call->StartWork(std::move(work));
     return call;
   }
 
  private:
-  explicit StreamingCall(grpc::CallbackServerContext* server_ctx) : Base(server_ctx) {}
+  StreamingCall(grpc::CallbackServerContext* server_ctx, absl::Duration max_duration)
+      : Base(server_ctx, max_duration) {}
 };
 
-// Unary counterpart: runs `work` off the gRPC thread and finishes with its status.
+// Unary counterpart: runs `work` off the gRPC thread and finishes with its status. The work's
+// CallContext ends at the client's deadline or `max_duration` from now, whichever comes first.
 template <typename Response>
 grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* server_ctx, Response* response,
-                                   std::function<absl::Status(CallContext&, Response*)> work) {
+                                   std::function<absl::Status(CallContext&, Response*)> work,
+                                   absl::Duration max_duration = absl::InfiniteDuration()) {
   grpc::ServerUnaryReactor* reactor = server_ctx->DefaultReactor();
-  ThreadCache::Default().Run([server_ctx, response, reactor, work = std::move(work)]() mutable {
-    CallContext ctx(DeadlineOf(*server_ctx));
+  const absl::Time deadline = DeadlineOf(*server_ctx, max_duration);  // from the call's arrival
+  ThreadCache::Default().Run([deadline, response, reactor, work = std::move(work)]() mutable {
+    CallContext ctx(deadline);
     absl::Status status = work(ctx, response);
     work = nullptr;  // released before Finish lets the call end
     reactor->Finish(ToGrpcStatus(status));

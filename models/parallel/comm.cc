@@ -418,6 +418,7 @@ absl::Status Communicator::BroadcastBytes(std::string* bytes, int root) {
     const at::TensorOptions host = at::TensorOptions().dtype(at::kLong);
     at::Tensor length = at::full({1}, static_cast<int64_t>(bytes->size()), host).to(device());
     RETURN_IF_ERROR(DoBroadcast(length, root));
+    RETURN_IF_ERROR(DoSynchronize("BroadcastBytes"));
     const int64_t n = length.cpu().item<int64_t>();
     if (n == 0) {
       bytes->clear();
@@ -432,6 +433,7 @@ absl::Status Communicator::BroadcastBytes(std::string* bytes, int root) {
     }
     RETURN_IF_ERROR(DoBroadcast(payload, root));
     if (rank_ != root) {
+      RETURN_IF_ERROR(DoSynchronize("BroadcastBytes"));
       at::Tensor host_payload = payload.cpu();
       bytes->assign(reinterpret_cast<const char*>(host_payload.data_ptr<uint8_t>()), n);
     }

@@ -51,11 +51,12 @@ struct RendezvousOptions {
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
 
-// Ends a communicator's waits early: a backend that supports it (Gloo) polls Check() while an
-// operation waits (every kWaitPollInterval) and returns its status once it is not OK, so a
-// dead or stopped peer, or a request's deadline, bounds every wait rather than the backend's
-// own timeout. After such an early return the ranks are no longer in step: the communicator
-// (and every one split from it, which shares its WaitLimit) must be replaced. Thread-safe.
+// Ends a communicator's waits early: a backend that supports it (Gloo; NCCL through its
+// watchdog, nccl_comm.h) polls Check() while an operation waits (every kWaitPollInterval) and
+// returns its status once it is not OK, so a dead or stopped peer, or a request's deadline,
+// bounds every wait rather than the backend's own timeout. After such an early return the ranks
+// are no longer in step: the communicator (and every one split from it, which shares its
+// WaitLimit) must be replaced. Thread-safe.
 class WaitLimit {
  public:
   // Sticky: every later Check() returns `why` (which must not be OK).
@@ -162,6 +163,10 @@ class Communicator {
   virtual absl::Status DoSendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src,
                                   int tag) = 0;
   virtual absl::Status DoBarrier() = 0;
+  // Waits on the host until this rank's enqueued operations are done (`op` names the caller for
+  // errors). Backends whose operations are complete on return (Gloo) need nothing; NCCL polls
+  // within the wait limit, so a host read after it sees finished data or gets the error.
+  virtual absl::Status DoSynchronize(const char* /*op*/) { return absl::OkStatus(); }
   // Called on every rank with a validated, duplicate-free `ranks`; `new_rank` is this rank's
   // index in it or −1 for a non-member (which must return nullptr without communicating).
   // Groups of one rank are handled here, without calling the backend.

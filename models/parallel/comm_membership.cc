@@ -227,6 +227,7 @@ Membership::Membership(const MembershipOptions& options, std::unique_ptr<Impl> i
 
 absl::StatusOr<std::unique_ptr<Membership>> Membership::Start(const MembershipOptions& options) {
   RETURN_IF_ERROR(CheckRendezvous(options.rendezvous));
+  RETURN_IF_ERROR(CheckHeartbeat(options.heartbeat_interval, options.heartbeat_timeout));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->incarnation = absl::StrCat(getpid(), "-", absl::ToUnixNanos(absl::Now()));

@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "models/parallel/comm.h"
 
@@ -31,14 +32,33 @@ struct MembershipOptions {
   RendezvousOptions rendezvous;
   // NCCL communicators (CUDA) instead of Gloo (CPU).
   bool cuda = false;
+  // How often every rank beats (and rank 0 reads the others' beats). Must be > 0.
   absl::Duration heartbeat_interval = absl::Milliseconds(500);
-  // A rank whose heartbeat has not advanced for this long is lost.
+  // A rank whose heartbeat has not advanced for this long is lost. Must exceed twice the
+  // interval: one late beat (a loaded host, a slow store round trip) is not a loss.
   absl::Duration heartbeat_timeout = absl::Seconds(4);
   // Ranks > 0, from the heartbeat thread, when the store (rank 0) cannot be reached. Default:
   // a line on stderr and _Exit(3) (the rank's supervisor restarts it; a blocked collective
   // cannot be unwound from another thread).
   std::function<void(const absl::Status&)> on_main_lost;
 };
+
+// OK when `interval` and `timeout` make a usable heartbeat (interval > 0, timeout > 2 ×
+// interval); INVALID_ARGUMENT naming the flag-facing names otherwise. Header-only: the
+// denoise binary checks its flags with it in builds without a multi-rank backend too.
+inline absl::Status CheckHeartbeat(absl::Duration interval, absl::Duration timeout) {
+  if (interval <= absl::ZeroDuration() || interval == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "heartbeat interval ", absl::FormatDuration(interval), " must be positive and finite"));
+  }
+  if (timeout <= 2 * interval || timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("heartbeat timeout ", absl::FormatDuration(timeout),
+                     " must be finite and more than twice the heartbeat interval ",
+                     absl::FormatDuration(interval), " (one late beat is not a lost rank)"));
+  }
+  return absl::OkStatus();
+}
 
 class Membership {
  public:

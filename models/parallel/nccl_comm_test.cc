@@ -5,12 +5,14 @@
 
 #include <c10/cuda/CUDAFunctions.h>
 
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "models/parallel/groups.h"
@@ -178,6 +180,56 @@ TEST(NcclCommTest, AbortMakesItUnusable) {
   at::Tensor t = at::ones({2}, at::Device(at::kCUDA, 0));
   EXPECT_EQ((*comm)->AllReduce(t).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*comm)->CheckAsyncError().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A peer that never joins: under a wait limit the wait ends at the limit (the watchdog aborts
+// the communicator; NCCL itself would spin), with a status naming the limit, and the
+// communicator is unusable afterwards. An aborted limit (the membership's lost-rank signal)
+// stops the next operation at once.
+TEST(NcclCommTest, AWaitLimitEndsTheWaitForAPeerThatNeverJoins) {
+  if (Gpus() < 2) GTEST_SKIP() << "needs 2 GPUs";
+  const int port = testing::FreeLoopbackPort();
+  ASSERT_GT(port, 0);
+  std::atomic<bool> rank0_done{false};
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      RendezvousOptions options;
+      options.world_size = 2;
+      options.rank = rank;
+      options.master_port = port;
+      options.timeout = std::chrono::seconds(60);
+      NcclOptions nccl;
+      nccl.device = rank;
+      auto comm = NcclCommunicator::Create(options, nccl);
+      ASSERT_TRUE(comm.ok()) << "rank " << rank << ": " << comm.status();
+      auto limit = std::make_shared<WaitLimit>();
+      (*comm)->set_wait_limit(limit);
+      at::Tensor t = RankData(rank, {1024}, 3, (*comm)->device());
+      // Healthy operations under the limit complete as usual.
+      ASSERT_TRUE((*comm)->AllReduce(t).ok());
+      ASSERT_TRUE((*comm)->Barrier().ok());
+      if (rank == 0) {
+        limit->SetDeadline(absl::Now() + absl::Seconds(1));
+        const absl::Time t0 = absl::Now();
+        ASSERT_TRUE((*comm)->AllReduce(t).ok());  // enqueued; rank 1 never joins it
+        const absl::Status s = (*comm)->Barrier();
+        EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+        EXPECT_THAT(std::string(s.message()), HasSubstr("wait limit"));
+        EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
+        EXPECT_FALSE((*comm)->usable());
+        EXPECT_EQ((*comm)->AllReduce(t).code(), absl::StatusCode::kDeadlineExceeded);
+        rank0_done = true;
+      } else {
+        while (!rank0_done) absl::SleepFor(absl::Milliseconds(10));
+        limit->Abort(absl::UnavailableError("rank 0 ended the generation"));
+        const absl::Status s = (*comm)->AllReduce(t);
+        EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+        EXPECT_FALSE((*comm)->usable());
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
 }
 
 }  // namespace

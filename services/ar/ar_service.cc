@@ -93,7 +93,8 @@ grpc::ServerWriteReactor<v1::ArTokenChunk>* ArTokenService::Generate(
         });
         tracker.Finish(s);
         return s;
-      });
+      },
+      max_request_time_);
 }
 
 grpc::ServerUnaryReactor* ArTokenService::Describe(grpc::CallbackServerContext* ctx,

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "absl/time/time.h"
 #include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 #include "prometheus/registry.h"
@@ -20,6 +21,9 @@ class ArTokenService final : public v1::ArTokenService::CallbackService {
   // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
   // before serving, must outlive the service.
   void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
+  // The longest any one call may run, whatever deadline the client sent (none included): the
+  // call's work ends with DEADLINE_EXCEEDED then. Set before serving.
+  void set_max_request_time(absl::Duration d) { max_request_time_ = d; }
 
   grpc::ServerWriteReactor<v1::ArTokenChunk>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::ArRequest* request) override;
@@ -34,6 +38,7 @@ class ArTokenService final : public v1::ArTokenService::CallbackService {
   ArCore* core_;
   std::unique_ptr<Metrics> metrics_;
   const TokenAuthenticator* auth_ = nullptr;
+  absl::Duration max_request_time_ = absl::InfiniteDuration();
 };
 
 }  // namespace diffmesh

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
+#include "absl/time/time.h"
 #include "common/flags/flags.h"
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
@@ -30,6 +31,11 @@ ABSL_FLAG(double, kv_cache_memory_gib, 0,
           "KV-cache budget in GiB; 0: room for exactly --max-batch sequences. The batch is the "
           "budget over one sequence's cache, capped at --max-batch.");
 
+ABSL_FLAG(absl::Duration, max_request_time, absl::Minutes(10),
+          "The longest one call may run, whatever deadline the caller sent (none included): "
+          "its work then ends with DEADLINE_EXCEEDED, so no client can hold this stage. "
+          "E.g. 90s, 10m; an AR prior of the largest image takes seconds to a minute.");
+
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
                        "diffmesh-ar --port P [--model M]\n"
@@ -45,6 +51,11 @@ int main(int argc, char** argv) {
   auto stage_auth = diffmesh::StageAuthenticatorFromFlags();
   if (!stage_auth.ok()) {
     std::cerr << "diffmesh-ar: " << stage_auth.status().message() << "\n";
+    return 2;
+  }
+  const absl::Duration max_request_time = absl::GetFlag(FLAGS_max_request_time);
+  if (max_request_time <= absl::ZeroDuration()) {
+    std::cerr << "diffmesh-ar: --max-request-time must be positive\n";
     return 2;
   }
   diffmesh::ArCore::Options o;
@@ -90,6 +101,7 @@ int main(int argc, char** argv) {
   }
   diffmesh::ArTokenService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
   service.set_authenticator(stage_auth->get());
+  service.set_max_request_time(max_request_time);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -210,8 +210,9 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     ASSIGN_OR_RETURN(Prepared p, Prepare(r));
     std::string bytes;
     r.SerializeToString(&bytes);
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
     RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
-    absl::Status s = Execute(r, p, &ctx, on_event);
+    absl::Status s = Execute(r, p, &ctx, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }
@@ -260,8 +261,10 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     RETURN_IF_ERROR(CheckRequest(header));
     std::string bytes;
     header.SerializeToString(&bytes);
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
     RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes, ctx.deadline()));
-    absl::Status s = StreamAndExecute(ctx, header, inputs, on_event);
+    absl::Status s =
+        StreamAndExecute(ctx, header, inputs, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }
@@ -588,6 +591,8 @@ absl::StatusOr<std::unique_ptr<DenoiseCore>> DenoiseCore::Create(const Options& 
   group_options.rendezvous = options.rendezvous;
   group_options.num_heads = static_cast<int>(dit_config.num_attention_heads);
   group_options.cuda = options.cuda;
+  group_options.heartbeat_interval = options.heartbeat_interval;
+  group_options.heartbeat_timeout = options.heartbeat_timeout;
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   models::glm_image::TensorParallelShard tp{group->layout().tp_rank(), options.parallel.tp};
   const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;

@@ -51,6 +51,11 @@ class DenoiseCore {
     // name=path). Every rank loads its slices at start; a request names one in
     // DenoiseRequest.lora. Empty: none (a request naming one is FAILED_PRECONDITION).
     std::map<std::string, std::string> loras;
+    // The group's heartbeats (models/parallel/comm_membership.h): every rank beats each
+    // heartbeat_interval; a rank silent for heartbeat_timeout (> 2 × interval) is lost and the
+    // group re-forms without waiting for a collective to time out.
+    absl::Duration heartbeat_interval = absl::Milliseconds(500);
+    absl::Duration heartbeat_timeout = absl::Seconds(4);
     // Optional: called on every rank after each denoising step with its wall time (this rank's
     // DiT passes plus its waits in the collectives).
     std::function<void(double seconds)> on_step;

@@ -343,6 +343,70 @@ TEST_F(DenoiseCoreTest, ConcurrentRequestsTakeTurnsWithTheGroup) {
   }
 }
 
+// The group runs one request at a time. A request that comes while another holds it reports
+// its wait as queue time (Result.queue_seconds): at least what the first still had to run
+// when the second came, and none of it counted as denoise time.
+TEST_F(DenoiseCoreTest, QueueTimeIsTheWaitForTheGroup) {
+  const v1::DenoiseRequest r = Request(64, 51);
+  constexpr absl::Duration kHeld = absl::Milliseconds(600);
+  Outcome first, second;
+  absl::Time second_called;
+  std::thread later;
+  CallContext ctx;
+  // At its first step the first request (holding the group) starts the second, then keeps
+  // the group kHeld longer: its event callback runs inside its run.
+  first.status = core_->Denoise(ctx, r, [&](const v1::DenoiseEvent& e) {
+    if (e.has_progress() && e.progress().done() == 1) {
+      later = std::thread([&] {
+        second_called = absl::Now();
+        second = Run(r);
+      });
+      absl::SleepFor(kHeld);
+    }
+    first.events.Add(e);
+  });
+  const absl::Time first_done = absl::Now();
+  ASSERT_TRUE(later.joinable());
+  later.join();
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  ASSERT_TRUE(second.status.ok()) << second.status;
+  ASSERT_TRUE(first.events.have_result && second.events.have_result);
+  const double first_left = absl::ToDoubleSeconds(first_done - second_called);
+  const double queued = second.events.result.queue_seconds();
+  EXPECT_GE(first_left, absl::ToDoubleSeconds(kHeld));
+  // Waited for all the first had left, but for checking its own request (milliseconds).
+  EXPECT_GE(queued, first_left - 0.25) << "first had " << first_left << " s left";
+  EXPECT_GE(queued, absl::ToDoubleSeconds(kHeld) / 2);
+  EXPECT_LE(queued, first_left + 0.05);
+  // The first found the group free; the second's denoise time is its own steps only.
+  EXPECT_LT(first.events.result.queue_seconds(), absl::ToDoubleSeconds(kHeld) / 2);
+  EXPECT_LT(second.events.result.denoise_seconds(), first.events.result.denoise_seconds());
+}
+
+// A request's deadline bounds its wait for the group too.
+TEST_F(DenoiseCoreTest, TheDeadlineEndsTheWaitForTheGroup) {
+  const v1::DenoiseRequest r = Request(64, 52);
+  absl::Status waited;
+  absl::Duration took;
+  std::thread later;
+  CallContext ctx;
+  absl::Status first = core_->Denoise(ctx, r, [&](const v1::DenoiseEvent& e) {
+    if (e.has_progress() && e.progress().done() == 1) {
+      later = std::thread([&] {
+        CallContext short_ctx(absl::Now() + absl::Milliseconds(200));
+        const absl::Time t0 = absl::Now();
+        waited = core_->Denoise(short_ctx, r, [](const v1::DenoiseEvent&) {});
+        took = absl::Now() - t0;
+      });
+      later.join();  // the group stays held meanwhile
+    }
+  });
+  EXPECT_TRUE(first.ok()) << first;
+  EXPECT_EQ(waited.code(), absl::StatusCode::kDeadlineExceeded) << waited;
+  EXPECT_NE(waited.message().find("waited for the denoise group"), std::string::npos) << waited;
+  EXPECT_LT(took, absl::Seconds(5));
+}
+
 // An edit request: `whole` plus a random condition image of size×size and its prior grid.
 v1::DenoiseRequest EditRequest(v1::DenoiseRequest whole, int size, uint32_t seed) {
   std::mt19937 rng(seed);

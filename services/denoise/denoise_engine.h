@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/call/call_context.h"
 #include "common/call/input_queue.h"
 #include "diffmesh/v1/stages.pb.h"
@@ -28,6 +29,22 @@ class DenoiseEngine {
   // embedding widths it takes, its size granularity and step limit.
   virtual v1::StageDescription Describe() const = 0;
 };
+
+// Rank 0: `on_event` with `queued` (the request's wait for the group, DenoiseGroup::Send, which
+// returns once this request holds it) written into the Result as queue_seconds. The returned
+// function refers to `on_event`: use it within its lifetime.
+inline std::function<void(const v1::DenoiseEvent&)> WithQueueTime(
+    const std::function<void(const v1::DenoiseEvent&)>& on_event, absl::Duration queued) {
+  return [&on_event, seconds = absl::ToDoubleSeconds(queued)](const v1::DenoiseEvent& e) {
+    if (!e.has_result()) {
+      on_event(e);
+      return;
+    }
+    v1::DenoiseEvent timed = e;
+    timed.mutable_result()->set_queue_seconds(seconds);
+    on_event(timed);
+  };
+}
 
 }  // namespace diffmesh
 

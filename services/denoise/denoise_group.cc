@@ -214,7 +214,7 @@ void DenoiseGroup::HealLoop() {
       if (loss.ok()) loss = absl::UnavailableError("denoise group: a collective failed");
       ReportHealth(false, std::string(loss.message()));
       std::cerr << "denoise group: " << loss.message() << "; re-forming once every rank is back" << std::endl;
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::timed_mutex> lock(mu_);
       membership_->EndGeneration(loss);
       Drop();
     }
@@ -227,7 +227,7 @@ void DenoiseGroup::HealLoop() {
       }
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::timed_mutex> lock(mu_);
     absl::Status formed = Form(absl::Now() + absl::FromChrono(options_.rendezvous.timeout));
     if (formed.ok()) {
       std::cerr << "denoise group: re-formed (generation " << membership_->generation() << ")" << std::endl;
@@ -240,7 +240,13 @@ void DenoiseGroup::HealLoop() {
 }
 
 absl::Status DenoiseGroup::Send(Command command, const std::string& payload, absl::Time deadline) {
-  mu_.lock();
+  if (deadline == absl::InfiniteFuture()) {
+    mu_.lock();
+  } else if (!mu_.try_lock_until(absl::ToChronoTime(deadline))) {
+    return absl::DeadlineExceededError(
+        "denoise: the deadline passed while the request waited for the denoise group (busy with "
+        "other requests; it runs one at a time)");
+  }
   held_ = true;
   absl::Status loss = world_size() > 1 ? membership_->Loss() : absl::OkStatus();
   if (!formed_ || broken_ || !loss.ok()) {

@@ -71,7 +71,8 @@ class DenoiseGroup {
   at::Device device() const { return device_; }
   int world_size() const { return layout_.world_size(); }
 
-  // Rank 0: sends a command (and payload) to every rank. Holds the group until Release().
+  // Rank 0: sends a command (and payload) to every rank. Holds the group until Release();
+  // waits for it while another request holds it, until `deadline` (then DEADLINE_EXCEEDED).
   // UNAVAILABLE (naming the lost rank) while the group is incomplete. Until Release(), every
   // collective wait of this rank ends by `deadline` (plus a short grace, so a healthy step can
   // finish and stop at the next AgreeToContinue); a wait ended so ends the group's generation.
@@ -145,8 +146,9 @@ class DenoiseGroup {
   absl::Status collective_error_;  // the last failure inside the DiT forward's collectives
   std::string last_join_error_;   // ranks > 0: logged once
 
-  // Rank 0: the world communicator is shared by requests and the keepalive.
-  std::mutex mu_;
+  // Rank 0: the world communicator is shared by requests and the keepalive. Timed: a request
+  // waits for the group no longer than its deadline (Send).
+  std::timed_mutex mu_;
   // Whether a request holds mu_. Written only by the holder, while it holds mu_, and cleared
   // before it unlocks: a unique_lock shared between threads would clear its own flag after
   // the unlock, racing the next holder's assignment (which then found the group "not held"

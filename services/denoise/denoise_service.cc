@@ -88,7 +88,8 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiseService::Denoise(
       ctx, [this, request](CallContext& call, const StreamingCall<v1::DenoiseEvent>::Emit& emit) {
         return Measured([&](const auto& on_event) { return core_->Denoise(call, *request, on_event); },
                         emit);
-      });
+      },
+      max_request_time_);
 }
 
 grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseService::DenoiseStream(
@@ -101,7 +102,7 @@ grpc::ServerBidiReactor<v1::DenoiseInput, v1::DenoiseEvent>* DenoiseService::Den
                                  const Call::Emit& emit) {
     return Measured(
         [&](const auto& on_event) { return core_->DenoiseStreamed(call, inputs, on_event); }, emit);
-  });
+  }, max_request_time_);
 }
 
 grpc::ServerUnaryReactor* DenoiseService::Describe(grpc::CallbackServerContext* ctx,

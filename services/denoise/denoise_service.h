@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
 #include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
 #include "prometheus/registry.h"
@@ -23,6 +24,9 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
   // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
   // before serving, must outlive the service.
   void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
+  // The longest any one call may run, whatever deadline the client sent (none included): the
+  // call's work ends with DEADLINE_EXCEEDED then. Set before serving.
+  void set_max_request_time(absl::Duration d) { max_request_time_ = d; }
 
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override;
@@ -41,6 +45,7 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
   DenoiseCore* core_;
   std::unique_ptr<Metrics> metrics_;
   const TokenAuthenticator* auth_ = nullptr;
+  absl::Duration max_request_time_ = absl::InfiniteDuration();
 };
 
 }  // namespace diffmesh

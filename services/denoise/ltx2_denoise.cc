@@ -116,8 +116,10 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     ASSIGN_OR_RETURN(ltx2::Ltx2TextEmbeddings text, TextOf(r));
     std::string bytes;
     r.SerializeToString(&bytes);
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes));
-    absl::Status s = Execute(&ctx, r, text, on_event);
+    // The request's deadline bounds the group's collective waits too (DenoiseGroup::Send).
+    const absl::Time asked = absl::Now();  // the group runs one request at a time
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
+    absl::Status s = Execute(&ctx, r, text, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
   }
@@ -565,6 +567,8 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   group_options.parallel = p;
   group_options.rendezvous = options.rendezvous;
   group_options.cuda = options.cuda;
+  group_options.heartbeat_interval = options.heartbeat_interval;
+  group_options.heartbeat_timeout = options.heartbeat_timeout;
   group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   const at::Device device = group->device();

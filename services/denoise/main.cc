@@ -22,6 +22,7 @@
 #include "common/rpc/server.h"
 #include "common/rpc/stage_token.h"
 #include "common/rpc/tls_flags.h"
+#include "models/parallel/comm_membership.h"
 #include "services/denoise/denoise_core.h"
 #include "services/denoise/denoise_group.h"
 #include "services/denoise/denoise_service.h"
@@ -47,6 +48,11 @@ ABSL_FLAG(std::string, model_dir, "",
 ABSL_FLAG(absl::Duration, stream_idle_timeout, absl::Seconds(60),
           "A streamed request whose next input takes longer than this ends with "
           "DEADLINE_EXCEEDED and releases the group (e.g. 60s, 2m).");
+ABSL_FLAG(absl::Duration, max_request_time, absl::Minutes(30),
+          "The longest one call may run, whatever deadline the caller sent (none included): "
+          "its work then ends with DEADLINE_EXCEEDED and releases the group, and its collective "
+          "waits end with it. E.g. 10m, 1h; a video of the largest size and steps on one GPU "
+          "takes minutes.");
 ABSL_FLAG(int, cfg_degree, 1, "CFG-parallel degree: guidance branches spread over this many rank sets.");
 ABSL_FLAG(int, ulysses_degree, 1, "Ulysses sequence-parallel degree (all-to-all over heads).");
 ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");
@@ -66,6 +72,15 @@ ABSL_FLAG(std::vector<std::string>, lora, {},
           "LoRA adapters of the transformer (LTX-2), comma-separated name=path.safetensors "
           "entries, e.g. distilled=/models/ltx-2-19b-distilled-lora-384.safetensors; a pipeline "
           "stage applies one by name (its \"lora\" field).");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Milliseconds(500),
+          "How often each rank of a group of more than one writes its heartbeat to rank 0's "
+          "store, and rank 0 reads them (> 0, e.g. 500ms). Every rank of a group takes the same "
+          "value.");
+ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(4),
+          "A rank whose heartbeat has not advanced for this long is lost: the request in flight "
+          "fails UNAVAILABLE naming it and the group re-forms when it is back (more than twice "
+          "--heartbeat-interval, e.g. 4s). Shorter detects a lost rank sooner; a rank its host "
+          "stalls for that long (swapping, an overloaded node) is then dropped too.");
 ABSL_FLAG(bool, launch_ranks, true,
           "Rank 0 starts ranks 1..N-1 as local processes (set false when each rank is started "
           "separately, e.g. one per node or pod).");
@@ -183,6 +198,20 @@ int main(int argc, char** argv) {
                 << "' is not name=path with a new name\n";
       return 2;
     }
+  }
+  const absl::Duration max_request_time = absl::GetFlag(FLAGS_max_request_time);
+  if (max_request_time <= absl::ZeroDuration()) {
+    std::cerr << "diffmesh-denoise: --max-request-time must be positive\n";
+    return 2;
+  }
+  o.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  o.heartbeat_timeout = absl::GetFlag(FLAGS_heartbeat_timeout);
+  if (absl::Status s = diffmesh::models::parallel::CheckHeartbeat(o.heartbeat_interval,
+                                                                 o.heartbeat_timeout);
+      !s.ok()) {
+    std::cerr << "diffmesh-denoise: --heartbeat-interval / --heartbeat-timeout: " << s.message()
+              << "\n";
+    return 2;
   }
   o.parallel.cfg = absl::GetFlag(FLAGS_cfg_degree);
   o.parallel.ulysses = absl::GetFlag(FLAGS_ulysses_degree);
@@ -314,6 +343,7 @@ int main(int argc, char** argv) {
   diffmesh::DenoiseService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr,
                                    model_label);
   service.set_authenticator(stage_auth.get());
+  service.set_max_request_time(max_request_time);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

@@ -23,7 +23,8 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* ct
         if (!r.ok()) return r.status();
         *out = std::move(*r);
         return absl::OkStatus();
-      });
+      },
+      max_request_time_);
 }
 
 grpc::ServerUnaryReactor* EncoderService::Describe(grpc::CallbackServerContext* ctx,

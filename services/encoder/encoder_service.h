@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "absl/time/time.h"
 #include "common/metrics/families.h"
 #include "common/rpc/token_authenticator.h"
 #include "diffmesh/v1/stages.grpc.pb.h"
@@ -26,11 +27,15 @@ class EncoderService final : public v1::EncoderService::CallbackService {
   // Calls must carry one of `auth`'s tokens (the stage token); null: no check. Not owned; set
   // before serving, must outlive the service.
   void set_authenticator(const TokenAuthenticator* auth) { auth_ = auth; }
+  // The longest any one call may run, whatever deadline the client sent (none included): the
+  // call's work ends with DEADLINE_EXCEEDED then. Set before serving.
+  void set_max_request_time(absl::Duration d) { max_request_time_ = d; }
 
  private:
   EncoderCore* core_;
   std::unique_ptr<metrics::StageServiceFamilies> metrics_;
   const TokenAuthenticator* auth_ = nullptr;
+  absl::Duration max_request_time_ = absl::InfiniteDuration();
 };
 
 }  // namespace diffmesh

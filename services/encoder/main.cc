@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
+#include "absl/time/time.h"
 #include "common/flags/flags.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
@@ -25,6 +26,11 @@ ABSL_FLAG(std::string, model_dir, "",
           "_class_name, checked by tensor name, shape and dtype before serving; served under its "
           "own name. The orchestrator's pipeline config must list that name.");
 
+ABSL_FLAG(absl::Duration, max_request_time, absl::Minutes(10),
+          "The longest one call may run, whatever deadline the caller sent (none included): "
+          "its work then ends with DEADLINE_EXCEEDED, so no client can hold this stage. "
+          "E.g. 90s, 10m; an encoder call takes well under a second to seconds.");
+
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
                        "diffmesh-encoder --port P [--model M]\n"
@@ -39,6 +45,11 @@ int main(int argc, char** argv) {
   auto stage_auth = diffmesh::StageAuthenticatorFromFlags();
   if (!stage_auth.ok()) {
     std::cerr << "diffmesh-encoder: " << stage_auth.status().message() << "\n";
+    return 2;
+  }
+  const absl::Duration max_request_time = absl::GetFlag(FLAGS_max_request_time);
+  if (max_request_time <= absl::ZeroDuration()) {
+    std::cerr << "diffmesh-encoder: --max-request-time must be positive\n";
     return 2;
   }
   diffmesh::EncoderCore::Options o;
@@ -63,6 +74,7 @@ int main(int argc, char** argv) {
   }
   diffmesh::EncoderService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
   service.set_authenticator(stage_auth->get());
+  service.set_max_request_time(max_request_time);
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);

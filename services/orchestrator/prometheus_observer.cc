@@ -23,9 +23,11 @@ void PrometheusRequestObserver::RequestAccepted(const std::string& model) {
   families_.in_flight.Add({{"model", model}}).Increment();
 }
 
-void PrometheusRequestObserver::FirstStageStarted(const std::string& model, double queue_seconds) {
+void PrometheusRequestObserver::FirstStageStarted(const std::string& /*model*/,
+                                                  double /*queue_seconds*/) {
+  // The queue time is observed whole when the request ends (RequestFinished): the stages'
+  // part (waiting for the denoise group) is known only then.
   waiting_.Decrement();
-  families_.queue_duration.Add({{"model", model}}, LatencyBuckets()).Observe(queue_seconds);
 }
 
 void PrometheusRequestObserver::FirstProgress(const std::string& model, double seconds) {
@@ -45,8 +47,25 @@ void PrometheusRequestObserver::StageBytes(const std::string& stage, bool sent, 
       .Increment(static_cast<double>(bytes));
 }
 
+void PrometheusRequestObserver::MediaGenerated(const std::string& model, const Media& media,
+                                               double seconds) {
+  if (media.video_frames > 0) {
+    families_.video_frames.Add({{"model", model}}).Increment(static_cast<double>(media.video_frames));
+    families_.video_seconds.Add({{"model", model}}).Increment(media.video_seconds);
+    families_.video_frame_seconds.Add({{"model", model}}, LatencyBuckets())
+        .Observe(seconds / static_cast<double>(media.video_frames));
+  }
+  if (media.audio_seconds > 0) {
+    families_.audio_seconds.Add({{"model", model}}).Increment(media.audio_seconds);
+  }
+}
+
 void PrometheusRequestObserver::RequestFinished(const Outcome& o) {
   if (!o.started) waiting_.Decrement();
+  // Every request that started waited this long, whatever its outcome.
+  if (o.started) {
+    families_.queue_duration.Add({{"model", o.model}}, LatencyBuckets()).Observe(o.queue_seconds);
+  }
   if (o.accepted) families_.in_flight.Add({{"model", o.model}}).Decrement();
   families_.requests.Add({{"model", o.model}, {"code", CodeLabel(o.code)}}).Increment();
   if (o.code == absl::StatusCode::kOk) {

@@ -24,6 +24,7 @@ class PrometheusRequestObserver final : public RequestObserver {
   void FirstProgress(const std::string& model, double seconds) override;
   void StageFinished(const std::string& model, const std::string& stage, double seconds) override;
   void StageBytes(const std::string& stage, bool sent, int64_t bytes) override;
+  void MediaGenerated(const std::string& model, const Media& media, double seconds) override;
   void RequestFinished(const Outcome& outcome) override;
 
  private:

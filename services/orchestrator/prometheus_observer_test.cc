@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "services/orchestrator/orchestrator_core.h"
+#include "services/orchestrator/request_trace.h"
 #include "services/orchestrator/testing/fake_stages.h"
 
 namespace diffmesh {
@@ -86,6 +87,85 @@ TEST_F(PrometheusObserverTest, SuccessfulRequestRecordsEveryFamily) {
           << stage << " " << direction;
     }
   }
+}
+
+TEST_F(PrometheusObserverTest, QueueTimeIncludesTheWaitForTheDenoiseGroup) {
+  // The denoise stage reports 7.5 s waiting for its group (one request at a time): that is
+  // queue time, not transfer time.
+  stages_.denoise_queue_seconds = 7.5;
+  ASSERT_TRUE(Run(Request()).ok());
+  const std::string text = Text();
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_queue_duration_seconds_count{", M(), "} 1")));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_queue_duration_seconds_bucket{", M(),
+                                           ",le=\"7.5\"} 0")));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_queue_duration_seconds_bucket{", M(),
+                                           ",le=\"10\"} 1")));
+  // The fake call takes milliseconds: nothing is left for transfer once 7.5 s are queue time.
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_stage_duration_seconds_sum{", M(),
+                                           ",stage=\"transfer\"} 0\n")));
+  // An image model makes no video series.
+  EXPECT_THAT(text, Not(HasSubstr("diffmesh_video_frames_total{")));
+  EXPECT_THAT(text, Not(HasSubstr("diffmesh_audio_seconds_total{")));
+}
+
+TEST_F(PrometheusObserverTest, VideoOutputsRecordFramesAndSound) {
+  // An MP4 of 121 frames at 24 fps with a stereo 48 kHz track, as LTX-2's denoise stage makes.
+  v1::OutputInfo video;
+  video.set_name("video");
+  video.set_kind(v1::OUTPUT_KIND_VIDEO);
+  video.set_mime_type("video/mp4");
+  video.set_width(64);
+  video.set_height(64);
+  video.set_frames(121);
+  video.set_frame_rate(24);
+  video.set_audio_sample_rate(48000);
+  video.set_audio_channels(2);
+  stages_.denoise_output = video;
+  ASSERT_TRUE(Run(Request()).ok());
+  ASSERT_TRUE(Run(Request()).ok());
+  const std::string text = Text();
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_video_frames_total{", M(), "} 242")));
+  // 2 × 121 / 24 s of picture and of sound.
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_video_seconds_total{", M(), "} 10.08333")));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_audio_seconds_total{", M(), "} 10.08333")));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_video_frame_seconds_count{", M(), "} 2")));
+  // Fake stages answer in milliseconds: far under 1 s per frame.
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("diffmesh_video_frame_seconds_bucket{", M(),
+                                           ",le=\"1\"} 2")));
+}
+
+TEST(RequestTraceMediaTest, RawFramesAndAudioTensors) {
+  // OUTPUT_FORMAT_RAW: UINT8 frames [F, H, W, 3] and FLOAT32 audio [C, samples], each output
+  // carrying the clip's dimensions; the sound is counted from the audio tensor alone.
+  v1::GenerateResult result;
+  v1::OutputInfo* frames = result.add_outputs()->mutable_info();
+  frames->set_name("frames");
+  frames->set_kind(v1::OUTPUT_KIND_TENSOR);
+  frames->set_frames(49);
+  frames->set_frame_rate(25);
+  frames->set_audio_sample_rate(16000);
+  frames->set_audio_channels(2);
+  for (int64_t d : {49, 32, 48, 3}) frames->add_tensor_shape(d);
+  v1::OutputInfo* audio = result.add_outputs()->mutable_info();
+  *audio = *frames;
+  audio->set_name("audio");
+  audio->clear_tensor_shape();
+  audio->add_tensor_shape(2);
+  audio->add_tensor_shape(12345);  // the vocoder's length, not the clip's
+  const RequestObserver::Media media = RequestTrace::MediaOf(result);
+  EXPECT_EQ(media.video_frames, 49);
+  EXPECT_DOUBLE_EQ(media.video_seconds, 49.0 / 25);
+  EXPECT_DOUBLE_EQ(media.audio_seconds, 12345.0 / 16000);
+
+  // An image is neither.
+  v1::GenerateResult image;
+  v1::OutputInfo* png = image.add_outputs()->mutable_info();
+  png->set_name("image");
+  png->set_kind(v1::OUTPUT_KIND_IMAGE);
+  png->set_frames(1);
+  const RequestObserver::Media none = RequestTrace::MediaOf(image);
+  EXPECT_EQ(none.video_frames, 0);
+  EXPECT_EQ(none.audio_seconds, 0);
 }
 
 TEST_F(PrometheusObserverTest, FailuresAreCountedByCodeWithBoundedModelLabels) {

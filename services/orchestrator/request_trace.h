@@ -1,9 +1,11 @@
 // Reports one request to the RequestObserver; does nothing without one. Accepted and Finish
 // run on the request's thread, OnEvent under the run's emit lock; StageFinished and Bytes only
-// read constant state, so stage callbacks on the transports' threads may call them.
+// read constant state and StageQueued takes its own lock, so stage callbacks on the transports'
+// threads may call them.
 #ifndef DIFFMESH_SERVICES_ORCHESTRATOR_REQUEST_TRACE_H_
 #define DIFFMESH_SERVICES_ORCHESTRATOR_REQUEST_TRACE_H_
 
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -35,12 +37,56 @@ class RequestTrace {
     if (observer_ == nullptr) return;
     if (!outcome_.started && e.has_stage() && e.stage().kind() == v1::StageEvent::KIND_STARTED) {
       outcome_.started = true;
-      observer_->FirstStageStarted(outcome_.model, SinceArrival());
+      orchestrator_queue_seconds_ = SinceArrival();
+      observer_->FirstStageStarted(outcome_.model, orchestrator_queue_seconds_);
     }
     if (!saw_progress_ && e.has_progress()) {
       saw_progress_ = true;
       observer_->FirstProgress(outcome_.model, SinceArrival());
     }
+    if (e.has_result()) {
+      const RequestObserver::Media media = MediaOf(e.result());
+      if (media.video_frames > 0 || media.audio_seconds > 0) {
+        observer_->MediaGenerated(outcome_.model, media, SinceArrival());
+      }
+    }
+  }
+
+  // A stage reported that the request waited `seconds` for its turn there (the denoise
+  // group): queue time beyond the orchestrator's.
+  void StageQueued(double seconds) {
+    if (observer_ == nullptr || !(seconds > 0)) return;
+    std::lock_guard<std::mutex> lock(queued_mu_);
+    stage_queue_seconds_ += seconds;
+  }
+
+  // The video and sound in a result's outputs. An MP4's sound track is cut or padded to the
+  // clip (frames / frame rate); RAW audio is a FLOAT32 [channels, samples] tensor.
+  static RequestObserver::Media MediaOf(const v1::GenerateResult& result) {
+    RequestObserver::Media media;
+    for (const v1::Output& out : result.outputs()) {
+      const v1::OutputInfo& info = out.info();
+      const bool video = info.kind() == v1::OUTPUT_KIND_VIDEO ||
+                         (info.kind() == v1::OUTPUT_KIND_TENSOR && info.name() == "frames");
+      const double clip = info.frame_rate() > 0 ? info.frames() / info.frame_rate() : 0.0;
+      if (video) {
+        media.video_frames += info.frames();
+        media.video_seconds += clip;
+        if (info.kind() == v1::OUTPUT_KIND_VIDEO && info.audio_sample_rate() > 0 &&
+            info.audio_channels() > 0) {
+          media.audio_seconds += clip;
+        }
+      } else if ((info.kind() == v1::OUTPUT_KIND_AUDIO || info.name() == "audio") &&
+                 info.audio_sample_rate() > 0) {
+        if (info.kind() == v1::OUTPUT_KIND_TENSOR && info.tensor_shape_size() > 0) {
+          media.audio_seconds += static_cast<double>(info.tensor_shape(info.tensor_shape_size() - 1)) /
+                                 info.audio_sample_rate();
+        } else {
+          media.audio_seconds += clip;
+        }
+      }
+    }
+    return media;
   }
 
   void StageFinished(const std::string& stage, double seconds) {
@@ -58,6 +104,10 @@ class RequestTrace {
     if (observer_ == nullptr) return;
     outcome_.code = status.code();
     outcome_.seconds = SinceArrival();
+    {
+      std::lock_guard<std::mutex> lock(queued_mu_);
+      outcome_.queue_seconds = orchestrator_queue_seconds_ + stage_queue_seconds_;
+    }
     observer_->RequestFinished(outcome_);
   }
 
@@ -68,6 +118,9 @@ class RequestTrace {
   const absl::Time arrival_;
   RequestObserver::Outcome outcome_;
   bool saw_progress_ = false;
+  double orchestrator_queue_seconds_ = 0;  // arrival to the first stage's start
+  std::mutex queued_mu_;
+  double stage_queue_seconds_ = 0;  // guarded by queued_mu_
 };
 
 }  // namespace diffmesh

@@ -330,9 +330,9 @@ class DenoiseNode final : public StageNode {
 
   // Timings: the stage's own compute under its name (a "decode" stage's is its decode time),
   // a decode made inside a denoise stage's call as "vae_decode"; and, for the stage whose
-  // outputs are the request's, the rest of its call's wall time (wire, (de)serialisation,
-  // waiting for the denoise group) to the observer as "transfer" — left out when the stage
-  // reported no times.
+  // outputs are the request's, the rest of its call's wall time (wire, (de)serialisation) to
+  // the observer as "transfer" — left out when the stage reported no times. Waiting for the
+  // denoise group is queue time (StageQueued).
   void Report() {
     const double seconds = Since(start_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_FINISHED, seconds);
@@ -341,12 +341,14 @@ class DenoiseNode final : public StageNode {
     const double inner_decode = decode_stage ? 0.0 : result_.vae_decode_seconds();
     run_.AddTiming(spec_.name, own);
     run_.trace().StageFinished(spec_.name, own);
+    run_.trace().StageQueued(result_.queue_seconds());  // waiting for the denoise group
     if (!decode_stage && !hands_on_) {
       run_.AddTiming("vae_decode", inner_decode);
       run_.trace().StageFinished("vae_decode", inner_decode);
     }
     if (!hands_on_ && own > 0) {
-      run_.trace().StageFinished("transfer", std::max(0.0, seconds - own - inner_decode));
+      run_.trace().StageFinished(
+          "transfer", std::max(0.0, seconds - own - inner_decode - result_.queue_seconds()));
     }
   }
 

@@ -48,6 +48,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" (required "image.repository is required" $img.repository) (default .root.Chart.AppVersion $img.tag) -}}
 {{- end -}}
 
+{{/* A duration value (a whole number of ms, s or m, e.g. "500ms", "4s") in milliseconds, for
+     checks across values; (dict "value" .Values.x "name" "x"). Fails naming the value otherwise. */}}
+{{- define "diffmesh.durationMs" -}}
+{{- $v := toString .value -}}
+{{- if not (regexMatch "^[0-9]+(ms|s|m)$" $v) -}}
+{{- fail (printf "%s must be a whole number of ms, s or m (e.g. 500ms, 4s), not %q" .name $v) -}}
+{{- end -}}
+{{- $n := int64 (regexFind "^[0-9]+" $v) -}}
+{{- if hasSuffix "ms" $v -}}{{ $n }}{{- else if hasSuffix "s" $v -}}{{ mul $n 1000 }}{{- else -}}{{ mul $n 60000 }}{{- end -}}
+{{- end -}}
+
+{{/* --max-request-time=<svc.maxRequestTime>, checked: (dict "value" .Values.ar.maxRequestTime "name" "ar.maxRequestTime") */}}
+{{- define "diffmesh.maxRequestTimeArg" -}}
+{{- if lt (int64 (include "diffmesh.durationMs" .)) 1 -}}
+{{- fail (printf "%s must be positive" .name) -}}
+{{- end -}}
+{{- printf "--max-request-time=%s" (toString .value) -}}
+{{- end -}}
+
 {{/* The stage services' model flag. */}}
 {{- define "diffmesh.modelArg" -}}
 {{- if .Values.modelDir -}}

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +31,11 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
   std::string png = std::string("\x89PNG fake image bytes", 21);
   // The prior grid's side (square): the last grid_side² tokens before the end token.
   int grid_side = 2;
+  // The denoise stage's output when set (e.g. a video), instead of the PNG image's; its bytes
+  // are `png`'s.
+  std::optional<v1::OutputInfo> denoise_output;
+  // What the denoise stage reports having waited for its group (Result.queue_seconds).
+  double denoise_queue_seconds = 0;
 
   std::atomic<bool> ar_saw_cancel{false};
   std::atomic<int> ar_calls{0};
@@ -167,6 +173,7 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
     }
     v1::DenoiseEvent e;
     e.mutable_result()->set_denoise_seconds(0.5);
+    e.mutable_result()->set_queue_seconds(denoise_queue_seconds);
     if (r.output().format() == v1::OUTPUT_FORMAT_LATENTS) {  // a decode stage follows
       EmitLatents(r, on_event);
     } else {
@@ -205,6 +212,7 @@ class FakeStages final : public StageClientFactory, public ArStageClient,
     info.set_mime_type("image/png");
     info.set_width(r.width());
     info.set_height(r.height());
+    if (denoise_output.has_value()) info = *denoise_output;
     Emit(info, png, on_event);
   }
 
