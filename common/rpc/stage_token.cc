@@ -1,5 +1,7 @@
 #include "common/rpc/stage_token.h"
 
+#include "common/status/grpc_status.h"
+
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -43,6 +45,19 @@ absl::Status CheckCallToken(const TokenAuthenticator* auth,
   auto [begin, end] = ctx.client_metadata().equal_range("authorization");
   for (auto it = begin; it != end; ++it) values.emplace_back(it->second.data(), it->second.size());
   return auth->Check(values);
+}
+
+grpc::ServerUnaryReactor* AnswerAtOnce(const TokenAuthenticator* auth,
+                                       grpc::CallbackServerContext* ctx,
+                                       const std::function<void()>& answer) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (absl::Status s = CheckCallToken(auth, *ctx); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
+  answer();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace diffmesh

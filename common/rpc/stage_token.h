@@ -9,6 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,13 @@ absl::StatusOr<std::string> StageTokenFromFlags();
 // OK when `auth` is null or the call carries one of its tokens ("authorization: Bearer <t>");
 // UNAUTHENTICATED otherwise. Call first in a handler, before any work.
 absl::Status CheckCallToken(const TokenAuthenticator* auth, const grpc::CallbackServerContext& ctx);
+
+// A unary call answered at once from what the service knows (e.g. Describe): after the token
+// check, `answer` fills the response; an unauthenticated call gets UNAUTHENTICATED and no
+// answer. Returns the call's reactor.
+grpc::ServerUnaryReactor* AnswerAtOnce(const TokenAuthenticator* auth,
+                                       grpc::CallbackServerContext* ctx,
+                                       const std::function<void()>& answer);
 
 // Reactors that end a call with `status` before reading or writing anything (an
 // unauthenticated call). They delete themselves.

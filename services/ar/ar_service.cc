@@ -100,17 +100,12 @@ grpc::ServerWriteReactor<v1::ArTokenChunk>* ArTokenService::Generate(
 grpc::ServerUnaryReactor* ArTokenService::Describe(grpc::CallbackServerContext* ctx,
                                                    const v1::DescribeRequest*,
                                                    v1::StageDescription* response) {
-  auto* reactor = ctx->DefaultReactor();
-  if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
-    return reactor;
-  }
-  response->add_kinds("ar");
-  v1::ServedModel* served = response->add_models();
-  served->set_name(core_->model());
-  served->set_family("glm_image");  // the AR stage runs GLM-Image's AR model only
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return AnswerAtOnce(auth_, ctx, [&] {
+    response->add_kinds("ar");
+    v1::ServedModel* served = response->add_models();
+    served->set_name(core_->model());
+    served->set_family("glm_image");  // the AR stage runs GLM-Image's AR model only
+  });
 }
 
 }  // namespace diffmesh

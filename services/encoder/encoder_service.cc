@@ -30,14 +30,7 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* EncoderService::Describe(grpc::CallbackServerContext* ctx,
                                                    const v1::DescribeRequest*,
                                                    v1::StageDescription* response) {
-  auto* reactor = ctx->DefaultReactor();
-  if (absl::Status auth = CheckCallToken(auth_, *ctx); !auth.ok()) {
-    reactor->Finish(ToGrpcStatus(auth));
-    return reactor;
-  }
-  *response = core_->Describe();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return AnswerAtOnce(auth_, ctx, [&] { *response = core_->Describe(); });
 }
 
 }  // namespace diffmesh

@@ -38,6 +38,15 @@ class OrchestratorCoreTest : public ::testing::Test {
     return r;
   }
 
+  // A core over the default pipeline whose first model runs `stages` (JSON) instead.
+  absl::StatusOr<std::unique_ptr<OrchestratorCore>> CoreWithStages(nlohmann::json& config,
+                                                                   const char* stages) {
+    config["models"][0]["stages"] = nlohmann::json::parse(stages);
+    auto pipeline = PipelineConfig::Parse(config.dump());
+    EXPECT_TRUE(pipeline.ok()) << pipeline.status();
+    return OrchestratorCore::Create({*pipeline, &stages_});
+  }
+
   testing::FakeStages stages_;
   std::unique_ptr<OrchestratorCore> core_;
 };
@@ -344,12 +353,7 @@ TEST_F(OrchestratorCoreTest, GraphsWhoseStagesDoNotFitAreRefusedAtStart) {
 
 TEST_F(OrchestratorCoreTest, DecodeStagesTakeTheLatentsOfOneDenoiseStage) {
   auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
-  auto core_for = [&](const char* stages) {
-    j["models"][0]["stages"] = nlohmann::json::parse(stages);
-    auto pipeline = PipelineConfig::Parse(j.dump());
-    EXPECT_TRUE(pipeline.ok()) << pipeline.status();
-    return OrchestratorCore::Create({*pipeline, &stages_});
-  };
+  auto core_for = [&](const char* stages) { return CoreWithStages(j, stages); };
   auto core = core_for(R"([
       {"name": "encoder", "kind": "encoder", "service": "encoder"},
       {"name": "d", "kind": "denoise", "service": "denoise", "inputs": ["encoder"]},
@@ -379,12 +383,7 @@ TEST_F(OrchestratorCoreTest, DecodeStagesTakeTheLatentsOfOneDenoiseStage) {
 
 TEST_F(OrchestratorCoreTest, UpsampleStagesFitOnlyBetweenDenoiseStages) {
   auto j = nlohmann::json::parse(PipelineConfig::DefaultJson());
-  auto core_for = [&](const char* stages) {
-    j["models"][0]["stages"] = nlohmann::json::parse(stages);
-    auto pipeline = PipelineConfig::Parse(j.dump());
-    EXPECT_TRUE(pipeline.ok()) << pipeline.status();
-    return OrchestratorCore::Create({*pipeline, &stages_});
-  };
+  auto core_for = [&](const char* stages) { return CoreWithStages(j, stages); };
   // The two-stage shape is accepted.
   auto core = core_for(R"([
       {"name": "encoder", "kind": "encoder", "service": "encoder"},
