@@ -298,8 +298,18 @@ absl::Status GemmaTokenizer::Init() {
       std::unique(user_defined_lengths_.begin(), user_defined_lengths_.end()),
       user_defined_lengths_.end());
   const int n = static_cast<int>(pieces_.size());
-  for (int id : {bos_id_, eos_id_, pad_id_}) {
-    if (id >= n) return absl::InvalidArgumentError("tokenizer.model: special id out of range");
+  for (auto [name, id] : {std::pair{"bos", bos_id_}, {"eos", eos_id_}, {"pad", pad_id_}}) {
+    // -1 is SentencePiece's "none"; any other id must be a piece.
+    if (id < -1 || id >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.model: ", name, "_id ", id,
+                                                     " is outside the ", n, " pieces"));
+    }
+  }
+  // EncodePrompts pads with the pad id, else the eos id: one must exist, or padding would be
+  // id -1 (found by fuzz/gemma_tokenizer_fuzzer).
+  if (pad_id_ < 0 && eos_id_ < 0) {
+    return absl::InvalidArgumentError(
+        "tokenizer.model: neither a pad_id nor an eos_id to pad prompts with");
   }
   return absl::OkStatus();
 }
