@@ -635,6 +635,17 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(const std::
       } else {
         return Unsupported(source, absl::StrCat("post_processor \"", pt, "\""));
       }
+      // Every id it adds is a token (found by fuzz/bpe_tokenizer_fuzzer: an unknown id went
+      // into the encoding, past the text encoder's embedding table).
+      for (const auto* ids : {&step.before, &step.after}) {
+        for (int64_t id : *ids) {
+          if (!t->IdToToken(id).has_value()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(source, ": post_processor \"", pt, "\" adds id ", id,
+                             ", which is neither in model.vocab nor in added_tokens"));
+          }
+        }
+      }
       t->post_.push_back(std::move(step));
     }
 

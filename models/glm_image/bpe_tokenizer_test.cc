@@ -287,6 +287,15 @@ TEST(BpeTokenizerTest, MalformedFilesGiveErrorsNamingTheFile) {
               HasSubstr("model.vocab[" + Escaped(first) + "]"));
   EXPECT_THAT(broken("negative_vocab_id.json", [&](json& j) { j["model"]["vocab"][first] = -1; }),
               HasSubstr("not a token id"));
+  // Found by fuzz/bpe_tokenizer_fuzzer: a post-processor id that is no token went into every
+  // encoding.
+  EXPECT_THAT(broken("unknown_post_id.json",
+                     [](json& j) {
+                       j["post_processor"] = {{"type", "RobertaProcessing"},
+                                              {"sep", {"<|endoftext|>", 3000}},
+                                              {"cls", {"<sop>", 987654}}};
+                     }),
+              HasSubstr("adds id 987654"));
   EXPECT_THAT(broken("huge_vocab_id.json",
                      [&](json& j) { j["model"]["vocab"][first] = int64_t{1} << 32; }),
               HasSubstr("not a token id"));

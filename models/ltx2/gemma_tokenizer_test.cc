@@ -169,6 +169,25 @@ std::string WithSpecialIds(int field, int id, int field2 = 0, int id2 = 0) {
   return model + "\x12" + varint(spec.size()) + spec;
 }
 
+// Found by fuzz/gemma_tokenizer_fuzzer: sscanf's %2X read "<0x-C>" as byte 4294967284 and wrote
+// past the byte table. A byte piece is "<0x" + two upper-case hex digits + ">".
+TEST(GemmaTokenizerTest, RejectsBytePiecesThatAreNotTwoHexDigits) {
+  std::ifstream in(kDir + "/tiny_gemma_like_bpe.model", std::ios::binary);
+  const std::string model((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // ModelProto.pieces += {piece: `piece`, type: BYTE (6)}.
+  auto with_byte_piece = [&](const std::string& piece) {
+    const std::string body = "\x0a" + std::string(1, static_cast<char>(piece.size())) + piece +
+                             "\x18\x06";
+    return model + "\x0a" + std::string(1, static_cast<char>(body.size())) + body;
+  };
+  for (const char* bad : {"<0x-C>", "<0x+1>", "<0x 1>", "<0xG0>", "<0xfe>", "[0x41]", "<0x41)"}) {
+    auto t = GemmaTokenizer::FromSerializedProto(with_byte_piece(bad));
+    ASSERT_FALSE(t.ok()) << bad;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(t.status().message().find("bad byte piece"), std::string::npos) << t.status();
+  }
+}
+
 // Found by fuzz/gemma_tokenizer_fuzzer: a model without pad and eos ids padded prompts with -1.
 TEST(GemmaTokenizerTest, RejectsSpecialIdsItCannotUse) {
   ASSERT_TRUE(GemmaTokenizer::FromSerializedProto(WithSpecialIds(41, 2)).ok());
