@@ -15,7 +15,8 @@ shift || true
 build=${DIFFMESH_FUZZ_BUILD:-build-fuzz}
 jobs=${DIFFMESH_FUZZ_JOBS:-$(nproc)}
 all=(safetensors_header_fuzzer shard_index_fuzzer wire_tensor_fuzzer token_file_fuzzer
-     pipeline_config_fuzzer config_json_fuzzer)
+     pipeline_config_fuzzer config_json_fuzzer image_decode_fuzzer request_validator_fuzzer
+     gemma_tokenizer_fuzzer bpe_tokenizer_fuzzer)
 harnesses=("$@")
 [ ${#harnesses[@]} -eq 0 ] && harnesses=("${all[@]}")
 
@@ -43,7 +44,8 @@ for h in "${harnesses[@]}"; do
   log=$build/$h.log
   flags=()
   case $h in
-    safetensors_header_fuzzer|shard_index_fuzzer|pipeline_config_fuzzer|config_json_fuzzer)
+    safetensors_header_fuzzer|shard_index_fuzzer|pipeline_config_fuzzer|config_json_fuzzer|\
+    bpe_tokenizer_fuzzer)
       flags+=(-dict=fuzz/json.dict) ;;
   esac
   inputs=("$work" "$seeds")

@@ -374,6 +374,25 @@ absl::Status Unsupported(const std::string& source, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(source, ": unsupported tokenizer.json ", what));
 }
 
+// A token id, `where` in the file: an integer in 0..2^32-1 as the tokenizers library's u32 ids
+// (json's get<int64_t> of a float such as 1e300 was undefined; the merge table packs two ids in
+// 64 bits).
+absl::StatusOr<int64_t> TokenId(const nlohmann::json& v, const std::string& source,
+                                const std::string& where) {
+  constexpr uint64_t kMax = 0xFFFFFFFFu;
+  const bool in_range =
+      v.is_number_unsigned() ? v.get<uint64_t>() <= kMax
+                             : v.is_number_integer() && v.get<int64_t>() >= 0 &&
+                                   static_cast<uint64_t>(v.get<int64_t>()) <= kMax;
+  if (!in_range) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": malformed tokenizer.json: ", where,
+                                                   " is ", v.dump(),
+                                                   ", not a token id (an integer in 0..",
+                                                   kMax, ")"));
+  }
+  return v.is_number_unsigned() ? static_cast<int64_t>(v.get<uint64_t>()) : v.get<int64_t>();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -419,7 +438,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(const std::
       return absl::InvalidArgumentError(absl::StrCat(source, ": model.vocab is not an object"));
     }
     for (const auto& [token, id] : m["vocab"].items()) {
-      const int64_t i = id.get<int64_t>();
+      ASSIGN_OR_RETURN(const int64_t i,
+                       TokenId(id, source, absl::StrCat("model.vocab[\"", token, "\"]")));
       t->vocab_[token] = i;
       t->vocab_r_[i] = token;
     }
@@ -477,7 +497,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(const std::
     if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
       for (const json& a : j.at("added_tokens")) {
         AddedToken tok;
-        tok.id = a.at("id").get<int64_t>();
+        ASSIGN_OR_RETURN(tok.id, TokenId(a.at("id"), source, "added_tokens[].id"));
         tok.content = a.at("content").get<std::string>();
         tok.special = a.value("special", false);
         tok.lstrip = a.value("lstrip", false);
@@ -599,17 +619,32 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::FromJson(const std::
                                "\" without special_tokens entry"));
             }
             for (const json& id : specials[name].at("ids")) {
-              (seen_a ? step.after : step.before).push_back(id.get<int64_t>());
+              ASSIGN_OR_RETURN(const int64_t i,
+                               TokenId(id, source, "post_processor special_tokens ids"));
+              (seen_a ? step.after : step.before).push_back(i);
             }
           } else {
             return Unsupported(source, "template piece");
           }
         }
       } else if (pt == "RobertaProcessing" || pt == "BertProcessing") {
-        step.before.push_back(s->at("cls").at(1).get<int64_t>());
-        step.after.push_back(s->at("sep").at(1).get<int64_t>());
+        ASSIGN_OR_RETURN(const int64_t cls, TokenId(s->at("cls").at(1), source, "cls id"));
+        ASSIGN_OR_RETURN(const int64_t sep, TokenId(s->at("sep").at(1), source, "sep id"));
+        step.before.push_back(cls);
+        step.after.push_back(sep);
       } else {
         return Unsupported(source, absl::StrCat("post_processor \"", pt, "\""));
+      }
+      // Every id it adds is a token (found by fuzz/bpe_tokenizer_fuzzer: an unknown id went
+      // into the encoding, past the text encoder's embedding table).
+      for (const auto* ids : {&step.before, &step.after}) {
+        for (int64_t id : *ids) {
+          if (!t->IdToToken(id).has_value()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(source, ": post_processor \"", pt, "\" adds id ", id,
+                             ", which is neither in model.vocab nor in added_tokens"));
+          }
+        }
       }
       t->post_.push_back(std::move(step));
     }

@@ -277,6 +277,28 @@ TEST(BpeTokenizerTest, MalformedFilesGiveErrorsNamingTheFile) {
               HasSubstr("WordPiece"));
   EXPECT_THAT(broken("bad_added.json", [](json& j) { j["added_tokens"][0].erase("id"); }),
               HasSubstr("malformed"));
+  // Ids that are not u32 integers (found by fuzz/bpe_tokenizer_fuzzer: a float id was converted
+  // with undefined behaviour).
+  const std::string first = BaseTokenizerJson()["model"]["vocab"].begin().key();
+  EXPECT_THAT(broken("float_added_id.json", [](json& j) { j["added_tokens"][0]["id"] = 1e300; }),
+              HasSubstr("added_tokens[].id is 1e+300"));
+  EXPECT_THAT(broken("float_vocab_id.json",
+                     [&](json& j) { j["model"]["vocab"][first] = -5e20; }),
+              HasSubstr("model.vocab[" + Escaped(first) + "]"));
+  EXPECT_THAT(broken("negative_vocab_id.json", [&](json& j) { j["model"]["vocab"][first] = -1; }),
+              HasSubstr("not a token id"));
+  // Found by fuzz/bpe_tokenizer_fuzzer: a post-processor id that is no token went into every
+  // encoding.
+  EXPECT_THAT(broken("unknown_post_id.json",
+                     [](json& j) {
+                       j["post_processor"] = {{"type", "RobertaProcessing"},
+                                              {"sep", {"<|endoftext|>", 3000}},
+                                              {"cls", {"<sop>", 987654}}};
+                     }),
+              HasSubstr("adds id 987654"));
+  EXPECT_THAT(broken("huge_vocab_id.json",
+                     [&](json& j) { j["model"]["vocab"][first] = int64_t{1} << 32; }),
+              HasSubstr("not a token id"));
 }
 
 // The text-to-image prompt through the fixture tokenizer, against transformers'

@@ -277,14 +277,18 @@ absl::Status GemmaTokenizer::Init() {
       unk_id_ = static_cast<int>(i);
     }
     if (type == kByte) {
-      unsigned int b = 0;
-      char tail = 0;
-      if (piece.size() != 6 || std::sscanf(piece.c_str(), "<0x%2X%c", &b, &tail) != 2 ||
-          tail != '>') {
+      // "<0xXX>" with two upper-case hex digits, as SentencePiece's PieceToByte. Not sscanf's
+      // %2X: it takes a sign, and "<0x-C>" gave byte 4294967284, written past byte_ids_ (found
+      // by fuzz/gemma_tokenizer_fuzzer).
+      const auto hex = [](char c) {
+        return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      };
+      if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>' ||
+          hex(piece[3]) < 0 || hex(piece[4]) < 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("tokenizer.model: bad byte piece '", piece, "'"));
       }
-      byte_ids_[b] = static_cast<int>(i);
+      byte_ids_[hex(piece[3]) * 16 + hex(piece[4])] = static_cast<int>(i);
     }
   }
   if (unk_id_ < 0) return absl::InvalidArgumentError("tokenizer.model: no unknown piece");
@@ -298,8 +302,18 @@ absl::Status GemmaTokenizer::Init() {
       std::unique(user_defined_lengths_.begin(), user_defined_lengths_.end()),
       user_defined_lengths_.end());
   const int n = static_cast<int>(pieces_.size());
-  for (int id : {bos_id_, eos_id_, pad_id_}) {
-    if (id >= n) return absl::InvalidArgumentError("tokenizer.model: special id out of range");
+  for (auto [name, id] : {std::pair{"bos", bos_id_}, {"eos", eos_id_}, {"pad", pad_id_}}) {
+    // -1 is SentencePiece's "none"; any other id must be a piece.
+    if (id < -1 || id >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.model: ", name, "_id ", id,
+                                                     " is outside the ", n, " pieces"));
+    }
+  }
+  // EncodePrompts pads with the pad id, else the eos id: one must exist, or padding would be
+  // id -1 (found by fuzz/gemma_tokenizer_fuzzer).
+  if (pad_id_ < 0 && eos_id_ < 0) {
+    return absl::InvalidArgumentError(
+        "tokenizer.model: neither a pad_id nor an eos_id to pad prompts with");
   }
   return absl::OkStatus();
 }

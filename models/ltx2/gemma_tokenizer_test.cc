@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <map>
 #include <string>
@@ -145,6 +148,64 @@ TEST(GemmaTokenizerTest, RejectsBrokenModels) {
             absl::StatusCode::kNotFound);
   EXPECT_EQ(GemmaTokenizer::FromSerializedProto("\x0a\x05\x0a").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A serialized ModelProto with the fixture's pieces and a trainer_spec setting `field` (41 bos_id,
+// 42 eos_id, 43 pad_id) to `id`, then optionally `field2` to `id2` (later fields win).
+std::string WithSpecialIds(int field, int id, int field2 = 0, int id2 = 0) {
+  std::ifstream in(kDir + "/tiny_gemma_like_bpe.model", std::ios::binary);
+  std::string model((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto varint = [](uint64_t v) {
+    std::string out;
+    for (; v >= 0x80; v >>= 7) out += static_cast<char>((v & 0x7f) | 0x80);
+    return out + static_cast<char>(v);
+  };
+  std::string spec = varint(static_cast<uint64_t>(field) << 3) +
+                     varint(static_cast<uint64_t>(static_cast<int64_t>(id)));
+  if (field2 != 0) {
+    spec += varint(static_cast<uint64_t>(field2) << 3) +
+            varint(static_cast<uint64_t>(static_cast<int64_t>(id2)));
+  }
+  return model + "\x12" + varint(spec.size()) + spec;
+}
+
+// Found by fuzz/gemma_tokenizer_fuzzer: sscanf's %2X read "<0x-C>" as byte 4294967284 and wrote
+// past the byte table. A byte piece is "<0x" + two upper-case hex digits + ">".
+TEST(GemmaTokenizerTest, RejectsBytePiecesThatAreNotTwoHexDigits) {
+  std::ifstream in(kDir + "/tiny_gemma_like_bpe.model", std::ios::binary);
+  const std::string model((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // ModelProto.pieces += {piece: `piece`, type: BYTE (6)}.
+  auto with_byte_piece = [&](const std::string& piece) {
+    const std::string body = "\x0a" + std::string(1, static_cast<char>(piece.size())) + piece +
+                             "\x18\x06";
+    return model + "\x0a" + std::string(1, static_cast<char>(body.size())) + body;
+  };
+  for (const char* bad : {"<0x-C>", "<0x+1>", "<0x 1>", "<0xG0>", "<0xfe>", "[0x41]", "<0x41)"}) {
+    auto t = GemmaTokenizer::FromSerializedProto(with_byte_piece(bad));
+    ASSERT_FALSE(t.ok()) << bad;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(t.status().message().find("bad byte piece"), std::string::npos) << t.status();
+  }
+}
+
+// Found by fuzz/gemma_tokenizer_fuzzer: a model without pad and eos ids padded prompts with -1.
+TEST(GemmaTokenizerTest, RejectsSpecialIdsItCannotUse) {
+  ASSERT_TRUE(GemmaTokenizer::FromSerializedProto(WithSpecialIds(41, 2)).ok());
+  const struct {
+    std::string model;
+    std::string field;
+  } cases[] = {
+      {WithSpecialIds(42, -1, 43, -1), "pad_id"},  // nothing to pad with
+      {WithSpecialIds(42, -3), "eos_id -3"},
+      {WithSpecialIds(41, -2), "bos_id -2"},
+      {WithSpecialIds(43, 1 << 20), "pad_id 1048576"},
+  };
+  for (const auto& c : cases) {
+    auto t = GemmaTokenizer::FromSerializedProto(c.model);
+    ASSERT_FALSE(t.ok()) << c.field;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(t.status().message().find(c.field), std::string::npos) << t.status();
+  }
 }
 
 }  // namespace

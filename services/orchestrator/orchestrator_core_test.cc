@@ -1,6 +1,8 @@
 #include "services/orchestrator/orchestrator_core.h"
 
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <thread>
 #include <vector>
@@ -484,6 +486,32 @@ TEST_F(OrchestratorCoreTest, SizeErrorsSayTheNearestValidValue) {
   std::vector<v1::GenerateEvent> events;
   absl::Status s = Run(r, &events);
   EXPECT_NE(s.message().find("nearest: 256"), std::string::npos) << s;
+}
+
+// Found by fuzz/request_validator_fuzzer: the nearest valid value of an int32 extreme was
+// computed in int and overflowed (regressions/request_validator_fuzzer/).
+TEST_F(OrchestratorCoreTest, ExtremeSizesAndFramesSayTheNearestValidValue) {
+  constexpr int kMax = std::numeric_limits<int32_t>::max();
+  constexpr int kMin = std::numeric_limits<int32_t>::min();
+  for (auto [height, nearest] : {std::pair{kMax, "nearest: 512"}, std::pair{kMin, "nearest: 64"}}) {
+    v1::GenerateRequest r = Request();
+    r.set_height(height);
+    std::vector<v1::GenerateEvent> events;
+    absl::Status s = Run(r, &events);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("height"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(nearest), std::string::npos) << s;
+  }
+  for (auto [frames, nearest] : {std::pair{kMax, "nearest: 121"}, std::pair{kMin, "nearest: 1"}}) {
+    v1::GenerateRequest r = Request();
+    r.set_model("ltx2-tiny");
+    r.set_num_frames(frames);
+    std::vector<v1::GenerateEvent> events;
+    absl::Status s = Run(r, &events);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("num_frames"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(nearest), std::string::npos) << s;
+  }
 }
 
 TEST_F(OrchestratorCoreTest, Ltx2TinyGetsItsFramesAndAudioGuidanceResolved) {

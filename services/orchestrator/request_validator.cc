@@ -96,8 +96,10 @@ absl::Status CheckInputs(const v1::GenerateRequest& r, const PipelineModel& m) {
 absl::Status CheckSize(const char* field, int v, const PipelineModel& m) {
   const v1::ModelLimits& lim = m.limits;
   if (v < lim.min_size() || v > lim.max_size() || v % lim.size_granularity() != 0) {
-    const int g = lim.size_granularity();
-    const int nearest = std::min(lim.max_size(), std::max(lim.min_size(), (v + g / 2) / g * g));
+    // In 64 bits: v may be any int32 (v + g / 2 overflowed int at INT_MAX).
+    const int64_t g = lim.size_granularity();
+    const int64_t nearest = std::min<int64_t>(
+        lim.max_size(), std::max<int64_t>(lim.min_size(), (int64_t{v} + g / 2) / g * g));
     return Invalid(field, absl::StrCat(v, " is not allowed for ", m.name, " (a multiple of ", g,
                                        " in ", lim.min_size(), "..", lim.max_size(),
                                        "; nearest: ", nearest, ")"));
@@ -115,8 +117,12 @@ absl::Status CheckVideo(const v1::GenerateRequest& r, const PipelineModel& m) {
   const int f = r.num_frames();
   if (f < 1 || f > rule.max_frames() || (f - rule.offset()) % rule.multiple() != 0 ||
       f < rule.offset()) {
-    const int k = std::max(0, (f - rule.offset() + rule.multiple() / 2) / rule.multiple());
-    const int nearest = std::min(rule.max_frames(), k * rule.multiple() + rule.offset());
+    // In 64 bits: f may be any int32 (f - offset overflowed int at INT_MIN, k * multiple at
+    // INT_MAX).
+    const int64_t k = std::max<int64_t>(
+        0, (int64_t{f} - rule.offset() + rule.multiple() / 2) / rule.multiple());
+    const int64_t nearest =
+        std::min<int64_t>(rule.max_frames(), k * rule.multiple() + rule.offset());
     return Invalid("num_frames",
                    absl::StrCat(f, " is not allowed for ", m.name, " (", rule.multiple(), "k+",
                                 rule.offset(), ", at most ", rule.max_frames(), "; nearest: ",
