@@ -122,8 +122,10 @@ class GroupHealth {
 // Rank 0 with --launch-ranks: restarts a rank that exited (killed, OOM, lost rank 0's store),
 // with a backoff growing from 1 s to 30 s while it keeps failing; the group re-forms with the
 // new process. Ends with the process (the ranks die with it: PR_SET_PDEATHSIG).
+// `health` turns NOT_SERVING the moment a rank is seen to exit, so that probes and the
+// orchestrator see the outage from the start (the group reports SERVING again once re-formed).
 void SuperviseRanks(std::vector<pid_t>* ranks, std::vector<std::vector<std::string>> args,
-                    std::mutex* mu) {
+                    std::mutex* mu, GroupHealth* health) {
   const size_t n = ranks->size();
   std::vector<absl::Duration> backoff(n, absl::Seconds(1));
   std::vector<absl::Time> started(n, absl::Now());
@@ -140,6 +142,8 @@ void SuperviseRanks(std::vector<pid_t>* ranks, std::vector<std::vector<std::stri
         restart_at[i] = absl::Now() + backoff[i];
         std::cerr << "diffmesh-denoise: rank " << i + 1 << " " << diffmesh::DescribeExit(status)
                   << "; restarting it in " << absl::FormatDuration(backoff[i]) << std::endl;
+        health->Set(false, absl::StrCat("rank ", i + 1, " ", diffmesh::DescribeExit(status),
+                                        "; restarting it"));
         backoff[i] = std::min(backoff[i] * 2, absl::Seconds(30));
       }
       if ((*ranks)[i] > 0 || absl::Now() < restart_at[i]) continue;
@@ -362,7 +366,7 @@ int main(int argc, char** argv) {
             << (!options.tls ? "" : options.tls->client_ca.empty() ? " (TLS)" : " (mutual TLS)")
             << std::endl;
   if (!ranks.empty()) {
-    std::thread(SuperviseRanks, &ranks, rank_args, &ranks_mu).detach();
+    std::thread(SuperviseRanks, &ranks, rank_args, &ranks_mu, &health).detach();
   }
   const int sig = diffmesh::WaitForTerminationSignal();
   std::cout << "diffmesh-denoise: signal " << sig << ", shutting down" << std::endl;
