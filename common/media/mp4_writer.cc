@@ -511,7 +511,8 @@ absl::Status Mp4Writer::AddAudio(const float* planar, int64_t samples) {
   for (int c = 0; c < 2; ++c) {  // mono: both channels carry the one input channel
     const float* src = planar + (m.options.audio_channels == 2 ? c * samples : 0);
     float* dst = m.stereo.data() + c * n;
-    for (int i = 0; i < n; ++i) dst[i] = std::clamp(src[i], -1.0f, 1.0f);
+    // The AAC encoder refuses non-finite samples: NaN becomes silence, ±inf the full scale.
+    for (int i = 0; i < n; ++i) dst[i] = std::isnan(src[i]) ? 0.0f : std::clamp(src[i], -1.0f, 1.0f);
   }
   float* in[2] = {m.stereo.data(), m.stereo.data() + n};
   if (m.resampler == nullptr) return m.QueueAudio(in, n);

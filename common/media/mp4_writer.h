@@ -67,7 +67,7 @@ class Mp4Writer {
   // One frame, uint8 RGB [height, width, 3] (options' size), row-major.
   absl::Status AddFrame(const uint8_t* rgb);
   // `samples` samples per channel, float [channels, samples] planar, values in [-1, 1]
-  // (clipped). Audio may be added in any number of pieces, before, between or after frames.
+  // (clipped; NaN is written as silence). Audio may be added in any number of pieces, before, between or after frames.
   absl::Status AddAudio(const float* planar, int64_t samples);
   // Flushes the encoders and returns the whole file. The writer is spent afterwards.
   absl::StatusOr<std::string> Finish();

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -96,6 +97,27 @@ TEST(Mp4WriterTest, IdenticalInputGivesIdenticalBytes) {
   const std::string b = EncodeMp4(frames.data(), 12, options, audio.data(), 30000).value();
   EXPECT_EQ(a, b);
   EXPECT_EQ(a.find("Lavf"), std::string::npos) << "bitexact muxing writes no version string";
+}
+
+// A vocoder that overflowed (one step of random weights) hands over NaN and ±inf: the clip is
+// still written, those samples as silence and full scale, as the same finite input would be.
+TEST(Mp4WriterTest, NonFiniteSamplesAreSilenceOrFullScale) {
+  std::mt19937 rng(7);
+  const Mp4Options options = SmallOptions(64, 48, 44100);
+  const std::vector<uint8_t> frames = RandomFrames(4, 64, 48, rng);
+  std::vector<float> audio = RandomAudio(2, 8000, rng);
+  std::vector<float> finite = audio;
+  for (size_t i = 0; i < audio.size(); i += 7) {
+    audio[i] = std::numeric_limits<float>::quiet_NaN();
+    finite[i] = 0.0f;
+  }
+  audio[3] = std::numeric_limits<float>::infinity();
+  finite[3] = 1.0f;
+  audio[5] = -std::numeric_limits<float>::infinity();
+  finite[5] = -1.0f;
+  auto with_nan = EncodeMp4(frames.data(), 4, options, audio.data(), 8000);
+  ASSERT_TRUE(with_nan.ok()) << with_nan.status();
+  EXPECT_EQ(*with_nan, EncodeMp4(frames.data(), 4, options, finite.data(), 8000).value());
 }
 
 // An encoder that reads memory it never wrote gives other bytes once that memory is dirty

@@ -172,11 +172,9 @@ absl::Status Ltx2Decoder::EmitMedia(const v1::DenoiseRequest& r, const ltx2::Ltx
   // its waveform is far shorter than the video. RAW keeps the vocoder's waveform as it is.
   const int64_t track_samples =
       std::llround(num_frames / r.frame_rate() * static_cast<double>(out.sample_rate));
-  // The AAC encoder refuses non-finite samples: a vocoder that overflowed (a one-step run of
-  // random weights does) gives silence there rather than no clip. RAW keeps them as they are.
   at::Tensor track = at::zeros({channels, track_samples}, at::kFloat);
   const int64_t copied = std::min<int64_t>(track_samples, audio.size(1));
-  track.narrow(1, 0, copied).copy_(at::nan_to_num(audio.narrow(1, 0, copied), 0.0, 1.0, -1.0));
+  track.narrow(1, 0, copied).copy_(audio.narrow(1, 0, copied));
   media::Mp4Options mp4;
   mp4.width = width;
   mp4.height = height;
