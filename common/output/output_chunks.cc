@@ -6,6 +6,17 @@
 
 namespace diffmesh {
 
+v1::OutputInfo TensorOutputInfo(int index, const std::string& name, const v1::Tensor& tensor) {
+  v1::OutputInfo info;
+  info.set_index(index);
+  info.set_name(name);
+  info.set_kind(v1::OUTPUT_KIND_TENSOR);
+  info.set_mime_type("application/octet-stream");
+  info.set_tensor_dtype(tensor.dtype());
+  *info.mutable_tensor_shape() = tensor.shape();
+  return info;
+}
+
 void ForEachOutputChunk(const v1::OutputInfo& info, const std::string& data,
                         const std::function<void(v1::OutputChunk&&)>& emit,
                         int64_t max_chunk_bytes) {

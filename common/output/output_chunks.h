@@ -22,6 +22,10 @@ void ForEachOutputChunk(const v1::OutputInfo& info, const std::string& data,
                         const std::function<void(v1::OutputChunk&&)>& emit,
                         int64_t max_chunk_bytes = kMaxOutputChunkBytes);
 
+// The info of a raw tensor output (OUTPUT_KIND_TENSOR, application/octet-stream) named `name`,
+// at `index`, with `tensor`'s dtype and shape.
+v1::OutputInfo TensorOutputInfo(int index, const std::string& name, const v1::Tensor& tensor);
+
 // Reassembles outputs from their chunks, checking that each output's chunks start with its
 // info and are contiguous and complete. Not thread-safe.
 class OutputAssembler {

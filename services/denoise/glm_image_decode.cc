@@ -17,14 +17,6 @@
 namespace diffmesh {
 namespace {
 
-void SetTensorInfo(const char* name, const v1::Tensor& t, v1::OutputInfo& info) {
-  info.set_name(name);
-  info.set_kind(v1::OUTPUT_KIND_TENSOR);
-  info.set_mime_type("application/octet-stream");
-  info.set_tensor_dtype(t.dtype());
-  *info.mutable_tensor_shape() = t.shape();
-}
-
 media::MediaFormat ImageFormatOf(v1::OutputFormat format) {
   switch (format) {
     case v1::OUTPUT_FORMAT_JPEG:
@@ -115,7 +107,7 @@ absl::Status GlmImageDecoder::EmitOutputs(
   const absl::Time start = absl::Now();
   if (output.format() == v1::OUTPUT_FORMAT_LATENTS) {
     ASSIGN_OR_RETURN(v1::Tensor t, ToWire(latents.to(at::kFloat).cpu().contiguous()));
-    SetTensorInfo("latents", t, info);
+    info = TensorOutputInfo(0, "latents", t);
     data = std::move(*t.mutable_data());
   } else {
     RETURN_IF_ERROR(ctx.Check("vae_decode"));
@@ -127,7 +119,7 @@ absl::Status GlmImageDecoder::EmitOutputs(
     info.set_frames(1);
     if (output.format() == v1::OUTPUT_FORMAT_RAW) {
       ASSIGN_OR_RETURN(v1::Tensor t, ToWire(pixels));
-      SetTensorInfo("frames", t, info);
+      info.MergeFrom(TensorOutputInfo(0, "frames", t));  // beside width, height and frames
       data = std::move(*t.mutable_data());
     } else {
       const media::MediaFormat format = ImageFormatOf(output.format());

@@ -23,15 +23,6 @@ namespace {
 namespace ltx2 = models::ltx2;
 using EventFn = std::function<void(const v1::DenoiseEvent&)>;
 
-void SetTensorInfo(int index, const char* name, const v1::Tensor& t, v1::OutputInfo& info) {
-  info.set_index(index);
-  info.set_name(name);
-  info.set_kind(v1::OUTPUT_KIND_TENSOR);
-  info.set_mime_type("application/octet-stream");
-  info.set_tensor_dtype(t.dtype());
-  *info.mutable_tensor_shape() = t.shape();
-}
-
 void Emit(const v1::OutputInfo& info, const std::string& data, const EventFn& on_event) {
   ForEachOutputChunk(info, data, [&](v1::OutputChunk&& chunk) {
     v1::DenoiseEvent e;
@@ -119,9 +110,7 @@ absl::Status Ltx2Decoder::EmitOutputs(CallContext& ctx, const v1::DenoiseRequest
     for (auto [name, t] : {std::pair{"video_latents", out.video_latents},
                            std::pair{"audio_latents", out.audio_latents}}) {
       ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(t.to(at::kFloat).cpu().contiguous()));
-      v1::OutputInfo info;
-      SetTensorInfo(index++, name, wire, info);
-      Emit(info, wire.data(), on_event);
+      Emit(TensorOutputInfo(index++, name, wire), wire.data(), on_event);
     }
     return absl::OkStatus();
   }
@@ -155,13 +144,11 @@ absl::Status Ltx2Decoder::EmitMedia(const v1::DenoiseRequest& r, const ltx2::Ltx
   };
   if (r.output().format() == v1::OUTPUT_FORMAT_RAW) {
     ASSIGN_OR_RETURN(v1::Tensor wire_frames, ToWire(frames));
-    v1::OutputInfo frames_info;
-    SetTensorInfo(0, "frames", wire_frames, frames_info);
+    v1::OutputInfo frames_info = TensorOutputInfo(0, "frames", wire_frames);
     media_info(frames_info);
     Emit(frames_info, wire_frames.data(), on_event);
     ASSIGN_OR_RETURN(v1::Tensor wire_audio, ToWire(audio));
-    v1::OutputInfo audio_info;
-    SetTensorInfo(1, "audio", wire_audio, audio_info);
+    v1::OutputInfo audio_info = TensorOutputInfo(1, "audio", wire_audio);
     media_info(audio_info);
     Emit(audio_info, wire_audio.data(), on_event);
     return absl::OkStatus();

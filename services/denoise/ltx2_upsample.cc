@@ -40,14 +40,7 @@ namespace {
 absl::Status EmitLatents(int index, const char* name, const at::Tensor& t,
                          const std::function<void(const v1::DenoiseEvent&)>& on_event) {
   ASSIGN_OR_RETURN(v1::Tensor wire, ToWire(t.to(at::kFloat).cpu().contiguous()));
-  v1::OutputInfo info;
-  info.set_index(index);
-  info.set_name(name);
-  info.set_kind(v1::OUTPUT_KIND_TENSOR);
-  info.set_mime_type("application/octet-stream");
-  info.set_tensor_dtype(wire.dtype());
-  *info.mutable_tensor_shape() = wire.shape();
-  ForEachOutputChunk(info, wire.data(), [&](v1::OutputChunk&& chunk) {
+  ForEachOutputChunk(TensorOutputInfo(index, name, wire), wire.data(), [&](v1::OutputChunk&& chunk) {
     v1::DenoiseEvent e;
     *e.mutable_output() = std::move(chunk);
     on_event(e);
