@@ -16,6 +16,7 @@
 
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
+#include "models/core/ops.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/release_configs.h"
 #include "nlohmann/json.hpp"
@@ -135,6 +136,7 @@ int main(int argc, char** argv) {
   const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
   const auto t0 = Clock::now();
+  if (cuda) diffmesh::models::UseTensorCoresForFloat32();  // as the stages serve
   auto models = ltx2::BuildReleaseModels(dtype, device);
   Check(models.status());
   if (absl::GetFlag(FLAGS_vae_tiling)) {

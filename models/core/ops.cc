@@ -13,6 +13,11 @@ at::Tensor Linear(const at::Tensor& x, const WeightMap& w, const std::string& pr
   return at::linear(x, weight);
 }
 
+void UseTensorCoresForFloat32(bool on) {
+  at::globalContext().setAllowTF32CuBLAS(on);
+  at::globalContext().setAllowTF32CuDNN(on);
+}
+
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);

@@ -14,6 +14,11 @@ namespace diffmesh::models {
 // y = x Wᵀ + b with `prefix`.weight / `prefix`.bias (bias optional in the map).
 at::Tensor Linear(const at::Tensor& x, const WeightMap& w, const std::string& prefix);
 
+// How float32 work runs on CUDA (the LTX-2 decoders and upsampler, the text encoder's
+// activations): matmuls and convolutions on TF32 tensor cores when `on`, strict IEEE float32
+// when not (the reference checks). Process-wide; stages serving on CUDA turn it on at start-up.
+void UseTensorCoresForFloat32(bool on = true);
+
 // RMSNorm in fp32, scaled by `prefix`.weight, returned in x's dtype.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 

@@ -388,4 +388,20 @@ Gemma3TextModel::PromptEmbeds EncodePrompts(const Ltx2Models& models, const Ltx2
       models.tokenizer->EncodePrompts(prompts, spec.max_sequence_length));
 }
 
+at::ScalarType ServingDtype(Ltx2Component component, at::Device device) {
+  if (!device.is_cuda()) return at::kFloat;
+  switch (component) {
+    case Ltx2Component::kTransformer:
+    case Ltx2Component::kConnectors:
+    case Ltx2Component::kTextEncoder:
+      return at::kBFloat16;
+    case Ltx2Component::kVae:
+    case Ltx2Component::kAudioVae:
+    case Ltx2Component::kVocoder:
+    case Ltx2Component::kLatentUpsampler:
+      return at::kFloat;
+  }
+  return at::kFloat;
+}
+
 }  // namespace diffmesh::models::ltx2

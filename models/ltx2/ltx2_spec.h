@@ -126,6 +126,14 @@ absl::StatusOr<Ltx2Models> BuildModels(const Ltx2Spec& spec, at::ScalarType dtyp
 Gemma3TextModel::PromptEmbeds EncodePrompts(const Ltx2Models& models, const Ltx2Spec& spec,
                                             const std::vector<std::string>& prompts);
 
+// The dtype a component's weights are kept in when serving on `device`: on CUDA bf16 for the
+// transformer, the connectors and the text encoder (which computes in float32 over its bf16
+// weights, Gemma3TextModel::Forward), float32 for the decoders, the vocoder, the video encoder
+// and the latent upsampler, whose convolution stacks drift 1.0–1.8e-2 from float32 in bf16 on
+// the reference fixtures (models/ltx2/bf16_test.cc prints the figures); float32 on the CPU.
+// Float32 work on CUDA runs on TF32 tensor cores (UseTensorCoresForFloat32).
+at::ScalarType ServingDtype(Ltx2Component component, at::Device device);
+
 }  // namespace diffmesh::models::ltx2
 
 #endif  // DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_

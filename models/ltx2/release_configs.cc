@@ -230,9 +230,13 @@ absl::StatusOr<Ltx2Models> BuildReleaseModels(at::ScalarType dtype, at::Device d
                    Ltx2Transformer::Create(transformer, RandomWeightsOn(
                                                             Ltx2Transformer::Params(transformer),
                                                             options)));
-  ASSIGN_OR_RETURN(m.video_vae, BuildVideoDecoder(spec, dtype, device));
-  ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(spec, dtype, device));
-  ASSIGN_OR_RETURN(m.vocoder, BuildVocoder(spec, at::kFloat, device));
+  // The decoders as the stages serve them (ServingDtype).
+  ASSIGN_OR_RETURN(m.video_vae,
+                   BuildVideoDecoder(spec, ServingDtype(Ltx2Component::kVae, device), device));
+  ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(
+                                    spec, ServingDtype(Ltx2Component::kAudioVae, device), device));
+  ASSIGN_OR_RETURN(m.vocoder,
+                   BuildVocoder(spec, ServingDtype(Ltx2Component::kVocoder, device), device));
   ASSIGN_OR_RETURN(m.scheduler, BuildSchedulerConfig(spec));
   return m;
 }

@@ -87,7 +87,7 @@ void Usage(FILE* out) {
   std::fprintf(out,
                "usage: diffmesh <command> [flags]\n\n"
                "commands:\n"
-               "  generate   generate an image; embedded (all stages in this process) unless --server\n"
+               "  generate   generate an image or a video; embedded (all stages in this process) unless --server\n"
                "  up         start the four services on loopback and keep them running until Ctrl-C\n"
                "  models     list the configured models\n\n"
                "generate flags:\n%s\nup flags:\n%s\nmodels flags:\n%s\n"

@@ -11,6 +11,7 @@
 #include "models/glm_image/glm_image_spec.h"
 #include "models/glm_image/vae.h"
 #include "models/ltx2/audio_vae.h"
+#include "models/core/ops.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/video_vae.h"
 #include "models/ltx2/vocoder.h"
@@ -94,13 +95,22 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2(const DenoiseCore::Opt
   namespace ltx2 = models::ltx2;
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(options.model, options.model_dir));
   auto d = std::make_shared<Ltx2Decoders>();
-  ASSIGN_OR_RETURN(d->video_vae, ltx2::BuildVideoDecoder(spec, at::kFloat, device));
-  ASSIGN_OR_RETURN(d->audio_vae, ltx2::BuildAudioDecoder(spec, at::kFloat, device));
-  ASSIGN_OR_RETURN(d->vocoder, ltx2::BuildVocoder(spec, at::kFloat, device));
+  using ltx2::Ltx2Component;
+  if (device.is_cuda()) models::UseTensorCoresForFloat32();
+  ASSIGN_OR_RETURN(d->video_vae,
+                   ltx2::BuildVideoDecoder(spec, ltx2::ServingDtype(Ltx2Component::kVae, device),
+                                           device));
+  ASSIGN_OR_RETURN(d->audio_vae,
+                   ltx2::BuildAudioDecoder(
+                       spec, ltx2::ServingDtype(Ltx2Component::kAudioVae, device), device));
+  ASSIGN_OR_RETURN(d->vocoder,
+                   ltx2::BuildVocoder(spec, ltx2::ServingDtype(Ltx2Component::kVocoder, device),
+                                      device));
   d->decoder = std::make_unique<Ltx2Decoder>(spec.name, d->video_vae.get(), d->audio_vae.get(),
                                              d->vocoder.get());
   if (!spec.latent_upsampler.is_null()) {
-    ASSIGN_OR_RETURN(d->upsample, Ltx2UpsampleStage::Create(options.model, options.model_dir));
+    ASSIGN_OR_RETURN(d->upsample, Ltx2UpsampleStage::Create(options.model, options.model_dir,
+                                                            device.is_cuda()));
   }
   Ltx2Decoders* raw = d.get();
   DecodeEngine::RunFn upsample;

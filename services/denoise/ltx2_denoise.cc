@@ -17,6 +17,7 @@
 #include "common/status/status_macros.h"
 #include "models/ltx2/connectors.h"
 #include "models/ltx2/lora.h"
+#include "models/core/ops.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/pipeline.h"
 #include "models/ltx2/snapshot.h"
@@ -572,19 +573,30 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   group_options.num_heads = 0;  // checked above and by the transformer
   ASSIGN_OR_RETURN(auto group, DenoiseGroup::Create(group_options));
   const at::Device device = group->device();
-  // CUDA: the transformer in bf16 (the serving dtype, models/ltx2/cuda_bf16_test.cc), the
-  // decoders and the video encoder in float32 as ltx2_spec builds them; the guidance sums, the
+  // Each network in its serving dtype (ltx2::ServingDtype: on CUDA the transformer in bf16, the
+  // decoders and the video encoder in float32 on TF32 tensor cores); the guidance sums, the
   // scheduler and the latents stay float32 (Ltx2Pipeline).
-  const at::ScalarType dtype = options.cuda ? at::kBFloat16 : at::kFloat;
+  using ltx2::Ltx2Component;
+  if (device.is_cuda()) models::UseTensorCoresForFloat32();
   // The denoise stage runs everything but the text encoder and the connectors (encoder stage).
   ltx2::Ltx2Models models;
-  ASSIGN_OR_RETURN(models.transformer, ltx2::BuildTransformer(spec, dtype, device));
-  ASSIGN_OR_RETURN(models.video_vae, ltx2::BuildVideoDecoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.transformer,
+                   ltx2::BuildTransformer(
+                       spec, ltx2::ServingDtype(Ltx2Component::kTransformer, device), device));
+  ASSIGN_OR_RETURN(models.video_vae,
+                   ltx2::BuildVideoDecoder(spec, ltx2::ServingDtype(Ltx2Component::kVae, device),
+                                           device));
   if (has_encoder) {
-    ASSIGN_OR_RETURN(models.video_encoder, ltx2::BuildVideoEncoder(spec, at::kFloat, device));
+    ASSIGN_OR_RETURN(models.video_encoder,
+                     ltx2::BuildVideoEncoder(
+                         spec, ltx2::ServingDtype(Ltx2Component::kVae, device), device));
   }
-  ASSIGN_OR_RETURN(models.audio_vae, ltx2::BuildAudioDecoder(spec, at::kFloat, device));
-  ASSIGN_OR_RETURN(models.vocoder, ltx2::BuildVocoder(spec, at::kFloat, device));
+  ASSIGN_OR_RETURN(models.audio_vae,
+                   ltx2::BuildAudioDecoder(
+                       spec, ltx2::ServingDtype(Ltx2Component::kAudioVae, device), device));
+  ASSIGN_OR_RETURN(models.vocoder,
+                   ltx2::BuildVocoder(spec, ltx2::ServingDtype(Ltx2Component::kVocoder, device),
+                                      device));
   ASSIGN_OR_RETURN(models.scheduler, ltx2::BuildSchedulerConfig(spec));
   if (p.tp > 1 || p.sp() > 1) {
     // Whole weights in, this rank's tensor-parallel slices kept; every rank of one cfg rank's
@@ -610,7 +622,8 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
   // The "upsample" stage kind runs beside rank 0 (ltx2_upsample.h).
   std::unique_ptr<Ltx2UpsampleStage> upsample;
   if (group->is_main() && !spec.latent_upsampler.is_null()) {
-    ASSIGN_OR_RETURN(upsample, Ltx2UpsampleStage::Create(options.model, options.model_dir));
+    ASSIGN_OR_RETURN(upsample, Ltx2UpsampleStage::Create(options.model, options.model_dir,
+                                                         device.is_cuda()));
   }
   return std::unique_ptr<DenoiseEngine>(new Ltx2DenoiseEngine(
       options, std::move(spec), std::move(group), std::move(models), connectors.video.inner_dim(),

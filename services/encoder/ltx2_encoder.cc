@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "common/status/status_macros.h"
+#include "models/core/ops.h"
 #include "models/ltx2/ltx2_spec.h"
 #include "models/ltx2/snapshot.h"
 #include "models/ltx2/snapshot_pipeline.h"
@@ -48,10 +49,17 @@ absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Ltx2PromptEncoder::Create(
   auto state = std::make_unique<State>();
   ASSIGN_OR_RETURN(state->spec, ltx2::ResolveSpec(model, model_dir));
   ASSIGN_OR_RETURN(state->models.tokenizer, ltx2::BuildTokenizer(state->spec));
-  const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
-  ASSIGN_OR_RETURN(auto text_encoder, ltx2::BuildTextEncoder(state->spec, dtype));
-  ASSIGN_OR_RETURN(auto connectors, ltx2::BuildConnectors(state->spec, dtype));
+  const at::Device serving = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  ASSIGN_OR_RETURN(auto text_encoder,
+                   ltx2::BuildTextEncoder(state->spec, ltx2::ServingDtype(
+                                                           ltx2::Ltx2Component::kTextEncoder,
+                                                           serving)));
+  ASSIGN_OR_RETURN(auto connectors,
+                   ltx2::BuildConnectors(state->spec, ltx2::ServingDtype(
+                                                          ltx2::Ltx2Component::kConnectors,
+                                                          serving)));
   if (cuda) {
+    models::UseTensorCoresForFloat32();  // the text encoder's float32 activations
     const at::Device device(at::kCUDA, 0);
     ASSIGN_OR_RETURN(text_encoder,
                      ltx2::Gemma3TextModel::Create(text_encoder->config(),
