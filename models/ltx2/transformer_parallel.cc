@@ -1,7 +1,6 @@
 #include "models/ltx2/transformer_parallel.h"
 
 #include <cmath>
-#include <future>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -64,32 +63,17 @@ std::pair<at::Tensor, at::Tensor> BlockAttention(const at::Tensor& q, const at::
 // block in hand to the next ring rank while attending to it; partials merge in block order.
 at::Tensor RingAttention(parallel::Communicator& ring, const at::Tensor& q, at::Tensor kv,
                          const std::optional<at::Tensor>& mask, int64_t q_begin) {
-  const int R = ring.size(), r = ring.rank();
   const int64_t block_len = kv.size(3);
   at::Tensor rows;  // this rank's query rows of the whole mask
   if (mask.has_value()) rows = mask->narrow(-2, q_begin, q.size(2));
-  std::vector<std::pair<at::Tensor, at::Tensor>> partials(R);
-  const int next = (r + 1) % R, prev = (r + R - 1) % R;
-  for (int step = 0; step < R; ++step) {
-    const int src = (r - step + R) % R;  // ring rank whose block `kv` holds
-    at::Tensor incoming;
-    std::future<absl::Status> transfer;
-    if (step + 1 < R) {
-      incoming = at::empty_like(kv);
-      transfer = std::async(std::launch::async, [&] {
-        return ring.SendRecv(kv, next, incoming, prev, /*tag=*/step);
+  std::vector<std::pair<at::Tensor, at::Tensor>> partials(ring.size());
+  const absl::Status status =
+      parallel::ForEachRingBlock(ring, std::move(kv), [&](int src, const at::Tensor& block) {
+        at::Tensor block_mask =
+            rows.defined() ? rows.narrow(-1, src * block_len, block_len) : at::Tensor();
+        partials[src] = BlockAttention(q, block[0], block[1], block_mask);
       });
-    }
-    at::Tensor block_mask =
-        rows.defined() ? rows.narrow(-1, src * block_len, block_len) : at::Tensor();
-    partials[src] = BlockAttention(q, kv[0], kv[1], block_mask);
-    if (transfer.valid()) {
-      const absl::Status status = transfer.get();
-      TORCH_CHECK(status.ok(), "ltx2 video self-attention (ring step ", step, "): ",
-                  status.ToString());
-      kv = incoming;
-    }
-  }
+  TORCH_CHECK(status.ok(), "ltx2 video self-attention: ", status.ToString());
   return parallel::MergeAttention(partials).to(q.scalar_type());
 }
 

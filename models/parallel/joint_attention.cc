@@ -104,25 +104,13 @@ absl::StatusOr<at::Tensor> JointSequenceParallelAttention(const JointAttentionGr
     //    block's attention. Partials are merged in block order (text, ring block 0..R-1).
     std::vector<std::pair<at::Tensor, at::Tensor>> partials(R + 1);
     partials[0] = AttentionWithLse(queries, text[1], text[2], at::Tensor());
-    at::Tensor kv = block.narrow(0, 1, 2).contiguous();  // [2, B, h, U·n, D]
-    const int next = (r + 1) % R, prev = (r + R - 1) % R;
-    for (int step = 0; step < R; ++step) {
-      const int src = (r - step + R) % R;  // ring rank whose block `kv` holds
-      at::Tensor incoming;
-      std::future<absl::Status> transfer;
-      if (step + 1 < R) {
-        incoming = at::empty_like(kv);
-        transfer = std::async(std::launch::async, [&] {
-          return groups.ring->SendRecv(kv, next, incoming, prev, /*tag=*/step);
-        });
-      }
-      at::Tensor valid = ImageKeyMask(static_cast<int64_t>(src) * block_len, block_len, image_len, q.device());
-      partials[src + 1] = AttentionWithLse(queries, kv[0], kv[1], valid);
-      if (transfer.valid()) {
-        RETURN_IF_ERROR(transfer.get());
-        kv = incoming;
-      }
-    }
+    RETURN_IF_ERROR(ForEachRingBlock(
+        *groups.ring, block.narrow(0, 1, 2).contiguous(),  // [2, B, h, U·n, D]
+        [&](int src, const at::Tensor& kv) {
+          at::Tensor valid = ImageKeyMask(static_cast<int64_t>(src) * block_len, block_len,
+                                          image_len, q.device());
+          partials[src + 1] = AttentionWithLse(queries, kv[0], kv[1], valid);
+        }));
     out = MergeAttention(partials);
   }
   out = out.to(q.scalar_type());  // [B, h, T + U·n, D]
@@ -140,6 +128,33 @@ absl::StatusOr<at::Tensor> JointSequenceParallelAttention(const JointAttentionGr
   // recv [U(source = head group), B, h, n + T, D] → heads in source order.
   at::Tensor gathered = recv.permute({1, 0, 2, 3, 4}).reshape({B, H, n + T, D});
   return at::cat({gathered.narrow(2, n, T), gathered.narrow(2, 0, n)}, 2);
+}
+
+absl::Status ForEachRingBlock(Communicator& ring, at::Tensor kv,
+                              const std::function<void(int src, const at::Tensor& block)>& attend) {
+  const int R = ring.size(), r = ring.rank();
+  const int next = (r + 1) % R, prev = (r + R - 1) % R;
+  for (int step = 0; step < R; ++step) {
+    const int src = (r - step + R) % R;  // ring rank whose block `kv` holds
+    at::Tensor incoming;
+    std::future<absl::Status> transfer;
+    if (step + 1 < R) {
+      incoming = at::empty_like(kv);
+      transfer = std::async(std::launch::async, [&] {
+        return ring.SendRecv(kv, next, incoming, prev, /*tag=*/step);
+      });
+    }
+    attend(src, kv);
+    if (transfer.valid()) {
+      absl::Status status = transfer.get();
+      if (!status.ok()) {
+        return absl::Status(status.code(),
+                            absl::StrCat("ring step ", step, ": ", status.message()));
+      }
+      kv = incoming;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace diffmesh::models::parallel

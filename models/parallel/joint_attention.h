@@ -18,6 +18,10 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <utility>
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "models/parallel/comm.h"
 
@@ -47,6 +51,14 @@ std::pair<at::Tensor, at::Tensor> AttentionWithLse(const at::Tensor& q, const at
 
 // Merges partial attentions (in the given order) by their log-sum-exp.
 at::Tensor MergeAttention(const std::vector<std::pair<at::Tensor, at::Tensor>>& partials);
+
+// The ring pass of ring attention: `kv` is this ring rank's block of keys/values. For each of
+// the ring's R steps, `attend(src, block)` gets the block that ring rank `src` holds (its own
+// first, then rank−1's, ...), while the next block travels on another thread (sent to rank+1,
+// received from rank−1), so each transfer overlaps one block's attention. Returns the first
+// transfer error (no later block is attended then).
+absl::Status ForEachRingBlock(Communicator& ring, at::Tensor kv,
+                              const std::function<void(int src, const at::Tensor& block)>& attend);
 
 }  // namespace diffmesh::models::parallel
 
