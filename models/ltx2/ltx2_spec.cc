@@ -354,8 +354,12 @@ absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> BuildLatentUpsampler(const 
     return Ltx2LatentUpsampler::Load(Dir(spec, Ltx2Component::kLatentUpsampler), dtype, device);
   }
   ASSIGN_OR_RETURN(auto config, LatentUpsamplerConfig::FromJson(spec.latent_upsampler));
-  return Ltx2LatentUpsampler::CreateSeeded(config,
-                                           ComponentSeed(spec, Ltx2Component::kLatentUpsampler));
+  ASSIGN_OR_RETURN(auto seeded, Ltx2LatentUpsampler::CreateSeeded(
+                                    config, ComponentSeed(spec, Ltx2Component::kLatentUpsampler)));
+  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
+  WeightMap weights = seeded->weights();
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
+  return Ltx2LatentUpsampler::Create(config, std::move(weights));
 }
 
 absl::StatusOr<SchedulerConfig> BuildSchedulerConfig(const Ltx2Spec& spec) {

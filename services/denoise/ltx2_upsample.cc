@@ -20,18 +20,23 @@ namespace ltx2 = models::ltx2;
 struct Ltx2UpsampleStage::Impl {
   std::string name;
   std::unique_ptr<ltx2::Ltx2LatentUpsampler> upsampler;
+  at::Device device = at::kCPU;  // the upsampler's
 };
 
 Ltx2UpsampleStage::Ltx2UpsampleStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Ltx2UpsampleStage::~Ltx2UpsampleStage() = default;
 
 absl::StatusOr<std::unique_ptr<Ltx2UpsampleStage>> Ltx2UpsampleStage::Create(
-    const std::string& model, const std::string& model_dir) {
+    const std::string& model, const std::string& model_dir, bool cuda) {
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(model, model_dir));
   auto impl = std::make_unique<Impl>();
   impl->name = spec.name;
-  // float32 on the CPU, as the denoise engine serves LTX-2 for now.
-  ASSIGN_OR_RETURN(impl->upsampler, ltx2::BuildLatentUpsampler(spec));
+  const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  ASSIGN_OR_RETURN(impl->upsampler,
+                   ltx2::BuildLatentUpsampler(
+                       spec, ltx2::ServingDtype(ltx2::Ltx2Component::kLatentUpsampler, device),
+                       device));
+  impl->device = device;
   return std::unique_ptr<Ltx2UpsampleStage>(new Ltx2UpsampleStage(std::move(impl)));
 }
 
@@ -82,8 +87,8 @@ absl::Status Ltx2UpsampleStage::Run(
   options.adain_factor = o.adain_factor();
   options.tone_map_compression_ratio = o.tone_map_compression_ratio();
   // Statistics are read only for normalised latents.
-  const at::Tensor up =
-      ltx2::UpsampleVideoLatents(*impl_->upsampler, ltx2::VideoLatentStatistics{}, video, options);
+  const at::Tensor up = ltx2::UpsampleVideoLatents(*impl_->upsampler, ltx2::VideoLatentStatistics{},
+                                                   video.to(impl_->device), options);
   RETURN_IF_ERROR(EmitLatents(0, "video_latents", up, on_event));
   if (r.latents().has_audio_latents()) {
     ASSIGN_OR_RETURN(at::Tensor audio, FromWire(r.latents().audio_latents(),

@@ -25,10 +25,12 @@ namespace diffmesh {
 
 class Ltx2UpsampleStage {
  public:
-  // The latent upsampler of the built-in `model`, or of the snapshot in `model_dir` when set.
-  // FAILED_PRECONDITION naming the model when it has none.
+  // The latent upsampler of the built-in `model`, or of the snapshot in `model_dir` when set, on
+  // the first CUDA device when `cuda` (in its serving dtype, ltx2::ServingDtype), else on the
+  // CPU. FAILED_PRECONDITION naming the model when it has none.
   static absl::StatusOr<std::unique_ptr<Ltx2UpsampleStage>> Create(const std::string& model,
-                                                                   const std::string& model_dir);
+                                                                   const std::string& model_dir,
+                                                                   bool cuda);
   ~Ltx2UpsampleStage();
   Ltx2UpsampleStage(const Ltx2UpsampleStage&) = delete;
   Ltx2UpsampleStage& operator=(const Ltx2UpsampleStage&) = delete;
