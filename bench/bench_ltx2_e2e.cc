@@ -30,6 +30,9 @@ ABSL_FLAG(double, stg, 0.0, "STG scale, both streams (0 = off).");
 ABSL_FLAG(double, modality, 1.0, "Modality scale, both streams (1 = off).");
 ABSL_FLAG(int, warmup, 1, "Untimed generations first.");
 ABSL_FLAG(bool, vae_tiling, false, "Decode the video in spatial and temporal tiles.");
+ABSL_FLAG(bool, f32_decoders, false,
+          "Video and audio VAE decoders in float32, as the denoise service runs them (default: "
+          "the transformer's dtype).");
 
 namespace {
 
@@ -135,7 +138,8 @@ int main(int argc, char** argv) {
   const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
   const auto t0 = Clock::now();
-  auto models = ltx2::BuildReleaseModels(dtype, device);
+  const at::ScalarType decoder_dtype = absl::GetFlag(FLAGS_f32_decoders) ? at::kFloat : dtype;
+  auto models = ltx2::BuildReleaseModels(dtype, device, decoder_dtype);
   Check(models.status());
   if (absl::GetFlag(FLAGS_vae_tiling)) {
     ltx2::VideoVaeTiling tiling;
@@ -161,6 +165,7 @@ int main(int argc, char** argv) {
   res["build_s"] = build_s;
   res["device"] = cuda ? "cuda" : "cpu";
   res["dtype"] = cuda ? "bf16" : "f32";
+  res["decoder_dtype"] = decoder_dtype == at::kFloat ? "f32" : "bf16";
   res["height"] = absl::GetFlag(FLAGS_height);
   res["width"] = absl::GetFlag(FLAGS_width);
   res["frames"] = absl::GetFlag(FLAGS_frames);
