@@ -31,6 +31,9 @@ ABSL_FLAG(double, stg, 0.0, "STG scale, both streams (0 = off).");
 ABSL_FLAG(double, modality, 1.0, "Modality scale, both streams (1 = off).");
 ABSL_FLAG(int, warmup, 1, "Untimed generations first.");
 ABSL_FLAG(bool, vae_tiling, false, "Decode the video in spatial and temporal tiles.");
+ABSL_FLAG(bool, bf16_decoders, false,
+          "Video and audio VAE decoders in bf16 (default: their serving dtype, float32 on CUDA, "
+          "as the denoise service runs them).");
 
 namespace {
 
@@ -137,7 +140,8 @@ int main(int argc, char** argv) {
   const at::ScalarType dtype = cuda ? at::kBFloat16 : at::kFloat;
   const auto t0 = Clock::now();
   if (cuda) diffmesh::models::UseTensorCoresForFloat32();  // as the stages serve
-  auto models = ltx2::BuildReleaseModels(dtype, device);
+  auto models = ltx2::BuildReleaseModels(
+      dtype, device, absl::GetFlag(FLAGS_bf16_decoders) ? at::kBFloat16 : at::ScalarType::Undefined);
   Check(models.status());
   if (absl::GetFlag(FLAGS_vae_tiling)) {
     ltx2::VideoVaeTiling tiling;
@@ -163,6 +167,7 @@ int main(int argc, char** argv) {
   res["build_s"] = build_s;
   res["device"] = cuda ? "cuda" : "cpu";
   res["dtype"] = cuda ? "bf16" : "f32";
+  res["decoder_dtype"] = absl::GetFlag(FLAGS_bf16_decoders) ? "bf16" : "serving";
   res["height"] = absl::GetFlag(FLAGS_height);
   res["width"] = absl::GetFlag(FLAGS_width);
   res["frames"] = absl::GetFlag(FLAGS_frames);

@@ -35,7 +35,7 @@ TEST(PipelineConfigTest, DefaultParses) {
 TEST(PipelineConfigTest, DefaultServesLtx2TinyVideoWithSound) {
   auto cfg = PipelineConfig::Parse(PipelineConfig::DefaultJson());
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  ASSERT_EQ(cfg->models.size(), 2u);
+  ASSERT_EQ(cfg->models.size(), 3u);  // and ltx2.3-release-random (CUDA only)
   EXPECT_EQ(cfg->default_model, "glm-image-tiny");
   const PipelineModel* m = cfg->FindModel("ltx2-tiny");
   ASSERT_NE(m, nullptr);

@@ -2,11 +2,13 @@
 
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/safetensors/safetensors.h"
 #include "common/status/status_macros.h"
+#include "models/ltx2/release_configs.h"
 #include "models/ltx2/snapshot.h"
 
 namespace diffmesh::models::ltx2 {
@@ -124,6 +126,26 @@ std::string Dir(const Ltx2Spec& spec, Ltx2Component c) {
   return (std::filesystem::path(spec.dir) / ComponentFolder(c)).string();
 }
 
+// The seeded weights of a built-in component: drawn on `device` in `dtype` when the spec says
+// so, else InitSeeded on the host (float32) and moved.
+WeightMap SeededWeights(const Ltx2Spec& spec, Ltx2Component component,
+                        const std::vector<ParamSpec>& params, at::ScalarType dtype,
+                        const at::Device& device) {
+  if (spec.draw_on_device) {
+    return DrawWeightsOn(params, at::TensorOptions().dtype(dtype).device(device),
+                         ComponentSeed(spec, component));
+  }
+  WeightMap weights = InitSeeded(params, ComponentSeed(spec, component));
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
+  return weights;
+}
+
+// `weights` moved to `device` in `dtype`.
+WeightMap Moved(WeightMap weights, at::ScalarType dtype, const at::Device& device) {
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
+  return weights;
+}
+
 // Protobuf wire-format writers for BuiltinTokenizerProto.
 void Varint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
@@ -168,9 +190,10 @@ uint64_t ComponentSeed(const Ltx2Spec& spec, Ltx2Component component) {
   return spec.seed * 1000003ULL + static_cast<uint64_t>(component);
 }
 
-std::vector<std::string> BuiltinModelNames() { return {"ltx2-tiny"}; }
+std::vector<std::string> BuiltinModelNames() { return {"ltx2-tiny", kReleaseRandomModel}; }
 
 absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name) {
+  if (name == kReleaseRandomModel) return ReleaseSpec();
   if (name != "ltx2-tiny") {
     return absl::NotFoundError(absl::StrCat("unknown built-in LTX-2 model '", name, "'"));
   }
@@ -193,6 +216,52 @@ absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name) {
 absl::StatusOr<Ltx2Spec> ResolveSpec(const std::string& model, const std::string& model_dir) {
   if (!model_dir.empty()) return SpecFromSnapshot(model_dir);
   return BuiltinSpec(model);
+}
+
+absl::Status CheckDevice(const Ltx2Spec& spec, const at::Device& device) {
+  if (spec.cuda_only_reason.empty() || !device.is_cpu()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("model '", spec.name, "' does not run on the CPU (", spec.cuda_only_reason,
+                   "); serve it on a CUDA device (--device cuda)"));
+}
+
+WeightMap DrawWeightsOn(const std::vector<ParamSpec>& params, const at::TensorOptions& options,
+                        std::optional<uint64_t> seed) {
+  std::optional<at::Generator> generator;
+  if (seed.has_value()) {
+    // A copy, so that nothing else drawing from the default generator meanwhile changes these
+    // weights, and the default generator's own sequence is not reset by building a model.
+    at::Generator device_default = at::globalContext().defaultGenerator(options.device());
+    {
+      std::lock_guard<std::mutex> lock(device_default.mutex());
+      generator = device_default.clone();
+    }
+    generator->set_current_seed(*seed);
+  }
+  WeightMap weights;
+  for (const ParamSpec& p : params) {
+    at::Tensor t;
+    switch (p.init) {
+      case Init::kOnes:
+        t = at::ones(p.shape, options);
+        break;
+      case Init::kZeros:
+        t = at::zeros(p.shape, options);
+        break;
+      case Init::kNormal:
+        // In place: no second tensor of the size of the largest weight (the text encoder's
+        // 1 B-entry embedding table at the release size).
+        t = at::empty(p.shape, options);
+        if (generator.has_value()) {
+          t.normal_(0.0, p.std, *generator);
+        } else {
+          t.normal_(0.0, p.std);
+        }
+        break;
+    }
+    weights.emplace(p.name, std::move(t));
+  }
+  return weights;
 }
 
 std::string BuiltinTokenizerProto() {
@@ -236,6 +305,7 @@ std::string BuiltinTokenizerProto() {
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(const Ltx2Spec& spec,
                                                                   at::ScalarType dtype,
                                                                   at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   const bool cpu = device == at::Device(at::kCPU);
   if (!spec.dir.empty() && cpu)
     return Ltx2Transformer::FromConfig(Dir(spec, Ltx2Component::kTransformer), dtype);
@@ -246,29 +316,41 @@ absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(const Ltx2Spec
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                      Checkpoint::Open(Dir(spec, Ltx2Component::kTransformer)));
     ASSIGN_OR_RETURN(weights, LoadWeights(*checkpoint, Ltx2Transformer::Params(config), dtype));
+    weights = Moved(std::move(weights), dtype, device);
   } else {
-    weights = InitSeeded(Ltx2Transformer::Params(config),
-                         ComponentSeed(spec, Ltx2Component::kTransformer));
+    weights = SeededWeights(spec, Ltx2Component::kTransformer, Ltx2Transformer::Params(config),
+                            dtype, device);
   }
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
   return Ltx2Transformer::Create(config, std::move(weights));
 }
 
 absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& spec,
-                                                                at::ScalarType dtype) {
-  if (!spec.dir.empty()) return TextConnectors::Load(Dir(spec, Ltx2Component::kConnectors), dtype);
-  ASSIGN_OR_RETURN(auto config, ConnectorsConfig::FromJson(spec.connectors));
-  ASSIGN_OR_RETURN(auto seeded, TextConnectors::CreateSeeded(
-                                    config, ComponentSeed(spec, Ltx2Component::kConnectors)));
-  if (dtype == at::kFloat) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(dtype);
-  return TextConnectors::Create(config, std::move(weights));
+                                                                at::ScalarType dtype,
+                                                                at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
+  const bool host_float = dtype == at::kFloat && device == at::Device(at::kCPU);
+  std::unique_ptr<TextConnectors> built;
+  if (!spec.dir.empty()) {
+    ASSIGN_OR_RETURN(built, TextConnectors::Load(Dir(spec, Ltx2Component::kConnectors), dtype));
+    if (device == at::Device(at::kCPU)) return built;
+  } else {
+    ASSIGN_OR_RETURN(auto config, ConnectorsConfig::FromJson(spec.connectors));
+    if (spec.draw_on_device) {
+      return TextConnectors::Create(
+          config, SeededWeights(spec, Ltx2Component::kConnectors, TextConnectors::Params(config),
+                                dtype, device));
+    }
+    ASSIGN_OR_RETURN(built, TextConnectors::CreateSeeded(
+                                config, ComponentSeed(spec, Ltx2Component::kConnectors)));
+    if (host_float) return built;
+  }
+  return TextConnectors::Create(built->config(), Moved(built->weights(), dtype, device));
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(const Ltx2Spec& spec,
                                                                     at::ScalarType dtype,
                                                                     at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   if (!spec.dir.empty())
     return Ltx2VideoDecoder::Load(Dir(spec, Ltx2Component::kVae), dtype, device);
   ASSIGN_OR_RETURN(auto config, VideoVaeConfig::FromJson(spec.vae));
@@ -283,6 +365,7 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(const Ltx2Sp
 absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(const Ltx2Spec& spec,
                                                                     at::ScalarType dtype,
                                                                     at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   if (!spec.dir.empty())
     return Ltx2VideoEncoder::Load(Dir(spec, Ltx2Component::kVae), dtype, device);
   ASSIGN_OR_RETURN(auto config, VideoVaeEncoderConfig::FromJson(spec.vae));
@@ -299,6 +382,7 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(const Ltx2Sp
 absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(const Ltx2Spec& spec,
                                                                    at::ScalarType dtype,
                                                                    at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   if (!spec.dir.empty()) {
     return AudioVaeDecoder::Load(Dir(spec, Ltx2Component::kAudioVae), dtype, device);
   }
@@ -313,6 +397,7 @@ absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(const Ltx2Spe
 
 absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec, at::ScalarType dtype,
                                                       at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   if (!spec.dir.empty()) return Vocoder::Load(Dir(spec, Ltx2Component::kVocoder), dtype, device);
   ASSIGN_OR_RETURN(auto config, VocoderConfig::FromJson(spec.vocoder));
   ASSIGN_OR_RETURN(auto seeded,
@@ -324,16 +409,27 @@ absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec, at::
 }
 
 absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(const Ltx2Spec& spec,
-                                                                  at::ScalarType dtype) {
-  if (!spec.dir.empty())
-    return Gemma3TextModel::Load(Dir(spec, Ltx2Component::kTextEncoder), dtype);
-  ASSIGN_OR_RETURN(auto config, Gemma3Config::FromJson(spec.text_encoder));
-  ASSIGN_OR_RETURN(auto seeded, Gemma3TextModel::CreateSeeded(
-                                    config, ComponentSeed(spec, Ltx2Component::kTextEncoder)));
-  if (dtype == at::kFloat) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(dtype);
-  return Gemma3TextModel::Create(config, std::move(weights));
+                                                                  at::ScalarType dtype,
+                                                                  at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
+  const bool host_float = dtype == at::kFloat && device == at::Device(at::kCPU);
+  std::unique_ptr<Gemma3TextModel> built;
+  if (!spec.dir.empty()) {
+    ASSIGN_OR_RETURN(built,
+                     Gemma3TextModel::Load(Dir(spec, Ltx2Component::kTextEncoder), dtype));
+    if (device == at::Device(at::kCPU)) return built;
+  } else {
+    ASSIGN_OR_RETURN(auto config, Gemma3Config::FromJson(spec.text_encoder));
+    if (spec.draw_on_device) {
+      return Gemma3TextModel::Create(
+          config, SeededWeights(spec, Ltx2Component::kTextEncoder,
+                                Gemma3TextModel::Params(config), dtype, device));
+    }
+    ASSIGN_OR_RETURN(built, Gemma3TextModel::CreateSeeded(
+                                config, ComponentSeed(spec, Ltx2Component::kTextEncoder)));
+    if (host_float) return built;
+  }
+  return Gemma3TextModel::Create(built->config(), Moved(built->weights(), dtype, device));
 }
 
 absl::StatusOr<std::unique_ptr<GemmaTokenizer>> BuildTokenizer(const Ltx2Spec& spec) {
@@ -346,6 +442,7 @@ absl::StatusOr<std::unique_ptr<GemmaTokenizer>> BuildTokenizer(const Ltx2Spec& s
 absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> BuildLatentUpsampler(const Ltx2Spec& spec,
                                                                           at::ScalarType dtype,
                                                                           at::Device device) {
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   if (spec.latent_upsampler.is_null()) {
     return absl::FailedPreconditionError(
         absl::StrCat("model '", spec.name, "' has no latent upsampler"));

@@ -1,18 +1,23 @@
 // An LTX-2 model as the stages see it: the config.json of each component of an LTX2Pipeline
 // snapshot (transformer, vae, audio_vae, vocoder, connectors, text_encoder, scheduler and the
 // optional latent_upsampler) and where the weights come from — seeded random weights for the
-// built-in small configurations ("ltx2-tiny"), or a snapshot folder (models/ltx2/snapshot.h).
-// Each stage builds only the components it runs.
+// built-in configurations ("ltx2-tiny"; "ltx2.3-release-random", the released sizes, drawn on the
+// GPU), or a snapshot folder (models/ltx2/snapshot.h). Each stage builds only the components it
+// runs.
 #ifndef DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_
 #define DIFFMESH_MODELS_LTX2_LTX2_SPEC_H_
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "models/core/weights.h"
 #include "models/ltx2/audio_vae.h"
 #include "models/ltx2/connectors.h"
 #include "models/ltx2/gemma3.h"
@@ -43,6 +48,16 @@ struct Ltx2Spec {
   // Pipeline defaults of the model.
   int64_t max_sequence_length = 1024;  // text tokens (a multiple of the connectors' registers)
   double frame_rate = 24.0;
+  // Seeded weights (dir empty) of the transformer, the connectors and the text encoder drawn
+  // directly on the builder's device in its dtype (DrawWeightsOn, seeded with ComponentSeed)
+  // instead of drawn on the host in float32 and moved: no host copy of networks larger than host
+  // memory. The same on every device of one type (every rank of a denoise group, each its own
+  // process), but not equal to the host-drawn weights, nor across device types. The decoders,
+  // the vocoder and the latent upsampler are host-seeded either way.
+  bool draw_on_device = false;
+  // Non-empty for a model that cannot run on the CPU: why. The builders then refuse a CPU device
+  // (CheckDevice) before allocating anything.
+  std::string cuda_only_reason;
 };
 
 enum class Ltx2Component {
@@ -60,12 +75,25 @@ uint64_t ComponentSeed(const Ltx2Spec& spec, Ltx2Component component);
 
 // Names of the built-in models ("ltx2-tiny": LTX-2.3-style, 2 layers, Gemma-3 text encoder of
 // 4 layers, BWE vocoder at 48 kHz, spatial ×2 latent upsampler; a 3-step 9-frame 64x64 guided
-// run with audio takes about a second on 2 CPU cores).
+// run with audio takes about a second on 2 CPU cores. "ltx2.3-release-random": the released
+// LTX-2.3 sizes, models/ltx2/release_configs.h, CUDA only, weights drawn on the device).
 std::vector<std::string> BuiltinModelNames();
 // NOT_FOUND naming the model when unknown.
 absl::StatusOr<Ltx2Spec> BuiltinSpec(const std::string& name);
 // The snapshot in `model_dir` (SpecFromSnapshot) when set, else the built-in `model`.
 absl::StatusOr<Ltx2Spec> ResolveSpec(const std::string& model, const std::string& model_dir);
+
+// FAILED_PRECONDITION naming the model and spec.cuda_only_reason when `device` is the CPU and
+// the model cannot run there; OK otherwise. Every builder below checks it first.
+absl::Status CheckDevice(const Ltx2Spec& spec, const at::Device& device);
+
+// Weights for `params` created on the device of `options` in its dtype: ones / zeros / N(0, std²)
+// as each ParamSpec says, drawn in the order of `params`. With `seed`, from a copy of the
+// device's default generator seeded with it (the default generator itself is left as it was),
+// so equal seeds give equal weights on devices of one type; without, from the default generator
+// as it stands.
+WeightMap DrawWeightsOn(const std::vector<ParamSpec>& params, const at::TensorOptions& options,
+                        std::optional<uint64_t> seed);
 
 // A SentencePiece ModelProto (byte fallback, no merges) for built-in models: ids 0..3 are
 // <pad>, <eos>, <bos>, <unk>, 4 + b is the byte b, then "▁". Written as tokenizer/tokenizer.model.
@@ -73,12 +101,14 @@ std::string BuiltinTokenizerProto();
 
 // Builders, in `dtype` on `device` where the network allows (the BWE vocoder is float32 always).
 // With spec.dir set the weights are read from the snapshot (checked by name and shape, errors
-// naming tensor and file); else they are the seeded ones. The video VAE and audio VAE builders
-// return the decoders (BuildVideoEncoder the video encoder; the audio encoder is not ported).
+// naming tensor and file) on the host, then moved; else they are the seeded ones (drawn on
+// `device` for the transformer, connectors and text encoder when spec.draw_on_device). The video
+// VAE and audio VAE builders return the decoders (BuildVideoEncoder the video encoder; the audio
+// encoder is not ported).
 absl::StatusOr<std::unique_ptr<Ltx2Transformer>> BuildTransformer(
     const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
-absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& spec,
-                                                                at::ScalarType dtype = at::kFloat);
+absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(
     const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 // The video VAE's encoder, for image-to-video (EncodeConditioningImage); float32 unless asked.
@@ -91,7 +121,7 @@ absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec,
                                                       at::ScalarType dtype = at::kFloat,
                                                       at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(
-    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat);
+    const Ltx2Spec& spec, at::ScalarType dtype = at::kFloat, at::Device device = at::kCPU);
 absl::StatusOr<std::unique_ptr<GemmaTokenizer>> BuildTokenizer(const Ltx2Spec& spec);
 // FAILED_PRECONDITION when the spec has no latent upsampler.
 absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> BuildLatentUpsampler(

@@ -1,5 +1,8 @@
 #include "models/ltx2/release_configs.h"
 
+#include <string>
+
+#include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
 
 namespace diffmesh::models::ltx2 {
@@ -185,6 +188,36 @@ nlohmann::json ReleaseTextEncoderConfig() {
             {"eos_token_id", 1}}}};
 }
 
+namespace {
+
+// Why the release model needs a GPU: its device-drawn networks' parameters, in bf16.
+std::string CudaOnlyReason(const Ltx2Spec& spec) {
+  int64_t params = 0;
+  auto count = [&](const std::vector<ParamSpec>& specs) {
+    for (const ParamSpec& p : specs) {
+      int64_t n = 1;
+      for (int64_t d : p.shape) n *= d;
+      params += n;
+    }
+  };
+  if (auto c = Ltx2TransformerConfig::FromJson(spec.transformer); c.ok()) {
+    count(Ltx2Transformer::Params(*c));
+  }
+  if (auto c = ConnectorsConfig::FromJson(spec.connectors); c.ok()) {
+    count(TextConnectors::Params(*c));
+  }
+  if (auto c = Gemma3Config::FromJson(spec.text_encoder); c.ok()) {
+    count(Gemma3TextModel::Params(*c));
+  }
+  const int64_t tenths = (params + 50'000'000) / 100'000'000;  // of a billion
+  return absl::StrCat("its transformer, text connectors and Gemma 3 text encoder hold ",
+                      tenths / 10, ".", tenths % 10, " B parameters, ",
+                      (2 * params + 500'000'000) / 1'000'000'000,
+                      " GB of GPU memory in bf16; their random weights are drawn on the GPU only");
+}
+
+}  // namespace
+
 Ltx2Spec ReleaseSpec() {
   Ltx2Spec spec = *BuiltinSpec("ltx2-tiny");  // for its (release) scheduler
   spec.name = "ltx2.3-release-random";
@@ -197,46 +230,29 @@ Ltx2Spec ReleaseSpec() {
   spec.latent_upsampler = nullptr;
   spec.max_sequence_length = 1024;
   spec.frame_rate = 24.0;
+  spec.draw_on_device = true;
+  spec.cuda_only_reason = CudaOnlyReason(spec);
   return spec;
 }
 
 WeightMap RandomWeightsOn(const std::vector<ParamSpec>& specs, const at::TensorOptions& options) {
-  WeightMap weights;
-  for (const ParamSpec& p : specs) {
-    at::Tensor t = p.init == Init::kOnes    ? at::ones(p.shape, options)
-                   : p.init == Init::kZeros ? at::zeros(p.shape, options)
-                                            : at::randn(p.shape, options) * p.std;
-    weights.emplace(p.name, std::move(t));
-  }
-  return weights;
+  return DrawWeightsOn(specs, options, std::nullopt);
 }
 
-absl::StatusOr<Ltx2Models> BuildReleaseModels(at::ScalarType dtype, at::Device device) {
+absl::StatusOr<Ltx2Models> BuildReleaseModels(at::ScalarType dtype, at::Device device,
+                                              at::ScalarType decoder_dtype) {
   const Ltx2Spec spec = ReleaseSpec();
-  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  if (decoder_dtype == at::ScalarType::Undefined) decoder_dtype = ServingDtype(Ltx2Component::kVae, device);
+  RETURN_IF_ERROR(CheckDevice(spec, device));
   Ltx2Models m;
   ASSIGN_OR_RETURN(m.tokenizer, BuildTokenizer(spec));
-  ASSIGN_OR_RETURN(auto text, Gemma3Config::FromJson(spec.text_encoder));
-  ASSIGN_OR_RETURN(m.text_encoder,
-                   Gemma3TextModel::Create(text, RandomWeightsOn(Gemma3TextModel::Params(text),
-                                                                 options)));
-  ASSIGN_OR_RETURN(auto connectors, ConnectorsConfig::FromJson(spec.connectors));
-  ASSIGN_OR_RETURN(m.connectors,
-                   TextConnectors::Create(connectors, RandomWeightsOn(
-                                                          TextConnectors::Params(connectors),
-                                                          options)));
-  ASSIGN_OR_RETURN(auto transformer, Ltx2TransformerConfig::FromJson(spec.transformer));
-  ASSIGN_OR_RETURN(m.transformer,
-                   Ltx2Transformer::Create(transformer, RandomWeightsOn(
-                                                            Ltx2Transformer::Params(transformer),
-                                                            options)));
-  // The decoders as the stages serve them (ServingDtype).
-  ASSIGN_OR_RETURN(m.video_vae,
-                   BuildVideoDecoder(spec, ServingDtype(Ltx2Component::kVae, device), device));
-  ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(
-                                    spec, ServingDtype(Ltx2Component::kAudioVae, device), device));
-  ASSIGN_OR_RETURN(m.vocoder,
-                   BuildVocoder(spec, ServingDtype(Ltx2Component::kVocoder, device), device));
+  ASSIGN_OR_RETURN(m.text_encoder, BuildTextEncoder(spec, dtype, device));
+  ASSIGN_OR_RETURN(m.connectors, BuildConnectors(spec, dtype, device));
+  ASSIGN_OR_RETURN(m.transformer, BuildTransformer(spec, dtype, device));
+  ASSIGN_OR_RETURN(m.video_vae, BuildVideoDecoder(spec, decoder_dtype, device));
+  ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(spec, decoder_dtype, device));
+  ASSIGN_OR_RETURN(m.vocoder, BuildVocoder(spec, ServingDtype(Ltx2Component::kVocoder, device),
+                                           device));
   ASSIGN_OR_RETURN(m.scheduler, BuildSchedulerConfig(spec));
   return m;
 }

@@ -301,6 +301,13 @@ absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
   if (!spec.dir.empty()) {
     return absl::InvalidArgumentError("WriteSnapshot writes built-in (seeded) models only");
   }
+  // Its weights are drawn on the host below: a CUDA-only model is refused before any of them.
+  RETURN_IF_ERROR(CheckDevice(spec, at::kCPU));
+  if (spec.draw_on_device) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WriteSnapshot writes host-seeded models only; '", spec.name,
+        "' draws its weights on the device"));
+  }
   const fs::path root(dir);
   std::error_code ec;
   fs::create_directories(root, ec);

@@ -52,7 +52,8 @@ struct Ltx2SnapshotWriteOptions {
 // Writes `spec` (a built-in model: its seeded weights, drawn exactly as the Build* functions of
 // ltx2_spec.h draw them) into `dir` (created; existing files overwritten) in the layout above,
 // with the built-in byte tokenizer. A snapshot read back builds the same networks (bit for bit
-// in float32).
+// in float32). FAILED_PRECONDITION / INVALID_ARGUMENT for a model that runs on CUDA only or
+// draws its weights on the device (ltx2.3-release-random), before anything is drawn.
 absl::Status WriteSnapshot(const Ltx2Spec& spec, const std::string& dir,
                            const Ltx2SnapshotWriteOptions& options = {});
 

@@ -188,7 +188,8 @@ TEST_F(Ltx2SnapshotTest, BadCheckpointsAreNamed) {
 }
 
 TEST(Ltx2SpecTest, BuiltinsAndTokenizer) {
-  EXPECT_EQ(BuiltinModelNames(), std::vector<std::string>{"ltx2-tiny"});
+  EXPECT_EQ(BuiltinModelNames(),
+            (std::vector<std::string>{"ltx2-tiny", "ltx2.3-release-random"}));
   EXPECT_EQ(BuiltinSpec("ltx2-huge").status().code(), absl::StatusCode::kNotFound);
   auto spec = BuiltinSpec("ltx2-tiny");
   ASSERT_TRUE(spec.ok());

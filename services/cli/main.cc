@@ -69,7 +69,8 @@ const std::vector<FlagSpec> kUpFlags = {
     {"base-port", "P", "orchestrator on P, AR/encoder/denoise on P+1..P+3 (default 50051); "
                        "their /metrics on P+10..P+13"},
     {"model", "NAME", "built-in model the stages load (default glm-image-tiny; ltx2-tiny: video with "
-                      "sound, no AR service)"},
+                      "sound, no AR service; ltx2.3-release-random: LTX-2.3 at its released "
+                      "sizes, random weights, --device cuda only)"},
     {"model-dir", "DIR", "the stages serve the snapshot in DIR instead (GlmImagePipeline or "
                          "LTX2Pipeline, told by its model_index.json)"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
@@ -77,7 +78,10 @@ const std::vector<FlagSpec> kUpFlags = {
     {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
     {"ring-degree", "R", "ring-attention sequence-parallel degree (default 1)"},
     {"tp-degree", "T", "tensor-parallel degree (default 1)"},
-    {"device", "cpu|cuda", "where the AR service and the denoise ranks compute (default cpu)"},
+    {"device", "cpu|cuda", "where the stage services compute: AR, the LTX-2 text encoder, the "
+                           "denoise ranks (default cpu)"},
+    {"start-timeout", "SECONDS", "how long each service may take to load and report SERVING "
+                                 "(default 120)"},
 };
 const std::vector<FlagSpec> kModelsFlags = {
     {"server", "HOST:PORT", "ask this orchestrator instead of the built-in pipeline"},
@@ -372,6 +376,14 @@ int Up(const std::vector<std::string>& argv) {
   auto parallel = ParallelFlags(*args);
   if (!parallel.ok()) return Fail(parallel.status());
   o.parallel = *parallel;
+  auto start_timeout = args->GetDouble("start-timeout");
+  if (!start_timeout.ok()) return Fail(start_timeout.status());
+  if (start_timeout->has_value()) {
+    if (!(**start_timeout > 0 && **start_timeout <= 86400)) {
+      return Fail(absl::InvalidArgumentError("start-timeout: must lie in (0, 86400] seconds"));
+    }
+    o.start_timeout = absl::Seconds(**start_timeout);
+  }
   if (absl::Status s = ApplyMeshSecurity(*args, &o); !s.ok()) return Fail(s);
   sigset_t set;
   sigemptyset(&set);

@@ -52,7 +52,8 @@ struct MeshOptions {
   std::string bin_dir;
   // Degrees of the denoise group (its ranks are processes started by diffmesh-denoise).
   models::parallel::ParallelConfig parallel;
-  // "cpu" or "cuda": where the AR service and the denoise ranks compute.
+  // "cpu" or "cuda": every stage service's --device (the AR service, the LTX-2 encoder's text
+  // encoder and connectors, the denoise ranks).
   std::string device = "cpu";
   MeshSecurity security;
   // How long each service may take to report SERVING.

@@ -539,6 +539,8 @@ absl::StatusOr<std::unique_ptr<DenoiseEngine>> CreateLtx2DenoiseEngine(
     const DenoiseCore::Options& options) {
   const models::parallel::ParallelConfig& p = options.parallel;
   ASSIGN_OR_RETURN(ltx2::Ltx2Spec spec, ltx2::ResolveSpec(options.model, options.model_dir));
+  // Before the group meets: a model too large for the CPU is refused by name.
+  RETURN_IF_ERROR(ltx2::CheckDevice(spec, options.cuda ? at::kCUDA : at::kCPU));
   ASSIGN_OR_RETURN(auto connectors, ltx2::ConnectorsConfig::FromJson(spec.connectors));
   // Tensor parallelism splits both streams' heads; checked before the group meets (the
   // transformer checks it again when it is sharded), so no rank waits on a rendezvous that

@@ -426,5 +426,26 @@ TEST_F(Ltx2DenoiseTest, ADecodeStageOnTheLatentsGivesTheSameOutputs) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 }
 
+// ltx2.3-release-random runs on CUDA only: on the CPU both of its stages (and a decode-role
+// service) refuse it by name when created, before anything is allocated or a group meets.
+TEST(Ltx2ReleaseRandomOnTheCpuTest, StagesRefuseItUpFront) {
+  constexpr char kRelease[] = "ltx2.3-release-random";
+  auto expect_refused = [&](const absl::Status& s) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find(std::string("'") + kRelease + "' does not run on the CPU"),
+              std::string::npos)
+        << s;
+    EXPECT_NE(s.message().find("--device cuda"), std::string::npos) << s;
+  };
+  DenoiseCore::Options d;
+  d.model = kRelease;
+  expect_refused(DenoiseCore::Create(d).status());
+  d.role = DenoiseCore::Options::Role::kDecode;
+  expect_refused(DenoiseCore::Create(d).status());
+  EncoderCore::Options e;
+  e.model = kRelease;
+  expect_refused(EncoderCore::Create(e).status());
+}
+
 }  // namespace
 }  // namespace diffmesh

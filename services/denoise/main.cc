@@ -39,7 +39,10 @@ ABSL_FLAG(int, metrics_port, 0,
           "Port of this rank's Prometheus /metrics endpoint (on --host); 0: off. Rank 0 reports "
           "the request and step metrics, every rank its own step times (label rank). Ranks "
           "this process starts itself (--launch-ranks) keep theirs off: they share its host.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
+ABSL_FLAG(std::string, model, "glm-image-tiny",
+          "Built-in model to serve (without --model-dir): glm-image-tiny, ltx2-tiny, or "
+          "ltx2.3-release-random (LTX-2.3 at its released sizes, random weights drawn on the "
+          "GPU; --device cuda only).");
 ABSL_FLAG(std::string, model_dir, "",
           "A snapshot directory in the diffusers layout (model_index.json, component configs, "
           "safetensors): a GlmImagePipeline or an LTX2Pipeline, told by model_index.json's "

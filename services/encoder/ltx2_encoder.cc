@@ -30,17 +30,6 @@ bool IsLtx2EncoderModel(const std::string& model, const std::string& model_dir) 
   return false;
 }
 
-namespace {
-
-// `weights` moved to `device` (the builders read them on the host, in their dtype).
-models::WeightMap OnDevice(const models::WeightMap& weights, const at::Device& device) {
-  models::WeightMap out;
-  for (const auto& [name, t] : weights) out.emplace(name, t.to(device));
-  return out;
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Ltx2PromptEncoder::Create(
     const std::string& model, const std::string& model_dir, bool cuda) {
   if (cuda && !at::hasCUDA()) {
@@ -48,28 +37,20 @@ absl::StatusOr<std::unique_ptr<Ltx2PromptEncoder>> Ltx2PromptEncoder::Create(
   }
   auto state = std::make_unique<State>();
   ASSIGN_OR_RETURN(state->spec, ltx2::ResolveSpec(model, model_dir));
+  const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  // Before anything loads: a model too large for the CPU is refused by name.
+  RETURN_IF_ERROR(ltx2::CheckDevice(state->spec, device));
   ASSIGN_OR_RETURN(state->models.tokenizer, ltx2::BuildTokenizer(state->spec));
-  const at::Device serving = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
-  ASSIGN_OR_RETURN(auto text_encoder,
-                   ltx2::BuildTextEncoder(state->spec, ltx2::ServingDtype(
-                                                           ltx2::Ltx2Component::kTextEncoder,
-                                                           serving)));
-  ASSIGN_OR_RETURN(auto connectors,
-                   ltx2::BuildConnectors(state->spec, ltx2::ServingDtype(
-                                                          ltx2::Ltx2Component::kConnectors,
-                                                          serving)));
-  if (cuda) {
-    models::UseTensorCoresForFloat32();  // the text encoder's float32 activations
-    const at::Device device(at::kCUDA, 0);
-    ASSIGN_OR_RETURN(text_encoder,
-                     ltx2::Gemma3TextModel::Create(text_encoder->config(),
-                                                   OnDevice(text_encoder->weights(), device)));
-    ASSIGN_OR_RETURN(connectors,
-                     ltx2::TextConnectors::Create(connectors->config(),
-                                                  OnDevice(connectors->weights(), device)));
-  }
-  state->models.text_encoder = std::move(text_encoder);
-  state->models.connectors = std::move(connectors);
+  using ltx2::Ltx2Component;
+  ASSIGN_OR_RETURN(
+      state->models.text_encoder,
+      ltx2::BuildTextEncoder(state->spec, ltx2::ServingDtype(Ltx2Component::kTextEncoder, device),
+                             device));
+  ASSIGN_OR_RETURN(
+      state->models.connectors,
+      ltx2::BuildConnectors(state->spec, ltx2::ServingDtype(Ltx2Component::kConnectors, device),
+                            device));
+  if (cuda) models::UseTensorCoresForFloat32();  // the text encoder's float32 activations
   return std::unique_ptr<Ltx2PromptEncoder>(new Ltx2PromptEncoder(std::move(state)));
 }
 

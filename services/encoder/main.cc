@@ -19,7 +19,10 @@ ABSL_FLAG(std::string, device, "cpu",
           "cpu, or cuda (LTX-2: text encoder and connectors in bf16 on cuda:0; GLM-Image's "
           "glyph encoder stays on the CPU).");
 ABSL_FLAG(int, metrics_port, 0, "Port of the Prometheus /metrics endpoint (on --host); 0: off.");
-ABSL_FLAG(std::string, model, "glm-image-tiny", "Built-in model to serve (without --model-dir): glm-image-tiny or ltx2-tiny.");
+ABSL_FLAG(std::string, model, "glm-image-tiny",
+          "Built-in model to serve (without --model-dir): glm-image-tiny, ltx2-tiny, or "
+          "ltx2.3-release-random (LTX-2.3 at its released sizes, random weights drawn on the "
+          "GPU; --device cuda only).");
 ABSL_FLAG(std::string, model_dir, "",
           "A snapshot directory in the diffusers layout (model_index.json, component configs, "
           "safetensors): a GlmImagePipeline or an LTX2Pipeline, told by model_index.json's "

@@ -588,7 +588,7 @@ TEST_F(OrchestratorCoreTest, ServerDrawsASeedWhenNoneIsGiven) {
 
 TEST_F(OrchestratorCoreTest, ListModelsReportsLimits) {
   v1::ListModelsResponse models = core_->ListModels();
-  ASSERT_EQ(models.models_size(), 2);  // glm-image-tiny, ltx2-tiny
+  ASSERT_EQ(models.models_size(), 3);  // glm-image-tiny, ltx2-tiny, ltx2.3-release-random
   EXPECT_EQ(models.default_model(), "glm-image-tiny");
   EXPECT_EQ(models.models(1).name(), "ltx2-tiny");
   EXPECT_EQ(models.models(1).kind(), v1::MODEL_KIND_VIDEO_WITH_AUDIO);
