@@ -15,6 +15,9 @@
 
 #include <torch/version.h>
 
+#if defined(DIFFMESH_KERNEL_PROFILE)
+#include "bench/kernel_profile.h"
+#endif
 #include "absl/flags/flag.h"
 #include "common/flags/flags.h"
 #include "models/ltx2/ltx2_spec.h"
@@ -141,6 +144,9 @@ int main(int argc, char** argv) {
     out->video.sum().item<float>();  // device sync
   };
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) forward();
+#if defined(DIFFMESH_KERNEL_PROFILE)
+  std::printf("%s", diffmesh::bench::ProfileKernels(forward, 40).c_str());
+#endif
   std::vector<double> ms;
   for (int i = 0; i < absl::GetFlag(FLAGS_iters); ++i) {
     const auto t0 = Clock::now();
