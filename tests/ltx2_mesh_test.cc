@@ -227,5 +227,37 @@ TEST(Ltx2TwoStageMeshTest, DecodingApartFromTheGroupGivesTheSameClip) {
   }
 }
 
+// `diffmesh up --pipeline FILE` runs the two-stage graph of the file on the stages it starts,
+// loading the file's default model.
+TEST(Ltx2TwoStageMeshTest, UpRunsThePipelineFile) {
+  const int base = testing::FreePorts(14);
+  ASSERT_GT(base, 0);
+  const std::string log = ::testing::TempDir() + "/ltx2_up_pipeline.log";
+  Process mesh({Binary("diffmesh"), "up", std::string("--pipeline=") + DIFFMESH_LTX2_TWO_STAGE_CONFIG,
+                absl::StrCat("--base-port=", base)},
+               log);
+  sdk::ClientOptions o;
+  o.address = absl::StrCat("127.0.0.1:", base);
+  auto client = sdk::Client::Create(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Status up = (*client)->WaitUntilServing(absl::Seconds(120));
+  ASSERT_TRUE(up.ok()) << up << "\n" << ReadFile(log);
+  v1::GenerateRequest r;
+  r.set_prompt("waves breaking on a rocky shore");  // the file's default model
+  r.set_seed(11);
+  r.set_steps(2);
+  r.set_width(64);
+  r.set_height(64);
+  r.set_num_frames(9);
+  std::set<std::string> stages;
+  auto result = (*client)->Generate(r, [&](const v1::GenerateEvent& e) {
+    if (e.has_stage()) stages.insert(e.stage().stage());
+  });
+  ASSERT_TRUE(result.ok()) << result.status() << "\n" << ReadFile(log);
+  EXPECT_EQ(stages, (std::set<std::string>{"encoder", "denoise_half", "upsample", "denoise_full",
+                                           "vae_decode"}));
+  EXPECT_EQ(result->metadata().request().model(), "ltx2-tiny");
+}
+
 }  // namespace
 }  // namespace diffmesh

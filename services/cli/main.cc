@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -73,6 +74,10 @@ const std::vector<FlagSpec> kUpFlags = {
                       "sizes, random weights, --device cuda only)"},
     {"model-dir", "DIR", "the stages serve the snapshot in DIR instead (GlmImagePipeline or "
                          "LTX2Pipeline, told by its model_index.json)"},
+    {"pipeline", "FILE", "the orchestrator runs the pipeline config in FILE (stage graphs, limits, "
+                         "defaults; e.g. common/config/ltx2_two_stage_pipeline.json) instead of "
+                         "the built-in one; the stages load --model, by default the file's "
+                         "default_model; not with --model-dir"},
     {"bin-dir", "DIR", "folder of the diffmesh-* service binaries (default: found beside diffmesh)"},
     {"cfg-degree", "C", "CFG-parallel ranks of the denoise group (default 1)"},
     {"ulysses-degree", "U", "Ulysses sequence-parallel degree (default 1)"},
@@ -352,14 +357,27 @@ int Up(const std::vector<std::string>& argv) {
   }
   o.model = args->Get("model", o.model);
   o.model_dir = args->Get("model-dir");
+  o.pipeline_file = args->Get("pipeline");
   if (!o.model_dir.empty() && args->Has("model")) {
     return Fail(absl::InvalidArgumentError("--model and --model-dir: give one"));
   }
+  if (!o.model_dir.empty() && !o.pipeline_file.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--pipeline and --model-dir: give one (a snapshot's pipeline is generated for it)"));
+  }
   // The pipeline the orchestrator will run (a snapshot's from its family and configs). Failing
   // here gives the reason once, rather than in four services' logs.
-  auto pipeline = o.model_dir.empty() ? PipelineConfig::Parse(PipelineConfig::DefaultJson())
-                                      : PipelineConfig::ForSnapshot(o.model_dir);
+  auto pipeline = !o.pipeline_file.empty() ? PipelineConfig::Load(o.pipeline_file)
+                  : o.model_dir.empty()    ? PipelineConfig::Parse(PipelineConfig::DefaultJson())
+                                           : PipelineConfig::ForSnapshot(o.model_dir);
   if (!pipeline.ok()) return Fail(pipeline.status());
+  if (!o.pipeline_file.empty()) {
+    if (!args->Has("model")) o.model = pipeline->default_model;
+    // The orchestrator starts in another working directory's terms: hand it an absolute path.
+    std::error_code ec;
+    const std::filesystem::path absolute = std::filesystem::absolute(o.pipeline_file, ec);
+    if (!ec) o.pipeline_file = absolute.string();
+  }
   const PipelineModel* m =
       pipeline->FindModel(o.model_dir.empty() ? o.model : pipeline->default_model);
   if (m == nullptr) {

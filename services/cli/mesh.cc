@@ -101,6 +101,7 @@ int RunMesh(const MeshOptions& o) {
       if (!o.model_dir.empty()) {
         c.argv.push_back("--model_dir=" + o.model_dir);
       } else {
+        if (!o.pipeline_file.empty()) c.argv.push_back("--pipeline=" + o.pipeline_file);
         c.argv.push_back("--models=" + o.model);  // the stages serve this one model only
       }
     } else {

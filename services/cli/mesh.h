@@ -45,6 +45,9 @@ struct MeshOptions {
   // config knows, e.g. GlmImagePipeline or LTX2Pipeline; the orchestrator's pipeline is
   // generated for it).
   std::string model_dir;
+  // Pipeline config the orchestrator runs (its --pipeline); empty: the built-in one, or the
+  // snapshot's. Its service addresses are replaced by the mesh's own.
+  std::string pipeline_file;
   // Start the AR service; false for a model whose pipeline has no AR stage (LTX-2): the mesh
   // then runs the encoder, the denoise group and the orchestrator only.
   bool ar = true;
