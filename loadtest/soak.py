@@ -174,6 +174,7 @@ class Soak:
         self.short_max = args.short_deadline_max
         self.phase = "start"
         self.soak_start = 0.0
+        self.soak_end = None
         self.load = []             # (t, client requests outstanding, orchestrator in flight)
 
     def now(self):
@@ -237,7 +238,7 @@ class Soak:
         import diffmesh  # noqa: F401 (on sys.path once main() set it up)
         from diffmesh import DiffmeshError
         rec = dict(spec, phase=self.phase, start=self.now(), end=None, code=None, message="",
-                   accepted=None)
+                   first_event=None)
         self.records.append(rec)
         self.outstanding[rec["id"]] = rec
         loop = asyncio.get_running_loop()
@@ -253,8 +254,8 @@ class Soak:
                 timer = loop.call_later(spec["cancel_after"], stream.cancel)
             async with stream:
                 async for event in stream:
-                    if rec["accepted"] is None:
-                        rec["accepted"] = self.now() - rec["start"]
+                    if rec["first_event"] is None:
+                        rec["first_event"] = self.now() - rec["start"]
             rec["code"] = "OK" if stream.result is not None else "NO_RESULT"
         except DiffmeshError as e:
             rec["code"], rec["message"] = e.code.name, e.message
@@ -421,6 +422,7 @@ class Soak:
                 last_report = now
                 self.progress(start)
             await asyncio.sleep(min(0.2, max(0.0, next_arrival - now)))
+        self.soak_end = self.now()
         self.log(f"load stopped after {self.now() - start:.0f} s; draining "
                  f"{len(self.outstanding)} requests")
         self.phase = "drain"
@@ -528,16 +530,22 @@ class Soak:
 # --- The report -------------------------------------------------------------------------------
 
 def rss_report(soak, args):
+    """Per process: start / peak / end RSS, and a line fitted to the later half of its samples
+    under load (the open loop; a process's first samples are its warm-up, and the drain
+    after the load frees memory that would hide growth). A window shorter than
+    --min-fit-window is not judged: a short or freshly restarted series is mostly warm-up."""
     rows = []
+    end = soak.soak_end if soak.soak_end is not None else float("inf")
     for (name, pid), series in sorted(soak.rss.items(), key=lambda kv: (kv[0][0], kv[1][0][0])):
         kib = [v for _, v in series]
-        window = series[len(series) // 2:]
+        loaded = [p for p in series if soak.soak_start <= p[0] <= end]
+        window = loaded[len(loaded) // 2:]
         slope, _ = linear_fit(window)
         span = window[-1][0] - window[0][0] if window else 0.0
         growth_mib = slope * span / MIB
         verdict = "ok"
-        if len(window) < 3:
-            verdict = "too few samples"
+        if len(window) < 3 or span < args.min_fit_window:
+            verdict = f"not judged ({span:.0f} s window)"
         elif growth_mib > args.max_growth_mib:
             verdict = "GROWS"
             if name != "soak client":
@@ -656,7 +664,9 @@ def report(soak, args, rss_rows, minutes):
         for f in soak.failures:
             print(f"  - {f}")
     else:
-        print("PASSED: every request ended with an expected status, none hung, no memory growth")
+        judged = sum(1 for r in rss_rows if r["verdict"] == "ok")
+        print(f"PASSED: every request ended with an expected status, none hung; RSS growth judged "
+              f"for {judged} of {len(rss_rows)} process series (the others' windows were too short)")
 
 
 def main():
@@ -696,6 +706,8 @@ def main():
     p.add_argument("--rss-interval", type=float, default=10)
     p.add_argument("--max-growth-mib", type=float, default=64,
                    help="RSS rise (fitted, later half of each process's samples) that fails")
+    p.add_argument("--min-fit-window", type=float, default=300,
+                   help="seconds of samples under load (later half) a growth verdict needs")
     p.add_argument("--final-requests", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--records-out", help="write every request's record here (JSON lines)")
