@@ -14,8 +14,9 @@ client cancellations, short deadlines and a stage killed midway; every request a
    SIGKILLs one stage process (--kill-stages, in turn) and lets `diffmesh up` restart it,
    recording when the stage reports SERVING again and when the first request started after the
    kill succeeds.
-4. Samples the RSS (/proc/PID/status VmRSS) of every process of the mesh every --rss-interval
-   seconds and fits a line to the later half of each process's samples.
+4. Samples the RSS (/proc/PID/status VmRSS) of every process of the mesh and every service's
+   in-flight gauge every --rss-interval seconds; memory is judged by a fit of RSS against time
+   and load (requests in flight) over the later half of each process's samples under load.
 5. Drains, checks that every service's in-flight gauges are back to 0 and that a few plain
    requests succeed, then stops the mesh (SIGTERM) and prints a summary and one JSON line.
 
@@ -25,8 +26,11 @@ cancelled), DEADLINE_EXCEEDED (only for short-deadline or cancelled requests: a 
 request that runs out its whole deadline is a stall) or UNAVAILABLE; any error without a
 message; a RESOURCE_EXHAUSTED without a retry hint; a service restarted that the soak did not
 kill; a stage that does not serve again within --restart-timeout; in-flight gauges not back to 0
-after the drain; a failed request after it; `diffmesh up` not stopping on SIGTERM; RSS growth
-beyond --max-growth-mib over the fitted window. Exit 2: the mesh did not start.
+after the drain; the orchestrator counting more requests in flight than the client has
+outstanding for longer than --hang-margin; a failed request after the drain; `diffmesh up` not
+stopping on SIGTERM; RSS growth at constant load beyond --max-growth-mib over the fitted window.
+A stage holding more calls than the orchestrator has requests (calls it ended that the stage has
+not noticed yet) is a warning. Exit 2: the mesh did not start.
 """
 
 import argparse
@@ -141,6 +145,31 @@ def linear_fit(points):
     return fit.slope, fit.intercept
 
 
+def trend_fit(points):
+    """Least-squares v = a + b*t + c*x over [(t, x, v)]: b, the trend in time with the load x
+    (requests in flight) held fixed. A process's memory follows its load (more concurrent
+    requests, more threads and allocator arenas holding buffers) and comes back when the load
+    falls; a leak is what keeps rising at the same load. Falls back to the plain slope when
+    the load did not vary."""
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mt = sum(p[0] for p in points) / n
+    mx = sum(p[1] for p in points) / n
+    mv = sum(p[2] for p in points) / n
+    stt = sum((p[0] - mt) ** 2 for p in points)
+    sxx = sum((p[1] - mx) ** 2 for p in points)
+    stx = sum((p[0] - mt) * (p[1] - mx) for p in points)
+    stv = sum((p[0] - mt) * (p[2] - mv) for p in points)
+    sxv = sum((p[1] - mx) * (p[2] - mv) for p in points)
+    det = stt * sxx - stx * stx
+    if stt == 0:
+        return 0.0
+    if sxx == 0 or abs(det) <= 1e-9 * stt * sxx:
+        return stv / stt
+    return (stv * sxx - sxv * stx) / det
+
+
 def metrics_in_flight(port):
     """The in-flight / waiting gauges of one service's /metrics: {series: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -161,6 +190,7 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.sizes = parse_sizes(args.sizes)
         self.failures = []
+        self.warnings = []
         self.records = []          # one dict per request, in start order
         self.outstanding = {}      # id -> record, while running
         self.kills = []
@@ -175,7 +205,7 @@ class Soak:
         self.phase = "start"
         self.soak_start = 0.0
         self.soak_end = None
-        self.load = []             # (t, client requests outstanding, orchestrator in flight)
+        self.load = []             # (t, client requests outstanding, {service: in flight})
 
     def now(self):
         return time.monotonic() - self.t0
@@ -183,6 +213,10 @@ class Soak:
     def fail(self, text):
         self.failures.append(text)
         print(f"[{self.now():8.1f}] FAILURE: {text}", flush=True)
+
+    def warn(self, text):
+        self.warnings.append(text)
+        print(f"[{self.now():8.1f}] WARNING: {text}", flush=True)
 
     def log(self, text):
         print(f"[{self.now():8.1f}] {text}", flush=True)
@@ -315,12 +349,15 @@ class Soak:
             # The orchestrator's count of requests it runs or queues, beside the client's: work
             # the server keeps after the client gave up shows as a lasting excess.
             outstanding = len(self.outstanding)
-            try:
-                gauges = await asyncio.to_thread(metrics_in_flight, self.base + 10)
-                server = sum(v for k, v in gauges.items() if k.startswith("diffmesh_requests_in_flight"))
-            except OSError:
-                server = None
-            self.load.append((now, outstanding, server))
+            in_flight = {}
+            for service, port in self.metrics_ports().items():
+                try:
+                    gauges = await asyncio.to_thread(metrics_in_flight, port)
+                except OSError:
+                    continue  # e.g. the service is being restarted
+                in_flight[service] = sum(v for k, v in gauges.items() if re.match(
+                    r"diffmesh_(stage_)?requests_in_flight", k))
+            self.load.append((now, outstanding, in_flight))
             await asyncio.sleep(self.args.rss_interval)
 
     # -- phases ----------------------------------------------------------------------------------
@@ -443,14 +480,17 @@ class Soak:
         self.log(f"{self.now() - start:.0f} s: {len(soak)} started, {len(self.outstanding)} in "
                  f"flight, {dict(ended)}; mesh RSS {rss / MIB:.0f} MiB")
 
+    def metrics_ports(self):
+        """Each service's /metrics port (`diffmesh up` puts it 10 above its gRPC port)."""
+        return {"orchestrator": self.base + 10, "ar": self.base + 11, "encoder": self.base + 12,
+                "denoise": self.base + 13}
+
     async def after_drain(self, client):
         """In-flight gauges back to 0, then a few plain requests succeed."""
         self.phase = "after"
         await asyncio.sleep(5)
-        ports = {"orchestrator": self.base + 10, "ar": self.base + 11, "encoder": self.base + 12,
-                 "denoise": self.base + 13}
         gauges = {}
-        for name, port in ports.items():
+        for name, port in self.metrics_ports().items():
             try:
                 values = await asyncio.to_thread(metrics_in_flight, port)
             except OSError as e:
@@ -536,25 +576,34 @@ def rss_report(soak, args):
     --min-fit-window is not judged: a short or freshly restarted series is mostly warm-up."""
     rows = []
     end = soak.soak_end if soak.soak_end is not None else float("inf")
+    load_at = {t: in_flight for t, _, in_flight in soak.load}  # sampled with the RSS, same t
     for (name, pid), series in sorted(soak.rss.items(), key=lambda kv: (kv[0][0], kv[1][0][0])):
         kib = [v for _, v in series]
         loaded = [p for p in series if soak.soak_start <= p[0] <= end]
         window = loaded[len(loaded) // 2:]
         slope, _ = linear_fit(window)
         span = window[-1][0] - window[0][0] if window else 0.0
-        growth_mib = slope * span / MIB
+        # The load beside each sample: the service's own in-flight gauge, else the mesh's
+        # (the orchestrator's); samples without one are left out of the adjusted fit.
+        service = name[len("diffmesh-"):] if name.startswith("diffmesh-") else "orchestrator"
+        with_load = [(t, load_at[t][service], v) for t, v in window
+                     if service in load_at.get(t, {})]
+        adjusted = trend_fit(with_load) if len(with_load) >= 3 else slope
+        growth_mib = adjusted * span / MIB
         verdict = "ok"
         if len(window) < 3 or span < args.min_fit_window:
             verdict = f"not judged ({span:.0f} s window)"
         elif growth_mib > args.max_growth_mib:
             verdict = "GROWS"
             if name != "soak client":
-                soak.fail(f"{name} (pid {pid}) RSS grew {growth_mib:.1f} MiB over the last "
-                          f"{span:.0f} s of its samples (limit {args.max_growth_mib} MiB)")
+                soak.fail(f"{name} (pid {pid}) RSS grew {growth_mib:.1f} MiB at constant load over "
+                          f"the last {span:.0f} s of its samples under load (limit "
+                          f"{args.max_growth_mib} MiB)")
         rows.append({"process": name, "pid": pid, "samples": len(series),
                      "from": series[0][0], "to": series[-1][0],
                      "start_mib": kib[0] / MIB, "peak_mib": max(kib) / MIB, "end_mib": kib[-1] / MIB,
                      "window_s": span, "slope_mib_per_h": slope * 3600 / MIB,
+                     "load_adjusted_mib_per_h": adjusted * 3600 / MIB,
                      "window_growth_mib": growth_mib, "verdict": verdict})
     return rows
 
@@ -576,7 +625,7 @@ def per_minute(records, start, load):
         lat = row["ok_lat"]
         samples = [x for x in load if start + 60 * m <= x[0] < start + 60 * (m + 1)]
         client = [c for _, c, _ in samples]
-        server = [s for _, _, s in samples if s is not None]
+        server = [s["orchestrator"] for _, _, s in samples if "orchestrator" in s]
         out.append({"minute": m, "ended": row["ended"], "codes": dict(row["codes"]),
                     "client_in_flight_max": max(client) if client else None,
                     "orchestrator_in_flight_max": max(server) if server else None,
@@ -586,22 +635,35 @@ def per_minute(records, start, load):
 
 
 def lingering_work(soak, args):
-    """The longest stretch in which the orchestrator counted more requests in flight than the
-    client had outstanding (work kept after the client cancelled or its deadline passed);
-    (seconds, largest excess). Longer than --hang-margin fails."""
-    longest, excess_max, since = 0.0, 0, None
-    for t, client, server in soak.load:
-        excess = (server - client) if server is not None else 0
-        excess_max = max(excess_max, excess)
-        if excess > 0:
-            since = t if since is None else since
-            longest = max(longest, t - since)
-        else:
-            since = None
-    if longest > args.hang_margin:
-        soak.fail(f"the orchestrator held up to {excess_max:.0f} more requests than the client "
-                  f"had outstanding for {longest:.0f} s")
-    return longest, excess_max
+    """Per service, the longest stretch of samples in which it counted more requests in flight
+    than the level above it (the orchestrator: the client's outstanding requests; a stage: the
+    orchestrator's): work kept after the client cancelled or its deadline passed. Longer than
+    --hang-margin fails. {service: {"longest_s", "max"}}."""
+    out = {}
+    for service in ("orchestrator", "ar", "encoder", "denoise"):
+        longest, excess_max, since = 0.0, 0, None
+        for t, client, in_flight in soak.load:
+            above = client if service == "orchestrator" else in_flight.get("orchestrator")
+            mine = in_flight.get(service)
+            excess = mine - above if mine is not None and above is not None else 0
+            excess_max = max(excess_max, excess)
+            if excess > 0:
+                since = t if since is None else since
+                longest = max(longest, t - since)
+            else:
+                since = None
+        out[service] = {"longest_s": longest, "max": excess_max}
+        if longest > args.hang_margin:
+            if service == "orchestrator":  # requests the client no longer waits for
+                soak.fail(f"the orchestrator counted up to {excess_max:.0f} more requests in "
+                          f"flight than the client had outstanding for {longest:.0f} s")
+            else:
+                # Calls the orchestrator has ended that the stage still holds: no client waits
+                # on them (the drain's check that every gauge returns to 0 catches a leak), but
+                # they hold a thread and their inputs until the stage notices.
+                soak.warn(f"{service} counted up to {excess_max:.0f} more calls in flight than "
+                          f"the orchestrator has requests for {longest:.0f} s")
+    return out
 
 
 def fmt(v, digits=2):
@@ -632,8 +694,10 @@ def report(soak, args, rss_rows, minutes):
     if rejected:
         print(f"RESOURCE_EXHAUSTED answered in: p50 {percentile(rejected, 50) * 1e3:.1f} ms, "
               f"max {max(rejected) * 1e3:.1f} ms")
-    print(f"Orchestrator in flight above the client's outstanding requests: longest "
-          f"{soak.linger[0]:.0f} s, by at most {soak.linger[1]:.0f} (samples every {args.rss_interval:.0f} s)")
+    print("In flight above the level in front (orchestrator vs client, stage vs orchestrator; "
+          f"samples every {args.rss_interval:.0f} s): " + ", ".join(
+              f"{k} longest {v['longest_s']:.0f} s, by at most {v['max']:.0f}"
+              for k, v in soak.linger.items()))
     print("\n| minute | ended | OK | RESOURCE_EXHAUSTED | other | OK p50 s | OK p90 s | OK p99 s | "
           "OK max s | in flight: client / orchestrator (max) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -652,13 +716,17 @@ def report(soak, args, rss_rows, minutes):
                   f"{fmt(k['restarted_after'], 1)} | {fmt(k['serving_after'], 1)} | "
                   f"{fmt(k['first_ok_after'], 1)} | {k.get('unavailable_after_serving', '-')} |")
     print("\n| process | pid | samples | RSS start MiB | peak MiB | end MiB | fit window s | "
-          "slope MiB/h | growth in window MiB | verdict |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "slope MiB/h | at constant load MiB/h | growth in window at constant load MiB | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rss_rows:
         print(f"| {r['process']} | {r['pid']} | {r['samples']} | {r['start_mib']:.1f} | {r['peak_mib']:.1f} | "
               f"{r['end_mib']:.1f} | {r['window_s']:.0f} | {r['slope_mib_per_h']:+.1f} | "
-              f"{r['window_growth_mib']:+.1f} | {r['verdict']} |")
+              + (f"{r['load_adjusted_mib_per_h']:+.1f} | {r['window_growth_mib']:+.1f} | "
+                 if not r["verdict"].startswith("not judged") else "- | - | ")
+              + f"{r['verdict']} |")
     print()
+    for w in soak.warnings:
+        print(f"WARNING: {w}")
     if soak.failures:
         print(f"FAILED: {len(soak.failures)} problem(s):")
         for f in soak.failures:
@@ -705,12 +773,14 @@ def main():
                    help="seconds past its deadline after which a running request is a hang")
     p.add_argument("--rss-interval", type=float, default=10)
     p.add_argument("--max-growth-mib", type=float, default=64,
-                   help="RSS rise (fitted, later half of each process's samples) that fails")
+                   help="RSS rise at constant load (fitted over the later half of each process's "
+                   "samples under load) that fails")
     p.add_argument("--min-fit-window", type=float, default=300,
                    help="seconds of samples under load (later half) a growth verdict needs")
     p.add_argument("--final-requests", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--records-out", help="write every request's record here (JSON lines)")
+    p.add_argument("--records-out", help="write every request's record, the RSS and in-flight "
+                   "samples here (JSON lines)")
     args = p.parse_args()
     args.kill_at = [float(x) for x in args.kill_at.split(",") if x.strip()]
     args.kill_stages = [s for s in args.kill_stages.split(",") if s.strip()]
@@ -753,18 +823,23 @@ def main():
                 1 for r in soak_recs if r["code"] == "UNAVAILABLE"
                 and r["start"] >= back + 1.0 and r["end"] < next_kill)
     rss_rows = rss_report(soak, args)
-    linger_s, linger_max = soak.linger = lingering_work(soak, args)
+    soak.linger = lingering_work(soak, args)
     minutes = per_minute(soak.records, start, soak.load)
     report(soak, args, rss_rows, minutes)
     if args.records_out:
         with open(args.records_out, "w") as f:
             for r in soak.records:
                 f.write(json.dumps(r) + "\n")
+            # The raw samples, for a second look at a verdict.
+            for (name, pid), series in soak.rss.items():
+                f.write(json.dumps({"rss": name, "pid": pid, "samples": series}) + "\n")
+            f.write(json.dumps({"load": soak.load}) + "\n")
     unexpected_lines = [l for l in mesh_log.splitlines()
                         if re.search(r"restart|died|exited|signal", l)]
     summary = {
         "soak": "failed" if soak.failures else "passed",
         "failures": soak.failures,
+        "warnings": soak.warnings,
         "duration_s": args.duration, "rate_rps": soak.rate, "load_factor": args.load_factor,
         "capacity": soak.capacity_info,
         "requests": len(soak_recs),
@@ -772,7 +847,7 @@ def main():
                     for k in KINDS if any(r["kind"] == k for r in soak_recs)},
         "hangs": sum(1 for r in soak.records if r.get("hung")),
         "kills": [dict(k, at=k["at"] - start) for k in soak.kills],
-        "orchestrator_excess_in_flight": {"longest_s": linger_s, "max": linger_max},
+        "excess_in_flight": soak.linger,
         "rss": rss_rows, "per_minute": minutes, "gauges_after_drain": soak.gauges,
         "mesh_log_supervision": unexpected_lines[-20:],
     }
