@@ -274,6 +274,11 @@ absl::StatusOr<Ltx2DenoiseState> Ltx2Pipeline::PrepareLatents(const Ltx2LatentIn
   return s;
 }
 
+bool UsesNegativePrompt(const GuidanceOptions& g) {
+  if (g.reference_branch_gating) return g.video.cfg > 1.0 || g.audio.cfg > 1.0;
+  return g.video.cfg != 1.0 || g.audio.cfg != 1.0;
+}
+
 std::vector<Branch> Ltx2Pipeline::LiveBranches(const Ltx2DenoiseState& state) const {
   const GuidanceOptions& g = guidance_;
   if (g.skip_step > 0 && state.step % (g.skip_step + 1) != 0 && state.last_video_x0.defined()) {
@@ -281,12 +286,12 @@ std::vector<Branch> Ltx2Pipeline::LiveBranches(const Ltx2DenoiseState& state) co
   }
   std::vector<Branch> branches = {Branch::kCond};
   if (g.reference_branch_gating) {
-    if (g.video.cfg > 1.0 || g.audio.cfg > 1.0) branches.push_back(Branch::kNegative);
+    if (UsesNegativePrompt(g)) branches.push_back(Branch::kNegative);
     if (g.video.stg > 0.0 || g.audio.stg > 0.0) branches.push_back(Branch::kPerturbed);
     if (g.video.modality > 1.0 || g.audio.modality > 1.0) branches.push_back(Branch::kModality);
     return branches;
   }
-  if (g.video.cfg != 1.0 || g.audio.cfg != 1.0) branches.push_back(Branch::kNegative);
+  if (UsesNegativePrompt(g)) branches.push_back(Branch::kNegative);
   if ((g.video.stg != 0.0 || g.audio.stg != 0.0) && !g.stg_blocks.empty()) {
     branches.push_back(Branch::kPerturbed);
   }

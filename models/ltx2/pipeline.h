@@ -91,6 +91,11 @@ struct GuidanceOptions {
   bool reference_branch_gating = false;
 };
 
+// Whether the guidance runs the negative-prompt branch (on the steps the transformer runs):
+// what LiveBranches decides for Branch::kNegative. A stage that encodes prompts needs the
+// negative one only then.
+bool UsesNegativePrompt(const GuidanceOptions& g);
+
 enum class Branch {
   kCond = 0,       // positive prompt
   kNegative = 1,   // negative prompt

@@ -119,7 +119,7 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
     r.SerializeToString(&bytes);
     // The request's deadline bounds the group's collective waits too (DenoiseGroup::Send).
     const absl::Time asked = absl::Now();  // the group runs one request at a time
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx));
     absl::Status s = Execute(&ctx, r, text, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
@@ -338,22 +338,33 @@ class Ltx2DenoiseEngine final : public DenoiseEngine {
 
   // The request's text embeddings in the transformer's dtype. The encoder sends the connectors'
   // output of the valid tokens only, so every key is live.
+  // The negative prompt's may be absent (the encoder leaves them out when the guidance runs no
+  // negative branch); a guidance that needs them without them is INVALID_ARGUMENT.
   absl::StatusOr<ltx2::Ltx2TextEmbeddings> TextOf(const v1::DenoiseRequest& r) const {
     ltx2::Ltx2TextEmbeddings text;
     ASSIGN_OR_RETURN(auto positive, SplitEmbeddings(r.prompt_embeds(), "prompt_embeds"));
-    ASSIGN_OR_RETURN(auto negative,
-                     SplitEmbeddings(r.negative_prompt_embeds(), "negative_prompt_embeds"));
     text.video = positive.first;
     text.audio = positive.second;
-    text.negative_video = negative.first;
-    text.negative_audio = negative.second;
     const at::Device device = group_->device();
     const at::TensorOptions mask = at::TensorOptions().dtype(at::kLong).device(device);
     text.mask = at::ones({1, text.video.size(1)}, mask);
-    text.negative_mask = at::ones({1, text.negative_video.size(1)}, mask);
+    if (r.negative_prompt_embeds().shape_size() > 0) {
+      ASSIGN_OR_RETURN(auto negative,
+                       SplitEmbeddings(r.negative_prompt_embeds(), "negative_prompt_embeds"));
+      text.negative_video = negative.first;
+      text.negative_audio = negative.second;
+      text.negative_mask = at::ones({1, text.negative_video.size(1)}, mask);
+    } else {
+      ASSIGN_OR_RETURN(ltx2::GuidanceOptions guidance, GuidanceOf(r));
+      if (ltx2::UsesNegativePrompt(guidance)) {
+        return absl::InvalidArgumentError(
+            "negative_prompt_embeds: the guidance's negative branch (a CFG scale other than 1) "
+            "needs them");
+      }
+    }
     const at::ScalarType dtype = models_.transformer->dtype();
     for (at::Tensor* t : {&text.video, &text.audio, &text.negative_video, &text.negative_audio}) {
-      *t = t->to(device, dtype);
+      if (t->defined()) *t = t->to(device, dtype);
     }
     return text;
   }

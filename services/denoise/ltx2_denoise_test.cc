@@ -181,6 +181,49 @@ TEST_F(Ltx2DenoiseTest, TheStreamedFormGivesTheSameResult) {
   EXPECT_TRUE(at::equal(Output(whole, "audio_latents"), Output(streamed, "audio_latents")));
 }
 
+// Guidance without a negative branch (both CFG scales 1): the encoder leaves the negative
+// prompt out, and the denoise stage runs without it as it runs with it (the negative embeddings
+// are not read); a guidance that needs them without them is refused naming the field.
+TEST_F(Ltx2DenoiseTest, TheNegativePromptIsEncodedOnlyWhenTheGuidanceUsesIt) {
+  EncoderCore::Options e;
+  e.model = kModel;
+  auto encoder = EncoderCore::Create(e);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  v1::EncodeRequest er;
+  er.set_model(kModel);
+  er.set_prompt("a red kite over the sea, waves");
+  er.set_negative_prompt("blurry");
+  *er.mutable_guidance() = Request().guidance();  // CFG 3 / 7: both prompts
+  CallContext ctx;
+  auto both = (*encoder)->Encode(ctx, er);
+  ASSERT_TRUE(both.ok()) << both.status();
+  EXPECT_GT(both->negative_prompt_embeds().shape_size(), 0);
+  er.mutable_guidance()->mutable_main()->set_cfg_scale(1);
+  er.mutable_guidance()->mutable_audio()->set_cfg_scale(1);
+  auto positive_only = (*encoder)->Encode(ctx, er);
+  ASSERT_TRUE(positive_only.ok()) << positive_only.status();
+  EXPECT_EQ(positive_only->negative_prompt_embeds().shape_size(), 0);
+  EXPECT_EQ(positive_only->prompt_embeds().data(), both->prompt_embeds().data());
+
+  v1::DenoiseRequest r = Request();
+  r.mutable_guidance()->mutable_main()->set_cfg_scale(1);
+  r.mutable_guidance()->mutable_audio()->set_cfg_scale(1);
+  r.mutable_output()->set_format(v1::OUTPUT_FORMAT_LATENTS);
+  testing::DenoiseOutputs with, without;
+  ASSERT_TRUE(Run(r, &with).ok());
+  r.clear_negative_prompt_embeds();
+  absl::Status s = Run(r, &without);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(at::equal(Output(with, "video_latents"), Output(without, "video_latents")));
+  EXPECT_TRUE(at::equal(Output(with, "audio_latents"), Output(without, "audio_latents")));
+
+  r.mutable_guidance()->mutable_audio()->set_cfg_scale(2);
+  testing::DenoiseOutputs refused;
+  s = Run(r, &refused);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("negative_prompt_embeds"), std::string::npos) << s;
+}
+
 TEST_F(Ltx2DenoiseTest, RejectsBadFramesSizesAndLayouts) {
   testing::DenoiseOutputs out;
   v1::DenoiseRequest r = Request();

@@ -64,10 +64,26 @@ int64_t Ltx2PromptEncoder::embedding_width() const {
   return c.video.inner_dim() + c.audio.inner_dim();
 }
 
+namespace {
+
+// Whether the denoise stages will run the negative branch under the request's guidance: the CFG
+// scales as the denoise stage reads them (unset: the model layer's default).
+bool NeedsNegativePrompt(const v1::EncodeRequest& request) {
+  if (!request.has_guidance()) return true;
+  const v1::Guidance& g = request.guidance();
+  ltx2::GuidanceOptions o;
+  if (g.main().has_cfg_scale()) o.video.cfg = g.main().cfg_scale();
+  if (g.audio().has_cfg_scale()) o.audio.cfg = g.audio().cfg_scale();
+  return ltx2::UsesNegativePrompt(o);
+}
+
+}  // namespace
+
 absl::StatusOr<v1::EncodeResponse> Ltx2PromptEncoder::Encode(CallContext& ctx,
                                                              const v1::EncodeRequest& request) {
   v1::EncodeResponse out;
-  for (int i = 0; i < 2; ++i) {
+  const int prompts = NeedsNegativePrompt(request) ? 2 : 1;
+  for (int i = 0; i < prompts; ++i) {
     RETURN_IF_ERROR(ctx.Check("encoder"));
     const std::string& prompt = i == 0 ? request.prompt() : request.negative_prompt();
     auto hidden = ltx2::EncodePrompts(state_->models, state_->spec, {prompt});

@@ -119,6 +119,7 @@ class EncoderNode final : public StageNode {
     request_.set_model(a.model());
     request_.set_prompt(a.prompt());
     request_.set_negative_prompt(a.negative_prompt());
+    *request_.mutable_guidance() = a.guidance();  // whether a negative branch will run
     run_.trace().Bytes(spec_.name, /*sent=*/true, request_);
     run_.EmitStage(spec_, v1::StageEvent::KIND_STARTED);
     start_ = absl::Now();
