@@ -211,7 +211,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     std::string bytes;
     r.SerializeToString(&bytes);
     const absl::Time asked = absl::Now();  // the group runs one request at a time
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx.deadline()));
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kRun, bytes, ctx));
     absl::Status s = Execute(r, p, &ctx, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();
     return s;
@@ -262,7 +262,7 @@ class DenoiseCore::Impl final : public DenoiseEngine {
     std::string bytes;
     header.SerializeToString(&bytes);
     const absl::Time asked = absl::Now();  // the group runs one request at a time
-    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes, ctx.deadline()));
+    RETURN_IF_ERROR(group_->Send(DenoiseGroup::Command::kBegin, bytes, ctx));
     absl::Status s =
         StreamAndExecute(ctx, header, inputs, WithQueueTime(on_event, absl::Now() - asked));
     group_->Release();

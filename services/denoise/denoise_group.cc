@@ -1,5 +1,6 @@
 #include "services/denoise/denoise_group.h"
 
+#include <algorithm>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -123,7 +124,10 @@ DenoiseGroup::~DenoiseGroup() {
   stop_cv_.notify_all();
   membership_->Stop();
   if (heal_.joinable()) heal_.join();
-  if (is_main() && Send(Command::kStop, "", absl::Now() + absl::Seconds(5)).ok()) Release();
+  if (is_main()) {
+    CallContext stop(absl::Now() + absl::Seconds(5));
+    if (Send(Command::kStop, "", stop).ok()) Release();
+  }
   if (broken_) {
     Drop();  // an operation may still wait in it
   } else {
@@ -239,13 +243,21 @@ void DenoiseGroup::HealLoop() {
   }
 }
 
-absl::Status DenoiseGroup::Send(Command command, const std::string& payload, absl::Time deadline) {
-  if (deadline == absl::InfiniteFuture()) {
-    mu_.lock();
-  } else if (!mu_.try_lock_until(absl::ToChronoTime(deadline))) {
-    return absl::DeadlineExceededError(
-        "denoise: the deadline passed while the request waited for the denoise group (busy with "
-        "other requests; it runs one at a time)");
+absl::Status DenoiseGroup::Send(Command command, const std::string& payload,
+                                const CallContext& ctx) {
+  const absl::Time deadline = ctx.deadline();
+  // In slices: a request cancelled while it waits leaves at once, not when the group frees.
+  while (!mu_.try_lock_for(absl::ToChronoMilliseconds(
+      std::min(kGroupWaitSlice, std::max(absl::ZeroDuration(), deadline - absl::Now()))))) {
+    if (ctx.cancelled()) {
+      return absl::CancelledError(
+          "denoise: the request was cancelled while it waited for the denoise group");
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          "denoise: the deadline passed while the request waited for the denoise group (busy "
+          "with other requests; it runs one at a time)");
+    }
   }
   held_ = true;
   absl::Status loss = world_size() > 1 ? membership_->Loss() : absl::OkStatus();

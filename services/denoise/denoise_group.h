@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/call/call_context.h"
 #include "models/glm_image/dit.h"
 #include "models/parallel/comm.h"
 #include "models/parallel/comm_membership.h"
@@ -51,6 +52,9 @@ struct DenoiseGroupOptions {
 // threads on every change (why: the reason when not serving). Set it before the group exists.
 void SetDenoiseGroupHealthListener(std::function<void(bool serving, const std::string& why)> listener);
 
+// How often a request waiting for the group looks at its cancellation (DenoiseGroup::Send).
+inline constexpr absl::Duration kGroupWaitSlice = absl::Milliseconds(100);
+
 class DenoiseGroup {
  public:
   // kRun carries a whole request. A streamed request is kBegin (the request without its
@@ -71,13 +75,14 @@ class DenoiseGroup {
   at::Device device() const { return device_; }
   int world_size() const { return layout_.world_size(); }
 
-  // Rank 0: sends a command (and payload) to every rank. Holds the group until Release();
-  // waits for it while another request holds it, until `deadline` (then DEADLINE_EXCEEDED).
-  // UNAVAILABLE (naming the lost rank) while the group is incomplete. Until Release(), every
-  // collective wait of this rank ends by `deadline` (plus a short grace, so a healthy step can
-  // finish and stop at the next AgreeToContinue); a wait ended so ends the group's generation.
-  absl::Status Send(Command command, const std::string& payload,
-                    absl::Time deadline = absl::InfiniteFuture());
+  // Rank 0: sends a command (and payload) to every rank for the call `ctx`. Holds the group until
+  // Release(); waits for it while another request holds it, until ctx's deadline (then
+  // DEADLINE_EXCEEDED) or until ctx is cancelled (CANCELLED; the wait is polled, so a cancelled
+  // request leaves the queue within kGroupWaitSlice). UNAVAILABLE (naming the lost rank) while
+  // the group is incomplete. Until Release(), every collective wait of this rank ends by the
+  // deadline (plus a short grace, so a healthy step can finish and stop at the next
+  // AgreeToContinue); a wait ended so ends the group's generation.
+  absl::Status Send(Command command, const std::string& payload, const CallContext& ctx);
   // Rank 0, while holding the group after Send: one more command of the same request (the
   // keepalive cannot ping while the group is held, so a long wait sends kPing itself).
   absl::Status SendMore(Command command, const std::string& payload);

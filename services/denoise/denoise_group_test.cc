@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/image/png.h"
 #include "common/tensor/wire_tensor.h"
 #include "gtest/gtest.h"
@@ -245,6 +246,34 @@ TEST(DenoiseGroupTest, DitForwardWithPaddedSequenceShardsMatchesOneRank) {
     }
     for (auto& t : ranks) t.join();
   }
+}
+
+// A request waiting for a busy group leaves as soon as it is cancelled, not when the group frees
+// (nor at its deadline); the next request gets the group once it is released.
+TEST(DenoiseGroupTest, ACancelledRequestStopsWaitingForTheGroup) {
+  DenoiseGroupOptions o;
+  o.num_heads = 4;
+  o.rendezvous.world_size = 1;
+  o.rendezvous.master_port = models::parallel::testing::FreeLoopbackPort();
+  auto group = DenoiseGroup::Create(o);
+  ASSERT_TRUE(group.ok()) << group.status();
+  CallContext holder;
+  ASSERT_TRUE((*group)->Send(DenoiseGroup::Command::kPing, "", holder).ok());
+  CallContext waiter(absl::Now() + absl::Seconds(60));
+  std::thread cancel([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    waiter.Cancel();
+  });
+  const absl::Time t0 = absl::Now();
+  absl::Status s = (*group)->Send(DenoiseGroup::Command::kPing, "", waiter);
+  const absl::Duration waited = absl::Now() - t0;
+  cancel.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(waited, absl::Seconds(5)) << "left the queue only after " << waited;
+  (*group)->Release();
+  CallContext next;
+  EXPECT_TRUE((*group)->Send(DenoiseGroup::Command::kPing, "", next).ok());
+  (*group)->Release();
 }
 
 TEST(DenoiseGroupTest, LayoutErrorsAreClear) {

@@ -1,6 +1,7 @@
 // diffmesh-denoise: a rank of the denoise group (DiT + VAE decode). Rank 0 serves
 // DenoiseService over gRPC and, unless --launch_ranks=false, starts ranks 1..N-1 itself as
 // local processes; the other ranks take their work from rank 0.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -166,6 +167,11 @@ void SuperviseRanks(std::vector<pid_t>* ranks, std::vector<std::vector<std::stri
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Each request runs on its own thread, and glibc gives busy threads arenas of their own that
+  // keep what they grew: a soak at a full queue held ~1.7 GB of RSS for work that needs ~0.35 GB
+  // one request at a time, still growing at constant load; with two arenas it stayed flat at
+  // ~0.9 GB (docs/BENCHMARKS.md, Soak). MALLOC_ARENA_MAX in the environment still decides.
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
   diffmesh::ParseFlags(argc, argv,
                        "diffmesh-denoise --port P [--model M | --model-dir DIR] [--cfg-degree C "
                        "--ulysses-degree U --ring-degree R --tp-degree T] [--role decode]\n"
