@@ -38,18 +38,25 @@ class Ltx2DenoiseTest : public ::testing::Test {
     e.model = kModel;
     auto encoder = EncoderCore::Create(e);
     ASSERT_TRUE(encoder.ok()) << encoder.status();
-    v1::EncodeRequest er;
-    er.set_model(kModel);
-    er.set_prompt("a red kite over the sea, waves");
-    er.set_negative_prompt("blurry");
+    encoder_ = encoder->release();
     CallContext ctx;
-    auto embeds = (*encoder)->Encode(ctx, er);
+    auto embeds = encoder_->Encode(ctx, PromptRequest());
     ASSERT_TRUE(embeds.ok()) << embeds.status();
     embeds_ = new v1::EncodeResponse(*embeds);
   }
   static void TearDownTestSuite() {
     delete core_;
+    delete encoder_;
     delete embeds_;
+  }
+
+  // The prompts of every request here (guidance unset: both are encoded).
+  static v1::EncodeRequest PromptRequest() {
+    v1::EncodeRequest er;
+    er.set_model(kModel);
+    er.set_prompt("a red kite over the sea, waves");
+    er.set_negative_prompt("blurry");
+    return er;
   }
 
   static v1::DenoiseRequest Request() {
@@ -89,9 +96,11 @@ class Ltx2DenoiseTest : public ::testing::Test {
   }
 
   static DenoiseCore* core_;
+  static EncoderCore* encoder_;
   static v1::EncodeResponse* embeds_;
 };
 DenoiseCore* Ltx2DenoiseTest::core_ = nullptr;
+EncoderCore* Ltx2DenoiseTest::encoder_ = nullptr;
 v1::EncodeResponse* Ltx2DenoiseTest::embeds_ = nullptr;
 
 TEST_F(Ltx2DenoiseTest, RawOutputsAreFramesAndAudioWithTheirShapes) {
@@ -185,22 +194,15 @@ TEST_F(Ltx2DenoiseTest, TheStreamedFormGivesTheSameResult) {
 // prompt out, and the denoise stage runs without it as it runs with it (the negative embeddings
 // are not read); a guidance that needs them without them is refused naming the field.
 TEST_F(Ltx2DenoiseTest, TheNegativePromptIsEncodedOnlyWhenTheGuidanceUsesIt) {
-  EncoderCore::Options e;
-  e.model = kModel;
-  auto encoder = EncoderCore::Create(e);
-  ASSERT_TRUE(encoder.ok()) << encoder.status();
-  v1::EncodeRequest er;
-  er.set_model(kModel);
-  er.set_prompt("a red kite over the sea, waves");
-  er.set_negative_prompt("blurry");
+  v1::EncodeRequest er = PromptRequest();
   *er.mutable_guidance() = Request().guidance();  // CFG 3 / 7: both prompts
   CallContext ctx;
-  auto both = (*encoder)->Encode(ctx, er);
+  auto both = encoder_->Encode(ctx, er);
   ASSERT_TRUE(both.ok()) << both.status();
   EXPECT_GT(both->negative_prompt_embeds().shape_size(), 0);
   er.mutable_guidance()->mutable_main()->set_cfg_scale(1);
   er.mutable_guidance()->mutable_audio()->set_cfg_scale(1);
-  auto positive_only = (*encoder)->Encode(ctx, er);
+  auto positive_only = encoder_->Encode(ctx, er);
   ASSERT_TRUE(positive_only.ok()) << positive_only.status();
   EXPECT_EQ(positive_only->negative_prompt_embeds().shape_size(), 0);
   EXPECT_EQ(positive_only->prompt_embeds().data(), both->prompt_embeds().data());
