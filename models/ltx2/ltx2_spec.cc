@@ -126,6 +126,12 @@ std::string Dir(const Ltx2Spec& spec, Ltx2Component c) {
   return (std::filesystem::path(spec.dir) / ComponentFolder(c)).string();
 }
 
+// `weights` moved to `device` in `dtype`.
+WeightMap Moved(WeightMap weights, at::ScalarType dtype, const at::Device& device) {
+  for (auto& [name, t] : weights) t = t.to(device, dtype);
+  return weights;
+}
+
 // The seeded weights of a built-in component: drawn on `device` in `dtype` when the spec says
 // so, else InitSeeded on the host (float32) and moved.
 WeightMap SeededWeights(const Ltx2Spec& spec, Ltx2Component component,
@@ -135,15 +141,16 @@ WeightMap SeededWeights(const Ltx2Spec& spec, Ltx2Component component,
     return DrawWeightsOn(params, at::TensorOptions().dtype(dtype).device(device),
                          ComponentSeed(spec, component));
   }
-  WeightMap weights = InitSeeded(params, ComponentSeed(spec, component));
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return weights;
+  return Moved(InitSeeded(params, ComponentSeed(spec, component)), dtype, device);
 }
 
-// `weights` moved to `device` in `dtype`.
-WeightMap Moved(WeightMap weights, at::ScalarType dtype, const at::Device& device) {
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return weights;
+// A network seeded on the host in float32, in `dtype` on `device`: itself when that is where it
+// already is, else the same network over its moved weights.
+template <typename Net>
+absl::StatusOr<std::unique_ptr<Net>> Placed(std::unique_ptr<Net> net, at::ScalarType dtype,
+                                             const at::Device& device) {
+  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return net;
+  return Net::Create(net->config(), Moved(net->weights(), dtype, device));
 }
 
 // Protobuf wire-format writers for BuiltinTokenizerProto.
@@ -328,7 +335,6 @@ absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& 
                                                                 at::ScalarType dtype,
                                                                 at::Device device) {
   RETURN_IF_ERROR(CheckDevice(spec, device));
-  const bool host_float = dtype == at::kFloat && device == at::Device(at::kCPU);
   std::unique_ptr<TextConnectors> built;
   if (!spec.dir.empty()) {
     ASSIGN_OR_RETURN(built, TextConnectors::Load(Dir(spec, Ltx2Component::kConnectors), dtype));
@@ -342,7 +348,7 @@ absl::StatusOr<std::unique_ptr<TextConnectors>> BuildConnectors(const Ltx2Spec& 
     }
     ASSIGN_OR_RETURN(built, TextConnectors::CreateSeeded(
                                 config, ComponentSeed(spec, Ltx2Component::kConnectors)));
-    if (host_float) return built;
+    return Placed(std::move(built), dtype, device);
   }
   return TextConnectors::Create(built->config(), Moved(built->weights(), dtype, device));
 }
@@ -356,10 +362,7 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoDecoder>> BuildVideoDecoder(const Ltx2Sp
   ASSIGN_OR_RETURN(auto config, VideoVaeConfig::FromJson(spec.vae));
   ASSIGN_OR_RETURN(auto seeded, Ltx2VideoDecoder::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kVae)));
-  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return Ltx2VideoDecoder::Create(config, std::move(weights));
+  return Placed(std::move(seeded), dtype, device);
 }
 
 absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(const Ltx2Spec& spec,
@@ -373,10 +376,7 @@ absl::StatusOr<std::unique_ptr<Ltx2VideoEncoder>> BuildVideoEncoder(const Ltx2Sp
   // latents_mean / latents_std agree with the decoder's.
   ASSIGN_OR_RETURN(auto seeded, Ltx2VideoEncoder::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kVae)));
-  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return Ltx2VideoEncoder::Create(config, std::move(weights));
+  return Placed(std::move(seeded), dtype, device);
 }
 
 absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(const Ltx2Spec& spec,
@@ -389,10 +389,7 @@ absl::StatusOr<std::unique_ptr<AudioVaeDecoder>> BuildAudioDecoder(const Ltx2Spe
   ASSIGN_OR_RETURN(auto config, AudioVaeConfig::FromJson(spec.audio_vae));
   ASSIGN_OR_RETURN(auto seeded, AudioVaeDecoder::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kAudioVae)));
-  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return AudioVaeDecoder::Create(config, std::move(weights));
+  return Placed(std::move(seeded), dtype, device);
 }
 
 absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec, at::ScalarType dtype,
@@ -402,17 +399,13 @@ absl::StatusOr<std::unique_ptr<Vocoder>> BuildVocoder(const Ltx2Spec& spec, at::
   ASSIGN_OR_RETURN(auto config, VocoderConfig::FromJson(spec.vocoder));
   ASSIGN_OR_RETURN(auto seeded,
                    Vocoder::CreateSeeded(config, ComponentSeed(spec, Ltx2Component::kVocoder)));
-  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return Vocoder::Create(config, std::move(weights));
+  return Placed(std::move(seeded), dtype, device);
 }
 
 absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(const Ltx2Spec& spec,
                                                                   at::ScalarType dtype,
                                                                   at::Device device) {
   RETURN_IF_ERROR(CheckDevice(spec, device));
-  const bool host_float = dtype == at::kFloat && device == at::Device(at::kCPU);
   std::unique_ptr<Gemma3TextModel> built;
   if (!spec.dir.empty()) {
     ASSIGN_OR_RETURN(built,
@@ -427,7 +420,7 @@ absl::StatusOr<std::unique_ptr<Gemma3TextModel>> BuildTextEncoder(const Ltx2Spec
     }
     ASSIGN_OR_RETURN(built, Gemma3TextModel::CreateSeeded(
                                 config, ComponentSeed(spec, Ltx2Component::kTextEncoder)));
-    if (host_float) return built;
+    return Placed(std::move(built), dtype, device);
   }
   return Gemma3TextModel::Create(built->config(), Moved(built->weights(), dtype, device));
 }
@@ -453,10 +446,7 @@ absl::StatusOr<std::unique_ptr<Ltx2LatentUpsampler>> BuildLatentUpsampler(const 
   ASSIGN_OR_RETURN(auto config, LatentUpsamplerConfig::FromJson(spec.latent_upsampler));
   ASSIGN_OR_RETURN(auto seeded, Ltx2LatentUpsampler::CreateSeeded(
                                     config, ComponentSeed(spec, Ltx2Component::kLatentUpsampler)));
-  if (dtype == at::kFloat && device == at::Device(at::kCPU)) return seeded;
-  WeightMap weights = seeded->weights();
-  for (auto& [name, t] : weights) t = t.to(device, dtype);
-  return Ltx2LatentUpsampler::Create(config, std::move(weights));
+  return Placed(std::move(seeded), dtype, device);
 }
 
 absl::StatusOr<SchedulerConfig> BuildSchedulerConfig(const Ltx2Spec& spec) {
