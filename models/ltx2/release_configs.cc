@@ -242,15 +242,18 @@ WeightMap RandomWeightsOn(const std::vector<ParamSpec>& specs, const at::TensorO
 absl::StatusOr<Ltx2Models> BuildReleaseModels(at::ScalarType dtype, at::Device device,
                                               at::ScalarType decoder_dtype) {
   const Ltx2Spec spec = ReleaseSpec();
-  if (decoder_dtype == at::ScalarType::Undefined) decoder_dtype = ServingDtype(Ltx2Component::kVae, device);
-  RETURN_IF_ERROR(CheckDevice(spec, device));
+  // Each decoder in `decoder_dtype`, or where unset in its serving dtype.
+  auto decoder = [&](Ltx2Component c) {
+    return decoder_dtype == at::ScalarType::Undefined ? ServingDtype(c, device) : decoder_dtype;
+  };
   Ltx2Models m;
   ASSIGN_OR_RETURN(m.tokenizer, BuildTokenizer(spec));
   ASSIGN_OR_RETURN(m.text_encoder, BuildTextEncoder(spec, dtype, device));
   ASSIGN_OR_RETURN(m.connectors, BuildConnectors(spec, dtype, device));
   ASSIGN_OR_RETURN(m.transformer, BuildTransformer(spec, dtype, device));
-  ASSIGN_OR_RETURN(m.video_vae, BuildVideoDecoder(spec, decoder_dtype, device));
-  ASSIGN_OR_RETURN(m.audio_vae, BuildAudioDecoder(spec, decoder_dtype, device));
+  ASSIGN_OR_RETURN(m.video_vae, BuildVideoDecoder(spec, decoder(Ltx2Component::kVae), device));
+  ASSIGN_OR_RETURN(m.audio_vae,
+                   BuildAudioDecoder(spec, decoder(Ltx2Component::kAudioVae), device));
   ASSIGN_OR_RETURN(m.vocoder, BuildVocoder(spec, ServingDtype(Ltx2Component::kVocoder, device),
                                            device));
   ASSIGN_OR_RETURN(m.scheduler, BuildSchedulerConfig(spec));

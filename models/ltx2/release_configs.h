@@ -41,8 +41,8 @@ WeightMap RandomWeightsOn(const std::vector<ParamSpec>& specs, const at::TensorO
 // make them for ReleaseSpec(): transformer, connectors and text encoder in `dtype`, drawn on the
 // device; the video and audio VAE decoders seeded on the host and moved, in `decoder_dtype`
 // (Undefined: their serving dtype, ServingDtype, as the denoise service runs them); the vocoder
-// in its serving dtype (float32); the
-// built-in byte tokenizer; no video encoder. FAILED_PRECONDITION on the CPU.
+// in its serving dtype (float32); the built-in byte tokenizer; no video encoder.
+// FAILED_PRECONDITION on the CPU (every builder checks it).
 absl::StatusOr<Ltx2Models> BuildReleaseModels(at::ScalarType dtype, at::Device device,
                                               at::ScalarType decoder_dtype = at::ScalarType::Undefined);
 
