@@ -171,12 +171,14 @@ def trend_fit(points):
 
 
 def metrics_in_flight(port):
-    """The in-flight / waiting gauges of one service's /metrics: {series: value}."""
+    """The in-flight / waiting gauges and the heap gauges (diffmesh_heap_bytes) of one
+    service's /metrics: {series: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     gauges = {}
     for line in text.splitlines():
-        m = re.match(r"^(diffmesh_(?:stage_)?requests_(?:in_flight|waiting))(\{[^}]*\})?\s+(\S+)", line)
+        m = re.match(r"^(diffmesh_(?:stage_)?requests_(?:in_flight|waiting)|diffmesh_heap_bytes)"
+                     r"(\{[^}]*\})?\s+(\S+)", line)
         if m:
             gauges[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return gauges
@@ -206,6 +208,7 @@ class Soak:
         self.soak_start = 0.0
         self.soak_end = None
         self.load = []             # (t, client requests outstanding, {service: in flight})
+        self.heap = collections.defaultdict(list)  # service -> [(t, in use KiB, free KiB)]
 
     def now(self):
         return time.monotonic() - self.t0
@@ -357,6 +360,10 @@ class Soak:
                     continue  # e.g. the service is being restarted
                 in_flight[service] = sum(v for k, v in gauges.items() if re.match(
                     r"diffmesh_(stage_)?requests_in_flight", k))
+                in_use = gauges.get('diffmesh_heap_bytes{state="in_use"}')
+                free = gauges.get('diffmesh_heap_bytes{state="free"}')
+                if in_use is not None and free is not None:
+                    self.heap[service].append((now, in_use / 1024, free / 1024))
             self.load.append((now, outstanding, in_flight))
             await asyncio.sleep(self.args.rss_interval)
 
@@ -599,12 +606,28 @@ def rss_report(soak, args):
                 soak.fail(f"{name} (pid {pid}) RSS grew {growth_mib:.1f} MiB at constant load over "
                           f"the last {span:.0f} s of its samples under load (limit "
                           f"{args.max_growth_mib} MiB)")
+        # The service's heap gauges over the same window: malloc's bytes in use (a leak grows
+        # here) and free bytes it keeps (fragmentation grows here, in RSS but not in use).
+        heap = [h for h in soak.heap.get(service, []) if window and window[0][0] <= h[0] <= window[-1][0]
+                and name == f"diffmesh-{service}"]
+        in_use_growth = free_growth = None
+        if len(heap) >= 3 and heap[-1][0] > heap[0][0]:
+            heap_span = heap[-1][0] - heap[0][0]
+            with_load_heap = [(t, load_at[t][service], u) for t, u, _ in heap
+                              if service in load_at.get(t, {})]
+            in_use_growth = (trend_fit(with_load_heap) if len(with_load_heap) >= 3
+                             else linear_fit([(t, u) for t, u, _ in heap])[0]) * heap_span / MIB
+            free_growth = linear_fit([(t, f) for t, _, f in heap])[0] * heap_span / MIB
         rows.append({"process": name, "pid": pid, "samples": len(series),
                      "from": series[0][0], "to": series[-1][0],
                      "start_mib": kib[0] / MIB, "peak_mib": max(kib) / MIB, "end_mib": kib[-1] / MIB,
                      "window_s": span, "slope_mib_per_h": slope * 3600 / MIB,
                      "load_adjusted_mib_per_h": adjusted * 3600 / MIB,
-                     "window_growth_mib": growth_mib, "verdict": verdict})
+                     "window_growth_mib": growth_mib,
+                     "heap_in_use_end_mib": heap[-1][1] / MIB if heap else None,
+                     "heap_free_end_mib": heap[-1][2] / MIB if heap else None,
+                     "heap_in_use_growth_mib": in_use_growth, "heap_free_growth_mib": free_growth,
+                     "verdict": verdict})
     return rows
 
 
@@ -716,13 +739,17 @@ def report(soak, args, rss_rows, minutes):
                   f"{fmt(k['restarted_after'], 1)} | {fmt(k['serving_after'], 1)} | "
                   f"{fmt(k['first_ok_after'], 1)} | {k.get('unavailable_after_serving', '-')} |")
     print("\n| process | pid | samples | RSS start MiB | peak MiB | end MiB | fit window s | "
-          "slope MiB/h | at constant load MiB/h | growth in window at constant load MiB | verdict |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "slope MiB/h | at constant load MiB/h | growth in window at constant load MiB | "
+          "heap in use / free at end MiB | heap growth in window: in use at constant load / free MiB | "
+          "verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rss_rows:
         print(f"| {r['process']} | {r['pid']} | {r['samples']} | {r['start_mib']:.1f} | {r['peak_mib']:.1f} | "
               f"{r['end_mib']:.1f} | {r['window_s']:.0f} | {r['slope_mib_per_h']:+.1f} | "
               + (f"{r['load_adjusted_mib_per_h']:+.1f} | {r['window_growth_mib']:+.1f} | "
                  if not r["verdict"].startswith("not judged") else "- | - | ")
+              + f"{fmt(r['heap_in_use_end_mib'], 1)} / {fmt(r['heap_free_end_mib'], 1)} | "
+              + f"{fmt(r['heap_in_use_growth_mib'], 1)} / {fmt(r['heap_free_growth_mib'], 1)} | "
               + f"{r['verdict']} |")
     print()
     for w in soak.warnings:

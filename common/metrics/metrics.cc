@@ -1,6 +1,7 @@
 #include "common/metrics/metrics.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <sstream>
@@ -84,6 +86,32 @@ std::vector<prometheus::MetricFamily> CallbackGauge::Collect() const {
     family.metric.push_back(std::move(m));
   }
   return {std::move(family)};
+}
+
+std::vector<std::shared_ptr<prometheus::Collectable>> ProcessMemoryGauges() {
+  auto resident = std::make_shared<CallbackGauge>(
+      "process_resident_memory_bytes", "Resident memory size in bytes.",
+      []() -> std::vector<CallbackGauge::Sample> {
+        std::FILE* f = std::fopen("/proc/self/statm", "r");
+        if (f == nullptr) return {};
+        unsigned long size = 0, pages = 0;
+        const bool read = std::fscanf(f, "%lu %lu", &size, &pages) == 2;
+        std::fclose(f);
+        if (!read) return {};
+        return {{{}, static_cast<double>(pages) * static_cast<double>(sysconf(_SC_PAGESIZE))}};
+      });
+  auto heap = std::make_shared<CallbackGauge>(
+      "diffmesh_heap_bytes",
+      "malloc's heap: in_use = handed out and not freed (mmapped included), free = held in its "
+      "arenas but not returned to the system, mmapped = large blocks mapped on their own.",
+      [] {
+        const struct mallinfo2 m = mallinfo2();
+        return std::vector<CallbackGauge::Sample>{
+            {{{"state", "in_use"}}, static_cast<double>(m.uordblks + m.hblkhd)},
+            {{{"state", "free"}}, static_cast<double>(m.fordblks)},
+            {{{"state", "mmapped"}}, static_cast<double>(m.hblkhd)}};
+      });
+  return {resident, heap};
 }
 
 absl::StatusOr<std::unique_ptr<MetricsExposer>> MetricsExposer::Start(const std::string& host,
@@ -221,6 +249,7 @@ absl::StatusOr<std::unique_ptr<MetricsExposer>> StartMetricsExposer(const char* 
       .Register((*exposer)->registry())
       .Add({{"service", name}, {"version", DIFFMESH_VERSION}})
       .Set(1);
+  for (auto& gauge : ProcessMemoryGauges()) (*exposer)->Add(std::move(gauge));
   std::cout << name << " metrics on http://" << host << ":" << (*exposer)->port() << "/metrics"
             << std::endl;
   return exposer;

@@ -52,6 +52,15 @@ class CallbackGauge final : public prometheus::Collectable {
   const Read read_;
 };
 
+// The process's memory, read at each scrape (Linux, glibc):
+//   process_resident_memory_bytes         resident set size (/proc/self/statm)
+//   diffmesh_heap_bytes{state="in_use"}   bytes malloc has handed out and not had back
+//   diffmesh_heap_bytes{state="free"}     bytes malloc holds free in its arenas (not returned to
+//                                         the system: fragmentation shows here, a leak in in_use)
+//   diffmesh_heap_bytes{state="mmapped"}  of in_use, the large blocks malloc mmapped on their own
+// StartMetricsExposer adds them to every service's endpoint.
+std::vector<std::shared_ptr<prometheus::Collectable>> ProcessMemoryGauges();
+
 // A process's metrics registry and its HTTP endpoint: GET /metrics answers with the text
 // exposition of the registry and the added collectables; other paths get 404.
 //

@@ -7,8 +7,12 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/metrics/families.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -148,6 +152,43 @@ TEST(MetricsTest, ExposerServesTheRegistryOverHttp) {
   EXPECT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(second.status().message(), HasSubstr(absl::StrCat("127.0.0.1:", (*exposer)->port())));
+}
+
+// The value of `series` (name and labels as exposed) in a text exposition; -1 when absent.
+double SampleOf(const std::string& text, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, series + " ")) {
+      double v = -1;
+      if (absl::SimpleAtod(line.substr(series.size() + 1), &v)) return v;
+    }
+  }
+  return -1;
+}
+
+TEST(MetricsTest, ProcessMemoryGaugesFollowAllocations) {
+  std::vector<std::shared_ptr<prometheus::Collectable>> gauges = ProcessMemoryGauges();
+  auto scrape = [&] {
+    std::vector<const prometheus::Collectable*> c;
+    for (const auto& g : gauges) c.push_back(g.get());
+    return TextExposition(c);
+  };
+  const std::string before = scrape();
+  const double rss_before = SampleOf(before, "process_resident_memory_bytes");
+  const double in_use_before = SampleOf(before, R"(diffmesh_heap_bytes{state="in_use"})");
+  ASSERT_GT(rss_before, 0) << before;
+  ASSERT_GT(in_use_before, 0) << before;
+  EXPECT_GE(SampleOf(before, R"(diffmesh_heap_bytes{state="free"})"), 0) << before;
+
+  // 64 MiB, touched: both the heap's in-use bytes and the resident set follow.
+  constexpr size_t kBytes = 64 << 20;
+  std::vector<char> block(kBytes, 1);
+  const std::string during = scrape();
+  EXPECT_GE(SampleOf(during, R"(diffmesh_heap_bytes{state="in_use"})"), in_use_before + kBytes * 0.99);
+  EXPECT_GE(SampleOf(during, R"(diffmesh_heap_bytes{state="mmapped"})"), kBytes);
+  EXPECT_GE(SampleOf(during, "process_resident_memory_bytes"), rss_before + kBytes * 0.9);
+  EXPECT_EQ(block[kBytes - 1], 1);
+  std::vector<char>().swap(block);
+  EXPECT_LT(SampleOf(scrape(), R"(diffmesh_heap_bytes{state="in_use"})"), in_use_before + kBytes);
 }
 
 TEST(MetricsTest, PortZeroMeansOffForTheFlag) {
