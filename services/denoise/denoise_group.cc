@@ -246,17 +246,23 @@ void DenoiseGroup::HealLoop() {
 absl::Status DenoiseGroup::Send(Command command, const std::string& payload,
                                 const CallContext& ctx) {
   const absl::Time deadline = ctx.deadline();
-  // In slices: a request cancelled while it waits leaves at once, not when the group frees.
+  const absl::Status cancelled = absl::CancelledError(
+      "denoise: the request was cancelled while it waited for the denoise group");
+  const absl::Status expired = absl::DeadlineExceededError(
+      "denoise: the deadline passed while the request waited for the denoise group (busy with "
+      "other requests; it runs one at a time)");
+  // Requests take turns in arrival order; a cancelled one leaves the line at once.
+  switch (turn_.Acquire(deadline, [&ctx] { return ctx.cancelled(); }, kGroupWaitSlice)) {
+    case FifoLock::Outcome::kCancelled: return cancelled;
+    case FifoLock::Outcome::kDeadlineExceeded: return expired;
+    case FifoLock::Outcome::kAcquired: break;
+  }
+  // Only the heal loop competes for mu_ now (a ping, or re-forming the group).
   while (!mu_.try_lock_for(absl::ToChronoMilliseconds(
       std::min(kGroupWaitSlice, std::max(absl::ZeroDuration(), deadline - absl::Now()))))) {
-    if (ctx.cancelled()) {
-      return absl::CancelledError(
-          "denoise: the request was cancelled while it waited for the denoise group");
-    }
-    if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(
-          "denoise: the deadline passed while the request waited for the denoise group (busy "
-          "with other requests; it runs one at a time)");
+    if (ctx.cancelled() || absl::Now() >= deadline) {
+      turn_.Release();
+      return ctx.cancelled() ? cancelled : expired;
     }
   }
   held_ = true;
@@ -264,6 +270,7 @@ absl::Status DenoiseGroup::Send(Command command, const std::string& payload,
   if (!formed_ || broken_ || !loss.ok()) {
     held_ = false;
     mu_.unlock();
+    turn_.Release();
     if (loss.ok()) return absl::UnavailableError("denoise group: waiting for every rank to join");
     return absl::UnavailableError(absl::StrCat("denoise group is re-forming: ", loss.message()));
   }
@@ -294,6 +301,7 @@ void DenoiseGroup::Release() {
   }
   held_ = false;
   mu_.unlock();
+  turn_.Release();
 }
 
 absl::StatusOr<std::pair<DenoiseGroup::Command, std::string>> DenoiseGroup::Receive() {

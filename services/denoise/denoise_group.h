@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/call/call_context.h"
+#include "common/call/fifo_lock.h"
 #include "models/glm_image/dit.h"
 #include "models/parallel/comm.h"
 #include "models/parallel/comm_membership.h"
@@ -151,8 +152,11 @@ class DenoiseGroup {
   absl::Status collective_error_;  // the last failure inside the DiT forward's collectives
   std::string last_join_error_;   // ranks > 0: logged once
 
-  // Rank 0: the world communicator is shared by requests and the keepalive. Timed: a request
-  // waits for the group no longer than its deadline (Send).
+  // Rank 0: requests wait for the group in arrival order (Send), each no longer than its
+  // deadline; the holder of turn_ then takes mu_.
+  FifoLock turn_;
+  // Rank 0: the world communicator is shared by the request holding turn_ and the heal loop
+  // (keepalive pings, re-forming). Timed: a request waits no longer than its deadline.
   std::timed_mutex mu_;
   // Whether a request holds mu_. Written only by the holder, while it holds mu_, and cleared
   // before it unlocks: a unique_lock shared between threads would clear its own flag after
