@@ -571,6 +571,26 @@ absl::StatusOr<Ltx2Output> Ltx2Pipeline::Decode(const Ltx2DenoiseState& state,
   return out;
 }
 
+VideoVaeTiling Ltx2DecodeOptions::OutOfMemoryTiling() {
+  VideoVaeTiling t;  // the reference's tile sizes
+  t.spatial = true;
+  t.temporal = true;
+  t.align_temporal_tiles = true;
+  return t;
+}
+
+at::Tensor DecodeWithTilingFallback(const std::function<at::Tensor(const VideoVaeTiling*)>& decode,
+                                    const std::optional<VideoVaeTiling>& fallback, bool* tiled) {
+  *tiled = false;
+  try {
+    return decode(nullptr);
+  } catch (const c10::OutOfMemoryError&) {
+    if (!fallback.has_value()) throw;
+  }
+  *tiled = true;
+  return decode(&*fallback);
+}
+
 absl::Status DecodeLatents(const Ltx2Networks& networks, const Ltx2DecodeOptions& options,
                            Ltx2Output& out) {
   if (options.decode_video) {
@@ -580,7 +600,13 @@ absl::Status DecodeLatents(const Ltx2Networks& networks, const Ltx2DecodeOptions
       decode_t = at::full({out.video_latents.size(0)}, options.decode_timestep,
                           out.video_latents.options());
     }
-    out.video = networks.video_vae->Decode(out.video_latents, decode_t);
+    const Ltx2VideoDecoder& vae = *networks.video_vae;
+    out.video = DecodeWithTilingFallback(
+        [&](const VideoVaeTiling* tiling) {
+          return tiling == nullptr ? vae.Decode(out.video_latents, decode_t)
+                                   : vae.Decode(out.video_latents, decode_t, std::nullopt, *tiling);
+        },
+        options.out_of_memory_tiling, &out.video_decoded_in_tiles);
     out.frames = VideoToUnitFrames(out.video).to(at::kFloat);
     out.frames_uint8 = VideoToUint8Frames(out.video);
   }

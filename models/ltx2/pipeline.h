@@ -46,6 +46,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -183,6 +184,13 @@ struct Ltx2DecodeOptions {
   double decode_timestep = 0.0;
   std::optional<double> decode_noise_scale;  // nullopt = decode_timestep
   uint64_t noise_seed = 0;
+  // When the video decode with the VAE's own tiling runs out of memory, it runs again in these
+  // tiles (nullopt: the error stands). The default: the reference's tile sizes (512 px every
+  // 448 px, 16 frames every 8), spatial and temporal, temporal tiles aligned to their frames —
+  // on one GPU shared with the text encoder a release-size clip's untiled decode does not fit.
+  std::optional<VideoVaeTiling> out_of_memory_tiling = OutOfMemoryTiling();
+
+  static VideoVaeTiling OutOfMemoryTiling();
 };
 
 struct Ltx2Output {
@@ -194,6 +202,7 @@ struct Ltx2Output {
   at::Tensor mel;            // [B, 2, 4L−3, mel_bins]
   at::Tensor waveform;       // float32 [B, channels, samples]
   int64_t sample_rate = 0;
+  bool video_decoded_in_tiles = false;  // after running out of memory untiled (see above)
 };
 
 // The networks a pipeline runs; not owned (they outlive the pipeline). Any but the transformer
@@ -219,6 +228,14 @@ struct Ltx2Networks {
 // `networks` are used; those not asked for may be null.
 absl::Status DecodeLatents(const Ltx2Networks& networks, const Ltx2DecodeOptions& options,
                            Ltx2Output& out);
+
+// The out-of-memory policy of DecodeLatents: returns decode(nullptr) (the decoder's own tiling);
+// when that raises c10::OutOfMemoryError (the CUDA caching allocator raises it after releasing
+// its cached blocks; what the failed attempt held is freed as the error unwinds) and `fallback`
+// is set, returns decode(&*fallback) and sets *tiled. Other errors, and an out-of-memory error
+// without a fallback or from the retry, propagate.
+at::Tensor DecodeWithTilingFallback(const std::function<at::Tensor(const VideoVaeTiling*)>& decode,
+                                    const std::optional<VideoVaeTiling>& fallback, bool* tiled);
 
 class Ltx2Pipeline {
  public:

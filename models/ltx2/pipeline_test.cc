@@ -316,6 +316,46 @@ TEST(Ltx2PipelineTest, ImageToVideoMatchesReference) {
   }
 }
 
+TEST(Ltx2PipelineTest, VideoDecodeRetriesInTilesOnlyWhenOutOfMemory) {
+  VideoVaeTiling fallback;
+  fallback.temporal = true;
+  fallback.tile_sample_min_num_frames = 24;
+  std::vector<int64_t> seen;  // the tile length each attempt was given (0: the decoder's own)
+  auto decode = [&](bool fail_untiled, bool oom) {
+    return [&seen, fail_untiled, oom](const VideoVaeTiling* tiling) {
+      seen.push_back(tiling == nullptr ? 0 : tiling->tile_sample_min_num_frames);
+      if (tiling == nullptr && fail_untiled) {
+        if (oom) TORCH_CHECK_WITH(OutOfMemoryError, false, "CUDA out of memory. Tried 1.42 GiB");
+        TORCH_CHECK(false, "a shape error");
+      }
+      return at::full({1}, tiling == nullptr ? 1.0 : 2.0);
+    };
+  };
+  bool tiled = true;
+  EXPECT_EQ(DecodeWithTilingFallback(decode(false, true), fallback, &tiled).item<double>(), 1.0);
+  EXPECT_FALSE(tiled);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0}));
+
+  seen.clear();
+  EXPECT_EQ(DecodeWithTilingFallback(decode(true, true), fallback, &tiled).item<double>(), 2.0);
+  EXPECT_TRUE(tiled);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0, 24}));
+
+  seen.clear();  // no fallback: the error stands
+  EXPECT_THROW(DecodeWithTilingFallback(decode(true, true), std::nullopt, &tiled),
+               c10::OutOfMemoryError);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0}));
+
+  seen.clear();  // another error is not retried
+  EXPECT_THROW(DecodeWithTilingFallback(decode(true, false), fallback, &tiled), c10::Error);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0}));
+
+  // The default fallback tiles in space and time, frames where they belong.
+  const std::optional<VideoVaeTiling> d = Ltx2DecodeOptions{}.out_of_memory_tiling;
+  ASSERT_TRUE(d.has_value());
+  EXPECT_TRUE(d->spatial && d->temporal && d->align_temporal_tiles);
+}
+
 TEST(Ltx2PipelineTest, PackUnpackRoundTrip) {
   const at::Tensor x = at::randn({2, 8, 4, 6, 10});
   for (int64_t p : {1, 2}) {

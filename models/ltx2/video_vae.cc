@@ -432,8 +432,8 @@ at::Tensor Ltx2VideoDecoder::Network(const at::Tensor& z, const at::Tensor& temb
 }
 
 at::Tensor Ltx2VideoDecoder::SpatialTiled(const at::Tensor& z, const at::Tensor& temb,
-                                          bool causal) const {
-  const VideoVaeTiling& t = tiling_;
+                                          bool causal, const VideoVaeTiling& tiling) const {
+  const VideoVaeTiling& t = tiling;
   const int64_t r = config_.spatial_compression_ratio;
   const int64_t height = z.size(3), width = z.size(4);
   const int64_t tile_h = t.tile_sample_min_height / r, tile_w = t.tile_sample_min_width / r;
@@ -466,18 +466,18 @@ at::Tensor Ltx2VideoDecoder::SpatialTiled(const at::Tensor& z, const at::Tensor&
 }
 
 at::Tensor Ltx2VideoDecoder::SpatialOrWhole(const at::Tensor& z, const at::Tensor& temb,
-                                            bool causal) const {
+                                            bool causal, const VideoVaeTiling& tiling) const {
   const int64_t r = config_.spatial_compression_ratio;
-  if (tiling_.spatial && (z.size(4) > tiling_.tile_sample_min_width / r ||
-                          z.size(3) > tiling_.tile_sample_min_height / r)) {
-    return SpatialTiled(z, temb, causal);
+  if (tiling.spatial && (z.size(4) > tiling.tile_sample_min_width / r ||
+                         z.size(3) > tiling.tile_sample_min_height / r)) {
+    return SpatialTiled(z, temb, causal, tiling);
   }
   return Network(z, temb, causal);
 }
 
 at::Tensor Ltx2VideoDecoder::TemporalTiled(const at::Tensor& z, const at::Tensor& temb,
-                                           bool causal) const {
-  const VideoVaeTiling& t = tiling_;
+                                           bool causal, const VideoVaeTiling& tiling) const {
+  const VideoVaeTiling& t = tiling;
   const int64_t rt = config_.temporal_compression_ratio;
   const int64_t frames = z.size(2);
   const int64_t sample_frames = (frames - 1) * rt + 1;
@@ -498,7 +498,7 @@ at::Tensor Ltx2VideoDecoder::TemporalTiled(const at::Tensor& z, const at::Tensor
   int64_t written = 0;
   at::Tensor previous;
   for (int64_t i = 0; i < frames && written < sample_frames; i += stride_f) {
-    at::Tensor tile = SpatialOrWhole(z.slice(2, i, i + tile_f + 1), temb, causal);
+    at::Tensor tile = SpatialOrWhole(z.slice(2, i, i + tile_f + 1), temb, causal, t);
     int64_t keep = t.tile_sample_stride_num_frames + 1;
     if (i > 0) {
       tile = tile.slice(2, 0, tile.size(2) - 1);
@@ -522,8 +522,8 @@ at::Tensor Ltx2VideoDecoder::TemporalTiled(const at::Tensor& z, const at::Tensor
 }
 
 at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb,
-                                                  bool causal) const {
-  const VideoVaeTiling& t = tiling_;
+                                                  bool causal, const VideoVaeTiling& tiling) const {
+  const VideoVaeTiling& t = tiling;
   const int64_t rt = config_.temporal_compression_ratio;
   const int64_t frames = z.size(2);
   const int64_t tile_f = t.tile_sample_min_num_frames / rt;
@@ -538,7 +538,7 @@ at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at:
   at::Tensor out;
   int64_t written = 0;  // frames [0, written) hold earlier tiles
   for (int64_t s = 0; s < frames; s += stride_f) {
-    at::Tensor tile = SpatialOrWhole(z.slice(2, s, s + tile_f + 1), temb, causal);
+    at::Tensor tile = SpatialOrWhole(z.slice(2, s, s + tile_f + 1), temb, causal, t);
     if (!out.defined()) {
       std::vector<int64_t> shape = tile.sizes().vec();
       shape[2] = (frames - 1) * rt + 1;
@@ -559,6 +559,13 @@ at::Tensor Ltx2VideoDecoder::TemporalTiledAligned(const at::Tensor& z, const at:
 at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
                                     const std::optional<at::Tensor>& timestep,
                                     std::optional<bool> causal) const {
+  return Decode(latents, timestep, causal, tiling_);
+}
+
+at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
+                                    const std::optional<at::Tensor>& timestep,
+                                    std::optional<bool> causal,
+                                    const VideoVaeTiling& tiling) const {
   TORCH_CHECK(latents.dim() == 5 && latents.size(1) == config_.latent_channels,
               "Ltx2VideoDecoder::Decode: latents must be [B, ", config_.latent_channels,
               ", F, H, W], got ", latents.sizes());
@@ -577,12 +584,12 @@ at::Tensor Ltx2VideoDecoder::Decode(const at::Tensor& latents,
     temb = temb.expand({z.size(0)}).to(ref.scalar_type());
   }
   const bool is_causal = causal.value_or(false) || config_.decoder_causal;
-  const int64_t tile_f = tiling_.tile_sample_min_num_frames / config_.temporal_compression_ratio;
-  if (tiling_.temporal && z.size(2) > tile_f) {
-    return tiling_.align_temporal_tiles ? TemporalTiledAligned(z, temb, is_causal)
-                                        : TemporalTiled(z, temb, is_causal);
+  const int64_t tile_f = tiling.tile_sample_min_num_frames / config_.temporal_compression_ratio;
+  if (tiling.temporal && z.size(2) > tile_f) {
+    return tiling.align_temporal_tiles ? TemporalTiledAligned(z, temb, is_causal, tiling)
+                                       : TemporalTiled(z, temb, is_causal, tiling);
   }
-  return SpatialOrWhole(z, temb, is_causal);
+  return SpatialOrWhole(z, temb, is_causal, tiling);
 }
 
 at::Tensor Ltx2VideoDecoder::DenormalizeLatents(const at::Tensor& latents) const {

@@ -115,6 +115,10 @@ class Ltx2VideoDecoder {
   // the config's decoder_causal is (the reference's `causal or is_causal`). Tiles per tiling().
   at::Tensor Decode(const at::Tensor& latents, const std::optional<at::Tensor>& timestep = {},
                     std::optional<bool> causal = std::nullopt) const;
+  // The same with `tiling` instead of tiling() (e.g. a retry in tiles after running out of
+  // memory, without changing the decoder other requests share).
+  at::Tensor Decode(const at::Tensor& latents, const std::optional<at::Tensor>& timestep,
+                    std::optional<bool> causal, const VideoVaeTiling& tiling) const;
 
   // The pipeline's `latents · latents_std / scaling_factor + latents_mean`, per channel of
   // [B, C, F, H, W], in the latents' dtype.
@@ -137,11 +141,15 @@ class Ltx2VideoDecoder {
   // The network on one tile (LTX2VideoDecoder3d.forward); `temb` [B] is the timestep as given
   // (scaled by the checkpoint's timestep_scale_multiplier inside) or undefined.
   at::Tensor Network(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
-  at::Tensor SpatialTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
-  at::Tensor TemporalTiled(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
-  at::Tensor TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
+  at::Tensor SpatialTiled(const at::Tensor& z, const at::Tensor& temb, bool causal,
+                         const VideoVaeTiling& tiling) const;
+  at::Tensor TemporalTiled(const at::Tensor& z, const at::Tensor& temb, bool causal,
+                          const VideoVaeTiling& tiling) const;
+  at::Tensor TemporalTiledAligned(const at::Tensor& z, const at::Tensor& temb, bool causal,
+                                 const VideoVaeTiling& tiling) const;
   // Spatial tiling when enabled and the tile is larger than one spatial tile, else Network.
-  at::Tensor SpatialOrWhole(const at::Tensor& z, const at::Tensor& temb, bool causal) const;
+  at::Tensor SpatialOrWhole(const at::Tensor& z, const at::Tensor& temb, bool causal,
+                           const VideoVaeTiling& tiling) const;
 
   at::Tensor Conv(const at::Tensor& x, const std::string& prefix, bool causal) const;
   at::Tensor Resnet(const at::Tensor& x, const std::string& prefix, const at::Tensor& temb,

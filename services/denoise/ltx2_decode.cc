@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -121,6 +122,10 @@ absl::Status Ltx2Decoder::EmitOutputs(CallContext& ctx, const v1::DenoiseRequest
   networks.audio_vae = audio_vae_;
   networks.vocoder = vocoder_;
   RETURN_IF_ERROR(ltx2::DecodeLatents(networks, ltx2::Ltx2DecodeOptions{}, out));
+  if (out.video_decoded_in_tiles) {
+    std::cerr << "vae_decode: " << r.request_id()
+              << ": out of memory decoding the video whole; decoded it in tiles" << std::endl;
+  }
   RETURN_IF_ERROR(EmitMedia(r, out, on_event));
   result.set_vae_decode_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   return absl::OkStatus();
