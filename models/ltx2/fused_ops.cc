@@ -1,5 +1,7 @@
 #include "models/ltx2/fused_ops.h"
 
+#include <optional>
+
 #if defined(DIFFMESH_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -39,35 +41,50 @@ int64_t BroadcastStride(const at::Tensor& m, int dim) { return m.size(dim) == 1 
 
 }  // namespace
 
+#if defined(DIFFMESH_WITH_CUDA)
+namespace {
+
+// The NormModulate kernel when the shapes and strides allow it; nullopt otherwise.
+std::optional<at::Tensor> NormModulateKernel(const at::Tensor& x, const at::Tensor& weight,
+                                             const at::Tensor& scale, const at::Tensor& shift,
+                                             double eps) {
+  cuda::ElementType type;
+  const bool modulated = scale.defined();
+  if (!x.is_cuda() || x.dim() != 3 || !x.is_contiguous() || !KernelType(x, &type) ||
+      (weight.defined() && (!SameKind(weight, x) || !weight.is_contiguous())) ||
+      (modulated && (!ModulationRowFits(scale, x) || !ModulationRowFits(shift, x) ||
+                     scale.strides() != shift.strides() || scale.sizes() != shift.sizes()))) {
+    return std::nullopt;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  cuda::NormModulateArgs a;
+  a.x = x.data_ptr();
+  a.out = out.data_ptr();
+  a.weight = weight.defined() ? weight.data_ptr() : nullptr;
+  a.scale = modulated ? scale.data_ptr() : nullptr;
+  a.shift = modulated ? shift.data_ptr() : nullptr;
+  a.rows = x.size(0) * x.size(1);
+  a.dim = x.size(2);
+  a.tokens = x.size(1);
+  a.mod_batch_stride = modulated ? BroadcastStride(scale, 0) : 0;
+  a.mod_token_stride = modulated ? BroadcastStride(scale, 1) : 0;
+  a.eps = static_cast<float>(eps);
+  a.type = type;
+  const cudaError_t err = cuda::LaunchNormModulate(a, c10::cuda::getCurrentCUDAStream().stream());
+  if (err == cudaSuccess) return out;
+  TORCH_CHECK(err == cudaErrorInvalidValue, "norm_modulate: ", cudaGetErrorString(err));
+  (void)cudaGetLastError();  // a size the kernel does not take
+  return std::nullopt;
+}
+
+}  // namespace
+#endif
+
 at::Tensor NormModulate(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                         const at::Tensor& shift, double eps) {
 #if defined(DIFFMESH_WITH_CUDA)
-  cuda::ElementType type;
-  const bool modulated = scale.defined();
-  if (x.is_cuda() && x.dim() == 3 && x.is_contiguous() && KernelType(x, &type) &&
-      (!weight.defined() || (SameKind(weight, x) && weight.is_contiguous())) &&
-      (!modulated || (ModulationRowFits(scale, x) && ModulationRowFits(shift, x) &&
-                      scale.strides() == shift.strides() && scale.sizes() == shift.sizes()))) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    at::Tensor out = at::empty_like(x);
-    cuda::NormModulateArgs a;
-    a.x = x.data_ptr();
-    a.out = out.data_ptr();
-    a.weight = weight.defined() ? weight.data_ptr() : nullptr;
-    a.scale = modulated ? scale.data_ptr() : nullptr;
-    a.shift = modulated ? shift.data_ptr() : nullptr;
-    a.rows = x.size(0) * x.size(1);
-    a.dim = x.size(2);
-    a.tokens = x.size(1);
-    a.mod_batch_stride = modulated ? BroadcastStride(scale, 0) : 0;
-    a.mod_token_stride = modulated ? BroadcastStride(scale, 1) : 0;
-    a.eps = static_cast<float>(eps);
-    a.type = type;
-    const cudaError_t err = cuda::LaunchNormModulate(a, c10::cuda::getCurrentCUDAStream().stream());
-    if (err == cudaSuccess) return out;
-    TORCH_CHECK(err == cudaErrorInvalidValue, "norm_modulate: ", cudaGetErrorString(err));
-    (void)cudaGetLastError();  // a size the kernel does not take: the composition below
-  }
+  if (auto out = NormModulateKernel(x, weight, scale, shift, eps)) return *out;
 #endif
   at::Tensor normed = RmsNormOptionalWeight(x, weight, eps);
   return scale.defined() ? normed * (1 + scale) + shift : normed;
@@ -107,13 +124,42 @@ at::Tensor NormRope(const at::Tensor& x, const at::Tensor& weight, double eps,
     (void)cudaGetLastError();
   }
 #endif
+#if defined(DIFFMESH_WITH_CUDA)
+  // Without rotation (the text cross-attention's q and k): the plain RMSNorm kernel.
+  if (tables == nullptr) {
+    if (auto out = NormModulateKernel(x, weight, at::Tensor(), at::Tensor(), eps)) return *out;
+  }
+#endif
   at::Tensor normed = RmsNorm(x, weight, eps);
   return tables != nullptr ? ApplyRope(normed, *tables, type) : normed;
 }
 
 at::Tensor AddGated(const at::Tensor& x, const at::Tensor& value, const at::Tensor& gate) {
-  if (x.is_cuda()) return at::addcmul(x, value, gate);
-  return x + value * gate;
+  if (!x.is_cuda()) return x + value * gate;
+#if defined(DIFFMESH_WITH_CUDA)
+  cuda::ElementType type;
+  if (x.dim() == 3 && x.is_contiguous() && KernelType(x, &type) && SameKind(value, x) &&
+      value.sizes() == x.sizes() && value.is_contiguous() && ModulationRowFits(gate, x)) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    at::Tensor out = at::empty_like(x);
+    cuda::AddGatedArgs a;
+    a.x = x.data_ptr();
+    a.value = value.data_ptr();
+    a.gate = gate.data_ptr();
+    a.out = out.data_ptr();
+    a.rows = x.size(0) * x.size(1);
+    a.dim = x.size(2);
+    a.tokens = x.size(1);
+    a.gate_batch_stride = BroadcastStride(gate, 0);
+    a.gate_token_stride = BroadcastStride(gate, 1);
+    a.type = type;
+    const cudaError_t err = cuda::LaunchAddGated(a, c10::cuda::getCurrentCUDAStream().stream());
+    if (err == cudaSuccess) return out;
+    TORCH_CHECK(err == cudaErrorInvalidValue, "add_gated: ", cudaGetErrorString(err));
+    (void)cudaGetLastError();  // unaligned or an odd width: ATen's kernel
+  }
+#endif
+  return at::addcmul(x, value, gate);
 }
 
 at::Tensor LinearGeluTanh(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -20,11 +20,12 @@ at::Tensor NormModulate(const at::Tensor& x, const at::Tensor& weight, const at:
                         const at::Tensor& shift, double eps);
 
 // The attention's q or k: RMSNorm across all heads (x [B, T, H·Dh], weight [H·Dh]), then the
-// rotary embedding `tables` of `type` when `tables` is not null.
+// rotary embedding `tables` of `type` when `tables` is not null (one kernel on CUDA either way).
 at::Tensor NormRope(const at::Tensor& x, const at::Tensor& weight, double eps,
                     const RopeTables* tables, RopeType type);
 
-// x + value · gate (the gated residual), one kernel on CUDA.
+// x + value · gate (the gated residual), one kernel on CUDA; gate broadcasts as a modulation
+// row [B or 1, T or 1, D].
 at::Tensor AddGated(const at::Tensor& x, const at::Tensor& value, const at::Tensor& gate);
 
 // gelu_tanh(x·Wᵀ + b): on CUDA with a bias, one cuBLASLt GEMM with its GELU epilogue (the tanh

@@ -77,6 +77,39 @@ TEST_P(FusedOpsTest, NormRopeMatchesComposition) {
                 static_cast<long>(c.heads), static_cast<long>(c.head_dim), err);
     EXPECT_LE(err, Tolerance());
   }
+  // No rotation (the text cross-attention's q and k): the plain RMSNorm across heads.
+  for (int64_t dim : {2048, 4096, 100}) {
+    at::Tensor x = at::randn({2, 9, dim}, Opts()) * 2;
+    at::Tensor weight = 1 + 0.1 * at::randn({dim}, Opts());
+    at::Tensor got = NormRope(x, weight, 1e-6, nullptr, RopeType::kSplit);
+    at::Tensor want = RmsNorm(x.cpu().to(at::kFloat), weight.cpu().to(at::kFloat), 1e-6);
+    EXPECT_LE(RelativeError(got.cpu().to(at::kFloat), want), Tolerance()) << "dim " << dim;
+  }
+}
+
+TEST_P(FusedOpsTest, GatedResidualTakesModulationRows) {
+  at::manual_seed(4);
+  // Gates as the block makes them: rows of a [B|1, T|1, 9, D] modulation table; a width the
+  // vector kernel does not take (100 bf16 = 200 bytes) and an unaligned gate fall back to ATen.
+  struct Case {
+    int64_t dim, gate_batch, gate_tokens;
+    bool unaligned;
+  };
+  for (const Case& c : {Case{4096, 1, 1, false}, Case{2048, 2, 7, false}, Case{100, 2, 1, false},
+                        Case{256, 1, 1, true}}) {
+    const int64_t b = 2, t = 7;
+    at::Tensor x = at::randn({b, t, c.dim}, Opts());
+    at::Tensor v = at::randn({b, t, c.dim}, Opts());
+    at::Tensor table = at::randn({c.gate_batch * c.gate_tokens * 9 * c.dim + 1}, Opts());
+    at::Tensor rows = table.narrow(0, c.unaligned ? 1 : 0, table.numel() - 1)
+                          .view({c.gate_batch, c.gate_tokens, 9, c.dim});
+    at::Tensor gate = rows.unbind(2)[5];
+    at::Tensor got = AddGated(x, v, gate);
+    at::Tensor want = x.cpu().to(at::kFloat) + v.cpu().to(at::kFloat) * gate.cpu().to(at::kFloat);
+    ASSERT_EQ(got.sizes(), x.sizes());
+    EXPECT_LE(RelativeError(got.cpu().to(at::kFloat), want), Tolerance())
+        << "dim " << c.dim << " gate " << c.gate_batch << "x" << c.gate_tokens;
+  }
 }
 
 TEST_P(FusedOpsTest, GatedResidualAndGeluLinear) {

@@ -1,5 +1,7 @@
 #include "models/ltx2/cuda/fused_norm.h"
 
+#include <cstdint>
+
 #include "models/core/cuda/element_convert.cuh"
 
 namespace diffmesh::models::ltx2::cuda {
@@ -100,6 +102,50 @@ __global__ void __launch_bounds__(kThreads) NormRopeKernel(NormRopeArgs a) {
   }
 }
 
+// One thread per 16-byte pack of a row: kPack elements of x, value and the gate row.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) AddGatedKernel(AddGatedArgs a, int64_t packs_per_row,
+                                                           int64_t packs) {
+  constexpr int kPack = 16 / sizeof(T);
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (p >= packs) return;
+  const int64_t row = p / packs_per_row, col = (p % packs_per_row) * kPack;
+  const int64_t b = row / a.tokens, t = row % a.tokens;
+  const int64_t at_row = row * a.dim + col;
+  const uint4 xv = *reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + at_row);
+  const uint4 vv = *reinterpret_cast<const uint4*>(static_cast<const T*>(a.value) + at_row);
+  const uint4 gv = *reinterpret_cast<const uint4*>(
+      static_cast<const T*>(a.gate) + b * a.gate_batch_stride + t * a.gate_token_stride + col);
+  const T* xs = reinterpret_cast<const T*>(&xv);
+  const T* vs = reinterpret_cast<const T*>(&vv);
+  const T* gs = reinterpret_cast<const T*>(&gv);
+  uint4 ov;
+  T* os = reinterpret_cast<T*>(&ov);
+#pragma unroll
+  for (int j = 0; j < kPack; ++j) {
+    os[j] = FromFloat<T>(ToFloat(xs[j]) + ToFloat(vs[j]) * ToFloat(gs[j]));
+  }
+  *reinterpret_cast<uint4*>(static_cast<T*>(a.out) + at_row) = ov;
+}
+
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T>
+cudaError_t AddGatedFor(const AddGatedArgs& a, cudaStream_t stream) {
+  constexpr int kPack = 16 / sizeof(T);
+  if (a.dim % kPack != 0 || a.gate_batch_stride % kPack != 0 ||
+      a.gate_token_stride % kPack != 0 || !Aligned16(a.x) || !Aligned16(a.value) ||
+      !Aligned16(a.gate) || !Aligned16(a.out)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t packs_per_row = a.dim / kPack, packs = a.rows * packs_per_row;
+  const int64_t blocks = (packs + kThreads - 1) / kThreads;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  AddGatedKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, packs_per_row,
+                                                                            packs);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t NormModulateFor(const NormModulateArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.rows));
@@ -151,6 +197,16 @@ cudaError_t LaunchNormRope(const NormRopeArgs& a, cudaStream_t stream) {
     case ElementType::kBFloat16: return NormRopeFor<__nv_bfloat16>(a, stream);
     case ElementType::kFloat16: return NormRopeFor<__half>(a, stream);
     case ElementType::kFloat32: return NormRopeFor<float>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t LaunchAddGated(const AddGatedArgs& a, cudaStream_t stream) {
+  if (a.rows <= 0 || a.dim <= 0 || a.tokens <= 0) return cudaErrorInvalidValue;
+  switch (a.type) {
+    case ElementType::kBFloat16: return AddGatedFor<__nv_bfloat16>(a, stream);
+    case ElementType::kFloat16: return AddGatedFor<__half>(a, stream);
+    case ElementType::kFloat32: return AddGatedFor<float>(a, stream);
   }
   return cudaErrorInvalidValue;
 }

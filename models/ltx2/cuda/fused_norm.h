@@ -48,6 +48,22 @@ struct NormRopeArgs {
 };
 cudaError_t LaunchNormRope(const NormRopeArgs& args, cudaStream_t stream);
 
+// The gated residual out = x + value·gate, per row of `dim` elements (row r = b·tokens + t);
+// gate element (r, i) at b·gate_batch_stride + t·gate_token_stride + i (a modulation row).
+// 16-byte loads and stores: dim·sizeof(element) and every pointer (gate rows included) must be
+// 16-byte aligned, else cudaErrorInvalidValue (the caller then uses ATen's addcmul, whose
+// broadcasting kernel runs unvectorised at ~60 % of the bandwidth on the release shapes).
+struct AddGatedArgs {
+  const void* x = nullptr;      // [rows, dim] contiguous
+  const void* value = nullptr;  // [rows, dim] contiguous
+  const void* gate = nullptr;
+  void* out = nullptr;          // [rows, dim] contiguous
+  int64_t rows = 0, dim = 0, tokens = 1;
+  int64_t gate_batch_stride = 0, gate_token_stride = 0;
+  ElementType type = ElementType::kBFloat16;
+};
+cudaError_t LaunchAddGated(const AddGatedArgs& args, cudaStream_t stream);
+
 }  // namespace diffmesh::models::ltx2::cuda
 
 #endif  // DIFFMESH_MODELS_LTX2_CUDA_FUSED_NORM_H_
