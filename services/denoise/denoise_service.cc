@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 #include "common/metrics/families.h"
 #include "common/metrics/metrics.h"
+#include "common/process/heap_trim.h"
 #include "common/rpc/bidi_streaming_call.h"
 #include "common/rpc/stage_token.h"
 #include "common/rpc/streaming_call.h"
@@ -67,14 +68,20 @@ DenoiseService::~DenoiseService() = default;
 absl::Status DenoiseService::Measured(
     const std::function<absl::Status(const std::function<void(const v1::DenoiseEvent&)>&)>& run,
     const std::function<void(v1::DenoiseEvent)>& emit) {
-  if (metrics_ == nullptr) return run([&emit](const v1::DenoiseEvent& e) { emit(e); });
-  metrics::StageCallTracker tracker(&metrics_->calls, metrics::kStageDenoise);
-  StepTimer timer(metrics_->step_duration);
-  absl::Status s = run([&](const v1::DenoiseEvent& e) {
-    timer.OnEvent(e);
-    emit(e);
-  });
-  tracker.Finish(s);
+  absl::Status s;
+  if (metrics_ == nullptr) {
+    s = run([&emit](const v1::DenoiseEvent& e) { emit(e); });
+  } else {
+    metrics::StageCallTracker tracker(&metrics_->calls, metrics::kStageDenoise);
+    StepTimer timer(metrics_->step_duration);
+    s = run([&](const v1::DenoiseEvent& e) {
+      timer.OnEvent(e);
+      emit(e);
+    });
+    tracker.Finish(s);
+  }
+  // What a burst of queued requests left in malloc's arenas goes back to the system.
+  TrimHeap();
   return s;
 }
 
