@@ -140,6 +140,8 @@ for part in "${parts[@]}"; do
         generate "$i" || { tail -30 "$work/up.log"; exit 1; }
       done
       echo "FINAL {\"part\": \"mesh-after\", \"gpu_memory\": $(gpu_memory)}"
+      # The decode stage says when the video did not fit whole (decoded in tiles instead).
+      echo "FINAL {\"part\": \"mesh-tiled-decodes\", \"count\": $(grep -c 'decoded it in tiles' "$work/up.log")}"
       kill -TERM "$up"
       wait "$up" || true
       up=""

@@ -3,6 +3,7 @@
 #include "common/rpc/stage_token.h"
 #include "common/rpc/streaming_call.h"
 #include "common/status/grpc_status.h"
+#include "services/stage_common/gpu_memory.h"
 
 namespace diffmesh {
 
@@ -20,6 +21,7 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* ct
         metrics::StageCallTracker tracker(metrics_.get(), metrics::kStageEncoder);
         auto r = core_->Encode(call, *request);
         tracker.Finish(r.status());
+        if (release_gpu_cache_) ReleaseCachedGpuMemory();
         if (!r.ok()) return r.status();
         *out = std::move(*r);
         return absl::OkStatus();

@@ -34,10 +34,18 @@ ABSL_FLAG(absl::Duration, max_request_time, absl::Minutes(10),
           "its work then ends with DEADLINE_EXCEEDED, so no client can hold this stage. "
           "E.g. 90s, 10m; an encoder call takes well under a second to seconds.");
 
+ABSL_FLAG(bool, release_gpu_cache, true,
+          "With --device cuda: after each call, give the GPU memory LibTorch's caching allocator "
+          "keeps free back to the device. The encoder runs once per request and often shares its "
+          "GPU with the denoise stage, whose video decode then has that memory (on one H100 the "
+          "release-size LTX-2 decode otherwise falls back to tiles). false: keep it, slightly "
+          "faster when the GPU is the encoder's own.");
+
 int main(int argc, char** argv) {
   diffmesh::ParseFlags(argc, argv,
                        "diffmesh-encoder --port P [--model M]\n"
-                       "Serves diffmesh.v1.EncoderService: the ByT5 glyph encoder of GLM-Image.");
+                       "Serves diffmesh.v1.EncoderService: the text encoders (GLM-Image's ByT5 "
+                       "glyph encoder; LTX-2's Gemma 3 and its text connectors).");
   diffmesh::BlockTerminationSignals();
   // Checked before the model loads: a wrong path fails in a moment, not after the weights.
   auto tls = diffmesh::ServerTlsFromFlags();
@@ -78,6 +86,7 @@ int main(int argc, char** argv) {
   diffmesh::EncoderService service(core->get(), *exposer ? &(*exposer)->registry() : nullptr);
   service.set_authenticator(stage_auth->get());
   service.set_max_request_time(max_request_time);
+  service.set_release_gpu_cache(o.cuda && absl::GetFlag(FLAGS_release_gpu_cache));
   diffmesh::ServerOptions options;
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
