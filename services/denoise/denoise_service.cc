@@ -10,6 +10,7 @@
 #include "common/rpc/stage_token.h"
 #include "common/rpc/streaming_call.h"
 #include "common/status/grpc_status.h"
+#include "services/stage_common/gpu_memory.h"
 
 namespace diffmesh {
 
@@ -80,8 +81,10 @@ absl::Status DenoiseService::Measured(
     });
     tracker.Finish(s);
   }
-  // What a burst of queued requests left in malloc's arenas goes back to the system.
+  // What a burst of queued requests left in malloc's arenas goes back to the system, and the
+  // GPU memory the steps and the decode cached to the device (where asked).
   TrimHeap();
+  if (release_gpu_cache_) ReleaseCachedGpuMemory();
   return s;
 }
 

@@ -27,6 +27,9 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
   // The longest any one call may run, whatever deadline the client sent (none included): the
   // call's work ends with DEADLINE_EXCEEDED then. Set before serving.
   void set_max_request_time(absl::Duration d) { max_request_time_ = d; }
+  // After each call, hand the GPU memory LibTorch's allocator keeps free back to the device
+  // (ReleaseCachedGpuMemory).
+  void set_release_gpu_cache(bool release) { release_gpu_cache_ = release; }
 
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* ctx,
                                                       const v1::DenoiseRequest* request) override;
@@ -46,6 +49,7 @@ class DenoiseService final : public v1::DenoiseService::CallbackService {
   std::unique_ptr<Metrics> metrics_;
   const TokenAuthenticator* auth_ = nullptr;
   absl::Duration max_request_time_ = absl::InfiniteDuration();
+  bool release_gpu_cache_ = false;
 };
 
 }  // namespace diffmesh
