@@ -1,8 +1,8 @@
-// A denoise group heals: two diffmesh-denoise processes (rank 0 serves gRPC, rank 1 is a
-// CFG rank, one process each as the Helm chart runs them). A worker killed (SIGKILL) or
-// stopped (SIGSTOP) mid-request fails that request with UNAVAILABLE naming rank 1 within 10 s,
-// and rank 0 reports NOT_SERVING; once the worker is back (restarted, or SIGCONT) the group
-// re-forms, rank 0 reports SERVING and the next request succeeds.
+// A denoise group heals: two diffmesh-denoise processes (rank 0 serves gRPC, rank 1 is a CFG
+// rank or a ring-attention peer; one process each, as the Helm chart runs them). A worker killed
+// (SIGKILL) or stopped (SIGSTOP) mid-request fails that request with UNAVAILABLE naming rank 1
+// within 10 s, and rank 0 reports NOT_SERVING; once the worker is back (restarted, or SIGCONT)
+// the group re-forms, rank 0 reports SERVING and the next request succeeds.
 #include <signal.h>
 
 #include <cstdio>
@@ -117,9 +117,12 @@ class DenoiseGroupHealTest : public ::testing::Test {
         grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
   }
 
+  // How the two ranks share the work: rank 1 a CFG rank (collectives) by default.
+  virtual std::string Layout() const { return "--cfg_degree=2"; }
+
   std::vector<std::string> Argv(int rank) const {
     return {Binary("denoise"), "--host=127.0.0.1", absl::StrCat("--rank=", rank),
-            absl::StrCat("--port=", rank == 0 ? base_ : base_ + 2), "--cfg_degree=2",
+            absl::StrCat("--port=", rank == 0 ? base_ : base_ + 2), Layout(),
             "--launch_ranks=false", absl::StrCat("--master_port=", base_ + 1)};
   }
 
@@ -186,6 +189,25 @@ TEST_F(DenoiseGroupHealTest, KilledOrStoppedWorkerFailsTheRequestAndTheGroupHeal
   // SIGSTOP mid-request (a hung rank: its connections stay open), then SIGCONT.
   const pid_t worker = rank1_->pid();
   lost = Call(*stub_, kLongSteps, absl::Seconds(120), [&] { kill(worker, SIGSTOP); });
+  ExpectLost(lost);
+  kill(worker, SIGCONT);
+  ExpectHealed();
+}
+
+// Ring attention: besides collectives the ranks wait on each other in point-to-point steps
+// (send / receive of the next K/V block), which Gloo cannot poll. Where the stop lands decides
+// which wait holds rank 0; either must end in seconds, not at the request's deadline (the
+// point-to-point case alone: WaitLimitTest.AbortEndsABlockedPointToPointWait).
+class DenoiseGroupRingHealTest : public DenoiseGroupHealTest {
+ protected:
+  std::string Layout() const override { return "--ring_degree=2"; }
+};
+
+TEST_F(DenoiseGroupRingHealTest, StoppedRingPeerFailsTheRequestInSecondsAndTheGroupHeals) {
+  Outcome ok = Call(*stub_, 2, absl::Seconds(60), nullptr);
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message() << Logs();
+  const pid_t worker = rank1_->pid();
+  Outcome lost = Call(*stub_, kLongSteps, absl::Seconds(120), [&] { kill(worker, SIGSTOP); });
   ExpectLost(lost);
   kill(worker, SIGCONT);
   ExpectHealed();

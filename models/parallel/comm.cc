@@ -470,8 +470,31 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Split(const std::vec
 }
 
 void WaitLimit::Abort(absl::Status why) {
-  absl::MutexLock lock(&mu_);
-  if (aborted_.ok()) aborted_ = why.ok() ? absl::AbortedError("collective wait aborted") : std::move(why);
+  {
+    absl::MutexLock lock(&mu_);
+    if (!aborted_.ok()) return;
+    aborted_ = why.ok() ? absl::AbortedError("collective wait aborted") : std::move(why);
+  }
+  absl::MutexLock lock(&listeners_mu_);
+  for (const std::function<void()>& wake : listeners_) wake();
+}
+
+std::unique_ptr<WaitLimit::Registration> WaitLimit::OnAbort(std::function<void()> wake) {
+  absl::MutexLock lock(&listeners_mu_);
+  // Abort() sets aborted_ before it takes listeners_mu_: either this check sees it (and this
+  // thread wakes) or the listener is registered before Abort() walks the list.
+  if (aborted()) {
+    wake();
+    return std::unique_ptr<Registration>(new Registration(nullptr, {}));
+  }
+  listeners_.push_front(std::move(wake));
+  return std::unique_ptr<Registration>(new Registration(this, listeners_.begin()));
+}
+
+WaitLimit::Registration::~Registration() {
+  if (limit_ == nullptr) return;
+  absl::MutexLock lock(&limit_->listeners_mu_);
+  limit_->listeners_.erase(it_);
 }
 
 void WaitLimit::SetDeadline(absl::Time deadline) {

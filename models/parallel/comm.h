@@ -24,6 +24,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,10 +70,35 @@ class WaitLimit {
   absl::Status Check() const;
   bool aborted() const;
 
+  // For a wait that cannot be polled (Gloo's point-to-point operations, whose timed-out wait
+  // is fatal to the process group) but can be woken: while the returned registration lives,
+  // Abort() also calls `wake` (once, on the aborting thread); on this thread at once when the
+  // limit is already aborted. Destroying the registration waits for a `wake` under way.
+  class Registration;
+  [[nodiscard]] std::unique_ptr<Registration> OnAbort(std::function<void()> wake);
+
  private:
+  using Listeners = std::list<std::function<void()>>;
+
   mutable absl::Mutex mu_;
   absl::Status aborted_ ABSL_GUARDED_BY(mu_);
   absl::Time deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Serializes the calls of listeners with their removal (never held with mu_ the other way).
+  absl::Mutex listeners_mu_;
+  Listeners listeners_ ABSL_GUARDED_BY(listeners_mu_);
+};
+
+class WaitLimit::Registration {
+ public:
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  ~Registration();
+
+ private:
+  friend class WaitLimit;
+  Registration(WaitLimit* limit, Listeners::iterator it) : limit_(limit), it_(it) {}
+  WaitLimit* limit_;  // null: the listener already ran (the limit was aborted at registration)
+  Listeners::iterator it_;
 };
 
 inline constexpr absl::Duration kWaitPollInterval = absl::Milliseconds(50);

@@ -443,6 +443,60 @@ TEST(WaitLimitTest, DeadlineAndAbortEndABlockedCollective) {
   }
 }
 
+// Gloo's point-to-point waits (ring attention's steps) cannot be polled: an Abort() of the limit
+// (the membership's lost or hung peer) wakes them at once, long before the deadline, both halves
+// of a SendRecv whose peer never comes; a wait started after the abort ends without waiting.
+TEST(WaitLimitTest, AbortEndsABlockedPointToPointWait) {
+  RunGlooRanks(2, [&](Communicator& comm) {
+    if (comm.rank() == 1) {  // a hung peer: connected, silent; its exit would end the waits
+      absl::SleepFor(absl::Seconds(4));
+      return;
+    }
+    auto limit = std::make_shared<WaitLimit>();
+    comm.set_wait_limit(limit);
+    limit->SetDeadline(absl::Now() + absl::Seconds(60));
+    // 16 MiB each way: more than the sockets' buffers take, so the send waits too.
+    at::Tensor send = at::ones({4 << 20});
+    at::Tensor recv = at::empty({4 << 20});
+    const absl::Time start = absl::Now();
+    std::thread aborter([limit] {
+      absl::SleepFor(absl::Milliseconds(300));
+      limit->Abort(absl::UnavailableError("rank 1 is lost"));
+    });
+    const absl::Status s = comm.SendRecv(send, 1, recv, 1);
+    const absl::Duration took = absl::Now() - start;
+    aborter.join();
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("rank 1 is lost"));
+    EXPECT_GE(took, absl::Milliseconds(300));
+    EXPECT_LT(took, absl::Seconds(2)) << s;
+
+    const absl::Time again = absl::Now();
+    const absl::Status r = comm.Recv(recv, 1, /*tag=*/1);
+    EXPECT_EQ(r.code(), absl::StatusCode::kUnavailable) << r;
+    EXPECT_LT(absl::Now() - again, absl::Seconds(1));
+  });
+}
+
+// The listener of a limit runs once per registration: at Abort() while registered, at once when
+// registered after it, never once its registration is gone.
+TEST(WaitLimitTest, OnAbortWakesRegisteredWaitersOnce) {
+  WaitLimit limit;
+  int early = 0, gone = 0, late = 0;
+  auto registered = limit.OnAbort([&] { ++early; });
+  limit.OnAbort([&] { ++gone; }).reset();
+  EXPECT_EQ(early, 0);
+  limit.Abort(absl::UnavailableError("lost"));
+  limit.Abort(absl::UnavailableError("lost again"));
+  EXPECT_EQ(early, 1);
+  EXPECT_EQ(gone, 0);
+  auto after = limit.OnAbort([&] { ++late; });
+  EXPECT_EQ(late, 1);
+  registered.reset();
+  after.reset();
+  EXPECT_EQ(limit.Check().message(), "lost");
+}
+
 // A waiting rank polls its collective in kWaitPollInterval slices; a collective that completes
 // just as a slice times out is a success, not a timeout. Rank 0 joins about one slice late, so
 // the other ranks' collectives complete close to the end of their first slice.

@@ -257,8 +257,7 @@ class GlooCommunicator final : public Communicator {
       return FromException("SendRecv", e);
     }
     absl::Status recv_status = WaitP2P(recv_work, "SendRecv", {send, recv});
-    absl::Status send_status =
-        recv_status.ok() ? WaitP2P(send_work, "SendRecv", {send, recv}) : Wait(send_work, "SendRecv");
+    absl::Status send_status = WaitP2P(send_work, "SendRecv", {send, recv});
     RETURN_IF_ERROR(recv_status);
     return send_status;
   }
@@ -305,26 +304,35 @@ class GlooCommunicator final : public Communicator {
   }
 
   // 1.13's SendWork / RecvWork wait through Gloo's buffer waits, whose timeout is fatal to the
-  // process group: they cannot be polled like the collectives, so they wait until the wait
-  // limit's deadline at most (ring attention's steps; a lost peer also ends them by its
-  // disconnect, or Gloo's timeout). An operation given up on keeps `tensors` alive.
+  // process group: they cannot be polled like the collectives. So the wait lasts until the wait
+  // limit's deadline at most, and an Abort() of the limit (the membership's lost or hung peer:
+  // ring attention's steps) wakes it through the work's abort(), which ends the buffer wait
+  // without touching the process group. An operation given up on keeps `tensors` alive.
   absl::Status WaitP2P(const c10::intrusive_ptr<c10d::Work>& work, const char* op,
                        std::vector<at::Tensor> tensors) {
-    const WaitLimit* limit = wait_limit().get();
-    if (limit == nullptr || limit->deadline() == absl::InfiniteFuture()) return Wait(work, op);
+    WaitLimit* limit = wait_limit().get();
+    if (limit == nullptr) return Wait(work, op);
     absl::Status s = limit->Check();
     if (s.ok()) {
-      const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(limit->deadline() - absl::Now()));
+      const std::unique_ptr<WaitLimit::Registration> wake = limit->OnAbort([work] { work->abort(); });
+      const absl::Time deadline = limit->deadline();
       try {
-        work->wait(std::chrono::milliseconds(ms));
-        return absl::OkStatus();
+        const bool finished =
+            deadline == absl::InfiniteFuture()
+                ? work->wait()
+                : work->wait(std::chrono::milliseconds(
+                      std::max<int64_t>(1, absl::ToInt64Milliseconds(deadline - absl::Now()))));
+        // False: abort() woke it (the limit's status below says why).
+        if (finished) return absl::OkStatus();
       } catch (const std::exception& e) {
         // As in WaitLimited: an operation that completed right after its wait timed out has
         // its own outcome.
-        if (work->isCompleted()) return Wait(work, op);
+        if (work->isCompleted() && !limit->aborted()) return Wait(work, op);
         s = limit->Check();
         if (s.ok()) s = FromException(op, e);
       }
+      if (s.ok()) s = limit->Check();
+      if (s.ok()) s = absl::InternalError("the wait was woken without a reason");
     }
     abandoned_.emplace_back(work, std::move(tensors));
     return absl::Status(s.code(), absl::StrCat("gloo ", op, ": ", s.message()));
