@@ -4,9 +4,14 @@
 #include "models/parallel/nccl_comm.h"
 
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
@@ -180,6 +185,91 @@ TEST(NcclCommTest, AbortMakesItUnusable) {
   at::Tensor t = at::ones({2}, at::Device(at::kCUDA, 0));
   EXPECT_EQ((*comm)->AllReduce(t).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*comm)->CheckAsyncError().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// One GPU is enough to see the limits end waits that NCCL itself would not end.
+//
+// A communicator of two whose second rank never comes: the initialization (NCCL's bootstrap
+// waits for every rank) is aborted at the rendezvous timeout, with a status saying so.
+TEST(NcclCommTest, InitializationEndsWhenAPeerNeverJoins) {
+  if (Gpus() < 1) GTEST_SKIP() << "no GPU";
+  RendezvousOptions options;
+  options.world_size = 2;
+  options.rank = 0;
+  options.timeout = std::chrono::seconds(2);
+  const absl::Time start = absl::Now();
+  auto comm = NcclCommunicator::CreateOnStore(c10::make_intrusive<c10d::HashStore>(), "alone",
+                                              options);
+  const absl::Duration took = absl::Now() - start;
+  std::printf("init without the peer ended after %.2f s: %s\n", absl::ToDoubleSeconds(took),
+              comm.status().ToString().c_str());
+  ASSERT_FALSE(comm.ok());
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kDeadlineExceeded) << comm.status();
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("did not all join"));
+  EXPECT_GE(took, absl::Seconds(2));
+  EXPECT_LT(took, absl::Seconds(10));
+}
+
+// A stream that does not move (here a host function that waits for a gate; with several GPUs, a
+// peer that never joins): the watchdog, not the caller, notices that the operation outlived its
+// wait limit and aborts the communicator; every later call returns the limit's status.
+// ncclCommAbort waits for the device's work, so here it returns when the gate opens (seen on an
+// H100: 4.0 s); with a hung peer the abort itself ends NCCL's spinning kernels.
+struct StreamGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+  }
+};
+
+void CUDART_CB WaitAtGate(void* gate) {
+  auto* g = static_cast<StreamGate*>(gate);
+  std::unique_lock<std::mutex> lock(g->mu);
+  g->cv.wait(lock, [g] { return g->open; });
+}
+
+TEST(NcclCommTest, TheWatchdogAbortsAnOperationThatOutlivesItsWaitLimit) {
+  if (Gpus() < 1) GTEST_SKIP() << "no GPU";
+  RendezvousOptions options;
+  options.master_port = testing::FreeLoopbackPort();
+  auto comm = NcclCommunicator::Create(options);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  auto limit = std::make_shared<WaitLimit>();
+  (*comm)->set_wait_limit(limit);
+  at::Tensor t = at::ones({1024}, (*comm)->device());
+  ASSERT_TRUE((*comm)->AllReduce(t).ok());
+  ASSERT_TRUE((*comm)->Barrier().ok());  // healthy under the limit
+
+  StreamGate gate;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(0).stream();
+  ASSERT_EQ(cudaLaunchHostFunc(stream, WaitAtGate, &gate), cudaSuccess);
+  const absl::Time start = absl::Now();
+  limit->SetDeadline(start + absl::Milliseconds(500));
+  ASSERT_TRUE((*comm)->AllReduce(t).ok());  // enqueued behind the gate
+  // The gate opens after 4 s whatever happens, so that a test that fails still ends.
+  std::thread opener([&gate] {
+    absl::SleepFor(absl::Seconds(4));
+    gate.Open();
+  });
+  while ((*comm)->usable() && absl::Now() - start < absl::Seconds(8)) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const absl::Duration took = absl::Now() - start;
+  std::printf("unusable after %.2f s (limit 0.5 s, gate opens at 4 s)\n",
+              absl::ToDoubleSeconds(took));
+  EXPECT_FALSE((*comm)->usable());
+  const absl::Status later = (*comm)->AllReduce(t);
+  EXPECT_EQ(later.code(), absl::StatusCode::kDeadlineExceeded) << later;
+  EXPECT_THAT(std::string(later.message()), HasSubstr("wait limit"));
+  EXPECT_THAT(std::string(later.message()), HasSubstr("AllReduce"));
+  opener.join();
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
 }
 
 // A peer that never joins: under a wait limit the wait ends at the limit (the watchdog aborts
