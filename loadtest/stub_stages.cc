@@ -37,7 +37,9 @@ namespace diffmesh::loadtest {
 namespace {
 
 // The write side of a stub call (Base: a server-streaming or bidirectional reactor): writes
-// `messages` in order, one write in flight, then finishes with `status`.
+// `messages` in order, one write in flight, then finishes with `status`. As the stage services
+// send a queue of events (common/rpc/streaming_call.h): writes after the first carry gRPC's
+// buffer hint while more follow, and the last goes out with an OK status in one batch.
 template <typename Base, typename Message>
 class MessageWriter : public Base {
  public:
@@ -61,13 +63,20 @@ class MessageWriter : public Base {
 
  private:
   void Next() {
-    if (next_ == messages_.size()) {
+    if (next_ == messages_.size()) {  // all written (a status that is not OK follows them)
       this->Finish(status_);
       return;
     }
     // Blocks a gRPC callback thread: for test stubs only (the flag is off by default).
     if (next_ > 0 && delay_ > absl::ZeroDuration()) absl::SleepFor(delay_);
-    this->StartWrite(&messages_[next_++]);
+    const Message& message = messages_[next_++];
+    if (next_ == messages_.size() && status_.ok()) {
+      this->StartWriteAndFinish(&message, grpc::WriteOptions(), status_);
+      return;
+    }
+    grpc::WriteOptions options;
+    if (next_ > 1 && delay_ == absl::ZeroDuration()) options.set_buffer_hint();
+    this->StartWrite(&message, options);
   }
 
   std::vector<Message> messages_;
