@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/process/heap_trim.h"
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
@@ -92,13 +93,9 @@ std::vector<std::shared_ptr<prometheus::Collectable>> ProcessMemoryGauges() {
   auto resident = std::make_shared<CallbackGauge>(
       "process_resident_memory_bytes", "Resident memory size in bytes.",
       []() -> std::vector<CallbackGauge::Sample> {
-        std::FILE* f = std::fopen("/proc/self/statm", "r");
-        if (f == nullptr) return {};
-        unsigned long size = 0, pages = 0;
-        const bool read = std::fscanf(f, "%lu %lu", &size, &pages) == 2;
-        std::fclose(f);
-        if (!read) return {};
-        return {{{}, static_cast<double>(pages) * static_cast<double>(sysconf(_SC_PAGESIZE))}};
+        const std::optional<int64_t> bytes = ResidentBytes();
+        if (!bytes) return {};
+        return {{{}, static_cast<double>(*bytes)}};
       });
   auto heap = std::make_shared<CallbackGauge>(
       "diffmesh_heap_bytes",

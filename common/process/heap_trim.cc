@@ -1,9 +1,11 @@
 #include "common/process/heap_trim.h"
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 
 #include "absl/time/clock.h"
 
@@ -17,6 +19,16 @@ bool TrimHeap(absl::Duration interval) {
   if (!last_ns.compare_exchange_strong(last, now)) return false;  // another thread trims
   malloc_trim(0);
   return true;
+}
+
+std::optional<int64_t> ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return std::nullopt;
+  unsigned long size = 0, pages = 0;
+  const bool read = std::fscanf(f, "%lu %lu", &size, &pages) == 2;
+  std::fclose(f);
+  if (!read) return std::nullopt;
+  return static_cast<int64_t>(pages) * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace diffmesh

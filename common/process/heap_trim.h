@@ -8,6 +8,9 @@
 #ifndef DIFFMESH_COMMON_PROCESS_HEAP_TRIM_H_
 #define DIFFMESH_COMMON_PROCESS_HEAP_TRIM_H_
 
+#include <cstdint>
+#include <optional>
+
 #include "absl/time/time.h"
 
 namespace diffmesh {
@@ -15,6 +18,9 @@ namespace diffmesh {
 // Trims the heap unless the process trimmed less than `interval` ago (calls that finish in a
 // burst, e.g. rejected ones, trim once). Thread-safe; returns whether it trimmed.
 bool TrimHeap(absl::Duration interval = absl::Seconds(1));
+
+// This process's resident set size in bytes (/proc/self/statm); nullopt where it cannot be read.
+std::optional<int64_t> ResidentBytes();
 
 }  // namespace diffmesh
 
