@@ -32,8 +32,10 @@ void RemoveRoot() {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  char tmpl[] = "/tmp/diffmesh_fuzz_index_XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) std::abort();
+  // In memory where the system has it: the index is rewritten for every input.
+  std::string tmpl = fs::is_directory("/dev/shm") ? "/dev/shm/diffmesh_fuzz_index_XXXXXX"
+                                                  : "/tmp/diffmesh_fuzz_index_XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) std::abort();
   g_root = tmpl;
   std::atexit(RemoveRoot);
   g_folder = g_root / "snapshot" / "transformer";
