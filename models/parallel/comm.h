@@ -41,7 +41,8 @@ enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
 const char* ReduceOpName(ReduceOp op);
 
-// Where ranks meet: a c10d TCPStore served by rank 0 at master_addr:master_port. The Gloo
+// Where ranks meet: a key-value store (kv_store.h) served by rank 0 on bind_addr:master_port and
+// reached at master_addr:master_port. The Gloo
 // backend connects its process group through it and the NCCL backend exchanges its
 // ncclUniqueId through it; sub-communicators use prefixes of the same store.
 struct RendezvousOptions {
@@ -49,6 +50,9 @@ struct RendezvousOptions {
   int rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
+  // Where rank 0's store listens: an address of rank 0's host, "0.0.0.0" or "::" for every
+  // interface. Loopback by default, as the stage services' --host.
+  std::string bind_addr = "127.0.0.1";
   // Bounds the rendezvous and every later operation (Gloo: each collective).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };

@@ -1,6 +1,5 @@
 #include "models/parallel/comm_membership.h"
 
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status/status_macros.h"
+#include "models/parallel/kv_store.h"
 #include "models/parallel/rendezvous.h"
 #if defined(DIFFMESH_HAVE_GLOO)
 #include "models/parallel/gloo_comm.h"
@@ -36,23 +36,22 @@ std::string InviteKey(int64_t generation) { return absl::StrCat("invite/", gener
 std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 std::string String(const std::vector<uint8_t>& b) { return std::string(b.begin(), b.end()); }
 
-// A connection to the store; rank 0's first one serves it. No waiting for the other ranks:
-// the heartbeats say who is there.
+// A connection to the store; rank 0's first one serves it (on the address the options bind; rank
+// 0 reaches it there, since its advertised name may not resolve yet). No waiting for the other
+// ranks: the heartbeats say who is there.
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Dial(const RendezvousOptions& options, bool serve) {
-  c10d::TCPStoreOptions o;
-  o.port = static_cast<std::uint16_t>(options.master_port);
-  o.isServer = serve;
-  o.waitWorkers = false;
+  KvStoreOptions o;
+  o.serve = serve;
+  o.bind_host = options.bind_addr;
+  o.host = options.rank == 0 ? LocalStoreAddress(options.bind_addr) : options.master_addr;
+  o.port = options.master_port;
   o.timeout = options.timeout;
-  // Rank 0 reaches its own store on loopback (its advertised name may not resolve yet).
-  const std::string host = options.rank == 0 ? "127.0.0.1" : options.master_addr;
-  try {
-    return c10::intrusive_ptr<c10d::Store>(c10::make_intrusive<c10d::TCPStore>(host, o));
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("rendezvous store at ", host, ":",
-                                               options.master_port, " (rank ", options.rank,
-                                               "): ", e.what()));
+  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> store = OpenKvStore(o);
+  if (!store.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("rank ", options.rank, ": ", store.status().message()));
   }
+  return store;
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> ConnectGeneration(

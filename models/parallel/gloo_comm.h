@@ -21,7 +21,7 @@ struct GlooOptions {
   int threads = 2;
 };
 
-// Joins the rendezvous of options.world_size ranks (rank 0 serves the TCPStore) and connects a
+// Joins the rendezvous of options.world_size ranks (rank 0 serves the store, kv_store.h) and connects a
 // Gloo process group over all of them. Blocks until every rank has joined or options.timeout
 // passes. Operations accept CPU tensors of any dtype (reductions: floating and integral dtypes;
 // those Gloo lacks, such as bfloat16 and bool, are reduced in float32 / int64 and cast back).

@@ -65,7 +65,7 @@ struct NcclOptions {
 
 class NcclCommunicator final : public Communicator {
  public:
-  // Joins the rendezvous (rank 0 serves the TCPStore, creates the ncclUniqueId and publishes
+  // Joins the rendezvous (rank 0 serves the store, kv_store.h, creates the ncclUniqueId and publishes
   // it there) and initializes the NCCL communicator, which blocks until all ranks have joined.
   static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(
       const RendezvousOptions& options, const NcclOptions& nccl = {});

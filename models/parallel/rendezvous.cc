@@ -1,12 +1,8 @@
 #include "models/parallel/rendezvous.h"
 
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
-
-#include <exception>
-
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
+#include "models/parallel/kv_store.h"
 
 namespace diffmesh::models::parallel {
 
@@ -29,28 +25,27 @@ absl::Status CheckRendezvous(const RendezvousOptions& options) {
   return absl::OkStatus();
 }
 
+std::string LocalStoreAddress(const std::string& bind_addr) {
+  if (bind_addr.empty() || bind_addr == "0.0.0.0") return "127.0.0.1";
+  if (bind_addr == "::") return "::1";
+  return bind_addr;
+}
+
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const RendezvousOptions& options) {
   RETURN_IF_ERROR(CheckRendezvous(options));
-  // TCPStoreOptions exists with these fields in 1.13 and 2.x (2.x adds e.g. useLibUV, whose
-  // default we keep).
-  c10d::TCPStoreOptions store_options;
-  store_options.port = static_cast<std::uint16_t>(options.master_port);
-  store_options.isServer = options.rank == 0;
-  store_options.numWorkers = static_cast<std::size_t>(options.world_size);
-  store_options.waitWorkers = true;
-  store_options.timeout = options.timeout;
-  try {
-    return c10::intrusive_ptr<c10d::Store>(
-        c10::make_intrusive<c10d::TCPStore>(options.master_addr, store_options));
-  } catch (const std::exception& e) {
-    const std::string message =
-        absl::StrCat("rendezvous at ", options.master_addr, ":", options.master_port, " (rank ",
-                     options.rank, " of ", options.world_size, "): ", e.what());
-    if (absl::StrContains(e.what(), "imed out") || absl::StrContains(e.what(), "imeout")) {
-      return absl::DeadlineExceededError(message);
-    }
-    return absl::UnavailableError(message);
+  KvStoreOptions store;
+  store.serve = options.rank == 0;
+  store.bind_host = options.bind_addr;
+  store.host = store.serve ? LocalStoreAddress(options.bind_addr) : options.master_addr;
+  store.port = options.master_port;
+  store.timeout = options.timeout;
+  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> opened = OpenKvStore(store);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(),
+                        absl::StrCat("rendezvous (rank ", options.rank, " of ", options.world_size,
+                                     "): ", opened.status().message()));
   }
+  return opened;
 }
 
 }  // namespace diffmesh::models::parallel

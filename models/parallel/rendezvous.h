@@ -11,16 +11,15 @@
 
 namespace diffmesh::models::parallel {
 
-// Connects to the TCPStore at options.master_addr:master_port; rank 0 serves it. Returns once
-// all world_size ranks have connected (or UNAVAILABLE / DEADLINE_EXCEEDED after
-// options.timeout).
-//
-// Rank 0's store listens on master_port of EVERY interface, not master_addr: LibTorch 1.13's
-// TCPStoreOptions has no bind address (its TCPServer listens on the wildcard address). Newer
-// LibTorch takes a socket the caller bound (TCPStoreOptions::masterListenFd), which would let
-// this bind master_addr; until then, deployments limit who reaches the port (the chart's
-// NetworkPolicy admits the group's own pods only).
+// Connects to the group's store (kv_store.h): rank 0 serves it on options.bind_addr and reaches
+// it there (loopback for a wildcard address), the other ranks at options.master_addr. Every port
+// is master_port. UNAVAILABLE when rank 0 cannot listen, DEADLINE_EXCEEDED when the store cannot
+// be reached within options.timeout. The ranks wait for each other later, in the backends'
+// rendezvous over the store.
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const RendezvousOptions& options);
+
+// The address rank 0 reaches its own store at, given the one it listens on.
+std::string LocalStoreAddress(const std::string& bind_addr);
 
 // Validates world_size ≥ 1, 0 ≤ rank < world_size, a port in [1, 65535].
 absl::Status CheckRendezvous(const RendezvousOptions& options);

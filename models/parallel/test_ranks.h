@@ -12,7 +12,7 @@ namespace diffmesh::models::parallel::testing {
 using ::diffmesh::FreeLoopbackPort;
 
 // Runs body(comm) on `world` threads, each with its own Gloo communicator of that world size
-// (rendezvous through a TCPStore on a free loopback port), and joins them. A rank that fails to
+// (rendezvous through the store on a free loopback port), and joins them. A rank that fails to
 // connect records a test failure. Collectives time out after 30 s so that a broken test fails
 // instead of hanging. Turns LibTorch 2.x's flight recorder off (see test_ranks.cc).
 #ifdef DIFFMESH_HAVE_GLOO

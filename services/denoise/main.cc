@@ -63,7 +63,8 @@ ABSL_FLAG(int, ring_degree, 1, "Ring-attention sequence-parallel degree.");
 ABSL_FLAG(int, tp_degree, 1, "Tensor-parallel degree (heads and MLP columns split).");
 ABSL_FLAG(int, world_size, 0, "Ranks in the group; 0: tp × ulysses × ring × cfg.");
 ABSL_FLAG(int, rank, 0, "This process's rank (0 serves gRPC).");
-ABSL_FLAG(std::string, master_addr, "127.0.0.1", "Where rank 0's rendezvous store listens.");
+ABSL_FLAG(std::string, master_addr, "127.0.0.1",
+          "Where the ranks reach rank 0's rendezvous store (rank 0 serves it on --host).");
 ABSL_FLAG(int, master_port, 29500, "Port of rank 0's rendezvous store.");
 ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda (one GPU per rank: rank % visible GPUs, bf16, NCCL).");
 ABSL_FLAG(bool, release_gpu_cache, true,
@@ -245,6 +246,7 @@ int main(int argc, char** argv) {
   o.rendezvous.rank = absl::GetFlag(FLAGS_rank);
   o.rendezvous.master_addr = absl::GetFlag(FLAGS_master_addr);
   o.rendezvous.master_port = absl::GetFlag(FLAGS_master_port);
+  o.rendezvous.bind_addr = absl::GetFlag(FLAGS_host);
   const int rank = o.rendezvous.rank;
   const std::string who = absl::StrCat("diffmesh-denoise[rank ", rank, "]");
   // Only rank 0 serves gRPC; it checks the TLS files before starting any rank or loading weights.
