@@ -138,6 +138,8 @@ def main():
             put(h, name, bytes([len(prompt)]) + prompt + model)
             put(h, name + '_empty_prompt', b'\x00' + model)
 
+    kv_seeds()
+
     h = 'bpe_tokenizer_fuzzer'
     # Cut-down variants of the GLM tokenizer.json only: the whole file (89 kB) parses ~100 times
     # a second under the sanitizers.
@@ -187,6 +189,35 @@ def image_seeds():
     if os.path.exists(path):
         put(h, 'fixture_condition_image', b'\x00' + open(path, 'rb').read())
     return seeds
+
+
+def kv_seeds():
+    """Connections' byte streams to the rendezvous store (common/kvstore/kv_server.h): frames
+    [u32 length][op byte, arguments], strings [u32 length][bytes], integers int64."""
+    def s(b):
+        return struct.pack('<I', len(b)) + b
+
+    def frame(op, *args):
+        payload = bytes([op]) + b''.join(args)
+        return struct.pack('<I', len(payload)) + payload
+
+    def i64(v):
+        return struct.pack('<q', v)
+
+    set_, get, add, check, delete, numkeys, cas = range(1, 8)
+    h = 'kv_frames_fuzzer'
+    put(h, 'set_get', frame(set_, s(b'key'), s(b'value')) + frame(get, s(b'key')) +
+        frame(get, s(b'missing')))
+    put(h, 'add_numkeys', frame(add, s(b'n'), i64(5)) + frame(add, s(b'n'), i64(-7)) +
+        frame(numkeys))
+    put(h, 'check_delete', frame(set_, s(b'a'), s(b'1')) +
+        frame(check, struct.pack('<I', 2), s(b'a'), s(b'b')) + frame(delete, s(b'a')) +
+        frame(delete, s(b'a')))
+    put(h, 'compare_set', frame(cas, s(b'c'), s(b''), s(b'x')) +
+        frame(cas, s(b'c'), s(b'x'), s(b'y')) + frame(cas, s(b'c'), s(b'z'), s(b'w')) +
+        frame(cas, s(b'd'), s(b'q'), s(b'r')))
+    put(h, 'group_keys', frame(set_, s(b'/gloo/rank_0'), s(bytes(range(64)))) +
+        frame(add, s(b'hb/1'), i64(1)) + frame(get, s(b'invite/3')) + frame(numkeys))
 
 
 def field(number, wire, value):

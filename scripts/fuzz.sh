@@ -16,7 +16,7 @@ build=${DIFFMESH_FUZZ_BUILD:-build-fuzz}
 jobs=${DIFFMESH_FUZZ_JOBS:-$(nproc)}
 all=(safetensors_header_fuzzer shard_index_fuzzer wire_tensor_fuzzer token_file_fuzzer
      pipeline_config_fuzzer config_json_fuzzer image_decode_fuzzer request_validator_fuzzer
-     gemma_tokenizer_fuzzer bpe_tokenizer_fuzzer)
+     gemma_tokenizer_fuzzer bpe_tokenizer_fuzzer kv_frames_fuzzer)
 harnesses=("$@")
 [ ${#harnesses[@]} -eq 0 ] && harnesses=("${all[@]}")
 

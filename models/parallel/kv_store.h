@@ -3,13 +3,13 @@
 // c10d's TCPStore (LibTorch 1.13) listens on every interface and takes no bind address, so a
 // group's rendezvous was open to anyone who could reach the port. This store is a c10d::Store
 // (Gloo's rendezvous, NCCL's id exchange and the group membership use it as they used
-// TCPStore) whose server binds the address in its options: loopback by default.
+// TCPStore) whose server (common/kvstore/kv_server.h) binds the address in its options:
+// loopback by default.
 //
 // Waits (get of a missing key, wait, check loops) are polled by the client with a short backoff
 // up to the store's timeout; a timeout throws an exception whose message says "Timeout", as
 // TCPStore's do. Requests are length-prefixed frames over one connection per client, one at a
-// time (a mutex); the server is one thread polling every connection. Frames above
-// kMaxKvFrameBytes end that connection.
+// time (a mutex); the server is one thread polling every connection.
 #ifndef DIFFMESH_MODELS_PARALLEL_KV_STORE_H_
 #define DIFFMESH_MODELS_PARALLEL_KV_STORE_H_
 
@@ -22,8 +22,6 @@
 #include "absl/status/statusor.h"
 
 namespace diffmesh::models::parallel {
-
-inline constexpr uint32_t kMaxKvFrameBytes = 64u << 20;
 
 struct KvStoreOptions {
   // Where this client reaches the server.
