@@ -1,7 +1,7 @@
 // Fuzzes the rendezvous store's request handling (common/kvstore/kv_server.h, the server rank 0
-// of a denoise group runs): the input is the byte stream of one connection, cut into frames as
-// the server cuts it (a length over kMaxFrameBytes ends the connection) and each handed to
-// KvTable::Handle. Every answer must have the shape its operation promises, and the number of
+// of a denoise group runs): the input is the byte stream of one connection, cut into frames by
+// the server's own ForEachFrame (a length over kMaxFrameBytes ends the connection) and each
+// handed to KvTable::Handle. Every answer must have the shape its operation promises, and the number of
 // keys must match what NUMKEYS says.
 #include <cstdint>
 #include <string>
@@ -47,22 +47,17 @@ void CheckAnswer(Op op, const std::string& answer, const KvTable& table) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string_view stream(reinterpret_cast<const char*>(data), size);
   KvTable table;
-  size_t at = 0;
   size_t writes = 0;
-  while (stream.size() - at >= 4) {
-    Reader header(stream.substr(at, 4));
-    const uint32_t length = header.U32();
-    if (length > diffmesh::kvstore::kMaxFrameBytes || stream.size() - at - 4 < length) break;
-    const std::string_view payload = stream.substr(at + 4, length);
-    at += 4 + length;
-    std::string answer;
-    if (!table.Handle(payload, answer)) break;  // the server drops the connection
-    const Op op = static_cast<Op>(static_cast<uint8_t>(payload[0]));
-    writes += op == Op::kSet || op == Op::kAdd || op == Op::kCompareSet;
-    CheckAnswer(op, answer, table);
-    Check(table.size() <= writes, "more keys than writes");
-  }
+  diffmesh::kvstore::ForEachFrame(
+      std::string_view(reinterpret_cast<const char*>(data), size), [&](std::string_view payload) {
+        std::string answer;
+        if (!table.Handle(payload, answer)) return false;  // the server drops the connection
+        const Op op = static_cast<Op>(static_cast<uint8_t>(payload[0]));
+        writes += op == Op::kSet || op == Op::kAdd || op == Op::kCompareSet;
+        CheckAnswer(op, answer, table);
+        Check(table.size() <= writes, "more keys than writes");
+        return true;
+      });
   return 0;
 }

@@ -1,7 +1,6 @@
 #include "common/kvstore/kv_server.h"
 
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -16,13 +15,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/net/tcp.h"
 
 namespace diffmesh::kvstore {
-namespace {
-
-std::string Errno(const char* what) { return absl::StrCat(what, ": ", std::strerror(errno)); }
-
-}  // namespace
 
 void PutU32(std::string& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -44,15 +39,18 @@ std::string Frame(const std::string& payload) {
   return frame + payload;
 }
 
-bool SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
+std::optional<size_t> ForEachFrame(std::string_view buffer,
+                                   const std::function<bool(std::string_view)>& on_payload) {
+  size_t at = 0;
+  while (buffer.size() - at >= 4) {
+    Reader header(buffer.substr(at, 4));
+    const uint32_t length = header.U32();
+    if (length > kMaxFrameBytes) return std::nullopt;
+    if (buffer.size() - at - 4 < length) break;
+    if (!on_payload(buffer.substr(at + 4, length))) return std::nullopt;
+    at += 4 + length;
   }
-  return true;
+  return at;
 }
 
 uint64_t Reader::Bits(int bytes) {
@@ -154,42 +152,22 @@ bool KvTable::Handle(std::string_view payload, std::string& answer) {
 }
 
 absl::StatusOr<std::unique_ptr<KvServer>> KvServer::Listen(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const std::string service = std::to_string(port);
-  if (const int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0) {
-    return absl::UnavailableError(absl::StrCat("rendezvous store: cannot resolve bind address '",
-                                               host, "': ", gai_strerror(rc)));
-  }
-  std::string why = "no address";
-  int fd = -1;
-  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) {
-      why = Errno("socket");
-      continue;
-    }
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
-      why = Errno("bind/listen");
-      ::close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(found);
-  if (fd < 0) {
+  absl::StatusOr<int> fd = net::ListenTcp(host, port, /*backlog=*/128);
+  if (!fd.ok()) {
     return absl::UnavailableError(
-        absl::StrCat("rendezvous store: cannot listen on ", host, ":", port, ": ", why));
+        fd.status().code() == absl::StatusCode::kInvalidArgument
+            ? absl::StrCat("rendezvous store: cannot resolve bind address '", host, "': ",
+                           fd.status().message())
+            : absl::StrCat("rendezvous store: cannot listen on ", host, ":", port, ": ",
+                           fd.status().message()));
   }
-  return std::unique_ptr<KvServer>(new KvServer(fd));
+  return std::unique_ptr<KvServer>(new KvServer(*fd));
 }
 
 KvServer::KvServer(int listen_fd) : listen_fd_(listen_fd) {
-  if (::pipe2(wake_, O_CLOEXEC) != 0) throw std::runtime_error(Errno("rendezvous store: pipe"));
+  if (::pipe2(wake_, O_CLOEXEC) != 0) {
+    throw std::runtime_error(absl::StrCat("rendezvous store: pipe: ", std::strerror(errno)));
+  }
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -246,18 +224,12 @@ bool KvServer::Serve(Conn& c) {
   if (n == 0) return false;
   if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
   c.in.append(buf, static_cast<size_t>(n));
-  size_t at = 0;
-  while (c.in.size() - at >= 4) {
-    Reader header(std::string_view(c.in).substr(at, 4));
-    const uint32_t length = header.U32();
-    if (length > kMaxFrameBytes) return false;
-    if (c.in.size() - at - 4 < length) break;
+  const std::optional<size_t> used = ForEachFrame(c.in, [&](std::string_view payload) {
     std::string answer;
-    if (!table_.Handle(std::string_view(c.in).substr(at + 4, length), answer)) return false;
-    if (!SendAll(c.fd, Frame(answer))) return false;
-    at += 4 + length;
-  }
-  c.in.erase(0, at);
+    return table_.Handle(payload, answer) && net::SendAll(c.fd, Frame(answer));
+  });
+  if (!used) return false;
+  c.in.erase(0, *used);
   return true;
 }
 

@@ -7,7 +7,9 @@
 #define DIFFMESH_COMMON_KVSTORE_KV_SERVER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -28,8 +30,12 @@ void PutI64(std::string& out, int64_t v);
 void PutStr(std::string& out, std::string_view s);
 // [u32 length][payload].
 std::string Frame(const std::string& payload);
-// send() until all is written (MSG_NOSIGNAL); false on an error.
-bool SendAll(int fd, const std::string& data);
+
+// Hands each whole frame at the front of `buffer` to `on_payload`, in order. Returns the bytes
+// those frames took (a partial frame at the end waits for more data), or nullopt when a frame's
+// length is over kMaxFrameBytes or `on_payload` returned false: drop the connection.
+std::optional<size_t> ForEachFrame(std::string_view buffer,
+                                   const std::function<bool(std::string_view)>& on_payload);
 
 // Reads a payload; any read past its end leaves ok() false (and returns zeros / empty).
 class Reader {

@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <malloc.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -19,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/net/tcp.h"
 #include "common/process/heap_trim.h"
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
@@ -29,16 +29,6 @@ namespace {
 
 // Request headers beyond this are not read (a scrape's are a few hundred bytes).
 constexpr size_t kMaxRequestBytes = 16 << 10;
-
-void SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // the client went away or timed out
-    sent += static_cast<size_t>(n);
-  }
-}
 
 std::string HttpResponse(const char* status, const std::string& content_type,
                          const std::string& body, bool head) {
@@ -117,37 +107,13 @@ absl::StatusOr<std::unique_ptr<MetricsExposer>> MetricsExposer::Start(const std:
     return absl::InvalidArgumentError(absl::StrCat("metrics port ", port, " is not a TCP port"));
   }
   const std::string where = absl::StrCat(host, ":", port);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* addrs = nullptr;
-  if (int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &addrs); rc != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot serve metrics on ", where, ": ", gai_strerror(rc)));
+  absl::StatusOr<int> listening = net::ListenTcp(host, port, /*backlog=*/16);
+  if (!listening.ok()) {
+    return absl::Status(listening.status().code(), absl::StrCat("cannot serve metrics on ", where,
+                                                                ": ", listening.status().message()));
   }
   std::unique_ptr<MetricsExposer> e(new MetricsExposer());
-  std::string error = "no address";
-  for (addrinfo* a = addrs; a != nullptr && e->listen_fd_ < 0; a = a->ai_next) {
-    // CLOEXEC: processes this one starts (denoise ranks) must not hold the port.
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) {
-      error = absl::StrCat("socket: ", std::strerror(errno));
-      continue;
-    }
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 16) != 0) {
-      error = std::strerror(errno);
-      close(fd);
-      continue;
-    }
-    e->listen_fd_ = fd;
-  }
-  freeaddrinfo(addrs);
-  if (e->listen_fd_ < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", where, ": ", error));
-  }
+  e->listen_fd_ = *listening;
   sockaddr_storage bound{};
   socklen_t len = sizeof(bound);
   getsockname(e->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
@@ -218,20 +184,21 @@ void MetricsExposer::Respond(int fd) const {
   const std::vector<absl::string_view> line =
       absl::StrSplit(absl::string_view(request).substr(0, request.find("\r\n")), ' ');
   if (line.size() != 3 || !absl::StartsWith(line[2], "HTTP/1.")) {
-    SendAll(fd, HttpResponse("400 Bad Request", "text/plain", "bad request\n", false));
+    net::SendAll(fd, HttpResponse("400 Bad Request", "text/plain", "bad request\n", false));
     return;
   }
   const bool head = line[0] == "HEAD";
   if (line[0] != "GET" && !head) {
-    SendAll(fd, HttpResponse("405 Method Not Allowed", "text/plain", "GET /metrics\n", head));
+    net::SendAll(fd, HttpResponse("405 Method Not Allowed", "text/plain", "GET /metrics\n", head));
     return;
   }
   const absl::string_view path = line[1].substr(0, line[1].find('?'));
   if (path != "/metrics") {
-    SendAll(fd, HttpResponse("404 Not Found", "text/plain", "see /metrics\n", head));
+    net::SendAll(fd, HttpResponse("404 Not Found", "text/plain", "see /metrics\n", head));
     return;
   }
-  SendAll(fd, HttpResponse("200 OK", "text/plain; version=0.0.4; charset=utf-8", Scrape(), head));
+  net::SendAll(fd,
+               HttpResponse("200 OK", "text/plain; version=0.0.4; charset=utf-8", Scrape(), head));
 }
 
 absl::StatusOr<std::unique_ptr<MetricsExposer>> StartMetricsExposer(const char* name,

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/kvstore/kv_server.h"
+#include "common/net/tcp.h"
 
 namespace diffmesh::models::parallel {
 namespace {
@@ -31,7 +32,6 @@ using kvstore::PutI64;
 using kvstore::PutStr;
 using kvstore::PutU32;
 using kvstore::Reader;
-using kvstore::SendAll;
 
 std::string Errno(const char* what) { return absl::StrCat(what, ": ", std::strerror(errno)); }
 
@@ -211,7 +211,7 @@ class KvStore final : public c10d::Store {
   // no answer comes within the timeout.
   std::string Call(const std::string& request) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!SendAll(fd_, Frame(request))) Fail(Errno("send"));
+    if (!net::SendAll(fd_, Frame(request))) Fail(Errno("send"));
     std::string header = ReadExactly(4);
     Reader h(header);
     const uint32_t length = h.U32();
