@@ -42,9 +42,9 @@ enum class ReduceOp { kSum, kAvg, kMax, kMin };
 const char* ReduceOpName(ReduceOp op);
 
 // Where ranks meet: a key-value store (kv_store.h) served by rank 0 on bind_addr:master_port and
-// reached at master_addr:master_port. The Gloo
-// backend connects its process group through it and the NCCL backend exchanges its
-// ncclUniqueId through it; sub-communicators use prefixes of the same store.
+// reached at master_addr:master_port. The Gloo backend connects its process group through it and
+// the NCCL backend exchanges its ncclUniqueId through it; sub-communicators use prefixes of the
+// same store.
 struct RendezvousOptions {
   int world_size = 1;
   int rank = 0;

@@ -15,7 +15,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status/status_macros.h"
-#include "models/parallel/kv_store.h"
 #include "models/parallel/rendezvous.h"
 #if defined(DIFFMESH_HAVE_GLOO)
 #include "models/parallel/gloo_comm.h"
@@ -36,17 +35,11 @@ std::string InviteKey(int64_t generation) { return absl::StrCat("invite/", gener
 std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 std::string String(const std::vector<uint8_t>& b) { return std::string(b.begin(), b.end()); }
 
-// A connection to the store; rank 0's first one serves it (on the address the options bind; rank
-// 0 reaches it there, since its advertised name may not resolve yet). No waiting for the other
-// ranks: the heartbeats say who is there.
+// A connection to the store (StoreOptionsFor); rank 0's first one serves it. No waiting for the
+// other ranks: the heartbeats say who is there.
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> Dial(const RendezvousOptions& options, bool serve) {
-  KvStoreOptions o;
-  o.serve = serve;
-  o.bind_host = options.bind_addr;
-  o.host = options.rank == 0 ? LocalStoreAddress(options.bind_addr) : options.master_addr;
-  o.port = options.master_port;
-  o.timeout = options.timeout;
-  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> store = OpenKvStore(o);
+  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> store =
+      OpenKvStore(StoreOptionsFor(options, serve));
   if (!store.ok()) {
     return absl::UnavailableError(
         absl::StrCat("rank ", options.rank, ": ", store.status().message()));

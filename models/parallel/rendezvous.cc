@@ -2,7 +2,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status/status_macros.h"
-#include "models/parallel/kv_store.h"
 
 namespace diffmesh::models::parallel {
 
@@ -25,21 +24,28 @@ absl::Status CheckRendezvous(const RendezvousOptions& options) {
   return absl::OkStatus();
 }
 
-std::string LocalStoreAddress(const std::string& bind_addr) {
-  if (bind_addr.empty() || bind_addr == "0.0.0.0") return "127.0.0.1";
-  if (bind_addr == "::") return "::1";
-  return bind_addr;
+KvStoreOptions StoreOptionsFor(const RendezvousOptions& options, bool serve) {
+  KvStoreOptions store;
+  store.serve = serve;
+  store.bind_host = options.bind_addr;
+  if (options.rank != 0) {
+    store.host = options.master_addr;
+  } else if (options.bind_addr.empty() || options.bind_addr == "0.0.0.0") {
+    store.host = "127.0.0.1";
+  } else if (options.bind_addr == "::") {
+    store.host = "::1";
+  } else {
+    store.host = options.bind_addr;
+  }
+  store.port = options.master_port;
+  store.timeout = options.timeout;
+  return store;
 }
 
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const RendezvousOptions& options) {
   RETURN_IF_ERROR(CheckRendezvous(options));
-  KvStoreOptions store;
-  store.serve = options.rank == 0;
-  store.bind_host = options.bind_addr;
-  store.host = store.serve ? LocalStoreAddress(options.bind_addr) : options.master_addr;
-  store.port = options.master_port;
-  store.timeout = options.timeout;
-  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> opened = OpenKvStore(store);
+  absl::StatusOr<c10::intrusive_ptr<c10d::Store>> opened =
+      OpenKvStore(StoreOptionsFor(options, /*serve=*/options.rank == 0));
   if (!opened.ok()) {
     return absl::Status(opened.status().code(),
                         absl::StrCat("rendezvous (rank ", options.rank, " of ", options.world_size,

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/parallel/comm.h"
+#include "models/parallel/kv_store.h"
 
 namespace diffmesh::models::parallel {
 
@@ -18,8 +19,10 @@ namespace diffmesh::models::parallel {
 // rendezvous over the store.
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const RendezvousOptions& options);
 
-// The address rank 0 reaches its own store at, given the one it listens on.
-std::string LocalStoreAddress(const std::string& bind_addr);
+// How this rank opens the group's store: serving it (rank 0, when `serve`) on options.bind_addr,
+// reaching it there if rank 0 (loopback for a wildcard address: its advertised name may not
+// resolve yet), else at options.master_addr; port master_port, timeout options.timeout.
+KvStoreOptions StoreOptionsFor(const RendezvousOptions& options, bool serve);
 
 // Validates world_size ≥ 1, 0 ≤ rank < world_size, a port in [1, 65535].
 absl::Status CheckRendezvous(const RendezvousOptions& options);
